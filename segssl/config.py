@@ -1,0 +1,401 @@
+"""Typed run configuration: the one place where YAML becomes objects.
+
+A run config has one section per component; each component receives only its own section::
+
+    seed: 0
+    stage: pretrain | finetune | semi
+    data:    DataConfig      (dataset, archive root, preprocessing, split, labeled count, batches)
+    augment: AugmentConfig   (base augmentations and the paired transform T of the MI losses)
+    model:   ModelConfig     (U-Net width, depth, freezing)
+    method:  <method's own Config>, chosen by ``method.name`` through the registry
+    optim:   OptimConfig     (RAdam/Adam, lr, warm-up factor, cosine)
+    train:   TrainConfig     (epochs, iterations per epoch, device, AMP, checkpoints)
+
+Unknown keys are errors that carry the key path (pydantic ``extra="forbid"``). Method configs are
+declared in the method's own file (``segssl/methods/<name>.py``) as a subclass of
+:class:`MethodConfig` and looked up through the registry when a config is validated.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PreprocessConfig",
+    "RunConfig",
+    "SplitConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "canonical_json",
+    "config_hash",
+    "did_you_mean",
+    "flatten",
+    "load_run_config",
+    "parse_run_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration could not be read or validated; the message names the file and key path."""
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, unknown keys forbidden."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """Return `` (did you mean 'x'?)`` for the closest known name, or an empty string."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# --------------------------------------------------------------------------------------- data
+class PreprocessConfig(Section):
+    """How raw volumes become the cached 2D slices (see ``segssl.data.preprocess``).
+
+    Defaults follow the BIM paper's ACDC protocol: 1st/99th percentile normalisation per scan,
+    in-plane resampling to 1.0 x 1.0 mm, centre crop/pad to a fixed size, slicing along the
+    through-plane axis.
+    """
+
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    spacing: tuple[float, float] | None = (1.0, 1.0)  # in-plane target (mm); None keeps native
+    size: tuple[int, int] = (256, 256)
+    fit: Literal["crop_or_pad", "resize"] = "crop_or_pad"
+    reorient: bool = True  # reorient from the affine to a canonical (RAS) orientation
+
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"expected 0 <= low < high <= 100, got {v}")
+        return v
+
+    @field_validator("spacing")
+    @classmethod
+    def _spacing(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and min(v) <= 0:
+            raise ValueError(f"spacing must be positive, got {v}")
+        return v
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 8:
+            raise ValueError(f"size must be at least 8 x 8 pixels, got {v}")
+        return v
+
+
+class SplitConfig(Section):
+    """Train/val/test split. Sizes are counts of split units (subjects or scans).
+
+    ``files`` (a mapping ``train|val|test -> path of a text file with one id a line``) overrides
+    the seeded split. ``unit: scan`` is the BIM paper's protocol (ED and ES are separate scans).
+    """
+
+    unit: Literal["subject", "scan"] = "subject"
+    seed: int = 0
+    sizes: tuple[int, int, int] | None = None  # (train, val, test); None: 70/10/20 % of units
+    files: dict[Literal["train", "val", "test"], str] | None = None
+
+
+LabeledCount = Annotated[
+    int | str,
+    Field(description="number of labeled training scans (int) or a percentage string like '5%'"),
+]
+
+
+class DataConfig(Section):
+    """Which dataset, where it lies, how it is split and batched."""
+
+    dataset: str = "acdc"
+    root: str = "data/acdc"  # the archive's root as it is shipped (or a synthetic one)
+    cache: str | None = None  # preprocessed cache dir; None: <root>/.segssl-cache
+    preprocess: PreprocessConfig = PreprocessConfig()
+    split: SplitConfig = SplitConfig()
+    labeled_scans: LabeledCount = 1
+    target: str = "all"  # "all" classes at once, or one class name for a binary task (lv, rv, myo)
+    partitions: int = Field(3, ge=1)  # S partitions per volume for meta-labels
+    batch_size: int = Field(8, ge=1)  # labeled batch
+    unlabeled_batch_size: int = Field(8, ge=1)
+    partition_sampler: bool = False  # G^D-style batches: m volumes x one slice per partition
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("labeled_scans", mode="before")
+    @classmethod
+    def _labeled(cls, v: Any) -> int | str:
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise ValueError(f"expected a count or a percentage like '5%', got {v!r}")
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(f"expected at least 1 labeled scan, got {v}")
+            return v
+        text = v.strip()
+        if not text.endswith("%"):
+            raise ValueError(f"expected an int or a percentage like '5%', got {v!r}")
+        try:
+            pct = float(text[:-1])
+        except ValueError as exc:
+            raise ValueError(f"expected a percentage like '5%', got {v!r}") from exc
+        if not 0 < pct <= 100:
+            raise ValueError(f"percentage must be in (0, 100], got {v!r}")
+        return text
+
+
+# ------------------------------------------------------------------------------------ augment
+class AugmentConfig(Section):
+    """Base augmentations for training batches and the paired transform T of the MI losses.
+
+    Ranges are the BIM paper's (Appendix F): gamma 0.5-2.0, scale 0.8-1.3, rotation +-45 deg,
+    translation +-10 %. ``crop`` is the random training crop (224 in the papers); 0 disables it.
+    """
+
+    crop: int = Field(224, ge=0)
+    flip: bool = True
+    rotation: float = Field(10.0, ge=0.0, le=180.0)  # base augmentation, degrees
+    intensity_jitter: float = Field(0.1, ge=0.0, le=1.0)  # brightness/contrast jitter amplitude
+    gamma: tuple[float, float] = (0.5, 2.0)
+    scale: tuple[float, float] = (0.8, 1.3)
+    paired_rotation: float = Field(45.0, ge=0.0, le=180.0)
+    translation: float = Field(0.1, ge=0.0, le=0.5)
+
+    @field_validator("gamma", "scale")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"expected 0 < low <= high, got {v}")
+        return v
+
+
+# -------------------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    """The U-Net of the papers: five encoder blocks Conv1..Conv5, decoder Up_conv5..Up_conv2.
+
+    ``base_width`` channels in Conv1, doubled per block (16 -> 256 at Conv5 by default).
+    ``freeze`` lists parameter-name prefixes that are not trained (e.g. ``["Conv_1x1"]`` during
+    pre-training, or the encoder blocks during decoder pre-training).
+    """
+
+    name: Literal["unet"] = "unet"
+    in_channels: int = Field(1, ge=1)
+    base_width: int = Field(16, ge=2)
+    depth: int = Field(5, ge=2, le=6)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    freeze: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------------------- method
+class MethodConfig(Section):
+    """Base of every method's config; each method file declares ``class Config(MethodConfig)``."""
+
+    name: str
+
+
+# ---------------------------------------------------------------------------------- optimiser
+class OptimConfig(Section):
+    """Optimiser and LR schedule: warm-up from ``lr`` to ``lr * warmup_factor`` over
+    ``warmup_epochs``, then cosine decay to ~0 over the remaining epochs (BIM Appendix F)."""
+
+    name: Literal["radam", "adam", "sgd"] = "radam"
+    lr: float = Field(5e-7, gt=0.0)
+    warmup_factor: float = Field(400.0, ge=1.0)
+    warmup_epochs: int = Field(10, ge=0)
+    weight_decay: float = Field(1e-5, ge=0.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+
+
+# -------------------------------------------------------------------------------------- train
+class TrainConfig(Section):
+    """Loop settings. ``device: auto`` picks CUDA when available; AMP and channels_last are only
+    ever enabled on CUDA (``auto``)."""
+
+    epochs: int = Field(50, ge=1)
+    iters_per_epoch: int = Field(200, ge=1)
+    device: str = "auto"
+    amp: Literal["auto", "on", "off"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    init_from: str | None = None  # checkpoint to start from (fine-tuning)
+    init_strict: bool = True  # every tensor of the model must be in init_from
+    val_every: int = Field(1, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    save_best: bool = True
+    pictures: int = Field(4, ge=0)  # validation slices drawn as cluster pictures (clustering methods)
+    progress: bool = True
+    deterministic: bool = True
+
+
+# ---------------------------------------------------------------------------------------- run
+Stage = Literal["pretrain", "finetune", "semi"]
+
+
+class RunConfig(Section):
+    """One training run: everything the engine needs, nothing else."""
+
+    seed: int = 0
+    stage: Stage = "semi"
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v: Any) -> MethodConfig:
+        if isinstance(v, MethodConfig):
+            return v
+        if not isinstance(v, Mapping) or "name" not in v:
+            raise ValueError("expected a mapping with a 'name' (see `segssl methods`)")
+        from segssl.methods import method_config_class  # registry lives above config
+
+        return method_config_class(str(v["name"])).model_validate(dict(v))
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        crop = self.augment.crop
+        h, w = self.data.preprocess.size
+        if crop and crop > min(h, w):
+            raise ValueError(
+                f"augment.crop={crop} is larger than the preprocessed image "
+                f"data.preprocess.size={tuple(self.data.preprocess.size)}"
+            )
+        stride = 2 ** (self.model.depth - 1)
+        side = crop or min(h, w)
+        if side % stride:
+            raise ValueError(
+                f"the training image side {side} must be divisible by 2**(model.depth-1)={stride}"
+            )
+        return self
+
+
+# ----------------------------------------------------------------------------- YAML and dicts
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {path or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_run_config(raw: Mapping[str, Any], source: str = "<config>") -> RunConfig:
+    """Validate a plain mapping into a :class:`RunConfig`; raise :class:`ConfigError` on failure."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    except (KeyError, ValueError) as exc:  # registry lookups raised outside pydantic
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file with ``yaml.safe_load``; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such file")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+
+
+def set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``raw['a']['b'] = value`` for ``dotted='a.b'``, creating mappings as needed."""
+    keys = dotted.split(".")
+    node = raw
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {k!r} is not a mapping")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a copy of ``raw``."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, text = item.split("=", 1)
+        set_path(out, key.strip(), yaml.safe_load(text))
+    return out
+
+
+def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read, override and validate a run config file."""
+    raw = read_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_run_config(apply_overrides(raw, overrides), source=str(path))
+
+
+# --------------------------------------------------------------------------- hashing, flatten
+def _normalise(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return _normalise(obj.model_dump(mode="json"))
+    if isinstance(obj, Mapping):
+        return {str(k): _normalise(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_normalise(v) for v in obj]
+    if isinstance(obj, float):
+        if math.isfinite(obj) and obj == int(obj) and abs(obj) < 2**53:
+            return int(obj)  # 1.0 and 1 hash the same
+        return float(repr(obj)) if math.isfinite(obj) else str(obj)
+    return obj
+
+
+def canonical_json(obj: Any) -> str:
+    """Canonical JSON: sorted keys, no spaces, integral floats written as ints."""
+    return json.dumps(_normalise(obj), sort_keys=True, separators=(",", ":"))
+
+
+def config_hash(obj: Any, length: int = 16) -> str:
+    """sha256 of :func:`canonical_json`, truncated to ``length`` hex digits."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a config (model or mapping) to ``{"method.alpha": 0.5, ...}``; lists stay values."""
+    data = _normalise(obj)
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            key = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict) and v:
+                out.update(flatten(v, key))
+            else:
+                out[key] = v
+    else:
+        out[prefix] = data
+    return out

@@ -1,0 +1,44 @@
+"""Method registry: the one explicit mapping from ``method.name`` to its implementation.
+
+Adding a method: its file under ``segssl/methods/``, one line in ``REGISTRY``, an example YAML under
+``experiments/`` (see CONTRIBUTING.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from segssl.config import MethodConfig, did_you_mean
+
+class UnknownMethodError(KeyError, ValueError):
+    """An unknown method name; a ValueError too, so pydantic reports it at ``method``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+# name -> method class; each class has a ``Config`` attribute (a MethodConfig subclass)
+REGISTRY: dict[str, Any] = {}
+
+
+def get_method(name: str) -> Any:
+    """Return the method class registered as ``name``.
+
+    Raises:
+        UnknownMethodError: unknown name, with the known names and a "did you mean".
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise UnknownMethodError(
+            f"unknown method {name!r}{did_you_mean(name, REGISTRY)}; known methods: {known}"
+        ) from None
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """The config class of method ``name`` (used by ``segssl.config`` to validate YAML)."""
+    return get_method(name).Config
+
+
+__all__ = ["REGISTRY", "UnknownMethodError", "get_method", "method_config_class"]

@@ -1,0 +1,121 @@
+"""Config validation: unknown keys with their paths, ranges, overrides, hashing, flattening."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import Field
+
+from segssl import methods
+from segssl.config import (
+    ConfigError,
+    MethodConfig,
+    apply_overrides,
+    config_hash,
+    flatten,
+    load_run_config,
+    parse_run_config,
+)
+
+
+class _Dummy:
+    class Config(MethodConfig):
+        name: str = "dummy"
+        alpha: float = Field(0.5, ge=0.0, le=1.0)
+
+
+@pytest.fixture(autouse=True)
+def dummy_method(monkeypatch):
+    monkeypatch.setitem(methods.REGISTRY, "dummy", _Dummy)
+
+
+def base() -> dict:
+    return {"method": {"name": "dummy"}, "data": {"preprocess": {"size": [64, 64]}},
+            "augment": {"crop": 32}}
+
+
+def test_valid_config_builds_sections():
+    cfg = parse_run_config(base())
+    assert cfg.method.alpha == 0.5
+    assert cfg.data.preprocess.size == (64, 64)
+
+
+def test_unknown_key_names_its_path():
+    raw = base()
+    raw["data"]["preprocess"]["sizee"] = [1, 2]
+    with pytest.raises(ConfigError, match=r"data\.preprocess\.sizee: unknown key"):
+        parse_run_config(raw, source="x.yaml")
+
+
+def test_unknown_method_lists_known_names_and_suggests():
+    raw = base()
+    raw["method"] = {"name": "dumy"}
+    with pytest.raises(ConfigError) as exc:
+        parse_run_config(raw)
+    assert "did you mean 'dummy'" in str(exc.value)
+    assert "known methods:" in str(exc.value)
+
+
+def test_method_key_errors_and_ranges():
+    raw = base()
+    raw["method"]["alpha"] = 1.5
+    with pytest.raises(ConfigError, match=r"method\.alpha"):
+        parse_run_config(raw)
+    raw["method"] = {"name": "dummy", "beta": 1}
+    with pytest.raises(ConfigError, match=r"method\.beta: unknown key"):
+        parse_run_config(raw)
+
+
+def test_crop_larger_than_image_is_refused():
+    raw = base()
+    raw["augment"]["crop"] = 128
+    with pytest.raises(ConfigError, match="augment.crop=128 is larger"):
+        parse_run_config(raw)
+
+
+@pytest.mark.parametrize("value", [0, "0%", "150%", "abc", True])
+def test_labeled_scans_bad_values(value):
+    raw = base()
+    raw["data"]["labeled_scans"] = value
+    with pytest.raises(ConfigError, match="data.labeled_scans"):
+        parse_run_config(raw)
+
+
+def test_labeled_scans_percentage_ok():
+    raw = base()
+    raw["data"]["labeled_scans"] = "1.25%"
+    assert parse_run_config(raw).data.labeled_scans == "1.25%"
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: {name: dummy}\ndata: {preprocess: {size: [64, 64]}}\n"
+                    "augment: {crop: 32}\n")
+    cfg = load_run_config(path, ["method.alpha=0.25", "train.epochs=3", "data.target=lv"])
+    assert (cfg.method.alpha, cfg.train.epochs, cfg.data.target) == (0.25, 3, "lv")
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_overrides({}, ["train.epochs"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_run_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_run_config(bad)
+
+
+def test_hash_is_canonical():
+    a = {"b": 1.0, "a": [1, 2.5]}
+    b = {"a": [1, 2.5], "b": 1}
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash({"a": [1, 2.5], "b": 2})
+    cfg = parse_run_config(base())
+    assert config_hash(cfg) == config_hash(parse_run_config(base()))
+
+
+def test_flatten_uses_dots():
+    flat = flatten(parse_run_config(base()))
+    assert flat["method.name"] == "dummy"
+    assert flat["data.preprocess.size"] == [64, 64]
+    assert flat["seed"] == 0
