@@ -1,0 +1,14 @@
+"""Pure loss functions of tensors (no config objects, no device moves)."""
+
+from segssl.losses.mi import joint_distribution, local_mi_loss, mi_loss, mutual_information
+from segssl.losses.supervised import cross_entropy, dice_loss, entropy_loss
+
+__all__ = [
+    "cross_entropy",
+    "dice_loss",
+    "entropy_loss",
+    "joint_distribution",
+    "local_mi_loss",
+    "mi_loss",
+    "mutual_information",
+]

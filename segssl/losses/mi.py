@@ -1,0 +1,185 @@
+"""Mutual-information losses on categorical (cluster) distributions.
+
+* :func:`joint_distribution` - the K x K joint of two views' cluster probabilities (BIM eq. 3,
+  IIC), symmetrised.
+* :func:`mi_loss` - the alpha-regularised MI loss of the BIM paper (eqs. 5-8); at ``alpha=0`` and
+  ``lamda=1`` it is exactly the IIC objective ``-I(X; Y)`` (eq. 4).
+* :func:`local_mi_loss` - the GMI paper's local MI (eqs. 10-12): one joint per displacement
+  ``(p, q)`` in a square neighbourhood, all computed at once by a convolution of the two maps.
+
+Everything is computed in float32 with autocast disabled (the joint is tiny; its logarithm is
+not fp16-safe). Logarithms are natural. Exact zeros in the probabilities are allowed: the
+logarithm is taken of ``max(P, eps)``, so values and gradients stay finite.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from segssl.losses._checks import (
+    check_clusters,
+    check_ndim,
+    check_non_negative,
+    check_unit_interval,
+    same_shape,
+)
+
+__all__ = ["EPS", "joint_distribution", "mi_loss", "local_mi_loss", "mutual_information"]
+
+EPS = 1e-10
+"""Floor applied inside logarithms so that exact zeros give finite values and gradients."""
+
+
+def _autocast_off(device: torch.device) -> torch.autocast:
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _check_pair(p1: Tensor, p2: Tensor) -> int:
+    check_ndim(p1, "p1", (2, 4), "(B, K) or (B, K, H, W) probabilities")
+    same_shape(p1, p2, "p1", "p2")
+    return check_clusters(p1, "p1")
+
+
+def _xlogx(x: Tensor) -> Tensor:
+    """``x * log(x)`` with the convention ``0 log 0 = 0`` and a finite gradient at 0."""
+    return x * torch.log(x.clamp_min(EPS))
+
+
+def _entropy(p: Tensor) -> Tensor:
+    """Entropy (nats) of a probability vector or matrix, summed over all entries."""
+    return -_xlogx(p).sum()
+
+
+def joint_distribution(p1: Tensor, p2: Tensor, symmetric: bool = True) -> Tensor:
+    """Joint cluster distribution of two views (BIM eq. 3; IIC).
+
+    ``P[j, k]`` is the mean over the batch (and pixels) of ``p1[:, j] * p2[:, k]``, i.e. the
+    average outer product of the two views' cluster probabilities; it is renormalised to sum to
+    exactly 1 and, by default, symmetrised as ``(P + P^T) / 2``.
+
+    Args:
+        p1: ``(B, K, H, W)`` or ``(B, K)`` cluster probabilities of view 1 (softmax over K,
+            values in [0, 1]).
+        p2: the same shape as ``p1``; probabilities of view 2, spatially aligned with ``p1``.
+        symmetric: symmetrise the joint (the authors' code does; IIC does too).
+
+    Returns:
+        ``(K, K)`` float32 tensor, non-negative, summing to 1.
+
+    Raises:
+        ValueError: if the shapes differ, are not 2D/4D, or K < 2.
+    """
+    _check_pair(p1, p2)
+    with _autocast_off(p1.device):
+        a = p1.float()
+        b = p2.float()
+        # mean over batch and pixels of outer products; normalised to sum 1 below
+        joint = torch.einsum("bjhw,bkhw->jk", a, b) if a.ndim == 4 else a.t() @ b
+        if symmetric:
+            joint = (joint + joint.t()) / 2
+        return joint / joint.sum().clamp_min(EPS)
+
+
+def mutual_information(joint: Tensor) -> Tensor:
+    """Mutual information (nats) of a ``(K, K)`` joint distribution (BIM eqs. 1-2, GMI eq. 9).
+
+    ``I = H(row marginal) + H(column marginal) - H(joint)``.
+
+    Args:
+        joint: ``(K, K)`` non-negative matrix summing to 1.
+
+    Returns:
+        Scalar tensor, ``0 <= I <= log K``.
+    """
+    if joint.ndim != 2 or joint.shape[0] != joint.shape[1]:
+        raise ValueError(f"joint must be a square (K, K) matrix, got shape {tuple(joint.shape)}")
+    return _entropy(joint.sum(1)) + _entropy(joint.sum(0)) - _entropy(joint)
+
+
+def mi_loss(
+    p1: Tensor,
+    p2: Tensor,
+    alpha: float = 0.0,
+    lamda: float = 1.0,
+) -> Tensor:
+    """Alpha-regularised MI loss of the BIM paper (eqs. 5-8); IIC at ``alpha=0``.
+
+    With ``P`` the symmetrised joint of :func:`joint_distribution` and ``I/K`` the uniform
+    diagonal pseudo-joint::
+
+        target = alpha * I/K + (1 - alpha) * P          (gradient flows through P)
+        loss   = -sum(target * log P) - lamda * (H(P.sum(1)) + H(P.sum(0)))
+
+    The first term is ``H'_alpha(P)`` of eq. 6, the second the marginal entropies of eq. 8. At
+    ``alpha=0, lamda=1`` the loss equals ``-I(X; Y)`` (IIC); at ``alpha=1`` the first term is the
+    cross-entropy between ``I/K`` and ``P``, minimised by the uniform diagonal joint.
+
+    To draw the joint (Fig. 1 of the paper) call :func:`joint_distribution` on the same inputs;
+    this function always returns the scalar loss only.
+
+    Args:
+        p1: ``(B, K, H, W)`` or ``(B, K)`` probabilities of view 1, ``g(s(T(x)))``.
+        p2: same shape, probabilities of view 2, ``g(T(s(x)))`` (aligned with ``p1``).
+        alpha: mixing coefficient in [0, 1] (0.5 in the BIM paper).
+        lamda: weight of the marginal entropies, >= 0 (1 in the paper and code).
+
+    Returns:
+        Scalar float32 tensor (nats). At ``alpha=0, lamda=1`` it lies in ``[-log K, 0]``.
+
+    Raises:
+        ValueError: on shape mismatch, K < 2, ``alpha`` outside [0, 1] or negative ``lamda``.
+    """
+    k = _check_pair(p1, p2)
+    check_unit_interval(alpha, "alpha")
+    check_non_negative(lamda, "lamda")
+    with _autocast_off(p1.device):
+        joint = joint_distribution(p1, p2)
+        log_joint = torch.log(joint.clamp_min(EPS))
+        eye = torch.eye(k, device=joint.device, dtype=joint.dtype) / k
+        target = alpha * eye + (1.0 - alpha) * joint
+        cross = -(target * log_joint).sum()
+        marginals = _entropy(joint.sum(1)) + _entropy(joint.sum(0))
+        return cross - lamda * marginals
+
+
+def local_mi_loss(p1: Tensor, p2: Tensor, padding: int = 1) -> Tensor:
+    """Local MI over a square displacement set (GMI paper, eqs. 10-12).
+
+    For every displacement ``(p, q)`` with ``|p|, |q| <= padding`` the joint
+    ``P_pq[j, k] ~ sum_{b,y,x} p1[b, j, y, x] * p2[b, k, y + p, x + q]`` is computed (all at
+    once with one convolution of the two maps, zero padding ``padding``: 1 gives the 3x3 set, 3
+    the 7x7 set), normalised to sum to 1 and symmetrised; the loss is the mean of ``-I(P_pq)``
+    over the ``(2 * padding + 1)**2`` displacements. Positions shifted outside the map contribute
+    nothing (zero padding), as in the authors' code.
+
+    Args:
+        p1: ``(B, K, H, W)`` probabilities of ``h(psi(T(x)))`` (softmax over K).
+        p2: same shape, probabilities of ``h(T(psi(x)))``.
+        padding: half-width of the displacement window, ``0 <= padding < min(H, W)``.
+
+    Returns:
+        Scalar float32 tensor in ``[-log K, 0]``.
+
+    Raises:
+        ValueError: on shape mismatch, non-4D input, K < 2 or an invalid ``padding``.
+    """
+    check_ndim(p1, "p1", (4,), "(B, K, H, W) probabilities")
+    k = _check_pair(p1, p2)
+    _, _, h, w = p1.shape
+    if isinstance(padding, bool) or not isinstance(padding, int) or not 0 <= padding < min(h, w):
+        raise ValueError(
+            f"padding must be an int with 0 <= padding < min(H, W)={min(h, w)}, got {padding!r}"
+        )
+    with _autocast_off(p1.device):
+        a = p1.float().transpose(0, 1)  # (K, B, H, W): K "images" with B channels
+        b = p2.float().transpose(0, 1)  # (K, B, H, W): K filters of size H x W
+        joints = F.conv2d(a, b, padding=padding)  # (K, K, 2p+1, 2p+1)
+        joints = joints.permute(2, 3, 0, 1).reshape(-1, k, k)  # (D, K, K)
+        joints = (joints + joints.transpose(1, 2)) / 2
+        joints = joints / joints.sum(dim=(1, 2), keepdim=True).clamp_min(EPS)
+        h_rows = -_xlogx(joints.sum(2)).sum(1)
+        h_cols = -_xlogx(joints.sum(1)).sum(1)
+        h_joint = -_xlogx(joints).sum(dim=(1, 2))
+        return -(h_rows + h_cols - h_joint).mean()
