@@ -183,6 +183,7 @@ class AugmentConfig(Section):
     scale: tuple[float, float] = (0.8, 1.3)
     paired_rotation: float = Field(45.0, ge=0.0, le=180.0)
     translation: float = Field(0.1, ge=0.0, le=0.5)
+    paired_flip: bool = False  # also flip in the paired T (not in the paper's T)
 
     @field_validator("gamma", "scale")
     @classmethod
