@@ -227,7 +227,16 @@ class OptimConfig(Section):
     warmup_factor: float = Field(400.0, ge=1.0)
     warmup_epochs: int = Field(10, ge=0)
     weight_decay: float = Field(1e-5, ge=0.0)
-    grad_clip: float | None = Field(None, gt=0.0)
+    grad_clip: float | None = Field(None, gt=0.0)  # max global grad norm; None: no clipping
+    betas: tuple[float, float] = (0.9, 0.999)  # RAdam / Adam
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD only
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"expected two values in [0, 1), got {v}")
+        return v
 
 
 # -------------------------------------------------------------------------------------- train
@@ -242,6 +251,9 @@ class TrainConfig(Section):
     channels_last: Literal["auto", "on", "off"] = "auto"
     init_from: str | None = None  # checkpoint to start from (fine-tuning)
     init_strict: bool = True  # every tensor of the model must be in init_from
+    # explicit partial loading: only these parameter-name prefixes (empty: all), minus excluded
+    init_only: tuple[str, ...] = ()  # e.g. ["Conv1", "Conv2", "Conv3", "Conv4", "Conv5"]
+    init_exclude: tuple[str, ...] = ()  # e.g. ["Conv_1x1"] when the class count differs
     val_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(32, ge=1)
     save_best: bool = True
@@ -276,6 +288,26 @@ class RunConfig(Section):
         from segssl.methods import method_config_class  # registry lives above config
 
         return method_config_class(str(v["name"])).model_validate(dict(v))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_pins(cls, raw: Any) -> Any:
+        """Apply settings a method pins in other sections (its class attribute ``pinned``,
+        e.g. ``full`` uses every training label: ``{"data.labeled_scans": "100%"}``)."""
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("method"), Mapping):
+            return raw
+        from segssl.methods import REGISTRY
+
+        pinned = getattr(REGISTRY.get(str(raw["method"].get("name"))), "pinned", None)
+        if not pinned:
+            return raw
+        out = {
+            k: v.model_dump() if isinstance(v, BaseModel) else json.loads(json.dumps(v))
+            for k, v in raw.items()
+        }
+        for dotted, value in pinned.items():
+            set_path(out, dotted, value)
+        return out
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:

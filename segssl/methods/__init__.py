@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from segssl.config import MethodConfig, did_you_mean
+from segssl.methods.baseline import Baseline
+from segssl.methods.finetune import Finetune
+from segssl.methods.full import Full
+
 
 class UnknownMethodError(KeyError, ValueError):
     """An unknown method name; a ValueError too, so pydantic reports it at ``method``."""
@@ -18,7 +22,11 @@ class UnknownMethodError(KeyError, ValueError):
 
 
 # name -> method class; each class has a ``Config`` attribute (a MethodConfig subclass)
-REGISTRY: dict[str, Any] = {}
+REGISTRY: dict[str, Any] = {
+    "baseline": Baseline,
+    "full": Full,
+    "finetune": Finetune,
+}
 
 
 def get_method(name: str) -> Any:
