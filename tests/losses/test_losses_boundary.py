@@ -1,0 +1,124 @@
+"""Tests of segssl.losses.boundary (BIM eq. 9): golden NCC, correlation extremes, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segssl.losses.boundary import cc_loss, edge_map, entropy_map, local_ncc
+
+
+def _texture(b: int, h: int, w: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 1, h, w, generator=g)
+    return F.avg_pool2d(x, 3, stride=1, padding=1)
+
+
+def _np_local_ncc(a: np.ndarray, b: np.ndarray, r: int) -> np.ndarray:
+    h, w = a.shape
+    pa, pb = np.pad(a, r), np.pad(b, r)
+    out = np.zeros_like(a)
+    for y in range(h):
+        for x in range(w):
+            wa = pa[y : y + 2 * r + 1, x : x + 2 * r + 1].ravel()
+            wb = pb[y : y + 2 * r + 1, x : x + 2 * r + 1].ravel()
+            da, db = wa - wa.mean(), wb - wb.mean()
+            out[y, x] = (da @ db) ** 2 / ((da @ da) * (db @ db) + 1e-5)
+    return out
+
+
+def test_local_ncc_golden_values() -> None:
+    a = _texture(1, 6, 7, 0)
+    b = _texture(1, 6, 7, 1)
+    expected = _np_local_ncc(a[0, 0].double().numpy(), b[0, 0].double().numpy(), 1)
+    got = local_ncc(a, b, window=3)[0, 0].double().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_edge_maps_golden() -> None:
+    img = torch.zeros(1, 1, 4, 4)
+    img[..., :, 2:] = 1.0  # vertical step between columns 1 and 2
+    diff = edge_map(img, "diff", power=1.0)[0, 0]
+    expected = torch.zeros(4, 4)
+    expected[:, 1] = 1.0
+    torch.testing.assert_close(diff, expected, atol=1e-5, rtol=0)
+    sobel = edge_map(img, "sobel", power=1.0)[0, 0]
+    # |gx| = 4 on columns 1 and 2, 0 elsewhere -> normalised to 1 there
+    expected_s = torch.zeros(4, 4)
+    expected_s[:, 1:3] = 1.0
+    torch.testing.assert_close(sobel, expected_s, atol=1e-5, rtol=0)
+    ramp = torch.linspace(0, 1, 16).view(1, 1, 4, 4)
+    powered = edge_map(ramp * ramp, "diff", power=0.75)
+    torch.testing.assert_close(powered, edge_map(ramp * ramp, "diff", power=1.0) ** 0.75)
+
+
+def test_entropy_map_golden() -> None:
+    probs = torch.tensor([[1.0, 0.5, 0.25], [0.0, 0.5, 0.75]]).view(1, 2, 1, 3)
+    raw = entropy_map(probs, normalise=False)[0, 0, 0]
+    h = [0.0, math.log(2), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
+    torch.testing.assert_close(raw, torch.tensor(h), atol=1e-6, rtol=0)
+    norm = entropy_map(probs)[0, 0, 0]
+    torch.testing.assert_close(norm, torch.tensor(h) / math.log(2), atol=1e-5, rtol=0)
+
+
+def _probs_with_entropy(target: torch.Tensor) -> torch.Tensor:
+    """2-cluster probabilities whose entropy is 0.05 + 0.9 * target * log 2 (bisection)."""
+    want = (0.05 + 0.9 * target) * math.log(2)
+    lo, hi = torch.zeros_like(want), torch.full_like(want, 0.5)
+    for _ in range(60):
+        q = (lo + hi) / 2
+        ent = -(q * torch.log(q) + (1 - q) * torch.log(1 - q))
+        lo, hi = torch.where(ent < want, q, lo), torch.where(ent < want, hi, q)
+    q = (lo + hi) / 2
+    return torch.cat([q, 1 - q], dim=1)
+
+
+@pytest.mark.parametrize("edge", ["sobel", "diff"])
+def test_cc_loss_near_minus_one_for_perfectly_correlated_maps(edge: str) -> None:
+    img = _texture(2, 24, 24, 3)
+    probs = _probs_with_entropy(edge_map(img, edge, power=0.75))
+    loss = float(cc_loss(img, probs, window=5, edge=edge, power=0.75))
+    assert -1.0 - 1e-4 <= loss < -0.97
+    unrelated = torch.rand(2, 2, 24, 24, generator=torch.Generator().manual_seed(9)).softmax(1)
+    assert float(cc_loss(img, unrelated, edge=edge)) > loss + 0.5
+
+
+def test_cc_loss_finite_gradients_with_exact_zeros_and_decreases() -> None:
+    img = _texture(1, 16, 16, 4)
+    probs = torch.zeros(1, 3, 16, 16)
+    probs[:, 0, :, :8] = 1.0
+    probs[:, 1, :, 8:] = 1.0  # exact zeros and exact ones, cluster 2 empty
+    probs.requires_grad_(True)
+    loss = cc_loss(img, probs)
+    (g,) = torch.autograd.grad(loss, probs)
+    assert torch.isfinite(loss) and torch.isfinite(g).all()
+
+    logits = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    logits.requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    values = []
+    for _ in range(15):
+        loss = cc_loss(img, logits.softmax(1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        values.append(float(loss.detach()))
+    assert values[-1] < values[0] - 0.05
+
+
+def test_cc_loss_error_paths() -> None:
+    img = torch.rand(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"\(2, 1, 16, 16\).*\(2, 4, 8, 8\)"):
+        cc_loss(img, torch.rand(2, 4, 8, 8))
+    with pytest.raises(ValueError, match="window must be an odd int >= 3, got 4"):
+        cc_loss(img, torch.rand(2, 4, 16, 16), window=4)
+    with pytest.raises(ValueError, match="edge must be 'sobel' or 'diff', got 'canny'"):
+        cc_loss(img, torch.rand(2, 4, 16, 16), edge="canny")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="K=1"):
+        cc_loss(img, torch.rand(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="power must be > 0"):
+        edge_map(img, power=0.0)
