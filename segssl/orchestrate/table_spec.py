@@ -132,6 +132,7 @@ class TableSpec(_Strict):
     metric: str = "test/dsc"
     scale: float = Field(1.0, gt=0)  # 100 prints Dice as %
     digits: int = Field(2, ge=0, le=6)
+    row_header: str = ""  # header of the label column (e.g. "Methods"); default: the row keys
     rows: Axis
     columns: Axis = Field(default_factory=list)
     labels: dict[str, dict[str, str]] = Field(default_factory=dict)  # key -> value -> label

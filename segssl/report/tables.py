@@ -1,0 +1,95 @@
+"""The sweep-level entry point: every table of a sweep, rendered, logged, with curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from segssl.orchestrate.table_spec import TableSpec
+from segssl.report.aggregate import aggregate
+from segssl.report.curves import plot_curves
+from segssl.report.errors import ReportError
+from segssl.report.render import FORMATS, csv_frame, render
+from segssl.report.runs import latest_parent_run, load_runs
+
+EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def build_tables(
+    name: str,
+    tables: Sequence[TableSpec],
+    tracking_uri: str,
+    *,
+    base_dirs: Sequence[Path] = (),
+) -> list[tuple[TableSpec, pd.DataFrame]]:
+    """Aggregate every table of sweep ``name`` (runs are read from MLflow once).
+
+    Raises:
+        ReportError: the sweep declares no table, or a table cannot be built.
+    """
+    if not tables:
+        raise ReportError(f"sweep {name!r} declares no tables (add a 'tables:' list)")
+    df = load_runs(tracking_uri, name)
+    dirs = [*base_dirs, REPO_ROOT]
+    return [
+        (t, aggregate(df, t, experiment=name, tracking_uri=tracking_uri, base_dirs=dirs))
+        for t in tables
+    ]
+
+
+def render_sweep_tables(
+    name: str,
+    tables: Sequence[TableSpec],
+    tracking_uri: str,
+    fmt: str = "md",
+    *,
+    base_dirs: Sequence[Path] = (),
+    log_artifact: bool = True,
+    curves_dir: str | Path | None = None,
+) -> str:
+    """Render every table of a sweep in ``fmt``; optionally log it and draw learning curves.
+
+    Args:
+        name: the sweep's name (its MLflow experiment).
+        tables: the sweep's table specs.
+        tracking_uri: MLflow tracking URI.
+        fmt: one of ``md``, ``latex``, ``csv``, ``html``.
+        base_dirs: folders where relative paper files are looked for (the sweep's folder).
+        log_artifact: log the rendered text as ``tables/<sweep>.<ext>`` of the sweep's latest
+            parent run, when there is one.
+        curves_dir: when given, write ``<table>_curves.png`` there for every table.
+
+    Returns:
+        The rendered text (tables separated by a blank line; CSV: one header, all tables).
+    """
+    if fmt not in FORMATS:
+        raise ReportError(f"unknown table format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    built = build_tables(name, tables, tracking_uri, base_dirs=base_dirs)
+    if fmt == "csv":
+        text = pd.concat([csv_frame(agg, t) for t, agg in built]).to_csv(index=False)
+    else:
+        text = "\n".join(render(agg, t, fmt) for t, agg in built)
+    if curves_dir is not None:
+        for t, agg in built:
+            plot_curves(agg, tracking_uri, Path(curves_dir) / f"{t.name}_curves.png")
+    if log_artifact:
+        parent = latest_parent_run(tracking_uri, name)
+        if parent is not None:
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri=tracking_uri).log_text(
+                parent, text, f"tables/{name}.{EXTENSIONS[fmt]}"
+            )
+    return text
+
+
+def render_tables(spec: Any, tracking_uri: str, fmt: str = "md", **kwargs: Any) -> str:
+    """Render the tables of a sweep spec (anything with ``name`` and ``tables``).
+
+    Keyword arguments are those of :func:`render_sweep_tables`.
+    """
+    return render_sweep_tables(spec.name, list(spec.tables), tracking_uri, fmt, **kwargs)
