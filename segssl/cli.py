@@ -58,5 +58,59 @@ def methods_cmd() -> None:
         typer.echo(name)
 
 
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Argument(..., help="Run config YAML (see experiments/)."),
+    override: list[str] = typer.Option(  # noqa: B006 - typer default
+        [], "-o", "--override", help="key.path=value (YAML value), repeatable."
+    ),
+    workdir: Optional[Path] = typer.Option(  # noqa: UP007, UP045
+        None, "--workdir", help="Run directory (default runs/<method>-<stage>-<config hash>)."
+    ),
+    tracking_uri: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None, "--tracking-uri", help="Log the run to this MLflow tracking URI."
+    ),
+    experiment: str = typer.Option("segssl-train", "--experiment", help="MLflow experiment."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from last.pt."),
+) -> None:
+    """Run one training run end to end: checkpoints, result.json, optional MLflow record."""
+    import json
+
+    from segssl.config import ConfigError, config_hash, load_run_config
+    from segssl.engine import CheckpointError, EngineConfigError, NonFiniteLossError, check_run
+
+    try:
+        cfg = load_run_config(config, override)
+        check_run(cfg)
+    except (ConfigError, EngineConfigError, CheckpointError, KeyError) as exc:
+        fail(str(exc).strip("'\""))
+    run_dir = workdir or Path("runs") / f"{cfg.method.name}-{cfg.stage}-{config_hash(cfg)}"
+    reporter = None
+    if tracking_uri:
+        from segssl.tracking import MlflowRunReporter
+
+        name = f"{cfg.method.name} {cfg.stage} | {cfg.data.labeled_scans} | seed {cfg.seed}"
+        try:
+            reporter = MlflowRunReporter(tracking_uri, experiment, cfg, name)
+        except Exception as exc:  # noqa: BLE001 - any tracking failure is reported, not traced
+            fail(f"--tracking-uri {tracking_uri}: cannot start an MLflow run: {exc}")
+    from segssl.engine import train
+
+    result, status = None, "FAILED"
+    try:
+        result = train(cfg, reporter, workdir=run_dir, resume=resume)
+        status = "FINISHED"
+    except NonFiniteLossError as exc:
+        fail(str(exc), code=1)
+    except (EngineConfigError, CheckpointError, ValueError) as exc:
+        fail(str(exc), code=1)
+    finally:
+        if reporter is not None:
+            reporter.finish(result, run_dir, status)
+    metrics = result["metrics"]
+    console.print(f"[bold]result[/] {run_dir / 'result.json'}")
+    console.print(json.dumps(metrics, indent=1, sort_keys=True), highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -111,14 +111,15 @@ class _Batches:
         self.augment = BaseAugment(cfg.augment)
 
     def _prepare(self, batch: Batch) -> Batch:
-        batch = self.augment(batch, generator=self.gen)
-        out = {}
-        for k, v in batch.items():
-            if isinstance(v, torch.Tensor):
-                v = v.to(self.runtime.device, non_blocking=True)
-                if k == "image" and self.runtime.channels_last:
-                    v = v.contiguous(memory_format=torch.channels_last)
-            out[k] = v
+        out = {
+            k: v.to(self.runtime.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()
+        }
+        out["image"], label = self.augment(out["image"], out.get("label"), generator=self.gen)
+        if label is not None:
+            out["label"] = label
+        if self.runtime.channels_last:
+            out["image"] = out["image"].contiguous(memory_format=torch.channels_last)
         return out
 
     @staticmethod
@@ -400,7 +401,13 @@ def _run(
                 if cfg.train.save_best:
                     save_checkpoint(
                         best_path,
-                        {**weights(), "epoch": epoch + 1, "config": cfg_json, "kind": "best"},
+                        {
+                            **weights(),
+                            "epoch": epoch + 1,
+                            "config": cfg_json,
+                            "config_hash": config_hash(cfg),
+                            "kind": "best",
+                        },
                     )
         elif not supervised:
             best = {"epoch": epoch + 1, "score": -math.inf}
@@ -418,6 +425,7 @@ def _run(
                 "best": best,
                 "history": history,
                 "config": cfg_json,
+                "config_hash": config_hash(cfg),
                 "kind": "last",
             },
         )
@@ -430,7 +438,16 @@ def _run(
         model.load_state_dict(ckpt["model"])
         method.heads.load_state_dict(ckpt["heads"])
     elif not supervised or not best_path.exists():
-        save_checkpoint(best_path, {**weights(), "epoch": E, "config": cfg_json, "kind": "best"})
+        save_checkpoint(
+            best_path,
+            {
+                **weights(),
+                "epoch": E,
+                "config": cfg_json,
+                "config_hash": config_hash(cfg),
+                "kind": "best",
+            },
+        )
         best = {"epoch": E, "score": best["score"]} if not supervised else best
     final: dict[str, float] = {"best_epoch": float(best["epoch"] or E)}
     method.eval()
