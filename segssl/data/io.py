@@ -1,0 +1,157 @@
+"""Reading volumes from disk: NIfTI through nibabel, MetaImage through SimpleITK.
+
+Every reader returns arrays in stored voxel order ``(i, j, k)`` together with a 4 x 4 voxel-to-world
+affine in RAS+ millimetres (the NIfTI convention), so that preprocessing can reorient any scan the
+same way whatever its format. Errors name the file and say what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segssl.data.errors import DataError
+
+__all__ = [
+    "VolumeHeader",
+    "affine_spacing",
+    "read_header",
+    "read_volume",
+]
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class VolumeHeader:
+    """What a file header says without decoding the voxels."""
+
+    path: Path
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]  # voxel sizes along the stored axes (mm)
+
+
+def _is_mhd(path: Path) -> bool:
+    return path.suffix.lower() in (".mhd", ".mha")
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: missing {what} (expected a file here)")
+
+
+def _mhd_data_file(path: Path) -> Path | None:
+    """The ``ElementDataFile`` a ``.mhd`` header points to (None for LOCAL / .mha)."""
+    if path.suffix.lower() != ".mhd":
+        return None
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read MetaImage header: {exc}") from None
+    m = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", text, flags=re.MULTILINE)
+    if not m:
+        raise DataError(f"{path}: MetaImage header has no ElementDataFile entry")
+    name = m.group(1)
+    if name.upper() == "LOCAL" or name.upper().startswith("LIST"):
+        return None
+    return path.parent / name
+
+
+def read_header(path: Path, what: str = "volume") -> VolumeHeader:
+    """Read shape and voxel spacing from a header (cheap: voxels are not decoded).
+
+    Raises:
+        DataError: missing file, missing MetaImage data file, or an unreadable header.
+    """
+    path = Path(path)
+    _require_file(path, what)
+    if _is_mhd(path):
+        import SimpleITK as sitk
+
+        data_file = _mhd_data_file(path)
+        if data_file is not None and not data_file.is_file():
+            raise DataError(f"{data_file}: missing data file of MetaImage header {path.name}")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise DataError(f"{path}: unreadable MetaImage header: {_first_line(exc)}") from None
+        size = tuple(int(s) for s in reader.GetSize())
+        spacing = tuple(float(s) for s in reader.GetSpacing())
+        comps = reader.GetNumberOfComponents()
+        if comps > 1:
+            size = (*size, comps)
+            spacing = (*spacing, 1.0)
+        return VolumeHeader(path, size, spacing)
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+        zooms = tuple(float(z) for z in img.header.get_zooms())
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise DataError(f"{path}: unreadable NIfTI header: {_first_line(exc)}") from None
+    return VolumeHeader(path, shape, zooms[: len(shape)])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def affine_spacing(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel sizes (mm) along the three stored axes: the norms of the affine's columns."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
+
+
+def read_volume(path: Path, what: str = "volume") -> tuple[np.ndarray, np.ndarray]:
+    """Decode a volume: ``(array in stored (i, j, k[, c]) order, 4 x 4 RAS affine)``.
+
+    Raises:
+        DataError: missing, unreadable or truncated file.
+    """
+    path = Path(path)
+    _require_file(path, what)
+    if _is_mhd(path):
+        return _read_mhd(path)
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:
+        raise DataError(
+            f"{path}: unreadable or truncated NIfTI file ({what}): {_first_line(exc)}"
+        ) from None
+    return np.asarray(data), affine
+
+
+def _read_mhd(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import SimpleITK as sitk
+
+    data_file = _mhd_data_file(path)
+    if data_file is not None and not data_file.is_file():
+        raise DataError(f"{data_file}: missing data file of MetaImage header {path.name}")
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise DataError(
+            f"{path}: unreadable or truncated MetaImage file: {_first_line(exc)}"
+        ) from None
+    arr = sitk.GetArrayFromImage(img)  # (k, j, i[, c])
+    dim = img.GetDimension()
+    axes = tuple(range(dim))[::-1]
+    arr = np.transpose(arr, (*axes, dim)) if arr.ndim == dim + 1 else np.transpose(arr, axes)
+    spacing = np.asarray(img.GetSpacing(), dtype=np.float64)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    origin = np.asarray(img.GetOrigin(), dtype=np.float64)
+    affine = np.eye(4)
+    n = min(dim, 3)
+    affine[:n, :n] = (direction * spacing[None, :])[:n, :n]
+    affine[:n, 3] = origin[:n]
+    return arr, _LPS_TO_RAS @ affine  # ITK's world is LPS, NIfTI's is RAS
