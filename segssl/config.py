@@ -87,6 +87,12 @@ class PreprocessConfig(Section):
     size: tuple[int, int] = (256, 256)
     fit: Literal["crop_or_pad", "resize"] = "crop_or_pad"
     reorient: bool = True  # reorient from the affine to a canonical (RAS) orientation
+    # through-plane axis: "auto" = the canonical axis with the coarsest spacing (the stored
+    # slice axis when spacings tie within 10 %); "stored" = the stored third voxel axis
+    slice_axis: Literal["auto", "stored"] = "auto"
+    clip: bool = True  # clip normalised intensities to [0, 1]
+    crop_center: Literal["image", "label"] = "image"  # BIM centres its ACDC crop on the labels
+    dtype: Literal["float16", "float32"] = "float16"  # cached image precision
 
     @field_validator("percentiles")
     @classmethod
@@ -121,7 +127,8 @@ class SplitConfig(Section):
     unit: Literal["subject", "scan"] = "subject"
     seed: int = 0
     sizes: tuple[int, int, int] | None = None  # (train, val, test); None: 70/10/20 % of units
-    files: dict[Literal["train", "val", "test"], str] | None = None
+    # "labeled" (optional): scan ids that head the labeled ordering (a fixed labeled subset)
+    files: dict[Literal["train", "val", "test", "labeled"], str] | None = None
 
 
 LabeledCount = Annotated[
@@ -143,7 +150,10 @@ class DataConfig(Section):
     partitions: int = Field(3, ge=1)  # S partitions per volume for meta-labels
     batch_size: int = Field(8, ge=1)  # labeled batch
     unlabeled_batch_size: int = Field(8, ge=1)
-    partition_sampler: bool = False  # G^D-style batches: m volumes x one slice per partition
+    # G^D-style unlabeled batches: unlabeled_batch_size / partitions volumes x one slice per
+    # partition (Chaitanya et al.); applies to the unlabeled stream
+    partition_sampler: bool = False
+    modality: int | str = 0  # channel of multi-modal (4D) images: index or dataset.json name
     num_workers: int = Field(0, ge=0)
 
     @field_validator("labeled_scans", mode="before")
