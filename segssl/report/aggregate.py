@@ -270,7 +270,8 @@ def _seed_values(sub: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFrame
         differing = [
             k
             for k in param_keys(clash)
-            if k not in SELECT_IGNORE and clash[f"params.{k}"].map(norm_value).nunique() > 1
+            if k not in (*SELECT_IGNORE, spec.seed_key)
+            and clash[f"params.{k}"].map(norm_value).nunique() > 1
         ]
         raise ReportError(
             f"table {spec.name!r}: cell {where} has {len(clash)} runs for seed(s) "

@@ -1,0 +1,517 @@
+"""Table tests on a hand-built MLflow store with known metric values."""
+
+from __future__ import annotations
+
+import io
+import math
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from scipy import stats
+
+from segssl.orchestrate.table_spec import TableSpec
+from segssl.report import (
+    ReportError,
+    aggregate,
+    load_runs,
+    plot_curves,
+    render,
+    render_sweep_tables,
+)
+from segssl.report.curves import curve_frame
+from segssl.report.runs import load_history
+
+EXP = "tsweep"
+SEEDS = (0, 1, 2)
+# test/dsc per seed 0, 1, 2 for (method, target, labeled_scans); None: no run for that seed
+VALUES: dict[tuple[str, str, int], list[float | None]] = {
+    ("baseline", "lv", 1): [0.60, 0.64, 0.62],
+    ("baseline", "lv", 2): [0.70, 0.71, 0.75],
+    ("baseline", "rv", 1): [0.50, 0.52, 0.47],
+    ("baseline", "rv", 2): [0.55, 0.59, 0.60],
+    ("bim", "lv", 1): [0.80, 0.83, 0.81],
+    ("bim", "lv", 2): [0.85, 0.88, 0.86],
+    ("bim", "rv", 1): [0.70, 0.66, 0.69],
+    ("bim", "rv", 2): [0.72, 0.78, None],  # seed 2 missing: n = 2
+    ("iic", "lv", 1): [0.65, 0.70, 0.66],
+    ("iic", "lv", 2): [0.74, 0.70, 0.77],
+    ("iic", "rv", 1): [0.68, 0.69, 0.70],
+    ("iic", "rv", 2): [0.60, 0.61, 0.59],
+}
+# mean teacher, two EMA decays: 0.99 has the better validation score, 0.9 the better test
+MT = {
+    0.9: {"test": [0.90, 0.91, 0.92], "val": [0.60, 0.61, 0.62]},
+    0.99: {"test": [0.75, 0.76, 0.77], "val": [0.70, 0.69, 0.71]},
+}
+
+
+def _val_history(final_test: float) -> list[float]:
+    """Per-epoch val/dsc of a run: rises then dips (max at epoch 2)."""
+    return [final_test - 0.2, final_test - 0.05, final_test + 0.01, final_test - 0.03]
+
+
+def _log(
+    client: MlflowClient,
+    exp_id: str,
+    parent: str,
+    params: dict,
+    metrics: dict,
+    tags: dict,
+    history: list[float] | None,
+    status: str = "FINISHED",
+) -> str:
+    run = client.create_run(exp_id, tags={"mlflow.parentRunId": parent, **tags})
+    rid = run.info.run_id
+    ms = [Metric(k, float(v), 0, 0) for k, v in metrics.items()]
+    if history is not None:
+        ms += [Metric("val/dsc", float(v), 1000 + e, e) for e, v in enumerate(history)]
+    client.log_batch(rid, metrics=ms, params=[Param(k, str(v)) for k, v in params.items()])
+    if status != "RUNNING":
+        client.set_terminated(rid, status=status)
+    return rid
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment(EXP, artifact_location=str(root / "artifacts"))
+    parent = client.create_run(exp_id, tags={"segssl.role": "parent", "segssl.sweep": EXP})
+    pid = parent.info.run_id
+    client.log_metric(pid, "test/dsc", 0.0)
+    client.set_terminated(pid, "FINISHED")
+    finished, ignored = [], []
+    n = 0
+    for (method, target, ls), vals in VALUES.items():
+        for seed, v in zip(SEEDS, vals, strict=True):
+            if v is None:
+                continue
+            n += 1
+            params = {
+                "method.name": method,
+                "data.target": target,
+                "data.labeled_scans": ls,
+                "seed": seed,
+                "train.init_from": f"/store/trials/p{n}/last.pt",
+                "pretrain.method.alpha": 0.5,
+            }
+            tags = {"segssl.stage": "finetune", "segssl.trial_key": f"k{n}", "segssl.sweep": EXP}
+            metrics = {"test/dsc": v, "best_epoch": 2, "test/dsc/lv": v}
+            finished.append(_log(client, exp_id, pid, params, metrics, tags, _val_history(v)))
+    for ema, d in MT.items():
+        for seed in SEEDS:
+            n += 1
+            params = {
+                "method.name": "mt",
+                "method.ema": ema,
+                "data.target": "lv",
+                "data.labeled_scans": 1,
+                "seed": seed,
+                "train.init_from": f"/store/trials/p{n}/last.pt",
+            }
+            tags = {"segssl.stage": "finetune", "segssl.trial_key": f"k{n}"}
+            val = d["val"][seed]
+            hist = [val - 0.1, val, val - 0.02]
+            finished.append(
+                _log(client, exp_id, pid, params, {"test/dsc": d["test"][seed]}, tags, hist)
+            )
+    # runs that must be ignored: unfinished attempts with absurd values, a pre-training run
+    bad = {"method.name": "bim", "data.target": "lv", "data.labeled_scans": 1, "seed": 0}
+    for st in ("RUNNING", "FAILED", "KILLED"):
+        ignored.append(
+            _log(
+                client,
+                exp_id,
+                pid,
+                bad,
+                {"test/dsc": 0.01},
+                {"segssl.stage": "finetune", "segssl.trial_key": f"bad-{st}"},
+                [0.01],
+                st,
+            )
+        )
+    pre = _log(
+        client,
+        exp_id,
+        pid,
+        {"method.name": "bim", "method.alpha": 0.5, "seed": 0},
+        {"train/loss": 1.0},
+        {"segssl.stage": "pretrain", "segssl.trial_key": "pre0"},
+        None,
+    )
+    # a run of another experiment with the same params must not leak in
+    other = client.create_experiment("other")
+    _log(
+        client,
+        other,
+        "x",
+        {**bad, "data.labeled_scans": 1},
+        {"test/dsc": 0.02},
+        {"segssl.stage": "finetune"},
+        None,
+    )
+    return {
+        "uri": uri,
+        "client": client,
+        "parent": pid,
+        "finished": finished,
+        "ignored": ignored,
+        "pretrain": pre,
+        "df": load_runs(uri, EXP),
+    }
+
+
+def _spec(**kw) -> TableSpec:
+    base = {
+        "name": "t2",
+        "title": "Fine-tuning",
+        "stage": "finetune",
+        "metric": "test/dsc",
+        "scale": 100,
+        "rows": {
+            "Baseline": {"method.name": "baseline"},
+            "Ours": {"method.name": "bim"},
+            "IIC": {"method.name": "iic"},
+        },
+        "columns": [
+            {
+                "label": "ACDC-LV",
+                "filter": {"data.target": "lv"},
+                "by": "data.labeled_scans",
+                "labels": {1: "1 scan", 2: "2 scans"},
+                "mean": True,
+            },
+            {
+                "label": "ACDC-RV",
+                "filter": {"data.target": "rv"},
+                "by": "data.labeled_scans",
+                "labels": {1: "1 scan", 2: "2 scans"},
+                "mean": True,
+            },
+        ],
+    }
+    base.update(kw)
+    return TableSpec.model_validate(base)
+
+
+def _cell(agg: pd.DataFrame, row: str, group: str | None, col: str) -> dict:
+    hit = agg[(agg["row"] == row) & (agg["col"] == col)]
+    hit = hit[hit["col_group"].isna()] if group is None else hit[hit["col_group"] == group]
+    assert len(hit) == 1, (row, group, col)
+    return hit.iloc[0].to_dict()
+
+
+def _vals(method: str, target: str, ls: int) -> np.ndarray:
+    return np.array([v for v in VALUES[(method, target, ls)] if v is not None]) * 100
+
+
+# ------------------------------------------------------------------------------- loading
+def test_load_runs_keeps_only_finished_child_runs(store: dict) -> None:
+    df = store["df"]
+    assert set(df["run_id"]) == set(store["finished"]) | {store["pretrain"]}
+    assert store["parent"] not in set(df["run_id"])
+    assert not set(store["ignored"]) & set(df["run_id"])
+    assert (df["status"] == "FINISHED").all()
+    assert df["params.seed"].map(type).eq(str).all()
+
+
+def test_load_runs_unknown_experiment_is_named(store: dict) -> None:
+    with pytest.raises(ReportError, match="no MLflow experiment named 'nope'"):
+        load_runs(store["uri"], "nope")
+
+
+# --------------------------------------------------------------------------- aggregation
+def test_means_stds_and_n_per_cell(store: dict) -> None:
+    agg = aggregate(store["df"], _spec(), experiment=EXP)
+    for row, method in (("Baseline", "baseline"), ("Ours", "bim"), ("IIC", "iic")):
+        for grp, target in (("ACDC-LV", "lv"), ("ACDC-RV", "rv")):
+            for col, ls in (("1 scan", 1), ("2 scans", 2)):
+                c = _cell(agg, row, grp, col)
+                v = _vals(method, target, ls)
+                assert c["mean"] == pytest.approx(v.mean())
+                assert c["std"] == pytest.approx(v.std(ddof=1))
+                assert c["n"] == len(v)
+    assert _cell(agg, "Ours", "ACDC-RV", "2 scans")["n"] == 2
+    assert _cell(agg, "Ours", "ACDC-RV", "2 scans")["seeds"] == "0,1"
+    # the unfinished runs (test/dsc 0.01) do not pull Ours / ACDC-LV / 1 scan down
+    assert _cell(agg, "Ours", "ACDC-LV", "1 scan")["mean"] == pytest.approx(81.3333333)
+
+
+def test_group_mean_column_averages_leaves_per_seed(store: dict) -> None:
+    agg = aggregate(store["df"], _spec(), experiment=EXP)
+    per_seed = (_vals("baseline", "lv", 1) + _vals("baseline", "lv", 2)) / 2
+    c = _cell(agg, "Baseline", "ACDC-LV", "mean")
+    assert c["mean"] == pytest.approx(per_seed.mean())
+    assert c["std"] == pytest.approx(per_seed.std(ddof=1))
+    assert c["n"] == 3
+    # Ours/RV: seed 2 lacks the 2-scan run, so only seeds 0 and 1 enter the mean column
+    ours = (_vals("bim", "rv", 1)[:2] + _vals("bim", "rv", 2)) / 2
+    c = _cell(agg, "Ours", "ACDC-RV", "mean")
+    assert (c["n"], c["mean"]) == (2, pytest.approx(ours.mean()))
+
+
+def test_best_bold_second_underlined_per_column(store: dict) -> None:
+    agg = aggregate(store["df"], _spec(), experiment=EXP)
+    marks = {(r["row"], r["col_group"], r["col"]): r["mark"] for r in agg.to_dict("records")}
+    assert marks[("Ours", "ACDC-LV", "1 scan")] == "best"
+    assert marks[("IIC", "ACDC-LV", "1 scan")] == "second"
+    assert marks[("Baseline", "ACDC-LV", "1 scan")] == ""
+    # RV 2 scans: Ours 75.0 > IIC 60.0 > Baseline 58.0
+    assert marks[("IIC", "ACDC-RV", "2 scans")] == "second"
+    assert marks[("Baseline", "ACDC-RV", "2 scans")] == ""
+    low = aggregate(store["df"], _spec(bold="min"), experiment=EXP)
+    assert _cell(low, "Baseline", "ACDC-LV", "1 scan")["mark"] == "best"
+    assert _cell(low, "IIC", "ACDC-LV", "1 scan")["mark"] == "second"
+    excl = aggregate(store["df"], _spec(rank_exclude=["Ours"]), experiment=EXP)
+    assert _cell(excl, "Ours", "ACDC-LV", "1 scan")["mark"] == ""
+    assert _cell(excl, "IIC", "ACDC-LV", "1 scan")["mark"] == "best"
+    assert _cell(excl, "Baseline", "ACDC-LV", "1 scan")["mark"] == "second"
+
+
+@pytest.mark.parametrize("test", ["ttest_rel", "wilcoxon"])
+def test_paired_test_matches_scipy(store: dict, test: str) -> None:
+    spec = _spec(paired_test={"reference": "Baseline", "test": test, "alternative": "greater"})
+    agg = aggregate(store["df"], spec, experiment=EXP)
+    fn = stats.ttest_rel if test == "ttest_rel" else stats.wilcoxon
+    want = fn(_vals("iic", "lv", 2), _vals("baseline", "lv", 2), alternative="greater").pvalue
+    assert _cell(agg, "IIC", "ACDC-LV", "2 scans")["p_value"] == pytest.approx(want)
+    # matched by seed: Ours/RV/2 scans has seeds 0, 1 only
+    want = fn(_vals("bim", "rv", 2), _vals("baseline", "rv", 2)[:2], alternative="greater")
+    assert _cell(agg, "Ours", "ACDC-RV", "2 scans")["p_value"] == pytest.approx(want.pvalue)
+    assert math.isnan(_cell(agg, "Baseline", "ACDC-LV", "1 scan")["p_value"])
+
+
+def test_best_val_selection_picks_config_by_validation(store: dict) -> None:
+    spec = _spec(
+        rows={"MT": {"method.name": "mt"}},
+        columns=[
+            {
+                "label": "ACDC-LV",
+                "filter": {"data.target": "lv"},
+                "by": "data.labeled_scans",
+                "values": [1],
+            }
+        ],
+        select={"rule": "best_val", "keys": ["method.ema"]},
+    )
+    agg = aggregate(store["df"], spec, experiment=EXP, tracking_uri=store["uri"])
+    c = _cell(agg, "MT", "ACDC-LV", "1")
+    assert c["selected"] == "method.ema=0.99"
+    assert c["mean"] == pytest.approx(np.mean(MT[0.99]["test"]) * 100)
+    assert c["n"] == 3
+    # the shorthand with keys inferred (train.init_from differs per run but is ignored)
+    auto = aggregate(
+        store["df"],
+        spec.model_copy(update={"select": _spec(select="best_val").select}),
+        experiment=EXP,
+        tracking_uri=store["uri"],
+    )
+    assert _cell(auto, "MT", "ACDC-LV", "1")["selected"] == "method.ema=0.99"
+    # selecting on the minimum picks the other decay
+    worst = _spec(
+        **{**spec.model_dump(exclude={"select"}), "select": {"keys": ["method.ema"], "mode": "min"}}
+    )
+    agg = aggregate(store["df"], worst, experiment=EXP, tracking_uri=store["uri"])
+    assert _cell(agg, "MT", "ACDC-LV", "1")["selected"] == "method.ema=0.9"
+
+
+def test_history_max_is_the_selection_score(store: dict) -> None:
+    rid = store["finished"][0]
+    hist = load_history(store["uri"], [rid], "val/dsc")
+    assert list(hist["step"]) == [0, 1, 2, 3]
+    assert hist["value"].max() == pytest.approx(0.60 + 0.01)
+
+
+def test_key_rows_and_spanning_rows(store: dict) -> None:
+    spec = _spec(
+        rows=["method.name"],
+        labels={"method.name": {"bim": "Ours"}},
+        filter={"method.name": ["baseline", "bim"]},
+    )
+    agg = aggregate(store["df"], spec, experiment=EXP)
+    assert [r.label for r in agg.attrs["rows"]] == ["baseline", "Ours"]
+    assert agg.attrs["row_header"] == "method.name"
+    # a row fixing a column key spans the columns of that key (like "Full Sup.")
+    span = _spec(rows={"Base 2 scans": {"method.name": "baseline", "data.labeled_scans": 2}})
+    agg = aggregate(store["df"], span, experiment=EXP)
+    one = _cell(agg, "Base 2 scans", "ACDC-LV", "1 scan")
+    two = _cell(agg, "Base 2 scans", "ACDC-LV", "2 scans")
+    assert one["mean"] == two["mean"] == pytest.approx(_vals("baseline", "lv", 2).mean())
+
+
+# --------------------------------------------------------------------------------- paper
+PAPER = textwrap.dedent(
+    """
+    paper: test paper
+    tables:
+      tx:
+        columns:
+          - {group: ACDC-RV, leaves: [1 scan, 2 scans, mean]}
+          - {group: ACDC-LV, leaves: [1 scan, 2 scans, 4 scans, mean]}
+        rows:
+          IIC: [1.1, 1.2, 1.3, 2.1, 2.2, 2.4, 2.3]
+          Ours: [3.1, 3.2, [3.3, 0.4], 4.1, 4.2, 4.4, null]
+          Baseline: {ACDC-RV: 5.0, ACDC-LV: [6.1, 6.2, 6.4, 6.3]}
+          Extra: [0, 0, 0, 0, 0, 0, 0]
+    """
+)
+
+
+@pytest.fixture()
+def paper_file(tmp_path: Path) -> Path:
+    p = tmp_path / "papers" / "test.yaml"
+    p.parent.mkdir()
+    p.write_text(PAPER)
+    return p
+
+
+def test_paper_numbers_aligned_to_cells(store: dict, paper_file: Path) -> None:
+    spec = _spec(paper={"file": "papers/test.yaml", "table": "tx"})
+    agg = aggregate(store["df"], spec, experiment=EXP, base_dirs=[paper_file.parent.parent])
+    assert _cell(agg, "IIC", "ACDC-LV", "2 scans")["paper_mean"] == 2.2
+    assert _cell(agg, "IIC", "ACDC-RV", "1 scan")["paper_mean"] == 1.1
+    assert _cell(agg, "Ours", "ACDC-RV", "mean")["paper_mean"] == 3.3
+    assert _cell(agg, "Ours", "ACDC-RV", "mean")["paper_std"] == 0.4
+    assert math.isnan(_cell(agg, "Ours", "ACDC-LV", "mean")["paper_mean"])
+    assert _cell(agg, "Baseline", "ACDC-RV", "2 scans")["paper_mean"] == 5.0
+    assert _cell(agg, "Baseline", "ACDC-LV", "mean")["paper_mean"] == 6.3
+    md = render(agg, spec, "md")
+    assert "| ↳ paper | 2.10 | 2.20 | 2.30 | 1.10 | 1.20 | 1.30 |" in md
+
+
+@pytest.mark.parametrize(
+    ("paper", "match"),
+    [
+        ({"file": "papers/none.yaml", "table": "tx"}, "papers/none.yaml' does not exist"),
+        ({"file": "papers/test.yaml", "table": "t9"}, r"no table 't9' \(tables: tx\)"),
+    ],
+)
+def test_paper_file_or_table_missing(
+    store: dict, paper_file: Path, paper: dict, match: str
+) -> None:
+    with pytest.raises(ReportError, match=match):
+        aggregate(
+            store["df"], _spec(paper=paper), experiment=EXP, base_dirs=[paper_file.parent.parent]
+        )
+
+
+def test_paper_row_or_column_mismatch_named(store: dict, paper_file: Path) -> None:
+    ref = {"file": str(paper_file), "table": "tx"}
+    rows = {"Baseline": {"method.name": "baseline"}, "Mean Teacher": {"method.name": "mt"}}
+    with pytest.raises(ReportError, match="has no row 'Mean Teacher'"):
+        aggregate(
+            store["df"],
+            _spec(rows=rows, paper=ref),
+            experiment=EXP,
+            tracking_uri=store["uri"],
+            base_dirs=[],
+        )
+    cols = [{"label": "ACDC-LV", "filter": {"data.target": "lv"}, "by": "data.labeled_scans"}]
+    with pytest.raises(ReportError, match="has no column 'ACDC-LV / 1'"):
+        aggregate(store["df"], _spec(columns=cols, paper=ref), experiment=EXP)
+
+
+# ------------------------------------------------------------------------------- formats
+def test_every_format_contains_the_values(store: dict) -> None:
+    spec = _spec(paired_test={"reference": "Baseline"})
+    agg = aggregate(store["df"], spec, experiment=EXP)
+    best = _cell(agg, "Ours", "ACDC-LV", "1 scan")
+    second = _cell(agg, "IIC", "ACDC-LV", "1 scan")
+    b = f"{best['mean']:.2f} ± {best['std']:.2f} (3)"
+    s = f"{second['mean']:.2f} ± {second['std']:.2f} (3)"
+    md = render(agg, spec, "md")
+    assert f"**{b}**" in md and f"<u>{s}</u>" in md
+    assert "| ACDC-LV 1 scan | ACDC-LV 2 scans | ACDC-LV mean |" in md
+    assert "mean ± std over seeds (std with ddof=1)" in md
+    assert "best validation epoch" in md and "paired ttest_rel" in md
+    tex = render(agg, spec, "latex")
+    assert f"\\textbf{{{best['mean']:.2f} $\\pm$ {best['std']:.2f}}}" in tex
+    assert f"\\underline{{{second['mean']:.2f} $\\pm$ {second['std']:.2f}}}" in tex
+    assert "\\multicolumn{3}{c}{ACDC-LV}" in tex and "\\cmidrule(lr){2-4}" in tex
+    html = render(agg, spec, "html")
+    assert f"<b>{b}</b>" in html and f"<u>{s}</u>" in html
+    assert '<th colspan="3">ACDC-LV</th>' in html
+    back = pd.read_csv(io.StringIO(render(agg, spec, "csv")))
+    assert len(back) == len(agg) == 3 * 6
+    row = back[
+        (back["row"] == "Ours") & (back["col_group"] == "ACDC-RV") & (back["col"] == "2 scans")
+    ].iloc[0]
+    assert row["mean"] == pytest.approx(75.0) and row["n"] == 2
+    assert row["values"] == "72.0;78.0" and row["seeds"] == "0,1"
+    assert row["p_value"] == pytest.approx(
+        stats.ttest_rel(_vals("bim", "rv", 2), _vals("baseline", "rv", 2)[:2]).pvalue
+    )
+    with pytest.raises(ReportError, match="unknown table format 'pdf'"):
+        render(agg, spec, "pdf")
+
+
+def test_render_logs_artifact_and_curves(store: dict, tmp_path: Path) -> None:
+    spec = _spec()
+    text = render_sweep_tables(EXP, [spec], store["uri"], "csv", curves_dir=tmp_path)
+    client: MlflowClient = store["client"]
+    arts = [a.path for a in client.list_artifacts(store["parent"], "tables")]
+    assert arts == ["tables/tsweep.csv"]
+    local = client.download_artifacts(store["parent"], "tables/tsweep.csv", str(tmp_path))
+    assert Path(local).read_text() == text
+    png = tmp_path / "t2_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curve_frame_mean_and_std_over_seeds(store: dict) -> None:
+    agg = aggregate(store["df"], _spec(), experiment=EXP)
+    ids = _cell(agg, "Baseline", "ACDC-LV", "1 scan")["run_ids"]
+    hist = load_history(store["uri"], ids, "val/dsc")
+    cf = curve_frame(hist, ids).set_index("step")
+    want = np.array([0.60, 0.64, 0.62]) + 0.01
+    assert cf.loc[2, "mean"] == pytest.approx(want.mean())
+    assert cf.loc[2, "std"] == pytest.approx(want.std(ddof=1))
+    assert cf.loc[2, "n"] == 3
+    out = plot_curves(agg, store["uri"], Path(store["uri"][10:]).parent / "c.png")
+    assert out.stat().st_size > 1000
+
+
+# -------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (
+            {"metric": "test/dice"},
+            r"metric 'test/dice' was logged by no FINISHED run.*"
+            r"did you mean 'test/dsc'",
+        ),
+        (
+            {"rows": {"A": {"method.nam": "bim"}}},
+            r"rows\['A'\] names param 'method.nam'.*"
+            r"did you mean 'method.name'",
+        ),
+        ({"rows": ["method.name", "data.targt"]}, r"rows\[1\] names param 'data.targt'"),
+        ({"filter": {"optim.lr": 1}}, "filter names param 'optim.lr'"),
+        ({"stage": "finetun"}, r"stage 'finetun' has no FINISHED runs.*finetune, pretrain"),
+        ({"paired_test": {"reference": "Nobody"}}, "reference 'Nobody' is not one row label"),
+        (
+            {"columns": [], "rows": ["method.name"]},
+            r"has 12 runs for seed\(s\) \['0', '1', '2'\] that differ in "
+            r"\['data.labeled_scans', 'data.target'\]",
+        ),
+    ],
+)
+def test_bad_table_specs_are_named(store: dict, change: dict, match: str) -> None:
+    with pytest.raises(ReportError, match=match):
+        aggregate(store["df"], _spec(**change), experiment=EXP)
+
+
+def test_table_spec_validation_errors() -> None:
+    with pytest.raises(ValueError, match="either 'by'"):
+        _spec(columns=[{"label": "x", "by": "seed", "items": {"a": {}}}])
+    with pytest.raises(ValueError, match="Extra inputs"):
+        _spec(colums=[])
+    with pytest.raises(ValueError, match="rows is empty"):
+        _spec(rows=[])
+    with pytest.raises(ValueError, match="'mean' is only meaningful for column groups"):
+        _spec(rows=[{"label": "g", "by": "seed", "mean": True}])
