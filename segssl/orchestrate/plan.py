@@ -1,0 +1,313 @@
+"""Planner: a sweep spec becomes trials with content-addressed keys.
+
+A trial's key is ``config_hash`` of its fully resolved run config (with the seed) and of its
+parent's key, so the same trial planned twice, from any spec, has the same key; a fine-tuning
+trial started from a different pre-training has a different key. For a derived trial the
+parent's checkpoint path (``train.init_from``) is not part of the key (it depends on where the
+storage lives); the parent's key is.
+
+Every trial config is validated here, before anything runs; an error names the sweep file, the
+stage and the axis values of the offending trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segssl.config import ConfigError, RunConfig, config_hash, flatten, parse_run_config, set_path
+from segssl.orchestrate.spec import Resources, SearchSpec, SpecError, SweepSpec
+
+__all__ = [
+    "Plan",
+    "SearchStage",
+    "Trial",
+    "deep_merge",
+    "plan_sweep",
+    "resolve_trial_config",
+    "run_name",
+    "trial_key",
+]
+
+_PATH_KEYS = ("data.root", "data.cache")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One planned trial.
+
+    Attributes:
+        key: content-addressed key (16 hex digits).
+        stage: name of the sweep stage.
+        seed: the run's seed.
+        config: the resolved run config (``train.init_from`` set for derived trials).
+        overrides: the axis values that made this trial (``{"method.alpha": 0.5}``).
+        variant: the variant label, if the stage has ``variants``.
+        parent_key: key of the parent trial for a derived stage.
+        parent_stage: name of the parent stage.
+        parent_params: the parent's identifying params, logged with the parent stage as prefix.
+        name: a readable run name for the MLflow UI.
+        resources: per-trial resources.
+    """
+
+    key: str
+    stage: str
+    seed: int
+    config: RunConfig
+    overrides: dict[str, Any]
+    variant: str | None
+    parent_key: str | None
+    parent_stage: str | None
+    parent_params: dict[str, Any]
+    name: str
+    resources: Resources
+
+    def params(self) -> dict[str, Any]:
+        """Params to log: the flattened resolved config, the variant and the parent's params."""
+        out = flatten(self.config)
+        if self.variant is not None:
+            out["variant"] = self.variant
+        out.update(self.parent_params)
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """Params that identify this trial to its children (prefixed by this stage's name)."""
+        keep = {k: v for k, v in flatten(self.config).items() if k.startswith("method.")}
+        keep.update(self.overrides)
+        if self.variant is not None:
+            keep["variant"] = self.variant
+        out = {f"{self.stage}.{k}": v for k, v in keep.items()}
+        out.update(self.parent_params)
+        return out
+
+
+@dataclass(frozen=True)
+class SearchStage:
+    """A stage explored by Optuna: its trials are created while it runs."""
+
+    stage: str
+    base: dict[str, Any]
+    search: SearchSpec
+    seed: int
+    resources: Resources
+
+
+@dataclass
+class Plan:
+    """Trials per stage in dependency order."""
+
+    spec: SweepSpec
+    source: str
+    order: list[str]
+    trials: dict[str, list[Trial]] = field(default_factory=dict)
+    searches: dict[str, SearchStage] = field(default_factory=dict)
+    storage: Path = Path()
+
+    def all_trials(self) -> list[Trial]:
+        """Every grid trial, parents before children."""
+        return [t for s in self.order for t in self.trials.get(s, [])]
+
+    def by_key(self) -> dict[str, Trial]:
+        """Trials indexed by key."""
+        return {t.key: t for t in self.all_trials()}
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``over`` into a copy of ``base`` (mappings merge, other values replace).
+
+    Dotted keys in ``over`` (``{"method.alpha": 0.5}``) are set as paths.
+    """
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if "." in k:
+            set_path(out, k, copy.deepcopy(v))
+        elif isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def trial_key(config: RunConfig, parent_key: str | None) -> str:
+    """Content-addressed key: hash of the resolved config (seed included) and the parent's key."""
+    data = config.model_dump(mode="json")
+    if parent_key is not None:
+        data["train"]["init_from"] = None  # a storage path; the parent key stands for it
+    return config_hash({"config": data, "parent": parent_key})
+
+
+def _combinations(stage: Any) -> list[tuple[dict[str, Any], str | None]]:
+    axes: list[list[tuple[dict[str, Any], str | None]]] = []
+    if stage.variants:
+        axes.append([({}, name) for name in stage.variants])
+    for key, values in stage.grid.items():
+        axes.append([({key: v}, None) for v in values])
+    for group in stage.zip:
+        n = len(next(iter(group.values())))
+        axes.append([({k: vals[i] for k, vals in group.items()}, None) for i in range(n)])
+    combos = []
+    for parts in itertools.product(*axes) if axes else [()]:
+        values: dict[str, Any] = {}
+        variant = None
+        for vals, var in parts:
+            values.update(vals)
+            variant = var if var is not None else variant
+        combos.append((values, variant))
+    return combos
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, Mapping):
+        return str(v.get("name", "{...}"))
+    return str(v)
+
+
+def run_name(
+    config: RunConfig,
+    overrides: Mapping[str, Any],
+    variant: str | None = None,
+    parent_name: str | None = None,
+) -> str:
+    """A name a person can read in the MLflow UI: ``bim alpha=0.5 K=40 | 1 scan | seed 2``."""
+    skip = {"data.labeled_scans", "data.target", "seed"}
+    head = config.method.name
+    if variant is not None:
+        head += f" {variant}"
+    extras = " ".join(f"{_short(k)}={_fmt(v)}" for k, v in overrides.items() if k not in skip)
+    if extras:
+        head += f" {extras}"
+    if parent_name is not None:
+        head = f"{parent_name.split(' | ')[0]} > {head}"
+    parts = [head]
+    if config.stage != "pretrain":
+        if config.data.target != "all":
+            parts.append(config.data.target)
+        n = config.data.labeled_scans
+        parts.append(f"{n} scan" if n == 1 else f"{n} scans")
+    parts.append(f"seed {config.seed}")
+    return " | ".join(parts)
+
+
+def _absolutise(raw: dict[str, Any], root: Path) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for dotted in _PATH_KEYS:
+        node: Any = out
+        keys = dotted.split(".")
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str):
+            p = Path(node[keys[-1]]).expanduser()
+            node[keys[-1]] = str(p if p.is_absolute() else (root / p).resolve())
+    return out
+
+
+def resolve_trial_config(raw: Mapping[str, Any], where: str) -> RunConfig:
+    """Validate one trial's raw config; the error names ``where`` (file, stage, axis values)."""
+    try:
+        return parse_run_config(raw, source=where)
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _parent_checkpoint(storage: Path, parent_key: str, which: str) -> str:
+    return str(storage / "trials" / parent_key / "checkpoints" / f"{which}.pt")
+
+
+def plan_sweep(
+    spec: SweepSpec,
+    source: str = "<sweep>",
+    storage: str | Path | None = None,
+    root: str | Path | None = None,
+) -> Plan:
+    """Expand ``spec`` into trials; validate every trial config.
+
+    Args:
+        spec: the validated sweep spec.
+        source: the sweep file (for error messages).
+        storage: where trial workdirs live (``<storage>/trials/<key>``); default
+            ``spec.storage`` or ``<root>/segssl-runs/<name>``.
+        root: directory that relative data paths and the default storage are resolved against
+            (default: the current directory).
+
+    Raises:
+        SpecError: a trial config is invalid (the message names stage and axis values).
+    """
+    root_dir = Path(root or Path.cwd()).resolve()
+    store = Path(storage or spec.storage or root_dir / "segssl-runs" / spec.name)
+    store = (store if store.is_absolute() else root_dir / store).resolve()
+    plan = Plan(spec=spec, source=source, order=spec.stage_order(), storage=store)
+    base = _absolutise(deep_merge({}, spec.base), root_dir)
+    for name in plan.order:
+        st = spec.stages[name]
+        stage_raw = deep_merge(base, _absolutise(deep_merge({}, st.config), root_dir))
+        res = spec.stage_resources(name)
+        if st.search is not None:
+            seeds = spec.stage_seeds(name) or spec.seeds
+            if len(seeds) != 1:
+                raise SpecError(
+                    f"{source}: stages.{name}: a search stage runs one seed per sample; "
+                    f"give 'seeds' with one seed (got {seeds})"
+                )
+            probe = deep_merge(stage_raw, {"seed": seeds[0]})
+            for key, dim in st.search.space.items():
+                sample = dim.choice[0] if dim.choice else (dim.uniform or dim.loguniform)[0]  # type: ignore[index]
+                probe = deep_merge(probe, {key: sample})
+            resolve_trial_config(probe, f"{source}: stages.{name} (search space probe)")
+            plan.searches[name] = SearchStage(name, stage_raw, st.search, seeds[0], res)
+            plan.trials[name] = []
+            continue
+        parents: list[Trial | None] = [None] if st.from_ is None else plan.trials[st.from_]
+        trials: list[Trial] = []
+        seen: set[str] = set()
+        for parent in parents:
+            seeds = spec.stage_seeds(name) or ([parent.seed] if parent else spec.seeds)
+            for values, variant in _combinations(st):
+                for seed in seeds:
+                    raw = stage_raw
+                    if variant is not None:
+                        raw = deep_merge(raw, st.variants[variant])
+                    raw = deep_merge(raw, {**values, "seed": seed})
+                    desc = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+                    where = f"{source}: stages.{name} trial ({desc or 'base'}"
+                    where += f"{', variant=' + variant if variant else ''}, seed={seed})"
+                    cfg = resolve_trial_config(raw, where)
+                    pkey = parent.key if parent else None
+                    key = trial_key(cfg, pkey)
+                    if parent is not None:
+                        ckpt = _parent_checkpoint(store, parent.key, st.checkpoint)
+                        cfg = cfg.model_copy(
+                            update={"train": cfg.train.model_copy(update={"init_from": ckpt})}
+                        )
+                    if key in seen:
+                        raise SpecError(
+                            f"{where}: plans the same trial twice (key {key}); two axis values "
+                            "resolve to the same config"
+                        )
+                    seen.add(key)
+                    trials.append(
+                        Trial(
+                            key=key,
+                            stage=name,
+                            seed=seed,
+                            config=cfg,
+                            overrides=dict(values),
+                            variant=variant,
+                            parent_key=pkey,
+                            parent_stage=st.from_,
+                            parent_params=parent.identity() if parent else {},
+                            name=run_name(cfg, values, variant, parent.name if parent else None),
+                            resources=res,
+                        )
+                    )
+        plan.trials[name] = trials
+    return plan

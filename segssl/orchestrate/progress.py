@@ -1,0 +1,182 @@
+"""Live terminal status of a sweep: trials finished/running/failed/pending per stage, with ETA.
+
+:class:`SweepProgress` holds the counts and renders a rich table; :class:`TuneProgress` is the
+Ray Tune callback that updates it from the Tune controller (which runs in the driver process).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+__all__ = ["StageCounts", "SweepProgress", "make_tune_callback"]
+
+
+@dataclass
+class StageCounts:
+    """Counts of one stage in this invocation."""
+
+    total: int = 0
+    skipped: int = 0  # FINISHED in MLflow before this invocation
+    finished: int = 0
+    running: int = 0
+    failed: int = 0
+    durations: list[float] = field(default_factory=list)
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - self.skipped - self.finished - self.running - self.failed)
+
+
+def _fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class SweepProgress:
+    """Per-stage trial counts with an ETA, drawn live with rich."""
+
+    def __init__(
+        self, name: str, concurrency: int, console: Console | None = None, live: bool = True
+    ) -> None:
+        self.name = name
+        self.concurrency = max(1, concurrency)
+        self.stages: dict[str, StageCounts] = {}
+        self.console = console or Console(stderr=True)
+        self._live: Live | None = None
+        self._enabled = live
+        self._starts: dict[str, float] = {}
+        self.t0 = time.time()
+
+    def add_stage(self, stage: str, total: int, skipped: int) -> None:
+        """Declare a stage with its planned and already-finished trial counts."""
+        self.stages[stage] = StageCounts(total=total, skipped=skipped)
+        self.refresh()
+
+    def eta(self) -> float | None:
+        """Seconds left: mean trial duration so far x remaining trials / concurrency."""
+        durations = [d for c in self.stages.values() for d in c.durations]
+        if not durations:
+            return None
+        mean = sum(durations) / len(durations)
+        left = sum(c.pending + c.running for c in self.stages.values())
+        return mean * left / self.concurrency
+
+    def table(self) -> Table:
+        """The status table."""
+        t = Table(
+            title=f"sweep {self.name}  (elapsed {_fmt_eta(time.time() - self.t0)}, "
+            f"ETA {_fmt_eta(self.eta())})"
+        )
+        for col in ("stage", "total", "skipped", "finished", "running", "failed", "pending"):
+            t.add_column(col, justify="right" if col != "stage" else "left")
+        for name, c in self.stages.items():
+            t.add_row(
+                name,
+                str(c.total),
+                str(c.skipped),
+                f"[green]{c.finished}[/]",
+                f"[cyan]{c.running}[/]",
+                f"[red]{c.failed}[/]" if c.failed else "0",
+                str(c.pending),
+            )
+        return t
+
+    def __enter__(self) -> SweepProgress:
+        if self._enabled:
+            self._live = Live(self.table(), console=self.console, auto_refresh=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.update(self.table(), refresh=True)
+            self._live.stop()
+            self._live = None
+
+    def refresh(self) -> None:
+        """Redraw (no-op when not live)."""
+        if self._live is not None:
+            self._live.update(self.table(), refresh=True)
+
+    # ---- events
+    def started(self, stage: str, trial_id: str) -> None:
+        """A trial started (or restarted after a failure)."""
+        if trial_id not in self._starts:
+            self.stages[stage].running += 1
+        self._starts[trial_id] = self._starts.get(trial_id, time.time())
+        self.refresh()
+
+    def ended(self, stage: str, trial_id: str, ok: bool) -> None:
+        """A trial ended for good (finished, or failed after its retries)."""
+        c = self.stages[stage]
+        start = self._starts.pop(trial_id, None)
+        if start is not None:
+            c.running = max(0, c.running - 1)
+            c.durations.append(time.time() - start)
+        if ok:
+            c.finished += 1
+        else:
+            c.failed += 1
+        self.refresh()
+
+
+class _TuneProgress:
+    """Body of the Tune callback (the ``ray.tune.Callback`` base is mixed in lazily)."""
+
+    # Tune pickles its run config (callbacks included) into the experiment directory; the live
+    # display stays in the driver and is dropped from the pickled copy.
+    def __init__(self, progress: SweepProgress, stage: str, tick: Callable[[], None]) -> None:
+        self.progress: SweepProgress | None = progress
+        self.stage = stage
+        self.tick: Callable[[], None] | None = tick
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"progress": None, "stage": self.stage, "tick": None}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.progress is not None:
+            self.progress.started(self.stage, trial.trial_id)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        if self.tick is not None:
+            self.tick()
+        if self.progress is not None:
+            self.progress.refresh()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.progress is not None:
+            self.progress.ended(self.stage, trial.trial_id, ok=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.progress is not None:
+            self.progress.ended(self.stage, trial.trial_id, ok=False)
+
+
+_CALLBACK_CLASS: type | None = None
+
+
+def make_tune_callback(progress: SweepProgress, stage: str, tick: Callable[[], None]) -> Any:
+    """A ``ray.tune.Callback`` that feeds ``progress`` for ``stage`` and calls ``tick`` on results.
+
+    ``tick`` is where the driver refreshes its MLflow heartbeat (it is rate-limited there).
+    """
+    global _CALLBACK_CLASS
+    if _CALLBACK_CLASS is None:
+        from ray.tune import Callback
+
+        _CALLBACK_CLASS = type("TuneProgress", (_TuneProgress, Callback), {"__module__": __name__})
+        globals()["TuneProgress"] = _CALLBACK_CLASS
+    return _CALLBACK_CLASS(progress, stage, tick)

@@ -1,0 +1,387 @@
+"""MLflow side of a sweep: one experiment per sweep name, a parent run per invocation, one child
+run per trial carrying the DESIGN.md record.
+
+Only :class:`mlflow.MlflowClient` is used (no global fluent state), so trial processes can log
+concurrently. Params are the flattened resolved config; metrics are logged in batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TrackingError",
+    "TrialRecorder",
+    "check_tracking",
+    "ensure_experiment",
+    "finished_runs",
+    "git_sha",
+    "mark_stale_runs",
+    "resolve_tracking_uri",
+    "start_sweep_run",
+    "touch_sweep_run",
+]
+
+TAG_SWEEP = "segssl.sweep"
+TAG_STAGE = "segssl.stage"
+TAG_KEY = "segssl.trial_key"
+TAG_PARENT_KEY = "segssl.parent_key"
+TAG_SPEC = "segssl.spec_hash"
+TAG_KIND = "segssl.kind"  # "sweep" for the parent run, "trial" for children
+TAG_HOST = "segssl.driver_host"
+TAG_PID = "segssl.driver_pid"
+TAG_HEARTBEAT = "segssl.heartbeat"
+HEARTBEAT_STALE_S = 300.0
+_MAX_PARAMS = 100  # MLflow's log_batch limits
+_MAX_METRICS = 1000
+
+
+class TrackingError(RuntimeError):
+    """The tracking server is unreachable or the experiment cannot be used."""
+
+
+def resolve_tracking_uri(cli_uri: str | None, sweep_dir: str | Path) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else SQLite in the sweep directory."""
+    if cli_uri:
+        return cli_uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    path = Path(sweep_dir).resolve() / "mlflow.db"
+    return f"sqlite:///{path}"
+
+
+def check_tracking(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (``timeout`` seconds) when the tracking server cannot be reached.
+
+    HTTP(S) servers are asked for ``/health``; a SQLite URI needs a writable directory; a
+    plain file store is refused by MLflow 3 and therefore here, with a hint.
+
+    Raises:
+        TrackingError: with the URI and the reason.
+    """
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+                if resp.status >= 400:
+                    raise TrackingError(f"tracking server {uri} answered HTTP {resp.status}")
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"tracking server {uri} cannot be reached within {timeout:g} s ({reason}); start "
+                "it (`mlflow server ...`) or pass another --tracking-uri"
+            ) from None
+        return
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        parent = db.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"tracking URI {uri}: cannot create {parent}: {exc}") from None
+        if not os.access(parent, os.W_OK):
+            raise TrackingError(f"tracking URI {uri}: directory {parent} is not writable")
+        return
+    if uri.startswith(("file:", "/", ".")) or "://" not in uri:
+        raise TrackingError(
+            f"tracking URI {uri!r}: MLflow 3 no longer writes the plain file store; use "
+            "sqlite:///path/to/mlflow.db or an http(s):// tracking server"
+        )
+
+
+def _client(uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def git_sha() -> str:
+    """The git commit of the segssl checkout, with ``-dirty`` when modified; ``unknown`` if none."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if not sha:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+            cwd=here.parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def ensure_experiment(uri: str, name: str, spec_hash: str, extend: bool = False) -> str:
+    """Get or create the experiment ``name``; refuse one made by a different spec.
+
+    Args:
+        uri: tracking URI.
+        name: the sweep name.
+        spec_hash: :func:`segssl.orchestrate.spec.spec_hash` of this spec.
+        extend: accept an experiment of a different spec and record the new hash.
+
+    Returns:
+        The experiment id.
+
+    Raises:
+        TrackingError: the experiment exists with another spec hash (and not ``extend``), or it
+            is deleted.
+    """
+    client = _client(uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        exp_id = client.create_experiment(name, tags={TAG_SPEC: spec_hash, TAG_SWEEP: name})
+        return str(exp_id)
+    if exp.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"MLflow experiment {name!r} is deleted at {uri}; restore it or rename the sweep"
+        )
+    old = exp.tags.get(TAG_SPEC)
+    if old is None and exp.tags.get(TAG_SWEEP) is None and not extend:
+        raise TrackingError(
+            f"MLflow experiment {name!r} at {uri} was not created by a segssl sweep; rename the "
+            "sweep or pass --extend to log into it anyway"
+        )
+    if old not in (None, spec_hash) and not extend:
+        raise TrackingError(
+            f"sweep name {name!r} is already used at {uri} by a different spec (spec hash "
+            f"{old}, this spec {spec_hash}: its base/stage configs or swept keys differ); "
+            "rename the sweep, or pass --extend to add this spec's trials to it"
+        )
+    if old != spec_hash:
+        client.set_experiment_tag(exp.experiment_id, TAG_SPEC, spec_hash)
+    return str(exp.experiment_id)
+
+
+def _search(client: Any, exp_id: str, filter_string: str) -> list[Any]:
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [exp_id], filter_string=filter_string, max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def finished_runs(uri: str, exp_id: str) -> dict[str, Any]:
+    """FINISHED trial runs of the experiment by trial key (the earliest one if several)."""
+    client = _client(uri)
+    runs = _search(
+        client, exp_id, f"attributes.status = 'FINISHED' and tags.`{TAG_KIND}` = 'trial'"
+    )
+    out: dict[str, Any] = {}
+    for r in sorted(runs, key=lambda r: r.info.start_time or 0):
+        key = r.data.tags.get(TAG_KEY)
+        if key and key not in out:
+            out[key] = r
+    return out
+
+
+def _driver_alive(run: Any, now: float) -> bool:
+    tags = run.data.tags
+    host, pid = tags.get(TAG_HOST), tags.get(TAG_PID)
+    if host == socket.gethostname() and pid and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    beat = float(tags.get(TAG_HEARTBEAT, "0") or 0)
+    return now - beat < HEARTBEAT_STALE_S
+
+
+def mark_stale_runs(uri: str, exp_id: str) -> int:
+    """Mark RUNNING runs of a dead sweep driver as KILLED; return how many were marked.
+
+    A sweep run is stale when its driver process is gone (same host) or its heartbeat is older
+    than five minutes (another host). Trial runs are stale when their sweep run is stale or
+    missing. Runs of a live driver (a sweep running elsewhere right now) are left alone.
+    """
+    client = _client(uri)
+    running = _search(client, exp_id, "attributes.status = 'RUNNING'")
+    now = time.time()
+    sweeps = {r.info.run_id: r for r in running if r.data.tags.get(TAG_KIND) == "sweep"}
+    alive = {rid for rid, r in sweeps.items() if _driver_alive(r, now)}
+    n = 0
+    for r in running:
+        kind = r.data.tags.get(TAG_KIND)
+        if kind == "sweep":
+            stale = r.info.run_id not in alive
+        else:
+            stale = r.data.tags.get("mlflow.parentRunId") not in alive
+        if stale:
+            client.set_terminated(r.info.run_id, status="KILLED")
+            client.set_tag(r.info.run_id, "segssl.end_reason", "driver gone; marked at restart")
+            n += 1
+    return n
+
+
+def start_sweep_run(uri: str, exp_id: str, name: str, spec_hash: str, source: str) -> str:
+    """Create the parent run of this sweep invocation; return its id."""
+    client = _client(uri)
+    run = client.create_run(
+        exp_id,
+        run_name=f"{name} sweep {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        tags={
+            TAG_KIND: "sweep",
+            TAG_SWEEP: name,
+            TAG_SPEC: spec_hash,
+            TAG_HOST: socket.gethostname(),
+            TAG_PID: str(os.getpid()),
+            TAG_HEARTBEAT: f"{time.time():.0f}",
+            "segssl.git_sha": git_sha(),
+            "segssl.spec_file": source,
+        },
+    )
+    return str(run.info.run_id)
+
+
+def touch_sweep_run(uri: str, run_id: str) -> None:
+    """Refresh the heartbeat of the sweep run (a driver elsewhere can then tell it is alive)."""
+    _client(uri).set_tag(run_id, TAG_HEARTBEAT, f"{time.time():.0f}")
+
+
+def _param_str(v: Any) -> str:
+    if isinstance(v, list | tuple | dict):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+def _metric_items(metrics: Mapping[str, Any]) -> Iterable[tuple[str, float]]:
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        f = float(v)
+        if math.isfinite(f):
+            yield k, f
+
+
+class TrialRecorder:
+    """Writes one trial's MLflow run from inside the trial process.
+
+    A retried attempt of the same trial in the same experiment reopens the run of the earlier
+    attempt (its id is kept in the trial's workdir) so that learning curves stay whole; the tag
+    ``segssl.attempts`` counts the attempts.
+    """
+
+    def __init__(self, uri: str, exp_id: str, sweep_run_id: str | None, workdir: Path) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        self._Metric, self._Param, self._RunTag = Metric, Param, RunTag
+        self.uri = uri
+        self.exp_id = exp_id
+        self.sweep_run_id = sweep_run_id
+        self.workdir = workdir
+        self.client = _client(uri)
+        self.run_id: str | None = None
+
+    def _id_file(self) -> Path:
+        return self.workdir / "mlflow" / f"{self.exp_id}.run_id"
+
+    def start(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
+        """Create (or reopen after a retry) the trial's run; log tags and params."""
+        idf = self._id_file()
+        previous = idf.read_text().strip() if idf.is_file() else None
+        run = None
+        if previous:
+            try:
+                run = self.client.get_run(previous)
+            except Exception:  # noqa: BLE001 - a run of a deleted/other store
+                run = None
+            if run is not None and (
+                run.info.status == "FINISHED" or run.info.lifecycle_stage == "deleted"
+            ):
+                run = None
+        attempts = 1
+        all_tags = dict(tags)
+        if self.sweep_run_id:
+            all_tags["mlflow.parentRunId"] = self.sweep_run_id
+        all_tags[TAG_KIND] = "trial"
+        if run is None:
+            run = self.client.create_run(self.exp_id, run_name=name, tags=all_tags)
+            self.run_id = str(run.info.run_id)
+            self._log(params=params)
+        else:
+            self.run_id = str(run.info.run_id)
+            attempts = int(run.data.tags.get("segssl.attempts", "1")) + 1
+            self.client.update_run(self.run_id, status="RUNNING")
+            self._log(tags=all_tags)
+        self._log(tags={"segssl.attempts": str(attempts)})
+        idf.parent.mkdir(parents=True, exist_ok=True)
+        idf.write_text(self.run_id)
+        return self.run_id
+
+    def _log(
+        self,
+        metrics: Mapping[str, Any] | None = None,
+        step: int = 0,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        assert self.run_id is not None
+        now = int(time.time() * 1000)
+        ms = [self._Metric(k, v, now, step) for k, v in _metric_items(metrics or {})]
+        ps = [self._Param(k, _param_str(v)[:6000]) for k, v in (params or {}).items()]
+        ts = [self._RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        while ms or ps or ts:  # MLflow: <= 1000 metrics, 100 params, 100 tags per batch
+            bp, ps = ps[:_MAX_PARAMS], ps[_MAX_PARAMS:]
+            bt, ts = ts[:_MAX_PARAMS], ts[_MAX_PARAMS:]
+            room = _MAX_METRICS - len(bp) - len(bt)
+            bm, ms = ms[:room], ms[room:]
+            self.client.log_batch(self.run_id, metrics=bm, params=bp, tags=bt)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Log one report of the engine (one batch)."""
+        self._log(metrics=metrics, step=step)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set tags on the run."""
+        self._log(tags=tags)
+
+    def log_outputs(
+        self, workdir: Path, log_checkpoint: bool, split_path: str | None = None
+    ) -> None:
+        """Log the trial's files: resolved config, result.json, split manifest, pictures and,
+        when asked, the best checkpoint."""
+        assert self.run_id is not None
+        for fname in ("config.yaml", "result.json", "split.json"):
+            f = workdir / fname
+            if f.is_file():
+                self.client.log_artifact(self.run_id, str(f))
+        if split_path and Path(split_path).is_file() and not (workdir / "split.json").is_file():
+            self.client.log_artifact(self.run_id, split_path, artifact_path="split")
+        pics = workdir / "pictures"
+        if pics.is_dir() and any(pics.iterdir()):
+            self.client.log_artifacts(self.run_id, str(pics), artifact_path="pictures")
+        best = workdir / "checkpoints" / "best.pt"
+        if log_checkpoint and best.is_file():
+            self.client.log_artifact(self.run_id, str(best), artifact_path="checkpoints")
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """Terminate the run with ``status`` (FINISHED, FAILED or KILLED)."""
+        if self.run_id is None:
+            return
+        if reason:
+            self._log(tags={"segssl.end_reason": reason[:5000]})
+        self.client.set_terminated(self.run_id, status=status)

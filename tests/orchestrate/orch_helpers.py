@@ -1,0 +1,80 @@
+"""Helpers of the orchestration tests (a module with a unique name so that Ray workers can import
+it through ``PYTHONPATH``): a fast stand-in for ``engine.train`` with the same contract.
+
+``quick_train`` writes what the engine writes (config.yaml, split.json, result.json,
+checkpoints/last.pt and best.pt), reports per-epoch ``val/dsc`` and the final metrics, resumes from
+``checkpoints/last.pt``, and can fail once (after writing ``last.pt``) to exercise retries. Its
+val/test Dice is a known function of the config so tests can check what reached MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def expected_dsc(cfg: Any) -> float:
+    """The test Dice quick_train reports: depends on lr, labeled scans and seed only."""
+    n = cfg.data.labeled_scans if isinstance(cfg.data.labeled_scans, int) else 1
+    return round(0.5 + 0.01 * n + 0.001 * cfg.seed + min(cfg.optim.lr, 0.1), 6)
+
+
+def quick_train(
+    cfg: Any,
+    report: Callable[[dict[str, float], int], None] | None = None,
+    *,
+    workdir: str | Path,
+    resume: bool = True,
+) -> dict:
+    """Engine stand-in: ``cfg.train.epochs`` epochs of ``SEGSSL_TEST_EPOCH_S`` seconds each."""
+    wd = Path(workdir)
+    (wd / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (wd / "config.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
+    (wd / "split.json").write_text(json.dumps({"fingerprint": "split-fp", "train": ["a"]}))
+    last = wd / "checkpoints" / "last.pt"
+    start = 0
+    if resume and last.is_file():
+        start = json.loads(last.read_text())["epoch"]
+    init = cfg.train.init_from
+    if init is not None and not Path(init).is_file():
+        raise FileNotFoundError(f"init_from {init} does not exist")
+    fail_marker = wd / "failed_once"
+    epoch_s = float(os.environ.get("SEGSSL_TEST_EPOCH_S", "0"))
+    dsc = expected_dsc(cfg)
+    epochs_run = []
+    for epoch in range(start + 1, cfg.train.epochs + 1):
+        time.sleep(epoch_s)
+        last.write_text(json.dumps({"epoch": epoch, "init_from": init}))
+        epochs_run.append(epoch)
+        if report is not None:
+            report({"train/loss": 1.0 / epoch, "val/dsc": dsc - 0.01 / epoch}, epoch)
+        if cfg.train.device == "fail-once" and not fail_marker.exists() and epoch == 1:
+            fail_marker.write_text("x")
+            raise RuntimeError("injected failure after epoch 1")
+    (wd / "checkpoints" / "best.pt").write_text(json.dumps({"epoch": cfg.train.epochs}))
+    final = {
+        "best_epoch": float(cfg.train.epochs),
+        "test/dsc": dsc,
+        "test/dsc/lv": dsc,
+        "cost/wall_s": 0.01,
+    }
+    if report is not None:
+        report(final, cfg.train.epochs)
+    runs_file = wd / "epochs_run.json"
+    prev = json.loads(runs_file.read_text()) if runs_file.is_file() else []
+    runs_file.write_text(json.dumps(prev + epochs_run))
+    result = {
+        "metrics": final,
+        "best_epoch": cfg.train.epochs,
+        "init": init,
+        "data_fingerprint": "data-fp",
+        "split_fingerprint": "split-fp",
+    }
+    (wd / "result.json").write_text(json.dumps(result))
+    return result
