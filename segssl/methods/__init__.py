@@ -10,8 +10,14 @@ from typing import Any
 
 from segssl.config import MethodConfig, did_you_mean
 from segssl.methods.baseline import Baseline
+from segssl.methods.bim import BIM
+from segssl.methods.contrast_dec import ContrastDec
+from segssl.methods.contrast_enc import ContrastEnc
+from segssl.methods.contrast_enc_dec import ContrastEncDec
 from segssl.methods.finetune import Finetune
 from segssl.methods.full import Full
+from segssl.methods.iic import IIC
+from segssl.methods.imsat import IMSAT
 
 
 class UnknownMethodError(KeyError, ValueError):
@@ -26,6 +32,12 @@ REGISTRY: dict[str, Any] = {
     "baseline": Baseline,
     "full": Full,
     "finetune": Finetune,
+    "bim": BIM,
+    "iic": IIC,
+    "imsat": IMSAT,
+    "contrast_enc": ContrastEnc,
+    "contrast_dec": ContrastDec,
+    "contrast_enc_dec": ContrastEncDec,
 }
 
 
