@@ -112,5 +112,66 @@ def train_cmd(
     console.print(json.dumps(metrics, indent=1, sort_keys=True), highlight=False)
 
 
+@app.command("table")
+def table_cmd(
+    sweep: Path = typer.Argument(..., help="The sweep YAML file (its 'tables:' are printed)."),
+    fmt: str = typer.Option("md", "--format", "-f", help="md | latex | csv | html."),
+    out: Optional[Path] = typer.Option(  # noqa: UP007, UP045
+        None, "--out", "-o", help="Write the tables to this file instead of stdout."
+    ),
+    tracking_uri: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the sweep's SQLite file).",
+    ),
+    curves: Optional[Path] = typer.Option(  # noqa: UP007, UP045
+        None, "--curves", help="Also write <table>_curves.png (val Dice vs epoch) here."
+    ),
+    no_log: bool = typer.Option(
+        False, "--no-log", help="Do not log the table as an artifact of the sweep's parent run."
+    ),
+) -> None:
+    """Print the sweep's tables from its FINISHED MLflow runs (mean +- std over seeds)."""
+    from segssl.config import ConfigError
+    from segssl.orchestrate.spec import load_sweep
+    from segssl.orchestrate.tracking import resolve_tracking_uri
+    from segssl.report import FORMATS, ReportError, render_tables
+
+    if fmt not in FORMATS:
+        fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if not sweep.is_file():
+        fail(f"{sweep}: no such sweep file")
+    try:
+        spec = load_sweep(sweep)
+    except ConfigError as exc:
+        fail(str(exc))
+    storage = Path(spec.storage) if spec.storage else Path("segssl-runs") / spec.name
+    uri = resolve_tracking_uri(tracking_uri, storage.resolve())
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        fail(
+            f"no MLflow database at {uri[len('sqlite:///') :]}: run `segssl sweep {sweep}` "
+            "first (from the same directory), or pass --tracking-uri"
+        )
+    try:
+        text = render_tables(
+            spec,
+            uri,
+            fmt,
+            base_dirs=[sweep.resolve().parent],
+            log_artifact=not no_log,
+            curves_dir=curves,
+        )
+    except ReportError as exc:
+        fail(str(exc))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        err_console.print(f"wrote {out}", highlight=False)
+    else:
+        typer.echo(text, nl=False)
+    if curves is not None:
+        err_console.print(f"learning curves in {curves}", highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
