@@ -515,3 +515,61 @@ def test_table_spec_validation_errors() -> None:
         _spec(rows=[])
     with pytest.raises(ValueError, match="'mean' is only meaningful for column groups"):
         _spec(rows=[{"label": "g", "by": "seed", "mean": True}])
+
+
+# ----------------------------------------------------------------------------------- cli
+SWEEP = """
+name: tsweep
+stages:
+  finetune:
+    config: {stage: finetune, method: {name: baseline}}
+tables:
+  - name: t2
+    stage: finetune
+    scale: 100
+    rows: {Baseline: {method.name: baseline}, Ours: {method.name: bim}}
+    columns:
+      - {label: ACDC-LV, filter: {data.target: lv}, by: data.labeled_scans,
+         labels: {1: 1 scan, 2: 2 scans}, mean: true}
+"""
+
+
+def test_cli_table_writes_every_format(store: dict, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from segssl.cli import app
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(SWEEP)
+    runner = CliRunner()
+    res = runner.invoke(app, ["table", str(sweep), "--tracking-uri", store["uri"], "--no-log"])
+    assert res.exit_code == 0, res.output
+    ours = _vals("bim", "lv", 1)
+    assert f"**{ours.mean():.2f} ± {ours.std(ddof=1):.2f} (3)**" in res.output
+    out = tmp_path / "t.csv"
+    res = runner.invoke(
+        app,
+        [
+            "table",
+            str(sweep),
+            "--tracking-uri",
+            store["uri"],
+            "-f",
+            "csv",
+            "--out",
+            str(out),
+            "--no-log",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    back = pd.read_csv(out)
+    base = back[(back["row"] == "Baseline") & (back["col"] == "mean")].iloc[0]
+    assert base["mean"] == pytest.approx(
+        ((_vals("baseline", "lv", 1) + _vals("baseline", "lv", 2)) / 2).mean()
+    )
+    res = runner.invoke(app, ["table", str(sweep), "-f", "pdf"])
+    assert res.exit_code == 2 and "--format 'pdf'" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SWEEP.replace("method.name: bim", "method.nme: bim"))
+    res = runner.invoke(app, ["table", str(bad), "--tracking-uri", store["uri"], "--no-log"])
+    assert res.exit_code == 2 and "names param 'method.nme'" in res.output
