@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -694,5 +695,6 @@ def synthesize(
         raise DataError(f"--size must be at least 16 pixels, got {size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    SYNTHESIZERS[dataset](out, scans, size, np.random.default_rng(seed))
+    rng = np.random.default_rng([seed, zlib.crc32(dataset.encode())])  # CT != MR subjects
+    SYNTHESIZERS[dataset](out, scans, size, rng)
     return out

@@ -1,0 +1,161 @@
+"""``build_data``: the one entry point the engine calls to get a run's data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segssl.config import DataConfig
+from segssl.data.adapters import get_adapter, resolve_target
+from segssl.data.errors import DataError
+from segssl.data.preprocess import open_scan, prepare_records
+from segssl.data.samplers import (
+    PartitionBatchSampler,
+    RandomBatchSampler,
+    SliceDataset,
+    make_loader,
+)
+from segssl.data.splits import make_split, save_split
+from segssl.data.types import DataBundle, Volume
+
+__all__ = ["build_data", "cache_dir_for"]
+
+# sampling streams, mixed with the run seed
+_LABELED, _UNLABELED = 1, 2
+
+
+def cache_dir_for(cfg: DataConfig) -> Path:
+    """Where ``build_data`` keeps the cache of ``cfg``.
+
+    ``data.cache`` (default ``<root>/.segssl-cache``) is a cache *root* holding one prepared
+    cache per dataset and settings (``<dataset>-<hash>``), so trials with different
+    preprocessing never rebuild each other's cache.
+    """
+    from segssl.config import config_hash
+
+    base = Path(cfg.cache) if cfg.cache else Path(cfg.root) / ".segssl-cache"
+    key = config_hash({"settings": cfg.preprocess, "modality": cfg.modality}, length=12)
+    return base / f"{cfg.dataset}-{key}"
+
+
+def _lut(num_classes: int, target: int | None) -> np.ndarray:
+    if target is None:
+        return np.arange(num_classes + 1, dtype=np.int64)
+    lut = np.zeros(num_classes + 1, dtype=np.int64)
+    lut[target] = 1
+    return lut
+
+
+def build_data(
+    cfg: DataConfig,
+    *,
+    seed: int,
+    labeled: bool,
+    unlabeled: bool,
+    workdir: Path | None = None,
+) -> DataBundle:
+    """Prepare (or reuse) the cache, split, and return the run's streams and volumes.
+
+    Everything is validated before any heavy work: the root exists, the dataset and target are
+    known, the split can be made and the labeled count fits the training set, batch sizes fit the
+    partition sampler. The split ordering depends on ``cfg.split.seed`` only (the same labeled
+    scans for every run seed); batch sampling is seeded by ``seed``.
+
+    Args:
+        cfg: the run's data section.
+        seed: the run seed (batch sampling).
+        labeled: build the labeled stream (batches with labels from the labeled scans).
+        unlabeled: build the unlabeled stream (all training scans, no labels).
+        workdir: if given, the split manifest is written to ``workdir/split.json``.
+
+    Returns:
+        A :class:`DataBundle`; its ``close()`` stops loader workers.
+
+    Raises:
+        DataError: any bad input, with the file/key/value and what was expected.
+    """
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DataError(f"data.root={cfg.root!r}: no such directory (dataset {cfg.dataset!r})")
+    adapter = get_adapter(cfg.dataset, root, modality=cfg.modality)
+    target = resolve_target(cfg.target, adapter.class_names)
+    records = adapter.list_scans()
+    split = make_split(
+        [(r.scan_id, r.subject) for r in records], cfg.split, cfg.labeled_scans, cfg.dataset
+    )
+    if unlabeled and cfg.partition_sampler and cfg.unlabeled_batch_size % cfg.partitions:
+        raise DataError(
+            f"data.unlabeled_batch_size={cfg.unlabeled_batch_size} must be a multiple of "
+            f"data.partitions={cfg.partitions} with data.partition_sampler"
+        )
+    manifest = prepare_records(adapter, records, cache_dir_for(cfg), cfg.preprocess)
+    cache = cache_dir_for(cfg)
+    entries = {s["scan_id"]: s for s in manifest["scans"]}
+    split["data_fingerprint"] = manifest["fingerprint"]
+    split_path = save_split(split, Path(workdir) / "split.json") if workdir is not None else None
+
+    class_names = (
+        tuple(adapter.class_names) if target is None else (adapter.class_names[target - 1],)
+    )
+    lut = _lut(len(adapter.class_names), target)
+    closers: list[Any] = []
+
+    def stream(ids: list[str], with_labels: bool, batch: int, partition: bool, which: int):
+        ds = SliceDataset(
+            [cache / entries[i]["file"] for i in ids],
+            ids,
+            [entries[i]["slices"] for i in ids],
+            cfg.partitions,
+            lut,
+            with_labels,
+        )
+        if partition:
+            sampler: Any = PartitionBatchSampler(ds, batch, cfg.partitions, seed, which)
+        else:
+            sampler = RandomBatchSampler(len(ds), batch, seed, which)
+        it, close = make_loader(ds, sampler, cfg.num_workers)
+        closers.append(close)
+        return it
+
+    lab_it = stream(split["labeled"], True, cfg.batch_size, False, _LABELED) if labeled else None
+    unl_it = (
+        stream(
+            split["unlabeled"], False, cfg.unlabeled_batch_size, cfg.partition_sampler, _UNLABELED
+        )
+        if unlabeled
+        else None
+    )
+
+    def volumes(ids: list[str]) -> list[Volume]:
+        out = []
+        for i in ids:
+            arr = open_scan(cache, entries[i], mmap=True)
+            out.append(
+                Volume(
+                    scan_id=i,
+                    subject=entries[i]["subject"],
+                    image=np.asarray(arr["image"], dtype=np.float32),
+                    label=lut[np.asarray(arr["label"])],
+                    spacing=tuple(entries[i]["spacing"]),
+                )
+            )
+        return out
+
+    def close() -> None:
+        for c in closers:
+            c()
+
+    return DataBundle(
+        class_names=class_names,
+        labeled=lab_it,
+        unlabeled=unl_it,
+        val=volumes(split["val"]),
+        test=volumes(split["test"]),
+        split=split,
+        data_fingerprint=manifest["fingerprint"],
+        split_fingerprint=split["fingerprint"],
+        split_path=split_path,
+        close=close,
+    )
