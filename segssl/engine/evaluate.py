@@ -61,23 +61,18 @@ def evaluate(
     distances: bool,
     prefix: str,
 ) -> dict[str, float]:
-    """3D metrics of ``volumes``: ``{prefix}/dsc`` (mean over foreground classes) and
-    ``{prefix}/dsc/<class>``; with ``distances`` also ``{prefix}/hd95/<class>`` and
-    ``{prefix}/asd/<class>`` in mm (with each scan's spacing). Scans are averaged first."""
-    from segssl import metrics
+    """3D metrics of ``volumes`` by :func:`segssl.metrics.evaluate_volumes`, keys prefixed:
+    ``{prefix}/dsc`` (mean over foreground classes), ``{prefix}/dsc/<class>`` (mean over scans);
+    with ``distances`` also ``{prefix}/hd95[/<class>]``, ``{prefix}/asd[/<class>]`` in mm with
+    each scan's spacing, and the ``_undefined`` counts; ``{prefix}/n_scans``."""
+    from segssl.metrics import evaluate_volumes
 
-    per: dict[str, list[float]] = {}
-    for vol in volumes:
-        pred = predict_volume(predict, vol, runtime, batch_size, multiple)
-        for c, name in enumerate(class_names, start=1):
-            per.setdefault(f"dsc/{name}", []).append(metrics.dice(pred, vol.label, c))
-            if distances:
-                per.setdefault(f"hd95/{name}", []).append(
-                    metrics.hd95(pred, vol.label, c, vol.spacing)
-                )
-                per.setdefault(f"asd/{name}", []).append(
-                    metrics.asd(pred, vol.label, c, vol.spacing)
-                )
-    out = {f"{prefix}/{k}": float(np.mean(v)) for k, v in per.items()}
-    out[f"{prefix}/dsc"] = float(np.mean([out[f"{prefix}/dsc/{n}"] for n in class_names]))
-    return out
+    preds = [predict_volume(predict, v, runtime, batch_size, multiple) for v in volumes]
+    out = evaluate_volumes(
+        preds,
+        [v.label for v in volumes],
+        [v.spacing for v in volumes],
+        list(class_names),
+        distances=distances,
+    )
+    return {f"{prefix}/{k}": float(v) for k, v in out.items()}

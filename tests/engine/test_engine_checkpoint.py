@@ -87,7 +87,7 @@ class _Evil:
 def test_not_a_segssl_checkpoint(tmp_path: Path) -> None:
     plain = tmp_path / "plain.pt"
     torch.save(UNet(1, 2, base_width=4, depth=3).state_dict(), plain)
-    with pytest.raises(CheckpointError, match="not a segssl checkpoint.*format='segssl-checkpoint'"):
+    with pytest.raises(CheckpointError, match="not a segssl checkpoint.*format='segssl-"):
         load_checkpoint(plain)
     with pytest.raises(CheckpointError, match="not a segssl checkpoint"):
         load_model_weights(UNet(1, 2, base_width=4, depth=3), plain)
