@@ -76,7 +76,10 @@ def joint_distribution(p1: Tensor, p2: Tensor, symmetric: bool = True) -> Tensor
         a = p1.float()
         b = p2.float()
         # mean over batch and pixels of outer products; normalised to sum 1 below
-        joint = torch.einsum("bjhw,bkhw->jk", a, b) if a.ndim == 4 else a.t() @ b
+        if a.ndim == 4:  # one (K, HW) x (HW, K) product per image, summed over the batch
+            joint = torch.bmm(a.flatten(2), b.flatten(2).transpose(1, 2)).sum(0)
+        else:
+            joint = a.t() @ b
         if symmetric:
             joint = (joint + joint.t()) / 2
         return joint / joint.sum().clamp_min(EPS)
