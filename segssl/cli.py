@@ -58,6 +58,156 @@ def methods_cmd() -> None:
         typer.echo(name)
 
 
+# ----------------------------------------------------------------------------- data commands
+def _pair(text: str, option: str, kind: type) -> tuple:
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        parts = parts * 2
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return tuple(kind(p) for p in parts)
+    except ValueError:
+        fail(f"{option} {text!r}: expected one value or two separated by ',' (e.g. 1.0,1.0)")
+        raise  # unreachable: fail() exits
+
+
+@data_app.command("synth")
+def data_synth_cmd(
+    dataset: str = typer.Option(..., "--dataset", help="acdc, promise12, msd-prostate, ..."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the archive layout into."),
+    scans: int = typer.Option(10, "--scans", help="Subjects (ACDC patients give 2 scans)."),
+    size: int = typer.Option(128, "--size", help="In-plane matrix size in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Write a synthetic dataset in the real on-disk layout of DATASET."""
+    from segssl.data import DataError, synthesize
+
+    try:
+        synthesize(dataset, out, scans=scans, size=size, seed=seed)
+    except DataError as exc:
+        fail(str(exc))
+    console.print(f"wrote synthetic {dataset} ({scans} subjects, {size} px) to {out}")
+
+
+@data_app.command("prepare")
+def data_prepare_cmd(
+    dataset: str = typer.Option(..., "--dataset", help="Adapter name (see `segssl data info`)."),
+    root: Path = typer.Option(..., "--root", help="The archive root as shipped."),
+    out: Path = typer.Option(..., "--out", help="Cache directory to build (or reuse)."),
+    spacing: str = typer.Option("1.0,1.0", "--spacing", help="In-plane mm, or 'native'."),
+    size: str = typer.Option("256,256", "--size", help="Output size in pixels (H,W or one)."),
+    fit: str = typer.Option("crop_or_pad", "--fit", help="crop_or_pad | resize."),
+    percentiles: str = typer.Option("1,99", "--percentiles", help="Normalisation percentiles."),
+    crop_center: str = typer.Option("image", "--crop-center", help="image | label."),
+    dtype: str = typer.Option("float16", "--dtype", help="float16 | float32 cached images."),
+    modality: str = typer.Option("0", "--modality", help="Channel of 4D images: index or name."),
+) -> None:
+    """Build the preprocessed cache of an archive (reused when settings and sources match)."""
+    from pydantic import ValidationError
+
+    from segssl.config import PreprocessConfig
+    from segssl.data import DataError
+    from segssl.data.preprocess import prepare_records, validate_cache
+
+    try:
+        pcfg = PreprocessConfig(
+            spacing=None if spacing.lower() == "native" else _pair(spacing, "--spacing", float),
+            size=_pair(size, "--size", int),
+            fit=fit,
+            percentiles=_pair(percentiles, "--percentiles", float),
+            crop_center=crop_center,
+            dtype=dtype,
+        )
+    except ValidationError as exc:
+        fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    from segssl.data import get_adapter
+
+    mod: int | str = int(modality) if modality.isdigit() else modality
+    try:
+        adapter = get_adapter(dataset, root, modality=mod)
+        before = _manifest_fingerprint(out)
+        manifest = prepare_records(adapter, adapter.list_scans(), out, pcfg, log=console.print)
+        validate_cache(out)
+    except DataError as exc:
+        fail(str(exc))
+    state = "reused" if before == manifest["fingerprint"] else "built"
+    console.print(
+        f"{state} cache {out}: {manifest['num_scans']} scans, {manifest['num_slices']} slices, "
+        f"fingerprint {manifest['fingerprint']}"
+    )
+
+
+def _manifest_fingerprint(cache: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((cache / "manifest.json").read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+@data_app.command("info")
+def data_info_cmd(
+    cache: Path = typer.Argument(..., help="A cache directory (with manifest.json)."),
+    split: Optional[Path] = typer.Option(  # noqa: UP007, UP045
+        None, "--split", help="A split manifest (split.json of a run) to summarise as well."
+    ),
+) -> None:
+    """Summarise a prepared cache: scans, slices, classes, spacing, split sizes."""
+    import json
+
+    from rich.table import Table
+
+    from segssl.data import DataError
+    from segssl.data.preprocess import validate_cache
+
+    if not cache.is_dir():
+        fail(f"{cache}: no such cache directory")
+    subs = sorted(p for p in cache.iterdir() if (p / "manifest.json").is_file())
+    if not (cache / "manifest.json").is_file() and subs:
+        console.print(f"{cache} is a cache root holding {len(subs)} caches:")
+        for p in subs:
+            console.print(f"  {p}")
+        return
+    try:
+        m = validate_cache(cache)
+    except DataError as exc:
+        fail(str(exc))
+    sp = [s["spacing"] for s in m["scans"]]
+    console.print(f"[bold]{cache}[/]  dataset {m['dataset']}  fingerprint {m['fingerprint']}")
+    console.print(f"source root: {m['root']}")
+    console.print(
+        f"scans: {m['num_scans']}  slices: {m['num_slices']}  classes: "
+        f"{', '.join(m['class_names'])}  (label values {m['label_values']})"
+    )
+    console.print(
+        f"slice size: {m['settings']['size']}  spacing (mm): through-plane "
+        f"{min(s[0] for s in sp):.2f}-{max(s[0] for s in sp):.2f}, in-plane "
+        f"{min(s[1] for s in sp):.2f}-{max(s[1] for s in sp):.2f}"
+    )
+    console.print(f"settings: {json.dumps(m['settings'], sort_keys=True)}", highlight=False)
+    size = sum(s["bytes"] for s in m["scans"])
+    console.print(f"cache size: {size / 2**20:.1f} MiB")
+    if split is not None:
+        try:
+            sm = json.loads(split.read_text())
+            table = Table(title=f"split {split} ({sm['unit']} unit, seed {sm['seed']})")
+            for col in ("set", "scans", "subjects"):
+                table.add_column(col)
+            for key in ("train", "val", "test"):
+                table.add_row(key, str(len(sm[key])), str(len(sm["subjects"][key])))
+            table.add_row("labeled", str(len(sm["labeled"])), f"(spec {sm['labeled_spec']})")
+            table.add_row("unlabeled", str(len(sm["unlabeled"])), "")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            fail(f"--split {split}: not a segssl split manifest ({exc})")
+        console.print(table)
+        cached = {s["scan_id"] for s in m["scans"]}
+        unknown = sorted(set(sm["train"] + sm["val"] + sm["test"]) - cached)
+        if unknown:
+            fail(f"--split {split}: scans {unknown[:5]} are not in cache {cache}")
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(..., help="Run config YAML (see experiments/)."),
