@@ -75,4 +75,6 @@ def evaluate(
         list(class_names),
         distances=distances,
     )
+    if not distances:
+        out.pop("n_scans", None)
     return {f"{prefix}/{k}": float(v) for k, v in out.items()}
