@@ -1,0 +1,135 @@
+"""Preprocessing: normalisation, resampling, crop/pad/resize, orientation invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segssl.config import PreprocessConfig
+from segssl.data import DataError
+from segssl.data.io import read_volume
+from segssl.data.preprocess import _crop_or_pad, normalise, preprocess_volume, reorient
+from segssl.data.synth import oriented_affine, save_nifti
+
+
+def _phantom(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical (x, y, z) test volume: structure + noise, and a label with 3 classes."""
+    x, y, z = np.meshgrid(np.arange(40), np.arange(36), np.arange(9), indexing="ij")
+    img = 100 + 3 * x + 2 * y + 10 * z + rng.normal(0, 5, x.shape)
+    lab = np.zeros(x.shape, np.uint8)
+    lab[(x - 15) ** 2 + (y - 20) ** 2 < 36] = 1
+    lab[(x > 25) & (y < 10)] = 2
+    lab[(z == 4) & (x < 5)] = 3
+    return img.astype(np.float32), lab
+
+
+def test_normalise_percentiles_map_to_0_and_1():
+    img = np.arange(10001, dtype=np.float32).reshape(1, 1, -1)  # values 0..10000
+    out = normalise(img, (1.0, 99.0), clip=False, name="x")
+    lo, hi = np.percentile(out, [1, 99])
+    assert lo == pytest.approx(0.0, abs=1e-6) and hi == pytest.approx(1.0, abs=1e-6)
+    assert out.min() == pytest.approx(-100 / 9800)  # below the 1st percentile: negative
+    clipped = normalise(img, (1.0, 99.0), clip=True, name="x")
+    assert clipped.min() == 0.0 and clipped.max() == 1.0
+    with pytest.raises(DataError, match=r"scanX: intensity percentiles .* are equal"):
+        normalise(np.ones((2, 3, 3)), (1.0, 99.0), clip=True, name="scanX")
+
+
+def test_resampling_spacing_and_shape():
+    rng = np.random.default_rng(0)
+    img, lab = _phantom(rng)
+    affine = oriented_affine(img.shape, (2.0, 1.5, 6.0))
+    cfg = PreprocessConfig(spacing=(1.0, 1.0), size=(96, 96), fit="crop_or_pad")
+    out, olab, spacing = preprocess_volume(img, lab, affine, cfg)
+    assert out.shape == (9, 96, 96) and olab.shape == (9, 96, 96)
+    assert spacing == pytest.approx((6.0, 1.0, 1.0))
+    # 40 x 2.0 mm = 80 px, 36 x 1.5 mm = 54 px at 1 mm, zero-padded to 96 x 96 around the centre
+    rows = np.flatnonzero(out.max(axis=(0, 2)) > 0)
+    cols = np.flatnonzero(out.max(axis=(0, 1)) > 0)
+    assert len(rows) == 80 and len(cols) == 54
+    assert set(np.unique(olab).tolist()) == {0, 1, 2, 3}  # nearest keeps the label set
+    # class 1 disc: radius 6 voxels along x (2 mm) -> ~24 mm wide at 1 mm/px
+    width = np.flatnonzero((olab == 1).any(axis=(0, 2)))
+    assert 21 <= len(width) <= 25
+
+
+def test_resize_fit_changes_spacing():
+    rng = np.random.default_rng(1)
+    img, lab = _phantom(rng)
+    affine = oriented_affine(img.shape, (2.0, 1.5, 6.0))
+    cfg = PreprocessConfig(spacing=None, size=(32, 24), fit="resize")
+    out, olab, spacing = preprocess_volume(img, lab, affine, cfg)
+    assert out.shape == (9, 32, 24)
+    assert spacing == pytest.approx((6.0, 40 * 2.0 / 32, 36 * 1.5 / 24))
+
+
+def test_crop_or_pad_centres():
+    arr = np.arange(1 * 6 * 6).reshape(1, 6, 6)
+    out = _crop_or_pad(arr, (4, 4), (3.0, 3.0))
+    np.testing.assert_array_equal(out[0], arr[0, 1:5, 1:5])
+    padded = _crop_or_pad(arr, (8, 8), (3.0, 3.0))
+    np.testing.assert_array_equal(padded[0, 1:7, 1:7], arr[0])
+    assert padded[0, 0].sum() == 0
+
+
+def test_crop_centred_on_label():
+    img = np.random.default_rng(0).random((2, 40, 40)).astype(np.float32)[None][0]
+    lab = np.zeros((2, 40, 40), np.uint8)
+    lab[:, 30:36, 4:10] = 1
+    vol = np.transpose(img, (1, 2, 0)).copy()
+    lvol = np.transpose(lab, (1, 2, 0)).copy()
+    affine = oriented_affine(vol.shape, (1.0, 1.0, 8.0))
+    cfg = PreprocessConfig(
+        spacing=None, size=(12, 12), crop_center="label", percentiles=(0, 100), clip=False
+    )
+    _, olab, _ = preprocess_volume(vol, lvol, affine, cfg)
+    assert olab.sum() == lab.sum()  # the whole structure is inside the 12 x 12 window
+    rows = np.flatnonzero(olab[0].any(axis=1))
+    assert rows.min() == 3 and rows.max() == 8  # centred
+
+
+@pytest.mark.parametrize(
+    "perm,flips",
+    [
+        ((0, 1, 2), (True, False, False)),
+        ((1, 0, 2), (False, True, True)),
+        ((2, 0, 1), (True, False, True)),  # slice axis stored first
+        ((1, 2, 0), (False, False, False)),
+    ],
+)
+def test_flipped_or_permuted_storage_gives_same_slices(tmp_path, perm, flips):
+    rng = np.random.default_rng(2)
+    img, lab = _phantom(rng)
+    spacing = (1.4, 1.4, 7.0)
+    save_nifti(tmp_path / "canon.nii.gz", img, spacing)
+    save_nifti(tmp_path / "canon_gt.nii.gz", lab, spacing)
+    save_nifti(tmp_path / "other.nii.gz", img, spacing, perm, flips, origin=(5.0, -3.0, 2.0))
+    save_nifti(tmp_path / "other_gt.nii.gz", lab, spacing, perm, flips, origin=(5.0, -3.0, 2.0))
+    cfg = PreprocessConfig(spacing=(1.0, 1.0), size=(64, 64))
+    outs = []
+    for stem in ("canon", "other"):
+        a, aff = read_volume(tmp_path / f"{stem}.nii.gz")
+        b, _ = read_volume(tmp_path / f"{stem}_gt.nii.gz")
+        if stem == "other":
+            assert a.shape != img.shape or flips != (False,) * 3  # really stored differently
+        outs.append(preprocess_volume(a, b, aff, cfg))
+    (i1, l1, s1), (i2, l2, s2) = outs
+    assert i1.shape == (9, 64, 64)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(l1, l2)
+    assert s1 == pytest.approx(s2)
+
+
+def test_slice_axis_auto_vs_stored():
+    rng = np.random.default_rng(3)
+    img, lab = _phantom(rng)
+    # slices stored along the first axis (7 mm), so "stored" (third axis) is wrong here
+    affine = oriented_affine(img.shape, (1.4, 1.4, 7.0), perm=(2, 0, 1))
+    stored_img = np.transpose(img, (2, 0, 1))
+    auto = reorient(stored_img, None, affine, PreprocessConfig())
+    stored = reorient(
+        stored_img, None, affine, PreprocessConfig(slice_axis="stored", reorient=False)
+    )
+    assert auto[0].shape == (9, 40, 36) and auto[2] == pytest.approx((7.0, 1.4, 1.4))
+    # the stored third axis (36 voxels of 1.4 mm) becomes the slice axis: long-axis cuts
+    assert stored[0].shape == (36, 9, 40) and stored[2] == pytest.approx((1.4, 7.0, 1.4))
