@@ -40,8 +40,15 @@ def test_finetune_schedule_and_no_warmup() -> None:
     assert _lrs(cfg, 50)[10] == pytest.approx(2e-5, rel=1e-9)
     flat = OptimConfig(lr=1e-3, warmup_factor=1, warmup_epochs=0)
     lrs = _lrs(flat, 4)
-    assert lrs == pytest.approx([1e-3, 1e-3 * (1 + math.cos(math.pi / 4)) / 2, 5e-4,
-                                 1e-3 * (1 + math.cos(3 * math.pi / 4)) / 2], rel=1e-9)
+    assert lrs == pytest.approx(
+        [
+            1e-3,
+            1e-3 * (1 + math.cos(math.pi / 4)) / 2,
+            5e-4,
+            1e-3 * (1 + math.cos(3 * math.pi / 4)) / 2,
+        ],
+        rel=1e-9,
+    )
 
 
 def test_optimizers() -> None:
