@@ -251,13 +251,13 @@ class PairedTransform:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         n = batch_size
-        # gamma uniform in log space so that g and 1/g are equally likely within (0.5, 2.0)
-        log_g = _uniform(n, math.log(self.gamma[0]), math.log(self.gamma[1]), generator)
+        # uniform in the range, as rising's GammaCorrection samples it (the authors' T)
+        gamma = _uniform(n, self.gamma[0], self.gamma[1], generator)
         scale = _uniform(n, self.scale[0], self.scale[1], generator)
         angle = _uniform(n, -self.rotation, self.rotation, generator) * (math.pi / 180.0)
         shift = _uniform(2 * n, -self.translation, self.translation, generator).view(n, 2)
         flip = torch.rand(n, generator=generator) < 0.5 if self.flip else torch.zeros(n).bool()
-        return TransformState(torch.exp(log_g), scale, angle, shift, flip)
+        return TransformState(gamma, scale, angle, shift, flip)
 
 
 class BaseAugment:
