@@ -536,15 +536,46 @@ def aggregate(
             )
     out = pd.DataFrame.from_records(records, columns=CELL_COLUMNS)
     ns = [int(n) for n in out["n"] if n > 0]
+    caption = _caption(spec, ns, paper)
+    empty = _empty_note(out, rows, cols, base)
     out.attrs.update(
         rows=rows,
         columns=cols,
         spec=spec,
         paper=paper,
-        caption=_caption(spec, ns, paper),
+        caption=f"{caption} {empty}" if empty else caption,
+        empty=empty,
         row_header=_row_header(spec),
     )
     return out
+
+
+def _empty_note(out: pd.DataFrame, rows: list[Leaf], cols: list[Leaf], base: pd.DataFrame) -> str:
+    """A sentence naming rows/columns without any run, with the values the runs do have."""
+    notes = []
+    for kind, leaves, key in (("row", rows, "row"), ("column", cols, "col")):
+        for leaf in leaves:
+            if leaf.is_mean:
+                continue
+            hit = out[
+                (out[key] == leaf.label)
+                & (
+                    out[f"{key}_group"].fillna("\0")
+                    == (leaf.group if leaf.group is not None else "\0")
+                )
+            ]
+            if hit["n"].sum() > 0:
+                continue
+            seen = []
+            for k, want in leaf.filter.items():
+                if not filter_mask(base, {k: want}).any():
+                    vals = sorted_values(base[f"params.{k}"].dropna().tolist())
+                    seen.append(
+                        f"{k}={want!r} matches no run (values: {', '.join(map(str, vals))})"
+                    )
+            why = "; ".join(seen) if seen else "no FINISHED run yet"
+            notes.append(f"{kind} {leaf.display!r}: {why}")
+    return ("Empty: " + " | ".join(notes) + ".") if notes else ""
 
 
 def _row_header(spec: TableSpec) -> str:

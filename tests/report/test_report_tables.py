@@ -573,3 +573,51 @@ def test_cli_table_writes_every_format(store: dict, tmp_path: Path) -> None:
     bad.write_text(SWEEP.replace("method.name: bim", "method.nme: bim"))
     res = runner.invoke(app, ["table", str(bad), "--tracking-uri", store["uri"], "--no-log"])
     assert res.exit_code == 2 and "names param 'method.nme'" in res.output
+
+
+def test_rows_without_runs_are_named_in_the_caption(store: dict) -> None:
+    spec = _spec(rows={"Ours": {"method.name": "bmi"}, "Baseline": {"method.name": "baseline"}})
+    agg = aggregate(store["df"], spec, experiment=EXP)
+    assert _cell(agg, "Ours", "ACDC-LV", "1 scan")["n"] == 0
+    assert (
+        "row 'Ours': method.name='bmi' matches no run (values: baseline, bim, iic, mt)"
+        in (agg.attrs["caption"])
+    )
+    assert "| Ours | – | – |" in render(agg, spec, "md")
+
+
+def test_aligned_with_the_bim_papers_file(store: dict) -> None:
+    spec = _spec(
+        rows={
+            "Baseline": {"method.name": "baseline"},
+            "IIC (Dec)": {"method.name": "iic"},
+            "Ours (Dec) (MI+CC)": {"method.name": "bim"},
+        },
+        paper={"file": "experiments/papers/bim.yaml", "table": "table2"},
+    )
+    repo = Path(__file__).resolve().parents[2]
+    agg = aggregate(store["df"], spec, experiment=EXP, base_dirs=[repo])
+    assert _cell(agg, "Baseline", "ACDC-LV", "1 scan")["paper_mean"] == 67.13
+    assert _cell(agg, "IIC (Dec)", "ACDC-RV", "mean")["paper_mean"] == 61.81
+    assert _cell(agg, "Ours (Dec) (MI+CC)", "ACDC-RV", "2 scans")["paper_mean"] == 79.13
+    tex = render(agg, spec, "latex")
+    assert "\\quad\\textit{paper} & \\textit{67.13} & \\textit{74.49} & \\textit{75.48}" in tex
+
+
+def test_best_val_selection_per_row_scope(store: dict) -> None:
+    spec = _spec(
+        rows={"MT": {"method.name": "mt"}},
+        columns=[
+            {
+                "label": "ACDC-LV",
+                "filter": {"data.target": "lv"},
+                "by": "data.labeled_scans",
+                "values": [1],
+            }
+        ],
+        select={"keys": ["method.ema"], "scope": "row"},
+    )
+    agg = aggregate(store["df"], spec, experiment=EXP, tracking_uri=store["uri"])
+    c = _cell(agg, "MT", "ACDC-LV", "1")
+    assert c["mean"] == pytest.approx(np.mean(MT[0.99]["test"]) * 100)
+    assert "per row (over all its columns)" in agg.attrs["caption"]
