@@ -227,13 +227,14 @@ def train_cmd(
     import json
 
     from segssl.config import ConfigError, config_hash, load_run_config
+    from segssl.data.errors import DataError
     from segssl.engine import CheckpointError, EngineConfigError, NonFiniteLossError, check_run
 
     try:
         cfg = load_run_config(config, override)
         check_run(cfg)
     except (ConfigError, EngineConfigError, CheckpointError, KeyError) as exc:
-        fail(str(exc).strip("'\""))
+        fail(str(exc))
     run_dir = workdir or Path("runs") / f"{cfg.method.name}-{cfg.stage}-{config_hash(cfg)}"
     reporter = None
     if tracking_uri:
@@ -250,6 +251,8 @@ def train_cmd(
     try:
         result = train(cfg, reporter, workdir=run_dir, resume=resume)
         status = "FINISHED"
+    except DataError as exc:  # bad data input, found before any training step
+        fail(str(exc))
     except NonFiniteLossError as exc:
         fail(str(exc), code=1)
     except (EngineConfigError, CheckpointError, ValueError) as exc:

@@ -1,0 +1,94 @@
+"""``segssl train`` through typer's CliRunner on a synthetic ACDC archive."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from segssl.cli import app
+
+runner = CliRunner()
+
+
+def _write(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_train_writes_result(tiny_yaml, tmp_path: Path) -> None:
+    cfg = _write(tmp_path / "run.yaml", tiny_yaml("baseline", "finetune"))
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(cfg),
+            "-o",
+            "train.epochs=1",
+            "-o",
+            "data.target=rv",
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "w/result.json").read_text())
+    m = result["metrics"]
+    assert {"test/dsc/RV", "test/hd95/RV", "test/asd/RV", "test/dsc", "best_epoch"} <= m.keys()
+    assert len(result["history"]) == 1  # the override was applied
+    assert (tmp_path / "w/checkpoints/best.pt").is_file()
+    assert (tmp_path / "w/split.json").is_file()
+
+
+def test_config_errors_exit_nonzero_with_key(tiny_yaml, tmp_path: Path) -> None:
+    cfg = _write(tmp_path / "run.yaml", tiny_yaml("bim", "pretrain"))
+    res = runner.invoke(
+        app, ["train", str(cfg), "-o", "method.alpha=2", "--workdir", str(tmp_path / "w")]
+    )
+    assert res.exit_code == 2
+    assert "method.alpha" in res.output and "less than or equal to 1" in res.output
+    res = runner.invoke(app, ["train", str(cfg), "-o", "method.name=bimm"])
+    assert res.exit_code == 2 and "did you mean 'bim'" in res.output
+    res = runner.invoke(app, ["train", str(cfg), "-o", "train.epocs=3"])
+    assert res.exit_code == 2 and "train.epocs: unknown key" in res.output
+    res = runner.invoke(app, ["train", str(cfg), "-o", "stage=finetune"])
+    assert res.exit_code == 2 and "expected stage 'pretrain'" in res.output
+    res = runner.invoke(app, ["train", str(cfg), "-o", f"data.root={tmp_path / 'none'}"])
+    assert res.exit_code == 2 and "data.root=" in res.output and "no such directory" in res.output
+    res = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
+    assert res.exit_code == 2 and "no such file" in res.output
+    assert not (tmp_path / "w").exists()
+
+
+def test_tracking_uri_logs_the_record(tiny_yaml, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    cfg = _write(tmp_path / "run.yaml", tiny_yaml("baseline", "finetune"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            str(cfg),
+            "--workdir",
+            str(tmp_path / "w"),
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            "t",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    client = MlflowClient(tracking_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name("t").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["segssl.stage"] == "finetune"
+    assert len(run.data.tags["segssl.trial_key"]) == 16
+    assert run.data.tags["segssl.split_fingerprint"]
+    assert run.data.params["method.name"] == "baseline"
+    assert run.data.params["data.labeled_scans"] == "1"
+    history = client.get_metric_history(run.info.run_id, "val/dsc")
+    assert [h.step for h in history] == [1, 2]
+    assert "test/dsc/LV" in run.data.metrics and "cost/wall_s" in run.data.metrics
