@@ -1,0 +1,195 @@
+"""build_data: streams, volumes, binary targets, reproducible sampling, G^D batches, errors."""
+
+from __future__ import annotations
+
+import json
+from itertools import islice
+
+import numpy as np
+import pytest
+import torch
+
+from segssl.config import DataConfig
+from segssl.data import DataError, build_data, cache_dir_for, partition_labels
+from segssl.data.preprocess import load_manifest, open_scan
+
+
+def _cfg(root, tmp_path, **kw) -> DataConfig:
+    base = dict(
+        dataset="acdc",
+        root=str(root),
+        cache=str(tmp_path / "cache"),
+        preprocess={"spacing": (2.0, 2.0), "size": (48, 48)},
+        split={"sizes": (4, 1, 1), "seed": 0},
+        labeled_scans=2,
+        batch_size=4,
+        unlabeled_batch_size=6,
+    )
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def _take(it, n):
+    return [
+        {k: (v.clone() if torch.is_tensor(v) else list(v)) for k, v in b.items()}
+        for b in islice(it, n)
+    ]
+
+
+def test_bundle_layout(archives, tmp_path):
+    b = build_data(
+        _cfg(archives["acdc"], tmp_path),
+        seed=0,
+        labeled=True,
+        unlabeled=True,
+        workdir=tmp_path / "run",
+    )
+    try:
+        assert b.class_names == ("RV", "Myo", "LV") and b.num_classes == 4
+        lab = next(b.labeled)
+        assert lab["image"].shape == (4, 1, 48, 48) and lab["image"].dtype == torch.float32
+        assert lab["label"].shape == (4, 48, 48) and lab["label"].dtype == torch.int64
+        assert lab["partition"].dtype == torch.int64 and lab["slice_index"].shape == (4,)
+        assert set(lab["scan"]) <= set(b.split["labeled"])
+        unl = next(b.unlabeled)
+        assert "label" not in unl and unl["image"].shape == (6, 1, 48, 48)
+        assert set(unl["scan"]) <= set(b.split["train"])
+        assert len(b.val) == 2 and len(b.test) == 2  # one subject each, ED + ES
+        v = b.val[0]
+        assert v.image.dtype == np.float32 and v.label.dtype == np.int64
+        assert v.image.shape == v.label.shape and v.image.shape[1:] == (48, 48)
+        assert v.scan_id in b.split["val"] and v.spacing[0] >= 5.0
+        saved = json.loads((tmp_path / "run" / "split.json").read_text())
+        assert saved["fingerprint"] == b.split_fingerprint == b.split["fingerprint"]
+        assert saved["data_fingerprint"] == b.data_fingerprint
+        assert (
+            b.data_fingerprint
+            == load_manifest(cache_dir_for(_cfg(archives["acdc"], tmp_path)))["fingerprint"]
+        )
+        # a batch item equals the cached slice it names
+        cache = cache_dir_for(_cfg(archives["acdc"], tmp_path))
+        entry = next(s for s in load_manifest(cache)["scans"] if s["scan_id"] == lab["scan"][0])
+        arr = open_scan(cache, entry)[int(lab["slice_index"][0])]
+        np.testing.assert_array_equal(lab["image"][0, 0].numpy(), arr["image"].astype(np.float32))
+        np.testing.assert_array_equal(lab["label"][0].numpy(), arr["label"])
+        n = entry["slices"]
+        part = partition_labels(n, 3)[int(lab["slice_index"][0])]
+        assert int(lab["partition"][0]) == part
+    finally:
+        b.close()
+
+
+def test_streams_off_and_labeled_split_independent_of_run_seed(archives, tmp_path):
+    cfg = _cfg(archives["acdc"], tmp_path)
+    a = build_data(cfg, seed=0, labeled=False, unlabeled=True)
+    b = build_data(cfg, seed=7, labeled=True, unlabeled=False)
+    assert a.labeled is None and b.unlabeled is None
+    assert a.split["labeled"] == b.split["labeled"]
+
+
+def test_binary_target(archives, tmp_path):
+    full = build_data(_cfg(archives["acdc"], tmp_path), seed=3, labeled=True, unlabeled=False)
+    lv = build_data(
+        _cfg(archives["acdc"], tmp_path, target="LV"), seed=3, labeled=True, unlabeled=False
+    )
+    assert lv.class_names == ("LV",) and lv.num_classes == 2
+    for bf, bl in zip(islice(full.labeled, 3), islice(lv.labeled, 3), strict=True):
+        assert bf["scan"] == bl["scan"]
+        torch.testing.assert_close(bl["label"], (bf["label"] == 3).long())
+    assert set(np.unique(lv.test[0].label).tolist()) <= {0, 1}
+    np.testing.assert_array_equal(lv.test[0].label, (full.test[0].label == 1 + 2).astype(np.int64))
+    rv = build_data(
+        _cfg(archives["acdc"], tmp_path, target="rv"), seed=3, labeled=True, unlabeled=False
+    )
+    assert rv.class_names == ("RV",)
+
+
+def test_sampling_reproducible_and_seeded(archives, tmp_path):
+    cfg = _cfg(archives["acdc"], tmp_path)
+    runs = [build_data(cfg, seed=s, labeled=True, unlabeled=True) for s in (11, 11, 12)]
+    a, b, c = ([*_take(r.labeled, 3), *_take(r.unlabeled, 3)] for r in runs)
+    for x, y in zip(a, b, strict=True):
+        assert x["scan"] == y["scan"]
+        torch.testing.assert_close(x["image"], y["image"])
+        torch.testing.assert_close(x["slice_index"], y["slice_index"])
+    assert any(
+        x["scan"] != z["scan"] or not torch.equal(x["slice_index"], z["slice_index"])
+        for x, z in zip(a, c, strict=True)
+    )
+
+
+def test_workers_give_the_same_batches(archives, tmp_path):
+    b0 = build_data(_cfg(archives["acdc"], tmp_path), seed=4, labeled=True, unlabeled=False)
+    b2 = build_data(
+        _cfg(archives["acdc"], tmp_path, num_workers=2), seed=4, labeled=True, unlabeled=False
+    )
+    try:
+        for x, y in zip(_take(b0.labeled, 4), _take(b2.labeled, 4), strict=True):
+            assert x["scan"] == y["scan"]
+            torch.testing.assert_close(x["image"], y["image"])
+            torch.testing.assert_close(x["label"], y["label"])
+    finally:
+        b2.close()
+
+
+def test_partition_sampler_structure(archives, tmp_path):
+    cfg = _cfg(
+        archives["acdc"], tmp_path, partition_sampler=True, partitions=3, unlabeled_batch_size=6
+    )
+    b = build_data(cfg, seed=0, labeled=False, unlabeled=True)
+    slices = {s["scan_id"]: s["slices"] for s in load_manifest(cache_dir_for(cfg))["scans"]}
+    seen_volumes = set()
+    for batch in islice(b.unlabeled, 20):
+        assert batch["partition"].tolist() == [0, 1, 2, 0, 1, 2]  # m = 2 volumes x S = 3
+        scans = batch["scan"]
+        assert scans[0] == scans[1] == scans[2] and scans[3] == scans[4] == scans[5]
+        assert scans[0] != scans[3]  # distinct volumes within a batch
+        for i, scan in enumerate(scans):
+            z = int(batch["slice_index"][i])
+            assert partition_labels(slices[scan], 3)[z] == i % 3
+        seen_volumes.update(scans)
+    assert len(seen_volumes) > 4  # drawn across the training volumes
+
+
+@pytest.mark.parametrize(
+    "kw,pattern",
+    [
+        (dict(root="/nonexistent/acdc"), r"data.root='/nonexistent/acdc': no such directory"),
+        (dict(dataset="acdcc"), r"unknown dataset 'acdcc' \(did you mean 'acdc'\?\)"),
+        (dict(target="lvv"), r"data.target='lvv': unknown class"),
+        (dict(labeled_scans=9), r"asks for 9 labeled scans but the training set has only 8"),
+        (dict(split={"sizes": (5, 1, 1)}), r"needs 7 subjects but the dataset has only 6"),
+        (
+            dict(partition_sampler=True, unlabeled_batch_size=8),
+            r"unlabeled_batch_size=8 must be a multiple of data.partitions=3",
+        ),
+    ],
+)
+def test_bad_config_fails_before_any_work(archives, tmp_path, kw, pattern):
+    root = kw.pop("root", archives["acdc"])
+    cfg = _cfg(root, tmp_path, **kw)
+    with pytest.raises(DataError, match=pattern):
+        build_data(cfg, seed=0, labeled=True, unlabeled=True)
+    assert not (tmp_path / "cache").exists()  # nothing was prepared
+
+
+def test_other_datasets_end_to_end(archives, tmp_path):
+    for name, target in (
+        ("msd-prostate", "tz"),
+        ("promise12", "all"),
+        ("mmwhs-ct", "aa"),
+        ("msd-spleen", "spleen"),
+    ):
+        cfg = _cfg(
+            archives[name],
+            tmp_path / name,
+            dataset=name,
+            target=target,
+            split={"sizes": (2, 0, 1)},
+            labeled_scans=1,
+        )
+        b = build_data(cfg, seed=0, labeled=True, unlabeled=True)
+        batch = next(b.labeled)
+        assert batch["image"].shape == (4, 1, 48, 48)
+        assert int(batch["label"].max()) < b.num_classes
+        assert len(b.test) == 1 and b.test[0].image.shape[1:] == (48, 48)
