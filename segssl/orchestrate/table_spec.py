@@ -47,6 +47,9 @@ class AxisGroup(_Strict):
     - ``by``: a param key; one leaf per value (``values`` fixes order and subset; default: the
       observed values, sorted numerically when they are numbers);
     - ``items``: ``label -> filter`` leaves in this order;
+    - ``metrics``: ``label -> metric key`` leaves: other metrics of the same runs, e.g. the
+      per-class Dice of one multi-class run (``{RV: test/dsc/rv, Mean: test/dsc}``, GMI Table 1)
+      or ASD/HD/DSC rows (IDEAL Table 1); the table's ``metric`` is the default elsewhere;
     - neither: the group is a single leaf (its own label).
 
     ``labels`` maps a ``by`` value (written as a string, e.g. ``"1"``) to its display label
@@ -61,6 +64,7 @@ class AxisGroup(_Strict):
     values: list[Scalar] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     items: dict[str, Filter] | None = None
+    metrics: dict[str, str] | None = None
     mean: bool = False
 
     @field_validator("labels", mode="before")
@@ -72,9 +76,11 @@ class AxisGroup(_Strict):
 
     @model_validator(mode="after")
     def _leaves(self) -> AxisGroup:
-        if self.by is not None and self.items is not None:
+        given = [k for k in ("by", "items", "metrics") if getattr(self, k) is not None]
+        if len(given) > 1:
             raise ValueError(
-                "give either 'by' (a param key) or 'items' (label -> filter), not both"
+                "give one of 'by' (a param key), 'items' (label -> filter) or 'metrics' "
+                f"(label -> metric key), got {given}"
             )
         if self.values is not None and self.by is None:
             raise ValueError("'values' needs 'by' (the param key the values belong to)")
@@ -82,7 +88,9 @@ class AxisGroup(_Strict):
             raise ValueError("'values' is empty; omit it to use the observed values")
         if self.items is not None and not self.items:
             raise ValueError("'items' is empty")
-        if self.by is None and self.items is None and self.label is None:
+        if self.metrics is not None and not self.metrics:
+            raise ValueError("'metrics' is empty")
+        if not given and self.label is None:
             raise ValueError("a single-leaf group needs a 'label'")
         return self
 

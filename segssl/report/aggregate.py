@@ -68,6 +68,7 @@ class Leaf:
     label: str
     filter: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     is_mean: bool = False
+    metric: str | None = field(default=None, compare=False)
 
     @property
     def ident(self) -> tuple[str | None, str]:
@@ -153,6 +154,8 @@ def _group_leaves(g: AxisGroup, df: pd.DataFrame, spec: TableSpec) -> list[Leaf]
         ]
     if g.items is not None:
         return [Leaf(g.label, lab, {**g.filter, **flt}) for lab, flt in g.items.items()]
+    if g.metrics is not None:
+        return [Leaf(g.label, lab, dict(g.filter), metric=m) for lab, m in g.metrics.items()]
     return [Leaf(None, str(g.label), dict(g.filter))]
 
 
@@ -258,9 +261,9 @@ def _select(sub: pd.DataFrame, spec: TableSpec, where: str) -> tuple[pd.DataFram
 
 
 # ------------------------------------------------------------------------------------ cells
-def _seed_values(sub: pd.DataFrame, spec: TableSpec, where: str) -> pd.DataFrame:
+def _seed_values(sub: pd.DataFrame, spec: TableSpec, where: str, metric: str) -> pd.DataFrame:
     """One run per seed: columns seed, value, run_id (indexed by the seed's canonical text)."""
-    mcol = f"metrics.{spec.metric}"
+    mcol = f"metrics.{metric}"
     scol = f"params.{spec.seed_key}"
     sub = sub[sub[mcol].notna()] if mcol in sub else sub.iloc[0:0]
     seeds = sub[scol].map(norm_value)
@@ -429,6 +432,15 @@ def aggregate(
 
     rows = expand_rows(spec, base)
     cols = expand_columns(spec, base)
+    for leaf in [*rows, *cols]:
+        col = f"metrics.{leaf.metric}"
+        if leaf.metric and (col not in base or base[col].isna().all()):
+            known = metric_keys(base)
+            raise ReportError(
+                f"table {spec.name!r}: {leaf.display!r} asks for metric {leaf.metric!r}, which "
+                f"no FINISHED run logged{did_you_mean(leaf.metric, known)} "
+                f"(metrics: {', '.join(known)})"
+            )
     if not rows:
         raise ReportError(f"table {spec.name!r}: the rows select no runs")
     paper = None
@@ -454,7 +466,12 @@ def aggregate(
         sub = src[filter_mask(src, flt)]
         if spec.select is not None and spec.select.scope == "cell":
             sub, chosen = _select(sub, spec, where)
-        sv = _seed_values(sub, spec, where)
+        if r.metric and c.metric and r.metric != c.metric:
+            raise ReportError(
+                f"table {spec.name!r}: cell {where}: the row asks for metric {r.metric!r} and "
+                f"the column for {c.metric!r}; give 'metrics' on rows or on columns, not both"
+            )
+        sv = _seed_values(sub, spec, where, r.metric or c.metric or spec.metric)
         per_seed[(r.ident, c.ident)] = sv["value"]
         cells[(r.ident, c.ident)] = {"run_ids": sv["run_id"].tolist(), "selected": chosen}
     for r, c in product(rows, [c for c in cols if c.is_mean]):
@@ -535,6 +552,8 @@ def aggregate(
                 }
             )
     out = pd.DataFrame.from_records(records, columns=CELL_COLUMNS)
+    for key in ("row_group", "col_group"):  # keep None (pandas would turn it into NaN)
+        out[key] = pd.Series([rec[key] for rec in records], dtype=object, index=out.index)
     ns = [int(n) for n in out["n"] if n > 0]
     caption = _caption(spec, ns, paper)
     empty = _empty_note(out, rows, cols, base)

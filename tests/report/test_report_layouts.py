@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from segssl.orchestrate.table_spec import TableSpec
-from segssl.report import aggregate, render
+from segssl.report import ReportError, aggregate, render
 
 REPO = Path(__file__).resolve().parents[2]
 SCANS = "labels: {1: 1 scan, 2: 2 scans, 4: 4 scans}"
@@ -121,3 +121,88 @@ def test_bim_table7_row_groups() -> None:
     assert md.index("| *Contrast (Enc+Dec)* |") < md.index("| *Ours (MI+CC)* |")
     html = render(agg, spec, "html")
     assert '<tr class="group"><td colspan="2"><i>Ours (MI+CC)</i></td></tr>' in html
+
+
+GMI1 = {
+    "name": "table1",
+    "stage": "finetune",
+    "scale": 100,
+    "row_header": "Methods",
+    "rows": {
+        "Partial Supervision": {"method.name": "baseline"},
+        "Ours (all)": {"method.name": "gmi"},
+    },
+    "columns": [
+        {
+            "label": "ACDC",
+            "filter": {"data.dataset": "acdc"},
+            "metrics": {
+                "RV": "test/dsc/rv",
+                "Myo": "test/dsc/myo",
+                "LV": "test/dsc/lv",
+                "Mean": "test/dsc",
+            },
+        },
+        {"label": "Prostate", "filter": {"data.dataset": "promise12"}},
+        {"label": "Spleen", "filter": {"data.dataset": "msd-spleen"}},
+    ],
+    "paper": {"file": "experiments/papers/gmi.yaml", "table": "table1"},
+}
+
+
+def _gmi_runs() -> pd.DataFrame:
+    recs = []
+    for i, (m, ds, seed) in enumerate(
+        itertools.product(["baseline", "gmi"], ["acdc", "promise12", "msd-spleen"], [0, 1, 2])
+    ):
+        base = 0.5 if m == "baseline" else 0.8
+        rec = {
+            "run_id": f"r{i}",
+            "tags.segssl.stage": "finetune",
+            "params.method.name": m,
+            "params.data.dataset": ds,
+            "params.seed": str(seed),
+            "metrics.test/dsc": base + seed / 100,
+        }
+        if ds == "acdc":
+            rec.update(
+                {
+                    "metrics.test/dsc/rv": base - 0.1,
+                    "metrics.test/dsc/myo": base,
+                    "metrics.test/dsc/lv": base + 0.1 + seed / 50,
+                }
+            )
+        recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+def test_gmi_table1_per_class_metric_columns() -> None:
+    spec = TableSpec.model_validate(GMI1)
+    agg = aggregate(_gmi_runs(), spec, experiment="gmi", base_dirs=[REPO])
+    got = {(r["row"], r["col_group"], r["col"]): r for r in agg.to_dict("records")}
+    lv = got[("Ours (all)", "ACDC", "LV")]
+    assert lv["mean"] == pytest.approx(92.0) and lv["std"] == pytest.approx(2.0)
+    assert (lv["paper_mean"], lv["paper_std"]) == (91.76, 0.32)
+    rv = got[("Partial Supervision", "ACDC", "RV")]
+    assert rv["mean"] == pytest.approx(40.0) and rv["paper_mean"] == 57.67
+    mean = got[("Ours (all)", "ACDC", "Mean")]
+    assert mean["mean"] == pytest.approx(81.0) and mean["paper_mean"] == 85.76
+    pro = got[("Ours (all)", None, "Prostate")]
+    assert pro["mean"] == pytest.approx(81.0) and pro["paper_std"] == 0.71
+    md = render(agg, spec, "md")
+    assert "| ↳ paper | 57.67 ± 1.54 |" in md
+
+
+def test_unknown_leaf_metric_is_named() -> None:
+    bad = {
+        **GMI1,
+        "columns": [
+            {"label": "ACDC", "filter": {"data.dataset": "acdc"}, "metrics": {"RV": "test/dsc/RV"}}
+        ],
+    }
+    with pytest.raises(
+        ReportError,
+        match=r"'ACDC / RV' asks for metric 'test/dsc/RV', which no FINISHED run.*"
+        r"metrics: test/dsc, test/dsc/lv, test/dsc/myo, test/dsc/rv",
+    ):
+        aggregate(_gmi_runs(), TableSpec.model_validate(bad), experiment="gmi")

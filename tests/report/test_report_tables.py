@@ -507,7 +507,7 @@ def test_bad_table_specs_are_named(store: dict, change: dict, match: str) -> Non
 
 
 def test_table_spec_validation_errors() -> None:
-    with pytest.raises(ValueError, match="either 'by'"):
+    with pytest.raises(ValueError, match="give one of 'by'"):
         _spec(columns=[{"label": "x", "by": "seed", "items": {"a": {}}}])
     with pytest.raises(ValueError, match="Extra inputs"):
         _spec(colums=[])
