@@ -411,7 +411,13 @@ def aggregate(
                 f"{exp!r} (stages with runs: {', '.join(stages) or 'none'})"
             )
     _check_keys(base, spec, exp)
-    if f"metrics.{spec.metric}" not in base or base[f"metrics.{spec.metric}"].isna().all():
+    rows = expand_rows(spec, base)
+    cols = expand_columns(spec, base)
+    uses_default = any(not r.metric for r in rows) and any(
+        not c.metric for c in cols if not c.is_mean
+    )
+    missing = f"metrics.{spec.metric}" not in base or base[f"metrics.{spec.metric}"].isna().all()
+    if uses_default and missing:
         known = metric_keys(base)
         raise ReportError(
             f"table {spec.name!r}: metric {spec.metric!r} was logged by no FINISHED run"
@@ -430,7 +436,7 @@ def aggregate(
             )
         base = add_best_metric(base, tracking_uri, spec.select.metric, spec.select.mode)
 
-    rows = expand_rows(spec, base)
+    rows = expand_rows(spec, base)  # again: values observed under the table's filter
     cols = expand_columns(spec, base)
     for leaf in [*rows, *cols]:
         col = f"metrics.{leaf.metric}"
