@@ -31,6 +31,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
@@ -284,7 +285,7 @@ class RunConfig(Section):
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
-    method: MethodConfig
+    method: SerializeAsAny[MethodConfig]  # dump the method's own fields, not just the base
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
 
