@@ -265,6 +265,127 @@ def train_cmd(
     console.print(json.dumps(metrics, indent=1, sort_keys=True), highlight=False)
 
 
+@app.command("sweep")
+def sweep_cmd(
+    sweep: Path = typer.Argument(..., help="The sweep YAML file (see experiments/sweeps/)."),
+    address: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None, "--address", help="An existing Ray cluster (auto, HOST:6379, ray://HOST:10001)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+    tracking_uri: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else SQLite in the storage).",
+    ),
+    storage: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--storage",
+        help="Trial workdirs and Ray results (default: spec or ./segssl-runs/NAME).",
+    ),
+    extend: bool = typer.Option(
+        False, "--extend", help="Log into an experiment of the same name made by another spec."
+    ),
+    num_cpus: Optional[int] = typer.Option(  # noqa: UP007, UP045
+        None, "--num-cpus", help="CPUs of the local Ray instance (default: spec, else all)."
+    ),
+    live: bool = typer.Option(True, "--live/--no-live", help="Live progress table."),
+) -> None:
+    """Plan and run a sweep through Ray Tune; every trial is an MLflow run. Idempotent."""
+    from segssl.config import ConfigError
+    from segssl.orchestrate.runner import run_sweep
+    from segssl.orchestrate.tracking import TrackingError
+
+    if not sweep.is_file():
+        fail(f"{sweep}: no such sweep file")
+    try:
+        out = run_sweep(
+            sweep,
+            address=address,
+            tracking_uri=tracking_uri,
+            storage=storage,
+            extend=extend,
+            dry_run=dry_run,
+            num_cpus=num_cpus,
+            console=err_console,
+            live=live,
+        )
+    except (ConfigError, TrackingError) as exc:
+        fail(str(exc))
+    except ConnectionError as exc:
+        fail(f"--address {address}: cannot connect to the Ray cluster: {exc}")
+    if dry_run:
+        return
+    for stage, so in out.stages.items():
+        console.print(
+            f"{stage}: {so.planned} planned, {so.skipped} already finished, "
+            f"{so.finished} finished now, {so.failed} failed, {so.blocked} blocked",
+            highlight=False,
+        )
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {out.tracking_uri}", highlight=False)
+    if out.failed:
+        fail(f"{out.failed} trial(s) did not finish; rerun the same command to retry them", 1)
+
+
+@app.command("submit")
+def submit_cmd(
+    sweep: Path = typer.Argument(..., help="The sweep YAML file."),
+    address: str = typer.Option(..., "--address", help="Ray job server, http://HEAD:8265."),
+    tracking_uri: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None, "--tracking-uri", help="Tracking server reachable from the cluster."
+    ),
+    storage: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None, "--storage", help="Absolute storage path shared by every node."
+    ),
+    extend: bool = typer.Option(False, "--extend", help="Pass --extend to the remote sweep."),
+) -> None:
+    """Run `segssl sweep` as a Ray job on a remote cluster."""
+    import os
+
+    from segssl.config import ConfigError
+    from segssl.orchestrate.spec import load_sweep
+    from segssl.orchestrate.submit import SubmitError, submit_sweep
+
+    if not sweep.is_file():
+        fail(f"{sweep}: no such sweep file")
+    try:
+        spec = load_sweep(sweep)
+        job = submit_sweep(
+            sweep,
+            spec,
+            address,
+            tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+            storage,
+            extend,
+        )
+    except (ConfigError, SubmitError) as exc:
+        fail(str(exc))
+    except (ConnectionError, RuntimeError) as exc:
+        fail(f"--address {address}: cannot submit the job: {exc}")
+    console.print(f"submitted job {job}; follow it with: ray job logs --address {address} -f {job}")
+
+
+@app.command("demo")
+def demo_cmd(
+    workdir: Path = typer.Option(Path("segssl-demo"), "--workdir", help="Working directory."),
+    num_cpus: Optional[int] = typer.Option(  # noqa: UP007, UP045
+        None, "--num-cpus", help="CPUs for local Ray (default: up to 2)."
+    ),
+    live: bool = typer.Option(True, "--live/--no-live", help="Live progress table."),
+) -> None:
+    """Synthetic ACDC, a small real sweep (baseline vs bim pre-train -> fine-tune), the table."""
+    from segssl.config import ConfigError
+    from segssl.data.errors import DataError
+    from segssl.demo import run_demo
+    from segssl.orchestrate.tracking import TrackingError
+
+    try:
+        table, ui = run_demo(workdir, num_cpus=num_cpus, live=live, console=err_console)
+    except (ConfigError, TrackingError, DataError) as exc:
+        fail(str(exc))
+    typer.echo(table)
+    console.print(f"Open the runs in the MLflow UI:\n  {ui}", highlight=False)
+
+
 @app.command("table")
 def table_cmd(
     sweep: Path = typer.Argument(..., help="The sweep YAML file (its 'tables:' are printed)."),

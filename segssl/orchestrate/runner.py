@@ -19,6 +19,7 @@ invocation therefore starts fresh Tuners and never needs ``Tuner.restore``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -191,7 +192,9 @@ def _tune_stage(
         tuner = tune.Tuner(
             tune.with_resources(trainable, resources),
             param_space={"trial_key": tune.grid_search(keys)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent),
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=spec.max_concurrent, reuse_actors=True
+            ),
             run_config=run_config,
         )
         return tuner.fit()
@@ -221,6 +224,7 @@ def _tune_stage(
             mode=s.mode,
             num_samples=s.num_samples,
             max_concurrent_trials=spec.max_concurrent,
+            reuse_actors=True,
             search_alg=OptunaSearch(sampler=sampler, seed=s.seed),
             scheduler=ASHAScheduler(grace_period=s.grace_period, time_attr="segssl/step")
             if s.scheduler == "asha"
@@ -314,6 +318,10 @@ def run_sweep(
         return outcome
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's own INFO/WARNING chatter (result files, snapshot timing) would drown the live table;
+    # trial errors are still logged at ERROR and reported in the summary.
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     started_ray = _ray_init(spec, address, num_cpus, ray_init_kwargs)
     try:
