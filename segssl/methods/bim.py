@@ -109,9 +109,11 @@ class BIM(Method):
             p_hat = self.heads["cluster"](f_tx[cfg.dense_tap])  # g(s(T(x))) per head
         if self._on("mi"):
             p_tilde = self.heads["cluster"](state.geometry(f_x[cfg.dense_tap]))  # g(T(s(x)))
-            mask = state.valid_mask(*x.shape[-2:], device=x.device) if cfg.mask_outside else 1.0
+            if cfg.mask_outside:  # the joint sums a * b: a binary mask on one side suffices
+                mask = state.valid_mask(*x.shape[-2:], device=x.device)
+                p_tilde = [p * mask for p in p_tilde]
             pairs = zip(p_hat, p_tilde, strict=True)
-            mi = [mi_loss(a * mask, b * mask, cfg.alpha, cfg.lamda) for a, b in pairs]
+            mi = [mi_loss(a, b, cfg.alpha, cfg.lamda) for a, b in pairs]
             parts["mi"] = torch.stack(mi).mean()
         if self._on("cc"):
             cc = [cc_loss(tx, p, cfg.window, cfg.edge, cfg.edge_power) for p in p_hat]
