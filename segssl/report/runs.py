@@ -17,7 +17,8 @@ import pandas as pd
 from segssl.report.errors import ReportError
 
 PARENT_TAG = "mlflow.parentRunId"
-ROLE_TAG = "segssl.role"
+ROLE_TAG = "segssl.role"  # "parent" on a sweep invocation's run (the brief's contract)
+KIND_TAG = "segssl.kind"  # "sweep" on the parent run, "trial" on children (the runner's tags)
 STAGE_TAG = "segssl.stage"
 KEY_TAG = "segssl.trial_key"
 
@@ -49,7 +50,8 @@ def get_experiment_id(tracking_uri: str, experiment: str) -> str:
 def load_runs(tracking_uri: str, experiment: str, page_size: int = 1000) -> pd.DataFrame:
     """Every FINISHED child run of ``experiment`` as a DataFrame (see the module docstring).
 
-    Parent runs (tag ``segssl.role=parent`` or no ``mlflow.parentRunId`` tag) and runs that
+    Parent runs (tag ``segssl.role=parent`` or ``segssl.kind=sweep``, or no
+    ``mlflow.parentRunId`` tag) and runs that
     are RUNNING, FAILED, KILLED or SCHEDULED are left out. When a trial key has several
     FINISHED runs (which idempotent sweeps avoid), the latest one is kept.
 
@@ -79,7 +81,7 @@ def load_runs(tracking_uri: str, experiment: str, page_size: int = 1000) -> pd.D
             tags = run.data.tags
             if run.info.status != "FINISHED" or PARENT_TAG not in tags:
                 continue
-            if tags.get(ROLE_TAG) == "parent":
+            if tags.get(ROLE_TAG) == "parent" or tags.get(KIND_TAG) == "sweep":
                 continue
             rec: dict[str, Any] = {
                 "run_id": run.info.run_id,
@@ -128,16 +130,21 @@ def load_history(tracking_uri: str, run_ids: Iterable[str], key: str) -> pd.Data
 
 
 def latest_parent_run(tracking_uri: str, experiment: str) -> str | None:
-    """Run id of the sweep's latest parent run (tag ``segssl.role=parent``), if there is one."""
+    """Run id of the sweep's latest parent run (tag ``segssl.role=parent`` or
+    ``segssl.kind=sweep``), if there is one."""
     client = _client(tracking_uri)
     exp_id = get_experiment_id(tracking_uri, experiment)
-    runs = client.search_runs(
-        [exp_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'parent'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
+    found = []
+    for tag, value in ((ROLE_TAG, "parent"), (KIND_TAG, "sweep")):
+        found += client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`{tag}` = '{value}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    if not found:
+        return None
+    return max(found, key=lambda r: r.info.start_time or 0).info.run_id
 
 
 # ----------------------------------------------------------------------------- value matching

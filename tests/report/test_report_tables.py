@@ -156,8 +156,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
         {"segssl.stage": "finetune"},
         None,
     )
+    # a later sweep invocation, tagged the runner's way (segssl.kind=sweep), with a child tag
+    # pointing nowhere: still a parent, never a table run; the artifact goes to the latest
+    later = client.create_run(exp_id, tags={"segssl.kind": "sweep", "mlflow.parentRunId": "x"})
+    client.log_metric(later.info.run_id, "test/dsc", 0.0)
+    client.set_terminated(later.info.run_id, "FINISHED")
     return {
         "uri": uri,
+        "latest_parent": later.info.run_id,
         "client": client,
         "parent": pid,
         "finished": finished,
@@ -216,6 +222,7 @@ def test_load_runs_keeps_only_finished_child_runs(store: dict) -> None:
     df = store["df"]
     assert set(df["run_id"]) == set(store["finished"]) | {store["pretrain"]}
     assert store["parent"] not in set(df["run_id"])
+    assert store["latest_parent"] not in set(df["run_id"])
     assert not set(store["ignored"]) & set(df["run_id"])
     assert (df["status"] == "FINISHED").all()
     assert df["params.seed"].map(type).eq(str).all()
@@ -455,9 +462,10 @@ def test_render_logs_artifact_and_curves(store: dict, tmp_path: Path) -> None:
     spec = _spec()
     text = render_sweep_tables(EXP, [spec], store["uri"], "csv", curves_dir=tmp_path)
     client: MlflowClient = store["client"]
-    arts = [a.path for a in client.list_artifacts(store["parent"], "tables")]
+    arts = [a.path for a in client.list_artifacts(store["latest_parent"], "tables")]
     assert arts == ["tables/tsweep.csv"]
-    local = client.download_artifacts(store["parent"], "tables/tsweep.csv", str(tmp_path))
+    assert not client.list_artifacts(store["parent"], "tables")
+    local = client.download_artifacts(store["latest_parent"], "tables/tsweep.csv", str(tmp_path))
     assert Path(local).read_text() == text
     png = tmp_path / "t2_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
