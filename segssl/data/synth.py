@@ -123,28 +123,31 @@ def _finish(
     ``bias`` is an amplitude (a field is drawn) or a precomputed field from :func:`_bias`."""
     sigma_mm = 0.8
     img = ndimage.gaussian_filter(
-        clean, sigma=(sigma_mm / spacing[0], sigma_mm / spacing[1], 0.0), mode="nearest"
+        clean.astype(np.float32),
+        sigma=(sigma_mm / spacing[0], sigma_mm / spacing[1], 0.0),
+        mode="nearest",
     )
     field = _bias(rng, img.shape, bias) if np.isscalar(bias) else bias
     img = img * field
     if rician:
-        n1 = rng.normal(0.0, noise, img.shape)
-        n2 = rng.normal(0.0, noise, img.shape)
+        n1 = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise)
+        n2 = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise)
         return np.sqrt((img + n1) ** 2 + n2**2)
-    return img + rng.normal(0.0, noise, img.shape)
+    return img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(noise)
 
 
 def _grid(size: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
     """In-plane world coordinates (mm) centred on the image, shape (size, size) each."""
-    c = (np.arange(size) - (size - 1) / 2.0) * spacing
+    c = ((np.arange(size) - (size - 1) / 2.0) * spacing).astype(np.float32)
     return np.meshgrid(c, c, indexing="ij")
 
 
 def _ellipse(x, y, cx, cy, a, b, angle=0.0) -> np.ndarray:  # noqa: ANN001 - arrays
-    ca, sa = math.cos(angle), math.sin(angle)
-    u = (x - cx) * ca + (y - cy) * sa
-    v = -(x - cx) * sa + (y - cy) * ca
-    return (u / max(a, 1e-6)) ** 2 + (v / max(b, 1e-6)) ** 2 <= 1.0
+    ca, sa = np.float32(math.cos(angle)), np.float32(math.sin(angle))
+    dx, dy = x - np.float32(cx), y - np.float32(cy)
+    u = (dx * ca + dy * sa) * np.float32(1.0 / max(a, 1e-6))
+    v = (dy * ca - dx * sa) * np.float32(1.0 / max(b, 1e-6))
+    return u * u + v * v <= 1.0
 
 
 def _ids(rng: np.random.Generator, n: int, low: int, spread: int) -> list[int]:
