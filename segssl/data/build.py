@@ -31,11 +31,15 @@ def cache_dir_for(cfg: DataConfig) -> Path:
 
     ``data.cache`` (default ``<root>/.segssl-cache``) is a cache *root* holding one prepared
     cache per dataset and settings (``<dataset>-<hash>``), so trials with different
-    preprocessing never rebuild each other's cache.
+    preprocessing never rebuild each other's cache. When ``data.cache`` itself holds a
+    ``manifest.json`` (a cache made by ``segssl data prepare --out``), it is used as is (and
+    rebuilt there if its settings or sources differ).
     """
     from segssl.config import config_hash
 
     base = Path(cfg.cache) if cfg.cache else Path(cfg.root) / ".segssl-cache"
+    if (base / "manifest.json").is_file():
+        return base
     key = config_hash({"settings": cfg.preprocess, "modality": cfg.modality}, length=12)
     return base / f"{cfg.dataset}-{key}"
 
@@ -90,8 +94,8 @@ def build_data(
             f"data.unlabeled_batch_size={cfg.unlabeled_batch_size} must be a multiple of "
             f"data.partitions={cfg.partitions} with data.partition_sampler"
         )
-    manifest = prepare_records(adapter, records, cache_dir_for(cfg), cfg.preprocess)
     cache = cache_dir_for(cfg)
+    manifest = prepare_records(adapter, records, cache, cfg.preprocess)
     entries = {s["scan_id"]: s for s in manifest["scans"]}
     split["data_fingerprint"] = manifest["fingerprint"]
     split_path = save_split(split, Path(workdir) / "split.json") if workdir is not None else None

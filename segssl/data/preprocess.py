@@ -302,12 +302,15 @@ def validate_cache(cache: str | Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def cache_lock(cache: Path) -> Iterator[None]:
     """Exclusive ``fcntl`` lock on ``<parent>/.<name>.lock`` (safe across processes)."""
-    cache.parent.mkdir(parents=True, exist_ok=True)
     lock = cache.parent / f".{cache.name}.lock"
     try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         fh = open(lock, "a+")  # noqa: SIM115 - held for the duration of the context
     except OSError as exc:
-        raise DataError(f"{lock}: cannot create the cache lock file: {exc}") from None
+        raise DataError(
+            f"{lock}: cannot create the cache lock file ({exc.strerror}); the cache directory "
+            "must be writable (set data.cache / --out to a writable place)"
+        ) from None
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         yield

@@ -84,6 +84,23 @@ def test_promise12_metaimage(archives):
     assert sorted(scan.spacing) == pytest.approx(sorted(recs[0].spacing))
 
 
+def test_promise12_split_archive_with_test_data(archives, tmp_path):
+    import shutil
+
+    root = tmp_path / "promise"
+    shutil.copytree(archives["promise12"], root / "TrainingData_Part1")
+    test_dir = root / "TestData"
+    test_dir.mkdir()
+    for ext in ("mhd", "raw"):  # test cases reuse the names, without segmentations
+        shutil.copy(root / f"TrainingData_Part1/Case00.{ext}", test_dir / f"Case00.{ext}")
+    recs = get_adapter("promise12", root).list_scans()
+    assert [r.scan_id for r in recs] == ["Case00", "Case01", "Case02"]
+    assert all(r.image.parent.name == "TrainingData_Part1" for r in recs)
+    (root / "TrainingData_Part1/Case01_segmentation.mhd").unlink()
+    with pytest.raises(DataError, match=r"Case01_segmentation\.mhd: missing segmentation"):
+        get_adapter("promise12", root).list_scans()
+
+
 def test_msd_prostate_4d_channel_and_dataset_json(archives):
     root = archives["msd-prostate"]
     meta = json.loads((root / "dataset.json").read_text())

@@ -79,6 +79,28 @@ def test_bundle_layout(archives, tmp_path):
         b.close()
 
 
+def test_cache_dir_from_segssl_data_prepare_is_used_as_is(archives, tmp_path):
+    from segssl.data import prepare
+
+    cfg = _cfg(archives["acdc"], tmp_path, cache=str(tmp_path / "prepared"))
+    prepare("acdc", archives["acdc"], tmp_path / "prepared", cfg.preprocess)
+    assert cache_dir_for(cfg) == tmp_path / "prepared"
+    b = build_data(cfg, seed=0, labeled=True, unlabeled=False)
+    assert b.data_fingerprint == load_manifest(tmp_path / "prepared")["fingerprint"]
+    assert {p.name for p in (tmp_path / "prepared").iterdir()} == {"manifest.json", "scans"}
+    # a cache root: one cache per dataset and settings
+    root_cfg = _cfg(archives["acdc"], tmp_path, cache=str(tmp_path / "root"))
+    other = _cfg(
+        archives["acdc"],
+        tmp_path,
+        cache=str(tmp_path / "root"),
+        preprocess={"spacing": (2.0, 2.0), "size": (32, 32)},
+    )
+    assert cache_dir_for(root_cfg).parent == cache_dir_for(other).parent == tmp_path / "root"
+    assert cache_dir_for(root_cfg) != cache_dir_for(other)
+    assert cache_dir_for(root_cfg).name.startswith("acdc-")
+
+
 def test_streams_off_and_labeled_split_independent_of_run_seed(archives, tmp_path):
     cfg = _cfg(archives["acdc"], tmp_path)
     a = build_data(cfg, seed=0, labeled=False, unlabeled=True)

@@ -5,8 +5,8 @@ Layout as shipped (training data, MetaImage read through SimpleITK)::
     <root>/Case00.mhd  <root>/Case00.raw
     <root>/Case00_segmentation.mhd  <root>/Case00_segmentation.raw
 
-``<root>`` may also hold the cases under ``TrainingData_Part1..3`` (the split archive). Labels:
-0 background, 1 prostate.
+``<root>`` may also hold the cases under ``TrainingData_Part1..3`` (the split archive); folders
+without any segmentation (``TestData``) are skipped. Labels: 0 background, 1 prostate.
 """
 
 from __future__ import annotations
@@ -38,8 +38,13 @@ class Promise12Adapter(BaseAdapter):
                 f"{self.root}: no CaseNN.mhd files found (expected the PROMISE12 layout "
                 "CaseNN.mhd/.raw with CaseNN_segmentation.mhd)"
             )
+        # the challenge's TestData folder has CaseNN.mhd without segmentations: a folder with
+        # no segmentation at all is test data and skipped; a partial one is an error
+        labeled_dirs = {p.parent for p in self.root.rglob("Case*_segmentation.mhd")}
         records = []
         for image in headers:
+            if image.parent not in labeled_dirs:
+                continue
             case = image.stem
             label = image.with_name(f"{case}_segmentation.mhd")
             if not label.is_file():
@@ -53,5 +58,10 @@ class Promise12Adapter(BaseAdapter):
                     label=label,
                     spacing=(zooms[2], zooms[0], zooms[1]),
                 )
+            )
+        if not records:
+            raise DataError(
+                f"{self.root}: CaseNN.mhd files but no CaseNN_segmentation.mhd found (expected "
+                "the PROMISE12 training data)"
             )
         return records
