@@ -222,9 +222,10 @@ def train(
             ``train/lr``, ``val/dsc`` and ``val/dsc/<class>`` in supervised stages; step = epoch
             number from 1) and once at the end with the final metrics (step = ``epochs``).
             An exception raised by ``report`` stops the run; ``last.pt`` of that epoch is saved.
-        workdir: run directory: ``config.yaml``, ``checkpoints/{last,best}.pt``, ``result.json``,
-            ``pictures/``.
-        resume: continue from ``checkpoints/last.pt`` when it exists (same config required).
+        workdir: run directory: ``config.yaml``, ``split.json``, ``checkpoints/{last,best}.pt``,
+            ``result.json``, ``pictures/``.
+        resume: continue from ``checkpoints/last.pt`` when it exists (same config required; a
+            finished run is not retrained, only evaluated again).
 
     Returns:
         The result dict written to ``workdir/result.json``: ``metrics`` (``best_epoch``,
@@ -233,267 +234,280 @@ def train(
         checkpoint paths, pictures, data and split fingerprints, config hash.
 
     Raises:
-        EngineConfigError, CheckpointError, NonFiniteLossError, UnknownMethodError.
+        EngineConfigError, CheckpointError, NonFiniteLossError, UnknownMethodError, DataError.
     """
-    t_start = time.perf_counter()
-    workdir = Path(workdir)
-    method_cls = check_run(cfg)
-    runtime = resolve_runtime(cfg.train)
-    last_path, best_path = workdir / "checkpoints" / "last.pt", workdir / "checkpoints" / "best.pt"
-    cfg_json = canonical_json(
-        cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": True})})
-    )
-    state = None
-    if resume and last_path.exists():
-        state = load_checkpoint(last_path)
-        if state.get("config") != cfg_json:
+    run = _Run(cfg, Path(workdir), report)
+    state = run.read_resume_state() if resume else None
+    run.prepare()
+    try:
+        run.build(state)
+        for epoch in range(run.start_epoch, cfg.train.epochs):
+            run.epoch(epoch)
+        return run.finish()
+    finally:
+        run.close()
+
+
+class _Run:
+    """The state of one run; :func:`train` drives it."""
+
+    def __init__(self, cfg: RunConfig, workdir: Path, report: Report | None) -> None:
+        self.t_start = time.perf_counter()
+        self.cfg, self.workdir, self.report = cfg, workdir, report
+        self.method_cls = check_run(cfg)
+        self.runtime = resolve_runtime(cfg.train)
+        self.last_path = workdir / "checkpoints" / "last.pt"
+        self.best_path = workdir / "checkpoints" / "best.pt"
+        # progress display does not change results: a run may resume with it switched
+        quiet = cfg.train.model_copy(update={"progress": True})
+        self.cfg_json = canonical_json(cfg.model_copy(update={"train": quiet}))
+        self.cfg_hash = config_hash(cfg)
+        self.supervised = self.method_cls.uses_labeled
+        self.multiple = 2 ** (cfg.model.depth - 1)
+        self.data: DataBundle | None = None
+        self.progress = EpochProgress(
+            cfg.train.progress,
+            cfg.train.epochs,
+            cfg.train.iters_per_epoch,
+            f"{cfg.method.name}/{cfg.stage}",
+        )
+        self.start_epoch, self.resumed_from = 0, 0
+        self.history: list[dict] = []
+        self.best: dict = {"epoch": 0, "score": -math.inf}
+        self.init_report: dict | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def read_resume_state(self) -> dict | None:
+        """``last.pt`` of this workdir, checked to come from the same config, or None."""
+        if not self.last_path.exists():
+            return None
+        state = load_checkpoint(self.last_path)
+        if state.get("config") != self.cfg_json:
             raise CheckpointError(
-                f"{last_path}: written by a different config; use another workdir or "
+                f"{self.last_path}: written by a different config; use another workdir or "
                 "resume=False to start over"
             )
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(
-        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    )
+        return state
 
-    from segssl.data import build_data
+    def prepare(self) -> None:
+        """Write the resolved config, seed everything, build the data streams."""
+        from segssl.data import build_data
 
-    seed_everything(cfg.seed, runtime, cfg.train.deterministic)
-    gens = {
-        n: torch.Generator().manual_seed(_seed_for(cfg.seed, i))
-        for i, n in enumerate(_GENERATORS, start=1)
-    }
-    data = build_data(
-        cfg.data,
-        seed=cfg.seed,
-        labeled=method_cls.uses_labeled,
-        unlabeled=method_cls.uses_unlabeled,
-        workdir=workdir,
-    )
-    progress = EpochProgress(
-        cfg.train.progress,
-        cfg.train.epochs,
-        cfg.train.iters_per_epoch,
-        f"{cfg.method.name}/{cfg.stage}",
-    )
-    try:
-        return _run(
-            cfg,
-            report,
-            workdir,
-            method_cls,
-            runtime,
-            data,
-            gens,
-            state,
-            progress,
-            cfg_json,
-            t_start,
-            last_path,
-            best_path,
+        cfg = self.cfg
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "config.yaml").write_text(
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         )
-    finally:
-        progress.close()
-        data.close()
-
-
-def _run(
-    cfg,
-    report,
-    workdir,
-    method_cls,
-    runtime,
-    data,
-    gens,
-    state,
-    progress,
-    cfg_json,
-    t_start,
-    last_path,
-    best_path,
-) -> dict:  # noqa: ANN001 - internal, see train()
-    model = build_model(cfg.model, data.num_classes)
-    init_report = None
-    if cfg.train.init_from and state is None:
-        init_report = load_model_weights(
-            model,
-            cfg.train.init_from,
-            strict=cfg.train.init_strict,
-            only=cfg.train.init_only,
-            exclude=cfg.train.init_exclude,
+        seed_everything(cfg.seed, self.runtime, cfg.train.deterministic)
+        self.gens = {
+            n: torch.Generator().manual_seed(_seed_for(cfg.seed, i))
+            for i, n in enumerate(_GENERATORS, start=1)
+        }
+        self.data = build_data(
+            cfg.data,
+            seed=cfg.seed,
+            labeled=self.method_cls.uses_labeled,
+            unlabeled=self.method_cls.uses_unlabeled,
+            workdir=self.workdir,
         )
-    ctx = MethodContext(
-        num_classes=data.num_classes,
-        class_names=tuple(data.class_names),
-        device=runtime.device,
-        augment=cfg.augment,
-        partitions=cfg.data.partitions,
-        generator=gens["method"],
-    )
-    method = method_cls(model, cfg.method, ctx).to(runtime.device)
-    if runtime.channels_last:
-        method.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optim, method.parameters())
-    scheduler = build_scheduler(cfg.optim, optimizer, cfg.train.epochs)
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp)
-    batches = _Batches(data, cfg, runtime, gens["augment"])
-    supervised = method_cls.uses_labeled
-    multiple = 2 ** (cfg.model.depth - 1)
-    E, iters = cfg.train.epochs, cfg.train.iters_per_epoch
-    trainable = [p for p in method.parameters() if p.requires_grad]
 
-    start, history, best = 0, [], {"epoch": 0, "score": -math.inf}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        method.heads.load_state_dict(state["heads"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start, history, best = state["epoch"], state["history"], state["best"]
-        batches.skip(start * iters, method_cls.uses_labeled, method_cls.uses_unlabeled)
-        restore_rng(state["rng"], gens)
-        progress.message(f"resumed from {last_path} after epoch {start}")
+    def build(self, state: dict | None) -> None:
+        """Model (initialised or resumed), method, optimiser, schedule, scaler, batches."""
+        cfg, data, rt = self.cfg, self.data, self.runtime
+        self.model = build_model(cfg.model, data.num_classes)
+        if cfg.train.init_from and state is None:
+            self.init_report = load_model_weights(
+                self.model,
+                cfg.train.init_from,
+                strict=cfg.train.init_strict,
+                only=cfg.train.init_only,
+                exclude=cfg.train.init_exclude,
+            )
+        ctx = MethodContext(
+            num_classes=data.num_classes,
+            class_names=tuple(data.class_names),
+            device=rt.device,
+            augment=cfg.augment,
+            partitions=cfg.data.partitions,
+            generator=self.gens["method"],
+        )
+        self.method = self.method_cls(self.model, cfg.method, ctx).to(rt.device)
+        if rt.channels_last:
+            self.method.to(memory_format=torch.channels_last)
+        self.trainable = [p for p in self.method.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(cfg.optim, self.trainable)
+        self.scheduler = build_scheduler(cfg.optim, self.optimizer, cfg.train.epochs)
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
+        self.batches = _Batches(data, cfg, rt, self.gens["augment"])
+        if state is not None:
+            self._restore(state)
 
-    def weights() -> dict:
-        return {"model": model.state_dict(), "heads": method.heads.state_dict()}
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.method.heads.load_state_dict(state["heads"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = self.resumed_from = state["epoch"]
+        self.history, self.best = state["history"], state["best"]
+        self.batches.skip(
+            self.start_epoch * self.cfg.train.iters_per_epoch,
+            self.method_cls.uses_labeled,
+            self.method_cls.uses_unlabeled,
+        )
+        restore_rng(state["rng"], self.gens)
+        self.progress.message(f"resumed from {self.last_path} after epoch {self.start_epoch}")
 
-    for epoch in range(start, E):
-        method.train()
-        progress.start_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
+    # ------------------------------------------------------------------ epochs
+    def _step(self, epoch: int, it: int) -> dict[str, float]:
+        cfg, rt, opt = self.cfg, self.runtime, self.optimizer
+        step = epoch * cfg.train.iters_per_epoch + it + 1
+        lab, unl = self.batches.draw(self.method_cls.uses_labeled, self.method_cls.uses_unlabeled)
+        with torch.autocast(rt.device.type, enabled=rt.amp):
+            out = self.method.training_step(lab, unl)
+        values = _check_finite(out, epoch, it, step)
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(out["loss"]).backward()
+        if cfg.optim.grad_clip is not None:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.grad_clip)
+        self.scaler.step(opt)
+        self.scaler.update()
+        self.method.after_step(step)
+        return values
+
+    def _weights(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "heads": self.method.heads.state_dict(),
+            "config": self.cfg_json,
+            "config_hash": self.cfg_hash,
+        }
+
+    def _validate(self, epoch: int) -> dict[str, float]:
+        cfg, data = self.cfg, self.data
+        due = (epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs
+        if not (self.supervised and data.val and due):
+            return {}
+        self.method.eval()
+        metrics = evaluate(
+            self.method.predict,
+            data.val,
+            data.class_names,
+            self.runtime,
+            cfg.train.eval_batch_size,
+            self.multiple,
+            False,
+            "val",
+        )
+        if metrics["val/dsc"] > self.best["score"]:
+            self.best = {"epoch": epoch + 1, "score": metrics["val/dsc"]}
+            if cfg.train.save_best:
+                save_checkpoint(self.best_path, {**self._weights(), "epoch": epoch + 1})
+        return metrics
+
+    def epoch(self, epoch: int) -> None:
+        """Train one epoch, validate, checkpoint, report."""
+        iters = self.cfg.train.iters_per_epoch
+        self.method.train()
+        self.progress.start_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
         sums: dict[str, float] = {}
         for it in range(iters):
-            step = epoch * iters + it + 1
-            lab, unl = batches.draw(method_cls.uses_labeled, method_cls.uses_unlabeled)
-            with torch.autocast(runtime.device.type, enabled=runtime.amp):
-                out = method.training_step(lab, unl)
-            values = _check_finite(out, epoch, it, step)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out["loss"]).backward()
-            if cfg.optim.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            method.after_step(step)
-            for k, v in values.items():
+            for k, v in self._step(epoch, it).items():
                 sums[k] = sums.get(k, 0.0) + v
-            progress.advance({k: v / (it + 1) for k, v in sums.items()})
-        scheduler.step()
+            self.progress.advance({k: v / (it + 1) for k, v in sums.items()})
+        self.scheduler.step()
         metrics = {f"train/{k}": v / iters for k, v in sums.items()}
         metrics["train/lr"] = lr
-        if supervised and data.val and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == E):
-            method.eval()
-            metrics.update(
+        metrics.update(self._validate(epoch))
+        took = self.progress.end_epoch(epoch, metrics)
+        self.history.append({"epoch": epoch + 1, **metrics, "time/epoch_s": took})
+        save_checkpoint(
+            self.last_path,
+            {
+                **self._weights(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": capture_rng(self.gens),
+                "epoch": epoch + 1,
+                "best": self.best,
+                "history": self.history,
+            },
+        )
+        if self.report is not None:
+            self.report(metrics, epoch + 1)
+
+    # ------------------------------------------------------------------ end
+    def _select_final_weights(self) -> int:
+        """Load the best validation weights (supervised, ``save_best``); else the last epoch's
+        weights are the result and become ``best.pt``. Returns the epoch tested."""
+        epochs = self.cfg.train.epochs
+        if self.supervised and self.cfg.train.save_best and self.best_path.exists():
+            ckpt = load_checkpoint(self.best_path)
+            self.model.load_state_dict(ckpt["model"])
+            self.method.heads.load_state_dict(ckpt["heads"])
+            return int(ckpt["epoch"])
+        save_checkpoint(self.best_path, {**self._weights(), "epoch": epochs})
+        return epochs
+
+    def finish(self) -> dict:
+        """Test the selected weights, draw pictures, write and return the result."""
+        cfg, data, rt = self.cfg, self.data, self.runtime
+        final: dict[str, float] = {"best_epoch": float(self._select_final_weights())}
+        self.method.eval()
+        if self.supervised and data.test:
+            final.update(
                 evaluate(
-                    method.predict,
-                    data.val,
+                    self.method.predict,
+                    data.test,
                     data.class_names,
-                    runtime,
+                    rt,
                     cfg.train.eval_batch_size,
-                    multiple,
-                    False,
-                    "val",
+                    self.multiple,
+                    True,
+                    "test",
                 )
             )
-            if metrics["val/dsc"] > best["score"]:
-                best = {"epoch": epoch + 1, "score": metrics["val/dsc"]}
-                if cfg.train.save_best:
-                    save_checkpoint(
-                        best_path,
-                        {
-                            **weights(),
-                            "epoch": epoch + 1,
-                            "config": cfg_json,
-                            "config_hash": config_hash(cfg),
-                            "kind": "best",
-                        },
-                    )
-        elif not supervised:
-            best = {"epoch": epoch + 1, "score": -math.inf}
-        metrics["time/epoch_s"] = progress.end_epoch(epoch, metrics)
-        history.append({"epoch": epoch + 1, **metrics})
-        save_checkpoint(
-            last_path,
-            {
-                **weights(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": capture_rng(gens),
-                "epoch": epoch + 1,
-                "best": best,
-                "history": history,
-                "config": cfg_json,
-                "config_hash": config_hash(cfg),
-                "kind": "last",
-            },
+        pictures = _save_pictures(
+            self.method,
+            _picture_batch(data, cfg.train.pictures, self.multiple),
+            rt,
+            self.workdir / "pictures",
         )
-        if report is not None:
-            report({k: v for k, v in metrics.items() if k != "time/epoch_s"}, epoch + 1)
+        wall = time.perf_counter() - self.t_start
+        wall += sum(h.get("time/epoch_s", 0.0) for h in self.history[: self.resumed_from])
+        final["cost/wall_s"] = wall
+        final["cost/gpu_s"] = wall if rt.cuda else 0.0
+        final["cost/peak_mem_mb"] = _peak_mem_mb(rt)
+        result = {
+            "format": "segssl-result",
+            "metrics": final,
+            "history": self.history,
+            "best_epoch": int(final["best_epoch"]),
+            "stage": cfg.stage,
+            "method": cfg.method.name,
+            "config_hash": self.cfg_hash,
+            "checkpoints": {"last": str(self.last_path), "best": str(self.best_path)},
+            "pictures": pictures,
+            "init": self.init_report,
+            "data_fingerprint": data.data_fingerprint,
+            "split_fingerprint": data.split_fingerprint,
+            "split_path": str(data.split_path) if data.split_path else None,
+            "runtime": {
+                "device": str(rt.device),
+                "amp": rt.amp,
+                "channels_last": rt.channels_last,
+            },
+        }
+        _write_json(self.workdir / "result.json", result)
+        if self.report is not None:
+            self.report(final, cfg.train.epochs)
+        return result
 
-    # ------------------------------------------------------------------ final evaluation
-    if supervised and best_path.exists() and cfg.train.save_best:
-        ckpt = load_checkpoint(best_path)
-        model.load_state_dict(ckpt["model"])
-        method.heads.load_state_dict(ckpt["heads"])
-    elif not supervised or not best_path.exists():
-        save_checkpoint(
-            best_path,
-            {
-                **weights(),
-                "epoch": E,
-                "config": cfg_json,
-                "config_hash": config_hash(cfg),
-                "kind": "best",
-            },
-        )
-        best = {"epoch": E, "score": best["score"]} if not supervised else best
-    final: dict[str, float] = {"best_epoch": float(best["epoch"] or E)}
-    method.eval()
-    if supervised and data.test:
-        final.update(
-            evaluate(
-                method.predict,
-                data.test,
-                data.class_names,
-                runtime,
-                cfg.train.eval_batch_size,
-                multiple,
-                True,
-                "test",
-            )
-        )
-    pictures = _save_pictures(
-        method, _picture_batch(data, cfg.train.pictures, multiple), runtime, workdir / "pictures"
-    )
-    wall = time.perf_counter() - t_start
-    if history and state is not None:
-        wall += sum(h.get("time/epoch_s", 0.0) for h in history[: state["epoch"]])
-    final["cost/wall_s"] = wall
-    final["cost/gpu_s"] = wall if runtime.cuda else 0.0
-    final["cost/peak_mem_mb"] = _peak_mem_mb(runtime)
-    result = {
-        "format": "segssl-result",
-        "metrics": final,
-        "history": history,
-        "best_epoch": int(final["best_epoch"]),
-        "stage": cfg.stage,
-        "method": cfg.method.name,
-        "config_hash": config_hash(cfg),
-        "checkpoints": {"last": str(last_path), "best": str(best_path)},
-        "pictures": pictures,
-        "init": init_report,
-        "data_fingerprint": data.data_fingerprint,
-        "split_fingerprint": data.split_fingerprint,
-        "split_path": str(data.split_path) if data.split_path else None,
-        "runtime": {
-            "device": str(runtime.device),
-            "amp": runtime.amp,
-            "channels_last": runtime.channels_last,
-        },
-    }
-    _write_json(workdir / "result.json", result)
-    if report is not None:
-        report(final, E)
-    return result
+    def close(self) -> None:
+        """Stop the progress display and the data loaders."""
+        self.progress.close()
+        if self.data is not None:
+            self.data.close()
