@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from segssl.config import DataConfig
 from segssl.data.adapters import get_adapter, resolve_target
@@ -140,8 +141,8 @@ def build_data(
                 Volume(
                     scan_id=i,
                     subject=entries[i]["subject"],
-                    image=np.asarray(arr["image"], dtype=np.float32),
-                    label=lut[np.asarray(arr["label"])],
+                    image=torch.from_numpy(np.array(arr["image"])).float().numpy(),
+                    label=np.take(lut, np.asarray(arr["label"])),
                     spacing=tuple(entries[i]["spacing"]),
                 )
             )

@@ -57,6 +57,7 @@ class SliceDataset(Dataset):
         self.scan_ids = list(scan_ids)
         self.slices = [int(s) for s in slices]
         self.lut = np.asarray(lut, dtype=np.int64)
+        self.identity = bool(np.array_equal(self.lut, np.arange(len(self.lut))))
         self.with_labels = with_labels
         self.scan_of = np.repeat(np.arange(len(self.files)), self.slices)
         self.slice_of = np.concatenate([np.arange(n) for n in self.slices]).astype(np.int64)
@@ -83,14 +84,20 @@ class SliceDataset(Dataset):
         scan = int(self.scan_of[index])
         z = int(self.slice_of[index])
         record = self._array(scan)[z]
+        # torch converts float16 -> float32 an order of magnitude faster than numpy
+        image = torch.from_numpy(np.array(record["image"])).float()[None]
         item: dict[str, Any] = {
-            "image": torch.from_numpy(np.asarray(record["image"], dtype=np.float32)[None]),
+            "image": image,
             "partition": torch.tensor(self.partition_of[index]),
             "slice_index": torch.tensor(z),
             "scan": self.scan_ids[scan],
         }
         if self.with_labels:
-            item["label"] = torch.from_numpy(self.lut[np.asarray(record["label"])])
+            label = np.asarray(record["label"])
+            if self.identity:
+                item["label"] = torch.from_numpy(label.astype(np.int64))
+            else:
+                item["label"] = torch.from_numpy(np.take(self.lut, label))
         return item
 
 
