@@ -303,6 +303,8 @@ def _ranks(means: dict[Any, float], digits: int, mode: str) -> dict[Any, str]:
     shown = {k: round(v, digits) for k, v in means.items() if not math.isnan(v)}
     levels = sorted(set(shown.values()), reverse=(mode == "max"))
     marks: dict[Any, str] = {}
+    if len(levels) == 1 and len(shown) > 1:
+        return marks  # every row ties: nothing stands out
     for k, v in shown.items():
         if v == levels[0]:
             marks[k] = "best"
@@ -575,21 +577,26 @@ def aggregate(
     return out
 
 
+def _same_group(got: Any, want: str | None) -> bool:
+    if want is None:
+        return got is None or (isinstance(got, float) and math.isnan(got))
+    return got == want
+
+
 def _empty_note(out: pd.DataFrame, rows: list[Leaf], cols: list[Leaf], base: pd.DataFrame) -> str:
     """A sentence naming rows/columns without any run, with the values the runs do have."""
     notes = []
+    records = out.to_dict("records")
     for kind, leaves, key in (("row", rows, "row"), ("column", cols, "col")):
         for leaf in leaves:
             if leaf.is_mean:
                 continue
-            hit = out[
-                (out[key] == leaf.label)
-                & (
-                    out[f"{key}_group"].fillna("\0")
-                    == (leaf.group if leaf.group is not None else "\0")
-                )
-            ]
-            if hit["n"].sum() > 0:
+            n = sum(
+                rec["n"]
+                for rec in records
+                if rec[key] == leaf.label and _same_group(rec[f"{key}_group"], leaf.group)
+            )
+            if n > 0:
                 continue
             seen = []
             for k, want in leaf.filter.items():

@@ -206,3 +206,19 @@ def test_unknown_leaf_metric_is_named() -> None:
         r"metrics: test/dsc, test/dsc/lv, test/dsc/myo, test/dsc/rv",
     ):
         aggregate(_gmi_runs(), TableSpec.model_validate(bad), experiment="gmi")
+
+
+def test_no_marks_when_every_row_ties_and_ties_share_a_mark() -> None:
+    spec = TableSpec.model_validate(
+        {"name": "t", "rows": ["method.name"], "columns": ["data.labeled_scans"]}
+    )
+    df = _runs(
+        {"method.name": ["a", "b"], "data.labeled_scans": [1], "seed": [0, 1]}, lambda p: 0.5
+    )
+    agg = aggregate(df, spec)
+    assert agg["mark"].tolist() == ["", ""]
+    df = _runs(
+        {"method.name": ["a", "b", "c"], "data.labeled_scans": [1], "seed": [0, 1]},
+        lambda p: 0.4 if p["method.name"] == "c" else 0.5,
+    )
+    assert aggregate(df, spec)["mark"].tolist() == ["best", "best", "second"]

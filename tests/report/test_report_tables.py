@@ -245,6 +245,7 @@ def test_means_stds_and_n_per_cell(store: dict) -> None:
                 assert c["std"] == pytest.approx(v.std(ddof=1))
                 assert c["n"] == len(v)
     assert _cell(agg, "Ours", "ACDC-RV", "2 scans")["n"] == 2
+    assert agg.attrs["empty"] == "" and "Empty" not in agg.attrs["caption"]
     assert _cell(agg, "Ours", "ACDC-RV", "2 scans")["seeds"] == "0,1"
     # the unfinished runs (test/dsc 0.01) do not pull Ours / ACDC-LV / 1 scan down
     assert _cell(agg, "Ours", "ACDC-LV", "1 scan")["mean"] == pytest.approx(81.3333333)
@@ -592,6 +593,7 @@ def test_rows_without_runs_are_named_in_the_caption(store: dict) -> None:
         in (agg.attrs["caption"])
     )
     assert "| Ours | – | – |" in render(agg, spec, "md")
+    assert "Baseline" not in agg.attrs["empty"] and "column" not in agg.attrs["empty"]
 
 
 def test_aligned_with_the_bim_papers_file(store: dict) -> None:
