@@ -96,12 +96,24 @@ def _random_orientation(rng: np.random.Generator) -> tuple[tuple[int, int, int],
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], cells: int = 4) -> np.ndarray:
-    """Smooth random field in [-1, 1] (cubic upsampling of a coarse random grid)."""
-    coarse = rng.uniform(-1, 1, size=tuple(min(cells, s) for s in shape))
-    zoom = [s / c for s, c in zip(shape, coarse.shape, strict=True)]
-    field = ndimage.zoom(coarse, zoom, order=3, mode="nearest", grid_mode=True)
-    field = field[tuple(slice(0, s) for s in shape)]
-    return np.clip(field, -1.0, 1.0)
+    """Smooth random 3D field in [-1, 1]: a random low-frequency cosine series.
+
+    ``cells`` is the number of cosine frequencies per axis (0..cells-1), i.e. the field's detail.
+    """
+    bases = []
+    for n in shape:
+        t = (np.arange(n, dtype=np.float32) + 0.5) / n
+        k = np.arange(min(cells, n), dtype=np.float32)[:, None]
+        bases.append(np.cos(np.pi * k * t))
+    coef = rng.uniform(-1, 1, size=tuple(b.shape[0] for b in bases)).astype(np.float32)
+    coef /= (
+        1.0
+        + np.add.outer(
+            np.add.outer(*[np.arange(c) for c in coef.shape[:2]]), np.arange(coef.shape[2])
+        )
+    ) ** 1.5  # weaker high frequencies
+    field = np.einsum("ijk,ix,jy,kz->xyz", coef, *bases, optimize=True)
+    return field / max(float(np.abs(field).max()), 1e-6)
 
 
 def _bias(rng: np.random.Generator, shape: tuple[int, ...], amplitude: float) -> np.ndarray:
@@ -175,8 +187,8 @@ def _acdc_subject(rng: np.random.Generator) -> dict[str, float | str]:
         "ecc": rng.uniform(0.8, 1.0),
         "angle": rng.uniform(0, math.pi),
         "rv_dir": rng.uniform(math.radians(140), math.radians(220)),
-        "rv_a": rv_scale * rng.uniform(26, 36),
-        "rv_b": rv_scale * rng.uniform(13, 20),
+        "rv_a": rv_scale * rng.uniform(32, 44),
+        "rv_b": rv_scale * rng.uniform(16, 24),
         "eject": min(0.95, eject * rng.uniform(0.92, 1.08)),
         "cx": rng.normal(0, 10),
         "cy": rng.normal(0, 10),
@@ -243,10 +255,10 @@ def _acdc_frame(
         epi = _ellipse(x, y, cx, cy, a_epi, b_epi, p["angle"])
         fat_rim = _ellipse(x, y, cx, cy, a_epi + 3, b_epi + 3, p["angle"]) & ~epi
         endo = _ellipse(x, y, cx, cy, a_lv, b_lv, p["angle"]) if r_lv > 1 else np.zeros_like(epi)
-        rv_scale = max(0.0, 1.0 - 1.15 * t**1.3) * (1.0 - 0.45 * phase)
+        rv_scale = max(0.0, 1.0 - 1.1 * t**1.6) * (1.0 - 0.45 * phase)
         rv = np.zeros_like(epi)
         if rv_scale > 0.08:
-            d = a_epi + 0.45 * p["rv_b"] * rv_scale
+            d = a_epi + 0.3 * p["rv_b"] * rv_scale
             rx = cx + d * math.cos(p["rv_dir"])
             ry = cy + d * math.sin(p["rv_dir"])
             rv = _ellipse(x, y, rx, ry, p["rv_b"] * rv_scale + 2, p["rv_a"] * rv_scale, p["rv_dir"])
