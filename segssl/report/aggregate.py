@@ -368,7 +368,8 @@ def _caption(spec: TableSpec, ns: list[int], paper: PaperTable | None) -> str:
             f"by seed; * marks p < {pt.alpha:g}."
         )
     if paper is not None:
-        parts.append(f"Paper: published numbers from {paper.source}.")
+        assert spec.paper is not None
+        parts.append(f"Paper: published numbers from {spec.paper.file}:{spec.paper.table}.")
     return " ".join(parts)
 
 
@@ -503,6 +504,7 @@ def aggregate(
             )
         ref = hits[0]
 
+    partial_means = _partial_means(paper, cols) if paper is not None else set()
     records = []
     ranked = [
         r for r in rows if r.label not in spec.rank_exclude and r.display not in spec.rank_exclude
@@ -535,7 +537,7 @@ def aggregate(
                     pt.alternative,
                 )
             pm = ps = math.nan
-            if paper is not None:
+            if paper is not None and c.ident not in partial_means:
                 pc = paper.cell(r.ident, c.ident)
                 if pc is not None:
                     pm, ps = pc[0], (pc[1] if pc[1] is not None else math.nan)
@@ -564,6 +566,11 @@ def aggregate(
         out[key] = pd.Series([rec[key] for rec in records], dtype=object, index=out.index)
     ns = [int(n) for n in out["n"] if n > 0]
     caption = _caption(spec, ns, paper)
+    if partial_means:
+        caption += (
+            " The paper's 'mean' is left out where our group averages other columns than "
+            "the paper's."
+        )
     empty = _empty_note(out, rows, cols, base)
     out.attrs.update(
         rows=rows,
@@ -574,6 +581,20 @@ def aggregate(
         empty=empty,
         row_header=_row_header(spec),
     )
+    return out
+
+
+def _partial_means(paper: PaperTable, cols: list[Leaf]) -> set[tuple[str | None, str]]:
+    """Our mean columns that average other columns than the paper's mean (no paper value)."""
+    out = set()
+    for c in cols:
+        if not c.is_mean:
+            continue
+        ours = {paper.find_col(x.ident) for x in cols if x.group == c.group and not x.is_mean}
+        pm = paper.find_col(c.ident)
+        theirs = {x for x in paper.columns if x[0] == pm[0] and x != pm}
+        if ours != theirs:
+            out.add(c.ident)
     return out
 
 

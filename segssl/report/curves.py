@@ -49,6 +49,7 @@ def plot_curves(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     if "rows" not in agg.attrs:
         raise ReportError("plot_curves() expects the DataFrame returned by aggregate()")
@@ -78,6 +79,7 @@ def plot_curves(
             ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
         ax.set_title(c.display, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(cols) :]:
         ax.axis("off")
