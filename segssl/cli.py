@@ -102,6 +102,9 @@ def data_prepare_cmd(
     crop_center: str = typer.Option("image", "--crop-center", help="image | label."),
     dtype: str = typer.Option("float16", "--dtype", help="float16 | float32 cached images."),
     modality: str = typer.Option("0", "--modality", help="Channel of 4D images: index or name."),
+    slice_axis: str = typer.Option("auto", "--slice-axis", help="auto (coarsest) | stored."),
+    reorient: bool = typer.Option(True, "--reorient/--no-reorient", help="Canonical axes."),
+    clip: bool = typer.Option(True, "--clip/--no-clip", help="Clip normalised values to [0,1]."),
 ) -> None:
     """Build the preprocessed cache of an archive (reused when settings and sources match)."""
     from pydantic import ValidationError
@@ -118,9 +121,17 @@ def data_prepare_cmd(
             percentiles=_pair(percentiles, "--percentiles", float),
             crop_center=crop_center,
             dtype=dtype,
+            slice_axis=slice_axis,
+            reorient=reorient,
+            clip=clip,
         )
     except ValidationError as exc:
-        fail("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        fail(
+            "; ".join(
+                f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
+                for e in exc.errors()
+            )
+        )
     from segssl.data import get_adapter
 
     mod: int | str = int(modality) if modality.isdigit() else modality
@@ -383,7 +394,7 @@ def demo_cmd(
     except (ConfigError, TrackingError, DataError) as exc:
         fail(str(exc))
     typer.echo(table)
-    console.print(f"Open the runs in the MLflow UI:\n  {ui}", highlight=False)
+    typer.echo(f"Open the runs in the MLflow UI:\n  {ui}")
 
 
 @app.command("table")

@@ -336,7 +336,7 @@ def _check_labels(adapter: Adapter, records: Sequence[ScanRecord]) -> None:
     for rec in records:
         if rec.label is not None:
             raw, _ = read_volume(rec.label, "label")
-            adapter.map_labels(raw, rec.label)  # type: ignore[attr-defined]
+            adapter.map_labels(raw, rec.label)
 
 
 def _build(

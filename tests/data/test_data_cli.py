@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from typer.testing import CliRunner
 
 from segssl.cli import app
@@ -55,12 +53,14 @@ def test_synth_prepare_info(tmp_path):
         "4.0",
         "--size",
         "32,32",
+        "--no-clip",
     ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "built cache" in r.output
     m = load_manifest(cache)
     assert m["settings"]["spacing"] == [4.0, 4.0] and m["settings"]["size"] == [32, 32]
+    assert m["settings"]["clip"] is False
     r = runner.invoke(app, args)
     assert r.exit_code == 0 and "reused cache" in r.output
     split = make_split(
@@ -76,70 +76,27 @@ def test_synth_prepare_info(tmp_path):
     assert "train" in r.output and "labeled" in r.output
 
 
+def _prepare_args(root, out, *extra: str) -> list[str]:
+    return ["data", "prepare", "--dataset", "acdc", "--root", str(root), "--out", str(out), *extra]
+
+
 def test_bad_input_exits_non_zero_with_message(tmp_path):
     r = runner.invoke(app, ["data", "synth", "--dataset", "acdcc", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "did you mean 'acdc'" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "data",
-            "prepare",
-            "--dataset",
-            "acdc",
-            "--root",
-            str(tmp_path / "none"),
-            "--out",
-            str(tmp_path / "c"),
-        ],
-    )
-    assert r.exit_code == 2 and "dataset root does not exist" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "data",
-            "prepare",
-            "--dataset",
-            "acdc",
-            "--root",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "c"),
-            "--size",
-            "4",
-        ],
-    )
-    assert r.exit_code == 2 and "size must be at least 8 x 8 pixels" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "data",
-            "prepare",
-            "--dataset",
-            "acdc",
-            "--root",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "c"),
-            "--spacing",
-            "a,b",
-        ],
-    )
-    assert r.exit_code == 2 and "--spacing 'a,b'" in r.output
-    r = runner.invoke(
-        app,
-        [
-            "data",
-            "prepare",
-            "--dataset",
-            "acdc",
-            "--root",
-            str(tmp_path),
-            "--out",
-            str(tmp_path / "c"),
-        ],
-    )
-    assert r.exit_code == 2 and "no patientNNN folders found" in r.output
+    out = tmp_path / "c"
+    cases = [
+        ((tmp_path / "none", out), "dataset root does not exist"),
+        ((tmp_path, out, "--size", "4"), "size must be at least 8 x 8 pixels"),
+        (
+            (tmp_path, out, "--slice-axis", "diagonal"),
+            "--slice-axis: Input should be 'auto' or 'stored'",
+        ),
+        ((tmp_path, out, "--spacing", "a,b"), "--spacing 'a,b'"),
+        ((tmp_path, out), "no patientNNN folders found"),
+    ]
+    for args, message in cases:
+        r = runner.invoke(app, _prepare_args(*args))
+        assert r.exit_code == 2 and message in r.output, (args, r.output)
     r = runner.invoke(app, ["data", "info", str(tmp_path)])
     assert r.exit_code == 2 and "manifest.json: missing" in r.output
-    (tmp_path / "split.json").write_text(json.dumps({"nope": 1}))
-    assert not (tmp_path / "c").exists()
+    assert not out.exists()

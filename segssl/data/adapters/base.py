@@ -49,6 +49,10 @@ class Adapter(Protocol):
         """Decode a scan and map its labels to contiguous class indices."""
         ...
 
+    def map_labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        """Raw label values -> class indices; values outside the label set are errors."""
+        ...
+
     def options(self) -> dict[str, Any]:
         """Adapter options that change what is read (part of the cache fingerprint)."""
         ...
