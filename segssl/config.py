@@ -143,7 +143,9 @@ class DataConfig(Section):
 
     dataset: str = "acdc"
     root: str = "data/acdc"  # the archive's root as it is shipped (or a synthetic one)
-    cache: str | None = None  # preprocessed cache dir; None: <root>/.segssl-cache
+    # cache root (one cache per dataset + settings below it), or a cache made by
+    # `segssl data prepare --out` (has a manifest.json; used as is); None: <root>/.segssl-cache
+    cache: str | None = None
     preprocess: PreprocessConfig = PreprocessConfig()
     split: SplitConfig = SplitConfig()
     labeled_scans: LabeledCount = 1
