@@ -7,6 +7,7 @@ Public API::
     aggregate(df, table_spec, ...) -> DataFrame
     render(agg, table_spec, fmt) -> str
     plot_curves(agg, tracking_uri, out_path) -> Path
+    check_tables(tables, [(stage, params), ...])   # before a sweep runs
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from segssl.report.aggregate import aggregate
 from segssl.report.curves import plot_curves
 from segssl.report.errors import ReportError
 from segssl.report.papers import load_paper_table
+from segssl.report.preflight import check_tables
 from segssl.report.render import FORMATS, render
 from segssl.report.runs import load_history, load_runs
 from segssl.report.tables import build_tables, render_sweep_tables, render_tables
@@ -24,6 +26,7 @@ __all__ = [
     "ReportError",
     "aggregate",
     "build_tables",
+    "check_tables",
     "load_history",
     "load_paper_table",
     "load_runs",

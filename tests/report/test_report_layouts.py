@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from segssl.orchestrate.table_spec import TableSpec
-from segssl.report import ReportError, aggregate, render
+from segssl.report import ReportError, aggregate, check_tables, render
 
 REPO = Path(__file__).resolve().parents[2]
 SCANS = "labels: {1: 1 scan, 2: 2 scans, 4: 4 scans}"
@@ -222,3 +222,57 @@ def test_no_marks_when_every_row_ties_and_ties_share_a_mark() -> None:
         lambda p: 0.4 if p["method.name"] == "c" else 0.5,
     )
     assert aggregate(df, spec)["mark"].tolist() == ["best", "best", "second"]
+
+
+def _planned() -> list[tuple[str, dict]]:
+    out = [
+        ("pretrain", {"method.name": "bim", "method.alpha": a, "seed": s})
+        for a in (0, 0.5)
+        for s in (0, 1)
+    ]
+    out += [
+        (
+            "finetune",
+            {
+                "method.name": "finetune",
+                "pretrain.method.alpha": a,
+                "data.target": t,
+                "data.labeled_scans": n,
+                "seed": s,
+            },
+        )
+        for a in (0, 0.5)
+        for t in ("lv", "rv", "myo")
+        for n in (1, 2, 4)
+        for s in (0, 1)
+    ]
+    return out
+
+
+def test_preflight_accepts_the_bim_table3_plan() -> None:
+    spec = TableSpec.model_validate(yaml.safe_load(TABLE3))
+    check_tables([spec], _planned(), name="bim-alpha", base_dirs=[REPO])
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"stage": "fine-tune"}, "stage 'fine-tune' has no planned trials"),
+        (
+            {"rows": ["method.alpha"]},
+            r"rows\[0\] names param 'method.alpha'.*did you mean "
+            r"'pretrain.method.alpha'",
+        ),
+        (
+            {"paper": {"file": "experiments/papers/bim.yaml", "table": "table9"}},
+            r"no table 'table9' \(tables: table2, table3",
+        ),
+        ({"labels": {"data.labeled_scans": {1: "one"}}}, "has no column 'ACDC-LV / one'"),
+    ],
+)
+def test_preflight_names_problems_before_any_run(change: dict, match: str) -> None:
+    raw = {**yaml.safe_load(TABLE3), **change}
+    if "labels" in change:  # group labels win over table labels: drop them
+        raw["columns"] = [{k: v for k, v in g.items() if k != "labels"} for g in raw["columns"]]
+    with pytest.raises(ReportError, match=match):
+        check_tables([TableSpec.model_validate(raw)], _planned(), base_dirs=[REPO])
