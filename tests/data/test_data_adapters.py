@@ -144,3 +144,18 @@ def test_mmwhs_values_mapped_to_contiguous(archives, name, mod):
     for index, value in enumerate(ad.label_values, start=1):
         np.testing.assert_array_equal(scan.label == index, raw == value)
     assert ad.class_names == ("Myo", "LA", "LV", "RA", "RV", "AA", "PA")
+    _check_spacing(recs[0], scan)
+
+
+def _check_spacing(rec, scan) -> None:
+    """Record spacing is the header's (through-plane, row, col); read spacing is per stored axis."""
+    zooms = nib.load(str(rec.image)).header.get_zooms()[:3]
+    assert rec.spacing == pytest.approx((zooms[2], zooms[0], zooms[1]))
+    assert scan.spacing == pytest.approx(zooms)
+
+
+@pytest.mark.parametrize("name", ["msd-spleen", "msd-prostate"])
+def test_msd_spacing(archives, name):
+    ad = get_adapter(name, archives[name])
+    rec = ad.list_scans()[0]
+    _check_spacing(rec, ad.read(rec))

@@ -133,3 +133,35 @@ def test_slice_axis_auto_vs_stored():
     assert auto[0].shape == (9, 40, 36) and auto[2] == pytest.approx((7.0, 1.4, 1.4))
     # the stored third axis (36 voxels of 1.4 mm) becomes the slice axis: long-axis cuts
     assert stored[0].shape == (36, 9, 40) and stored[2] == pytest.approx((1.4, 7.0, 1.4))
+
+
+def test_acdc_phantom_restored_in_another_orientation(archives, tmp_path):
+    """A real-layout phantom re-saved with permuted, flipped axes gives the same slices."""
+    import nibabel as nib
+
+    from segssl.data import get_adapter
+
+    ad = get_adapter("acdc", archives["acdc"])
+    rec = ad.list_scans()[0]
+    cfg = PreprocessConfig(spacing=(2.0, 2.0), size=(48, 48))
+    raw = ad.read(rec)
+    ref = preprocess_volume(raw.image, raw.label, raw.affine, cfg)
+    # move the slice axis first and flip two axes; the affine follows, the world stays
+    perm, flips = (2, 1, 0), (True, False, True)
+    img = np.transpose(raw.image, perm)
+    lab = np.transpose(raw.label, perm)
+    affine = raw.affine[:, [*perm, 3]].copy()
+    for k, f in enumerate(flips):
+        if f:
+            img, lab = np.flip(img, k), np.flip(lab, k)
+            affine[:3, 3] += affine[:3, k] * (img.shape[k] - 1)
+            affine[:3, k] *= -1
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(img), affine), str(tmp_path / "i.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(lab), affine), str(tmp_path / "l.nii.gz"))
+    a, aff = read_volume(tmp_path / "i.nii.gz")
+    b, _ = read_volume(tmp_path / "l.nii.gz")
+    assert a.shape[0] == raw.image.shape[2]  # really stored slice-first
+    out = preprocess_volume(a.astype(np.float32), b, aff, cfg)
+    np.testing.assert_array_equal(out[0], ref[0])
+    np.testing.assert_array_equal(out[1], ref[1])
+    assert out[2] == pytest.approx(ref[2])
