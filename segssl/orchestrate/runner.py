@@ -318,6 +318,7 @@ def run_sweep(
         return outcome
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's own INFO/WARNING chatter (result files, snapshot timing) would drown the live table;
     # trial errors are still logged at ERROR and reported in the summary.

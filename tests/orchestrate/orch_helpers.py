@@ -47,11 +47,12 @@ def quick_train(
     fail_marker = wd / "failed_once"
     epoch_s = float(os.environ.get("SEGSSL_TEST_EPOCH_S", "0"))
     dsc = expected_dsc(cfg)
-    epochs_run = []
+    runs_file = wd / "epochs_run.json"  # every epoch any attempt ran, in order
     for epoch in range(start + 1, cfg.train.epochs + 1):
         time.sleep(epoch_s)
         last.write_text(json.dumps({"epoch": epoch, "init_from": init}))
-        epochs_run.append(epoch)
+        done = json.loads(runs_file.read_text()) if runs_file.is_file() else []
+        runs_file.write_text(json.dumps([*done, epoch]))
         if report is not None:
             report({"train/loss": 1.0 / epoch, "val/dsc": dsc - 0.01 / epoch}, epoch)
         if cfg.train.device == "fail-once" and not fail_marker.exists() and epoch == 1:
@@ -66,9 +67,6 @@ def quick_train(
     }
     if report is not None:
         report(final, cfg.train.epochs)
-    runs_file = wd / "epochs_run.json"
-    prev = json.loads(runs_file.read_text()) if runs_file.is_file() else []
-    runs_file.write_text(json.dumps(prev + epochs_run))
     result = {
         "metrics": final,
         "best_epoch": cfg.train.epochs,
