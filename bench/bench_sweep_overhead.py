@@ -137,7 +137,7 @@ def main() -> None:
         f"  sweep start -> first trial running: {first_start:6.2f} s  (plan, MLflow, actor start)"
     )
     print(
-        f"  steady-state overhead per trial:    {steady_per_trial:6.2f} s  (first start -> last end)"
+        f"  steady-state overhead per trial:    {steady_per_trial:6.2f} s  (first start->last end)"
     )
     print(f"  of which inside the MLflow run:     {in_run:6.2f} s  (run start->end minus compute)")
     print(f"overhead / compute per trial:         {per_trial / (sum(compute) / len(compute)):6.2f}")

@@ -7,6 +7,7 @@ what is missing, leaving exactly one FINISHED run per trial key and nothing RUNN
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,11 +18,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orch_helpers
 import pytest
 import yaml
 from rich.console import Console
 
-import orch_helpers
 from segssl.orchestrate.plan import plan_sweep
 from segssl.orchestrate.runner import run_sweep
 from segssl.orchestrate.spec import parse_sweep
@@ -225,10 +226,8 @@ def test_driver_killed_mid_sweep_then_rerun(ray_local: Any, tmp_path: Path, uri:
         os.kill(proc.pid, signal.SIGKILL)  # the driver dies; Ray fate-shares with it
         proc.wait(timeout=30)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever of that session is left
-        except ProcessLookupError:
-            pass
     time.sleep(1.0)
     before = trial_runs(uri, "killed")
     assert any(r.info.status == "RUNNING" for r in before)
