@@ -53,7 +53,7 @@ class AxisGroup(_Strict):
     - neither: the group is a single leaf (its own label).
 
     ``labels`` maps a ``by`` value (written as a string, e.g. ``"1"``) to its display label
-    (``"1 scan"``). ``mean`` (columns only) appends a column with the mean over the group's
+    (``"1 scan"``); without ``values``, labelled values come first, in the labels' order. ``mean`` (columns only) appends a column with the mean over the group's
     leaves, as the papers' "mean" columns: per seed the leaves' values are averaged, then
     mean +- std over seeds.
     """
@@ -143,7 +143,8 @@ class TableSpec(_Strict):
     row_header: str = ""  # header of the label column (e.g. "Methods"); default: the row keys
     rows: Axis
     columns: Axis = Field(default_factory=list)
-    labels: dict[str, dict[str, str]] = Field(default_factory=dict)  # key -> value -> label
+    # key -> value -> display label; the labelled values also come first, in this order
+    labels: dict[str, dict[str, str]] = Field(default_factory=dict)
     group_mean: bool = False  # with key-list columns: a mean column per group
     filter: Filter = Field(default_factory=dict)
     seed_key: str = "seed"

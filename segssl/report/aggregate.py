@@ -124,13 +124,35 @@ def _value_label(spec: TableSpec, key: str, value: Any, own: dict[str, str] | No
     return spec.labels.get(key, {}).get(k, k)
 
 
-def _combos(df: pd.DataFrame, keys: list[str]) -> list[tuple[Any, ...]]:
+def _value_order(
+    spec: TableSpec, key: str, values: list[Any], own: dict[str, str] | None = None
+) -> dict[str, int]:
+    """Position of each value: the order of a labels map (the group's ``labels``, else the
+    table's ``labels[key]``) first, then the remaining values sorted."""
+    first = list(own or spec.labels.get(key, {}))
+    order = {v: i for i, v in enumerate(first)}
+    for v in sorted_values(values):
+        order.setdefault(norm_value(v), len(order))
+    return order
+
+
+def _ordered(
+    spec: TableSpec, key: str, values: list[Any], own: dict[str, str] | None = None
+) -> list[Any]:
+    """Distinct ``values`` in :func:`_value_order`."""
+    order = _value_order(spec, key, values, own)
+    uniq: dict[str, Any] = {}
+    for v in sorted_values(values):
+        uniq.setdefault(norm_value(v), v)
+    return [uniq[k] for k in sorted(uniq, key=order.__getitem__)]
+
+
+def _combos(df: pd.DataFrame, keys: list[str], spec: TableSpec) -> list[tuple[Any, ...]]:
+    """Observed value combinations of ``keys``, ordered by ``labels`` then by value."""
     cols = [f"params.{k}" for k in keys]
     sub = df[cols].dropna()
     seen = {tuple(norm_value(v) for v in row) for row in sub.itertuples(index=False)}
-    orders = [
-        {norm_value(v): i for i, v in enumerate(sorted_values(sub[c].tolist()))} for c in cols
-    ]
+    orders = [_value_order(spec, k, sub[c].tolist()) for k, c in zip(keys, cols, strict=True)]
     return sorted(seen, key=lambda t: tuple(o[v] for o, v in zip(orders, t, strict=True)))
 
 
@@ -147,7 +169,8 @@ def _group_leaves(g: AxisGroup, df: pd.DataFrame, spec: TableSpec) -> list[Leaf]
     if g.by is not None:
         values = g.values
         if values is None:
-            values = sorted_values(df.loc[filter_mask(df, g.filter), f"params.{g.by}"].tolist())
+            observed = df.loc[filter_mask(df, g.filter), f"params.{g.by}"].tolist()
+            values = _ordered(spec, g.by, observed, g.labels)
         return [
             Leaf(g.label, _value_label(spec, g.by, v, g.labels), {**g.filter, g.by: v})
             for v in values
@@ -168,7 +191,7 @@ def expand_rows(spec: TableSpec, df: pd.DataFrame) -> list[Leaf]:
         keys = list(rows)
         return [
             Leaf(None, _key_label(spec, keys, c), dict(zip(keys, c, strict=True)))
-            for c in _combos(df, keys)
+            for c in _combos(df, keys, spec)
         ]
     out: list[Leaf] = []
     for g in rows:
@@ -188,11 +211,11 @@ def expand_columns(spec: TableSpec, df: pd.DataFrame) -> list[Leaf]:
         keys = list(cols)
         head, leaf_key = keys[:-1], keys[-1]
         out = []
-        for gc in _combos(df, head) if head else [()]:
+        for gc in _combos(df, head, spec) if head else [()]:
             gflt = dict(zip(head, gc, strict=True))
             glabel = _key_label(spec, head, gc) if head else None
             sub = df[filter_mask(df, gflt)]
-            vals = sorted_values(sub[f"params.{leaf_key}"].dropna().tolist())
+            vals = _ordered(spec, leaf_key, sub[f"params.{leaf_key}"].dropna().tolist())
             out += [
                 Leaf(glabel, _value_label(spec, leaf_key, v), {**gflt, leaf_key: v}) for v in vals
             ]

@@ -276,3 +276,47 @@ def test_preflight_names_problems_before_any_run(change: dict, match: str) -> No
         raw["columns"] = [{k: v for k, v in g.items() if k != "labels"} for g in raw["columns"]]
     with pytest.raises(ReportError, match=match):
         check_tables([TableSpec.model_validate(raw)], _planned(), base_dirs=[REPO])
+
+
+def test_key_list_columns_nested_with_labels_order_and_group_mean() -> None:
+    spec = TableSpec.model_validate(
+        {
+            "name": "table2",
+            "stage": "finetune",
+            "scale": 100,
+            "row_header": "Methods",
+            "rows": ["method.name"],
+            "columns": ["data.target", "data.labeled_scans"],
+            "labels": {
+                "method.name": {"baseline": "Baseline", "bim": "Ours (Dec) (MI+CC)"},
+                "data.target": {"lv": "ACDC-LV", "rv": "ACDC-RV", "myo": "ACDC-Myo"},
+                "data.labeled_scans": {1: "1 scan", 2: "2 scans", 4: "4 scans"},
+            },
+            "group_mean": True,
+            "paper": {"file": "experiments/papers/bim.yaml", "table": "table2"},
+        }
+    )
+    df = _runs(
+        {
+            "method.name": ["bim", "baseline"],
+            "data.target": ["myo", "rv", "lv"],
+            "data.labeled_scans": [4, 2, 1],
+            "seed": [0, 1],
+        },
+        lambda p: 0.5 + int(p["data.labeled_scans"]) / 10 + int(p["seed"]) / 100,
+    )
+    agg = aggregate(df, spec, experiment="bim", base_dirs=[REPO])
+    assert [r.label for r in agg.attrs["rows"]] == ["Baseline", "Ours (Dec) (MI+CC)"]
+    assert [c.display for c in agg.attrs["columns"]][:5] == [
+        "ACDC-LV / 1 scan",
+        "ACDC-LV / 2 scans",
+        "ACDC-LV / 4 scans",
+        "ACDC-LV / mean",
+        "ACDC-RV / 1 scan",
+    ]
+    assert [c.group for c in agg.attrs["columns"]][-1] == "ACDC-Myo"
+    got = {(r["row"], r["col_group"], r["col"]): r for r in agg.to_dict("records")}
+    mean = got[("Baseline", "ACDC-RV", "mean")]
+    assert mean["mean"] == pytest.approx(100 * (0.5 + 7 / 30 + 0.005))
+    assert mean["paper_mean"] == 58.84  # our mean is over the paper's three columns
+    assert got[("Ours (Dec) (MI+CC)", "ACDC-Myo", "4 scans")]["paper_mean"] == 81.97

@@ -343,7 +343,8 @@ def test_key_rows_and_spanning_rows(store: dict) -> None:
         filter={"method.name": ["baseline", "bim"]},
     )
     agg = aggregate(store["df"], spec, experiment=EXP)
-    assert [r.label for r in agg.attrs["rows"]] == ["baseline", "Ours"]
+    # values named in `labels` come first, in that order; the others follow, sorted
+    assert [r.label for r in agg.attrs["rows"]] == ["Ours", "baseline"]
     assert agg.attrs["row_header"] == "method.name"
     # a row fixing a column key spans the columns of that key (like "Full Sup.")
     span = _spec(rows={"Base 2 scans": {"method.name": "baseline", "data.labeled_scans": 2}})
