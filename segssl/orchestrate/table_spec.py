@@ -53,9 +53,10 @@ class AxisGroup(_Strict):
     - neither: the group is a single leaf (its own label).
 
     ``labels`` maps a ``by`` value (written as a string, e.g. ``"1"``) to its display label
-    (``"1 scan"``); without ``values``, labelled values come first, in the labels' order. ``mean`` (columns only) appends a column with the mean over the group's
-    leaves, as the papers' "mean" columns: per seed the leaves' values are averaged, then
-    mean +- std over seeds.
+    (``"1 scan"``); without ``values``, labelled values come first, in the labels' order.
+    ``mean`` (columns only) appends a column with the mean over the group's leaves, as the
+    papers' "mean" columns: per seed the leaves' values are averaged, then mean +- std over
+    seeds.
     """
 
     label: str | None = None
