@@ -104,6 +104,25 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
             tags = {"segssl.stage": "finetune", "segssl.trial_key": f"k{n}", "segssl.sweep": EXP}
             metrics = {"test/dsc": v, "best_epoch": 2, "test/dsc/lv": v}
             finished.append(_log(client, exp_id, pid, params, metrics, tags, _val_history(v)))
+    # a second FINISHED run of trial k1 (same value): only the latest run of a key is kept
+    k1 = {
+        "method.name": "baseline",
+        "data.target": "lv",
+        "data.labeled_scans": 1,
+        "seed": 0,
+        "train.init_from": "/store/trials/p1/last.pt",
+        "pretrain.method.alpha": 0.5,
+    }
+    superseded = finished[0]
+    finished[0] = _log(
+        client,
+        exp_id,
+        pid,
+        k1,
+        {"test/dsc": 0.60},
+        {"segssl.stage": "finetune", "segssl.trial_key": "k1"},
+        _val_history(0.6),
+    )
     for ema, d in MT.items():
         for seed in SEEDS:
             n += 1
@@ -164,6 +183,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {
         "uri": uri,
         "latest_parent": later.info.run_id,
+        "superseded": superseded,
         "client": client,
         "parent": pid,
         "finished": finished,
@@ -223,6 +243,10 @@ def test_load_runs_keeps_only_finished_child_runs(store: dict) -> None:
     assert set(df["run_id"]) == set(store["finished"]) | {store["pretrain"]}
     assert store["parent"] not in set(df["run_id"])
     assert store["latest_parent"] not in set(df["run_id"])
+    assert store["superseded"] not in set(df["run_id"])
+    assert df["tags.segssl.trial_key"].is_unique
+    paged = load_runs(store["uri"], EXP, page_size=7)  # several search_runs pages
+    assert sorted(paged["run_id"]) == sorted(df["run_id"])
     assert not set(store["ignored"]) & set(df["run_id"])
     assert (df["status"] == "FINISHED").all()
     assert df["params.seed"].map(type).eq(str).all()
