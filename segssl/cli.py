@@ -400,7 +400,12 @@ def demo_cmd(
 @app.command("table")
 def table_cmd(
     sweep: Path = typer.Argument(..., help="The sweep YAML file (its 'tables:' are printed)."),
-    fmt: str = typer.Option("md", "--format", "-f", help="md | latex | csv | html."),
+    fmt: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--format",
+        "-f",
+        help="md | latex | csv | html (default: from the --out suffix, else md).",
+    ),
     out: Optional[Path] = typer.Option(  # noqa: UP007, UP045
         None, "--out", "-o", help="Write the tables to this file instead of stdout."
     ),
@@ -422,6 +427,9 @@ def table_cmd(
     from segssl.orchestrate.tracking import resolve_tracking_uri
     from segssl.report import FORMATS, ReportError, render_tables
 
+    if fmt is None:
+        by_suffix = {".tex": "latex", ".csv": "csv", ".html": "html", ".htm": "html"}
+        fmt = by_suffix.get(out.suffix.lower(), "md") if out is not None else "md"
     if fmt not in FORMATS:
         fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not sweep.is_file():

@@ -603,6 +603,12 @@ def test_cli_table_writes_every_format(store: dict, tmp_path: Path) -> None:
     assert base["mean"] == pytest.approx(
         ((_vals("baseline", "lv", 1) + _vals("baseline", "lv", 2)) / 2).mean()
     )
+    tex = tmp_path / "t.tex"  # the format follows the --out suffix
+    res = runner.invoke(
+        app, ["table", str(sweep), "--tracking-uri", store["uri"], "-o", str(tex), "--no-log"]
+    )
+    assert res.exit_code == 0, res.output
+    assert tex.read_text().startswith("% requires \\usepackage{booktabs}")
     res = runner.invoke(app, ["table", str(sweep), "-f", "pdf"])
     assert res.exit_code == 2 and "--format 'pdf'" in res.output
     bad = tmp_path / "bad.yaml"
