@@ -46,7 +46,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--pre-epochs", type=int, default=10)
     ap.add_argument("--ft-epochs", type=int, default=10)
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--pre-iters", type=int, default=30, help="iterations per pre-training epoch")
+    ap.add_argument("--ft-iters", type=int, default=50, help="iterations per fine-tuning epoch")
+    # the papers' schedule shape (x400 / x200 warm-up, then cosine) with a peak lr of 1e-2:
+    # the papers' peaks (2e-4 / 2e-5 over 10000 iterations) barely move a net in a few hundred
+    ap.add_argument("--pre-lr", type=float, default=2.5e-5, help="x400 warm-up -> peak 1e-2")
+    ap.add_argument("--ft-lr", type=float, default=5e-5, help="x200 warm-up -> peak 1e-2")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,19 +69,20 @@ def main() -> None:
         "data.split.unit=scan",
         f"augment.crop={args.px - 16}",
         f"model.base_width={args.width}",
-        f"train.iters_per_epoch={args.iters}",
         "optim.warmup_epochs=2",
         "train.progress=false",
     ]
     pre_o = common + [
         f"train.epochs={args.pre_epochs}",
-        "optim.lr=2.5e-6",  # x400 -> peak 1e-3 (paper: 5e-7 x400 over 50 x 200 iterations)
+        f"train.iters_per_epoch={args.pre_iters}",
+        f"optim.lr={args.pre_lr}",
     ]
     ft_o = common + [
         f"data.target={args.target}",
         "data.labeled_scans=1",
         f"train.epochs={args.ft_epochs}",
-        "optim.lr=5e-6",  # x200 -> peak 1e-3 (paper: 1e-7 x200 over 50 x 200 iterations)
+        f"train.iters_per_epoch={args.ft_iters}",
+        f"optim.lr={args.ft_lr}",
     ]
     print("pre-training overrides:", " ".join(pre_o))
     print("fine-tuning/baseline overrides:", " ".join(ft_o))
