@@ -25,7 +25,7 @@ __all__ = ["DEMO_NAME", "demo_spec", "run_demo"]
 DEMO_NAME = "demo"
 
 
-def demo_spec(data_root: str = "data/acdc", epochs: int = 4, iters: int = 8) -> dict[str, Any]:
+def demo_spec(data_root: str = "data/acdc", epochs: int = 8, iters: int = 16) -> dict[str, Any]:
     """The demo sweep as a plain mapping (``experiments/sweeps/demo.yaml`` holds the same).
 
     Args:
@@ -34,7 +34,6 @@ def demo_spec(data_root: str = "data/acdc", epochs: int = 4, iters: int = 8) -> 
         iters: iterations per epoch.
     """
     train = {"epochs": epochs, "iters_per_epoch": iters, "progress": False, "pictures": 2}
-    labeled = {"data.labeled_scans": [1, 2]}
     return {
         "name": DEMO_NAME,
         "description": "baseline vs bim pre-train -> fine-tune on synthetic ACDC (LV), tiny",
@@ -60,7 +59,7 @@ def demo_spec(data_root: str = "data/acdc", epochs: int = 4, iters: int = 8) -> 
         "stages": {
             "baseline": {
                 "config": {"stage": "finetune", "method": {"name": "baseline"}},
-                "grid": labeled,
+                "grid": {"data.labeled_scans": [1, 2]},
             },
             "pretrain": {
                 "config": {
@@ -78,7 +77,7 @@ def demo_spec(data_root: str = "data/acdc", epochs: int = 4, iters: int = 8) -> 
                     "method": {"name": "finetune"},
                     "train": {"init_exclude": ["Conv_1x1"]},
                 },
-                "grid": labeled,
+                "grid": {"data.labeled_scans": [1, 2]},
             },
         },
         "tables": [
@@ -111,8 +110,8 @@ def run_demo(
     num_cpus: int | None = None,
     live: bool = True,
     console: Any = None,
-    epochs: int = 4,
-    iters: int = 8,
+    epochs: int = 8,
+    iters: int = 16,
 ) -> tuple[str, str]:
     """Run the demo in ``workdir``; return ``(table_markdown, mlflow_ui_command)``.
 

@@ -128,6 +128,13 @@ class SweepProgress:
             c.finished += 1
         else:
             c.failed += 1
+        if self._live is None and self._enabled is False:  # logs / Ray jobs: one line per trial
+            self.console.print(
+                f"[{self.name}/{stage}] {'finished' if ok else 'FAILED'}: "
+                f"{c.finished + c.skipped}/{c.total} done, {c.failed} failed, {c.running} running, "
+                f"{c.pending} pending; ETA {_fmt_eta(self.eta())}",
+                highlight=False,
+            )
         self.refresh()
 
 

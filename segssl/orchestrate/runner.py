@@ -294,6 +294,8 @@ def run_sweep(
         outcome.experiment_id = exp_id
         return outcome
     plan.storage.mkdir(parents=True, exist_ok=True)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     exp_id = tracking.ensure_experiment(uri, spec.name, shash, extend=extend)
     outcome.experiment_id = exp_id
     outcome.stale_marked = tracking.mark_stale_runs(uri, exp_id)

@@ -85,13 +85,18 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         return
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :])
-        parent = db.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TrackingError(f"tracking URI {uri}: cannot create {parent}: {exc}") from None
-        if not os.access(parent, os.W_OK):
-            raise TrackingError(f"tracking URI {uri}: directory {parent} is not writable")
+        if db.exists():
+            if not os.access(db, os.W_OK):
+                raise TrackingError(f"tracking URI {uri}: {db} is not writable")
+            return
+        existing = db.parent  # the directory is created later; its nearest ancestor must be
+        while not existing.exists():  # writable (checked without creating anything)
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise TrackingError(
+                f"tracking URI {uri}: cannot create {db.parent} ({existing} is "
+                "not a writable directory)"
+            )
         return
     if uri.startswith(("file:", "/", ".")) or "://" not in uri:
         raise TrackingError(

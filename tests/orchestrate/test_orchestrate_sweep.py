@@ -263,3 +263,41 @@ def test_driver_killed_mid_sweep_then_rerun(ray_local: Any, tmp_path: Path, uri:
     for key in keys:
         epochs = json.loads((store / "trials" / key / "epochs_run.json").read_text())
         assert epochs == [1, 2, 3]
+
+
+def test_optuna_search_stage_seeded_and_idempotent(
+    ray_local: Any, tmp_path: Path, uri: str
+) -> None:
+    raw = {
+        "name": "search",
+        "seeds": [3],
+        "max_concurrent": 2,
+        "base": {"train": {"epochs": 2}, "method": {"name": "baseline"}},
+        "stages": {
+            "tune": {
+                "search": {
+                    "space": {
+                        "optim.lr": {"loguniform": [1e-4, 1e-1]},
+                        "data.labeled_scans": {"choice": [1, 2]},
+                    },
+                    "num_samples": 4,
+                    "seed": 7,
+                }
+            }
+        },
+    }
+    out = run(raw, tmp_path, uri)
+    assert out.failed == 0
+    runs = trial_runs(uri, "search")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    lrs = sorted(float(r.data.params["optim.lr"]) for r in runs)
+    assert len(set(lrs)) == 4 and all(1e-4 <= v <= 1e-1 for v in lrs)
+    for r in runs:  # each sample's config reached the engine: quick_train's known Dice
+        n, lr = int(r.data.params["data.labeled_scans"]), float(r.data.params["optim.lr"])
+        assert r.data.metrics["test/dsc"] == pytest.approx(0.5 + 0.01 * n + 0.003 + lr, abs=1e-6)
+        assert r.data.params["seed"] == "3"
+    # seeded TPE proposes the same samples again: they are FINISHED, nothing new is trained
+    run(raw, tmp_path, uri)
+    again = trial_runs(uri, "search")
+    assert len(again) == 4
+    assert sorted(float(r.data.params["optim.lr"]) for r in again) == lrs

@@ -1,0 +1,148 @@
+"""``segssl sweep --dry-run`` / bad input exits, and ``segssl submit`` argument handling and the
+entrypoint it builds (a real remote cluster cannot be reached where this is tested)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from segssl.cli import app
+from segssl.orchestrate.spec import parse_sweep
+from segssl.orchestrate.submit import (
+    SubmitError,
+    build_entrypoint,
+    check_submit_args,
+    submit_sweep,
+)
+
+runner = CliRunner()
+
+
+def sweep_file(tmp_path: Path, **extra: Any) -> Path:
+    raw = {
+        "name": "cli",
+        "seeds": [0, 1, 2],
+        "resources": {"cpu": 2, "gpu": 0.25},
+        "base": {"train": {"epochs": 1}},
+        "stages": {
+            "pretrain": {
+                "config": {"stage": "pretrain", "method": {"name": "bim"}},
+                "grid": {"method.alpha": [0.0, 0.5]},
+            },
+            "finetune": {
+                "from": "pretrain",
+                "config": {"stage": "finetune", "method": {"name": "finetune"}},
+                "grid": {"data.labeled_scans": [1, 2, 4], "data.target": ["lv", "rv", "myo"]},
+            },
+        },
+        **extra,
+    }
+    p = tmp_path / "sweep.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_dry_run_prints_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    res = runner.invoke(app, ["sweep", str(sweep_file(tmp_path)), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "pretrain" in out and "finetune" in out
+    lines = {ln.split("│")[1].strip(): ln for ln in out.splitlines() if ln.count("│") > 4}
+    cells = [c.strip() for c in lines["pretrain"].split("│")[1:-1]]
+    assert cells == ["pretrain", "-", "6", "0", "6", "2", "0.25"]
+    cells = [c.strip() for c in lines["finetune"].split("│")[1:-1]]
+    assert cells == ["finetune", "pretrain", "54", "0", "54", "2", "0.25"]
+    assert not (tmp_path / "segssl-runs" / "cli" / "mlflow.db").exists()  # a dry run writes nothing
+
+
+def test_sweep_bad_input_exits_2(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["sweep", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "no such sweep file" in res.output
+    bad = sweep_file(tmp_path, colour="red")
+    res = runner.invoke(app, ["sweep", str(bad), "--dry-run"])
+    assert res.exit_code == 2 and "colour: unknown key" in res.output and str(bad) in res.output
+
+
+def test_sweep_unreachable_tracking_server(tmp_path: Path) -> None:
+    res = runner.invoke(
+        app, ["sweep", str(sweep_file(tmp_path)), "--tracking-uri", "http://127.0.0.1:9"]
+    )
+    assert res.exit_code == 2 and "cannot be reached" in res.output
+
+
+def spec() -> Any:
+    return parse_sweep(
+        {
+            "name": "remote",
+            "storage": "/shared/segssl",
+            "stages": {"a": {"config": {"method": {"name": "baseline"}}}},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("address", "uri", "storage", "match"),
+    [
+        ("HEAD:8265", "http://mlflow:5000", None, "expected the Ray job server as http://HEAD"),
+        ("http://head", "http://mlflow:5000", None, "expected the Ray job server"),
+        ("http://head:8265", None, None, "needs --tracking-uri"),
+        ("http://head:8265", "sqlite:///rel.db", None, "must be an absolute path on storage"),
+        ("http://head:8265", "file:///x", None, "expected http"),
+        ("http://head:8265", "http://mlflow:5000", "runs/rel", "absolute storage path"),
+    ],
+)
+def test_submit_bad_arguments(
+    address: str, uri: str | None, storage: str | None, match: str
+) -> None:
+    with pytest.raises(SubmitError, match=match):
+        check_submit_args(spec(), address, uri, storage)
+
+
+def test_submit_builds_the_entrypoint(tmp_path: Path) -> None:
+    cmd = build_entrypoint("my sweep.yaml", "http://mlflow:5000", "/shared/x", extend=True)
+    assert shlex.split(cmd) == [
+        "segssl",
+        "sweep",
+        "my sweep.yaml",
+        "--address",
+        "auto",
+        "--tracking-uri",
+        "http://mlflow:5000",
+        "--storage",
+        "/shared/x",
+        "--no-live",
+        "--extend",
+    ]
+
+    class FakeClient:
+        def submit_job(self, **kw: Any) -> str:
+            self.kw = kw
+            return "raysubmit_1"
+
+    src = tmp_path / "s.yaml"
+    src.write_text("name: remote\n")
+    client = FakeClient()
+    job = submit_sweep(src, spec(), "http://head:8265", "http://mlflow:5000", client=client)
+    assert job == "raysubmit_1"
+    assert client.kw["entrypoint"].startswith("segssl sweep s.yaml --address auto")
+    assert "--storage /shared/segssl" in client.kw["entrypoint"]
+    wd = Path(client.kw["runtime_env"]["working_dir"])
+    assert (wd / "s.yaml").read_text() == "name: remote\n"
+    assert client.kw["metadata"] == {"segssl.sweep": "remote"}
+
+
+def test_submit_cli_refuses_before_contacting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    res = runner.invoke(
+        app, ["submit", str(sweep_file(tmp_path)), "--address", "http://127.0.0.1:9"]
+    )
+    assert res.exit_code == 2 and "needs --tracking-uri" in res.output
