@@ -25,7 +25,7 @@ __all__ = ["DEMO_NAME", "demo_spec", "run_demo"]
 DEMO_NAME = "demo"
 
 
-def demo_spec(data_root: str = "data/acdc", epochs: int = 8, iters: int = 16) -> dict[str, Any]:
+def demo_spec(data_root: str = "data/acdc", epochs: int = 10, iters: int = 16) -> dict[str, Any]:
     """The demo sweep as a plain mapping (``experiments/sweeps/demo.yaml`` holds the same).
 
     Args:
@@ -53,7 +53,7 @@ def demo_spec(data_root: str = "data/acdc", epochs: int = 8, iters: int = 16) ->
             },
             "augment": {"crop": 64},
             "model": {"base_width": 8},
-            "optim": {"name": "radam", "lr": 1.0e-3, "warmup_factor": 2, "warmup_epochs": 1},
+            "optim": {"name": "radam", "lr": 5.0e-3, "warmup_factor": 2, "warmup_epochs": 1},
             "train": train,
         },
         "stages": {
@@ -110,7 +110,7 @@ def run_demo(
     num_cpus: int | None = None,
     live: bool = True,
     console: Any = None,
-    epochs: int = 8,
+    epochs: int = 10,
     iters: int = 16,
 ) -> tuple[str, str]:
     """Run the demo in ``workdir``; return ``(table_markdown, mlflow_ui_command)``.

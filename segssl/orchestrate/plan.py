@@ -94,6 +94,7 @@ class SearchStage:
     search: SearchSpec
     seed: int
     resources: Resources
+    epochs: int = 1  # train.epochs of the stage (ASHA's max_t)
 
 
 @dataclass
@@ -262,8 +263,10 @@ def plan_sweep(
             for key, dim in st.search.space.items():
                 sample = dim.choice[0] if dim.choice else (dim.uniform or dim.loguniform)[0]  # type: ignore[index]
                 probe = deep_merge(probe, {key: sample})
-            resolve_trial_config(probe, f"{source}: stages.{name} (search space probe)")
-            plan.searches[name] = SearchStage(name, stage_raw, st.search, seeds[0], res)
+            cfg = resolve_trial_config(probe, f"{source}: stages.{name} (search space probe)")
+            plan.searches[name] = SearchStage(
+                name, stage_raw, st.search, seeds[0], res, cfg.train.epochs
+            )
             plan.trials[name] = []
             continue
         parents: list[Trial | None] = [None] if st.from_ is None else plan.trials[st.from_]

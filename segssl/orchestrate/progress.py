@@ -134,6 +134,7 @@ class SweepProgress:
                 f"{c.finished + c.skipped}/{c.total} done, {c.failed} failed, {c.running} running, "
                 f"{c.pending} pending; ETA {_fmt_eta(self.eta())}",
                 highlight=False,
+                markup=False,
             )
         self.refresh()
 

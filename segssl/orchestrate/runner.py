@@ -61,6 +61,7 @@ class StageOutcome:
     finished: int = 0
     failed: int = 0
     blocked: int = 0  # parent trial did not finish
+    stopped: int = 0  # stopped early by the scheduler (ASHA): run KILLED, not FINISHED
 
 
 @dataclass
@@ -226,7 +227,12 @@ def _tune_stage(
             max_concurrent_trials=spec.max_concurrent,
             reuse_actors=True,
             search_alg=OptunaSearch(sampler=sampler, seed=s.seed),
-            scheduler=ASHAScheduler(grace_period=s.grace_period, time_attr="segssl/step")
+            scheduler=ASHAScheduler(
+                # max_t beyond the last epoch: finishing is not an early stop
+                grace_period=s.grace_period,
+                max_t=search.epochs + 1,
+                time_attr="segssl/step",
+            )
             if s.scheduler == "asha"
             else None,
         ),
@@ -380,6 +386,8 @@ def run_sweep(
                     )
                     so.failed = sum(1 for r in grid if r.error is not None)
                     so.finished = len(grid) - so.failed
+                    so.stopped = tracking.end_orphan_runs(uri, exp_id, run_id, stage)
+                    so.finished -= so.stopped
                     finished = tracking.finished_runs(uri, exp_id)
         except BaseException:
             status = "KILLED"
@@ -423,7 +431,7 @@ def _end_sweep_run(uri: str, run_id: str, outcome: SweepOutcome, status: str) ->
     now = int(time.time() * 1000)
     metrics = []
     for stage, so in outcome.stages.items():
-        for k in ("planned", "skipped", "launched", "finished", "failed", "blocked"):
+        for k in ("planned", "skipped", "launched", "finished", "failed", "blocked", "stopped"):
             metrics.append(Metric(f"sweep/{stage}/{k}", float(getattr(so, k)), now, 0))
     client.log_batch(run_id, metrics=metrics)
     client.set_terminated(run_id, status=status)

@@ -28,6 +28,7 @@ __all__ = [
     "git_sha",
     "mark_stale_runs",
     "resolve_tracking_uri",
+    "end_orphan_runs",
     "start_sweep_run",
     "touch_sweep_run",
 ]
@@ -240,6 +241,32 @@ def mark_stale_runs(uri: str, exp_id: str) -> int:
             client.set_tag(r.info.run_id, "segssl.end_reason", "driver gone; marked at restart")
             n += 1
     return n
+
+
+def end_orphan_runs(uri: str, exp_id: str, sweep_run_id: str, stage: str) -> int:
+    """After a stage's Tuner returned, end its trial runs still RUNNING as KILLED.
+
+    Such runs belong to trials Ray stopped from outside (an early stop by ASHA, an actor that
+    died); none of them can still be running once the stage is over. Returns how many runs of
+    this stage and sweep invocation ended KILLED (those and the ones the trials ended themselves).
+    """
+    client = _client(uri)
+    runs = _search(
+        client,
+        exp_id,
+        f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{sweep_run_id}' "
+        f"and tags.`{TAG_STAGE}` = '{stage}'",
+    )
+    for r in runs:
+        client.set_tag(r.info.run_id, "segssl.end_reason", "stopped by Ray Tune (early stop)")
+        client.set_terminated(r.info.run_id, status="KILLED")
+    killed = _search(
+        client,
+        exp_id,
+        f"attributes.status = 'KILLED' and tags.`mlflow.parentRunId` = '{sweep_run_id}' "
+        f"and tags.`{TAG_STAGE}` = '{stage}'",
+    )
+    return len(killed)
 
 
 def start_sweep_run(uri: str, exp_id: str, name: str, spec_hash: str, source: str) -> str:

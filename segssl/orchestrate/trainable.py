@@ -151,6 +151,7 @@ def run_trial(
         search: the search stage (when ``tasks`` is None).
         train_fn: ``engine.train`` (default) or a replacement with the same signature.
     """
+    from mlflow import MlflowClient
     from ray import tune
     from ray.tune import Checkpoint
 
@@ -165,7 +166,18 @@ def run_trial(
         task = _search_task(param_config, search, ctx)
         done = finished_runs(ctx.tracking_uri, ctx.experiment_id).get(task.key)
         if done is not None:  # the same sample finished in an earlier invocation
-            tune.report({**done.data.metrics, "segssl/skipped": 1.0})
+            out = {**done.data.metrics, "segssl/skipped": 1.0}
+            metric = ctx.search_metric
+            if metric:  # the searcher learns the run's best epoch, as for a trained sample
+                hist = [
+                    m.value
+                    for m in MlflowClient(ctx.tracking_uri).get_metric_history(
+                        done.info.run_id, metric
+                    )
+                ]
+                if hist:
+                    out[metric] = max(hist) if ctx.search_mode == "max" else min(hist)
+            tune.report(out)
             return
     workdir = Path(task.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -200,6 +212,8 @@ def run_trial(
     except BaseException as exc:
         killed = isinstance(exc, KeyboardInterrupt | SystemExit) or "Stop" in type(exc).__name__
         reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        if isinstance(exc, SystemExit):  # how Ray Tune ends a function trial it stops
+            reason = "stopped by Ray Tune (early stop)"
         recorder.end("KILLED" if killed else "FAILED", reason)
         raise
     result = dict(result or {})
