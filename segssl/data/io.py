@@ -86,6 +86,8 @@ def read_header(path: Path, what: str = "volume") -> VolumeHeader:
         if comps > 1:
             size = (*size, comps)
             spacing = (*spacing, 1.0)
+        if data_file is not None:
+            _check_mhd_size(path, what, data_file, size)
         return VolumeHeader(path, size, spacing)
     import nibabel as nib
 
@@ -95,7 +97,106 @@ def read_header(path: Path, what: str = "volume") -> VolumeHeader:
         zooms = tuple(float(z) for z in img.header.get_zooms())
     except Exception as exc:  # nibabel raises many types for broken files
         raise DataError(f"{path}: unreadable NIfTI header: {_first_line(exc)}") from None
+    offset = getattr(img.dataobj, "offset", None)
+    if isinstance(offset, int):
+        nbytes = int(np.prod(shape, dtype=np.int64)) * img.get_data_dtype().itemsize
+        _check_nifti_size(path, what, offset + nbytes)
     return VolumeHeader(path, shape, zooms[: len(shape)])
+
+
+# MetaImage element types whose size does not depend on the platform
+_MET_SIZES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
+
+
+def _truncated(path: Path, what: str, expected: int, found: str) -> DataError:
+    return DataError(
+        f"{path}: truncated {what}: its header describes {expected} bytes (header + voxels) "
+        f"but {found}"
+    )
+
+
+def _check_nifti_size(path: Path, what: str, expected: int) -> None:
+    """Cheap truncation check of a NIfTI file against the size its header implies.
+
+    Plain ``.nii``: the file must hold ``vox_offset + voxel bytes``. ``.nii.gz``: the gzip
+    trailer (ISIZE, the uncompressed size modulo 2**32) is compared first; only when it disagrees
+    (a truncated file, or a multi-member stream) is the stream decompressed to count its bytes.
+    """
+    if path.suffix.lower() != ".gz":
+        size = path.stat().st_size
+        if size < expected:
+            raise _truncated(path, what, expected, f"the file holds only {size}")
+        return
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-4, 2)
+            isize = int.from_bytes(fh.read(4), "little")
+    except OSError:
+        isize = -1
+    if isize == expected % 2**32:
+        return
+    import zlib
+
+    total, ended, corrupt = 0, False, ""
+    try:
+        with open(path, "rb") as fh:
+            d = zlib.decompressobj(wbits=31)
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                while chunk:
+                    total += len(d.decompress(chunk))
+                    ended = d.eof
+                    chunk = d.unused_data.lstrip(b"\0") if d.eof else b""
+                    if chunk:  # another gzip member follows (zero padding is skipped)
+                        d = zlib.decompressobj(wbits=31)
+    except zlib.error as exc:
+        corrupt = str(exc)
+    if total >= expected:  # all the voxels are there (whatever follows them)
+        return
+    if corrupt:
+        found = f"its gzip stream is corrupt after {total} ({corrupt})"
+    elif not ended:
+        found = f"its gzip stream breaks off after {total}"
+    else:
+        found = f"it decompresses to only {total}"
+    raise _truncated(path, what, expected, found)
+
+
+def _check_mhd_size(path: Path, what: str, data_file: Path, shape: tuple[int, ...]) -> None:
+    """Truncation check of an uncompressed MetaImage data file (``.raw``) against its header."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return
+    fields = dict(
+        (m.group(1).lower(), m.group(2).strip())
+        for m in re.finditer(r"^\s*(\w+)\s*=\s*(.*?)\s*$", text, flags=re.MULTILINE)
+    )
+    if fields.get("compresseddata", "false").lower() == "true":
+        return
+    item = _MET_SIZES.get(fields.get("elementtype", "").upper())
+    try:
+        header_size = int(fields.get("headersize", "0"))
+    except ValueError:
+        return
+    if item is None or header_size < 0:
+        return
+    expected = header_size + int(np.prod(shape, dtype=np.int64)) * item
+    size = data_file.stat().st_size
+    if size < expected:
+        raise _truncated(
+            data_file, f"data file of {path.name} ({what})", expected, f"the file holds {size}"
+        )
 
 
 def _first_line(exc: BaseException) -> str:

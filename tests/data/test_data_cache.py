@@ -15,6 +15,7 @@ import pytest
 
 from segssl.config import PreprocessConfig
 from segssl.data import DataError, prepare
+from segssl.data.adapters import BaseAdapter
 from segssl.data.preprocess import load_manifest, open_scan, validate_cache
 
 CFG = PreprocessConfig(spacing=(2.0, 2.0), size=(48, 48))
@@ -188,7 +189,22 @@ def _not_3d(root: Path) -> str:
 def _truncated(root: Path) -> str:
     raw = _img(root).read_bytes()
     _img(root).write_bytes(raw[: len(raw) // 2])
-    return r"patient004_frame01\.nii\.gz: unreadable or truncated"
+    return r"patient004_frame01\.nii\.gz: truncated .*image.*gzip stream breaks off after \d+"
+
+
+def _truncated_label(root: Path) -> str:
+    raw = _gt(root).read_bytes()
+    _gt(root).write_bytes(raw[: len(raw) * 9 // 10])
+    return r"patient004_frame01_gt\.nii\.gz: truncated label: its header describes \d+ bytes"
+
+
+def _truncated_uncompressed(root: Path) -> str:
+    img = nib.load(str(_img(root)))
+    plain = _img(root).with_suffix("")  # .nii
+    nib.save(img, str(plain))
+    _img(root).write_bytes(gzip.compress(plain.read_bytes()[:-100]))
+    plain.unlink()
+    return r"patient004_frame01\.nii\.gz: truncated .*it decompresses to only \d+"
 
 
 def _garbage(root: Path) -> str:
@@ -203,14 +219,30 @@ def _no_info(root: Path) -> str:
 
 @pytest.mark.parametrize(
     "damage",
-    [_missing_label, _shape_mismatch, _bad_values, _not_3d, _truncated, _garbage, _no_info],
+    [
+        _missing_label,
+        _shape_mismatch,
+        _bad_values,
+        _not_3d,
+        _truncated,
+        _truncated_label,
+        _truncated_uncompressed,
+        _garbage,
+        _no_info,
+    ],
 )
-def test_bad_input_is_named_and_cache_untouched(acdc_copy, tmp_path, damage):
+def test_bad_input_is_named_and_cache_untouched(acdc_copy, tmp_path, damage, monkeypatch):
     out = prepare("acdc", acdc_copy, tmp_path / "c", CFG)
     before = _state(out)
     pattern = damage(acdc_copy)
+    decoded = []  # scans decoded for the build: none may be, the error comes before any work
+    real_read = BaseAdapter.read
+    monkeypatch.setattr(
+        BaseAdapter, "read", lambda self, rec: decoded.append(rec) or real_read(self, rec)
+    )
     with pytest.raises(DataError, match=pattern):
         prepare("acdc", acdc_copy, out, CFG)
+    assert decoded == []
     assert _state(out) == before
     assert not list(tmp_path.glob(".c.tmp-*"))
 
@@ -218,9 +250,13 @@ def test_bad_input_is_named_and_cache_untouched(acdc_copy, tmp_path, damage):
 def test_truncated_metaimage_raw(archives, tmp_path):
     root = Path(shutil.copytree(archives["promise12"], tmp_path / "p"))
     raw = root / "Case01.raw"
-    raw.write_bytes(raw.read_bytes()[:1000])
-    with pytest.raises(DataError, match=r"Case01\.mhd: unreadable or truncated MetaImage"):
+    original = raw.read_bytes()
+    raw.write_bytes(original[:1000])
+    with pytest.raises(
+        DataError, match=r"Case01\.raw: truncated data file of Case01\.mhd .*holds 1000"
+    ):
         prepare("promise12", root, tmp_path / "c", CFG)
+    raw.write_bytes(original)
     (root / "Case02_segmentation.raw").unlink()
     with pytest.raises(DataError, match=r"Case02_segmentation\.raw: missing data file"):
         prepare("promise12", root, tmp_path / "c", CFG)
