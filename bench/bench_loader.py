@@ -77,9 +77,12 @@ def main() -> None:
     torch.set_num_threads(1)
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="segssl-bench-"))
-    root, cache = work / "acdc", work / "cache"
+    # one archive per phantom setting, so a reused --workdir never mixes two of them
+    root = work / f"acdc-{args.patients}p-{args.size}px"
+    cache = work / f"cache-{args.patients}p-{args.size}px"
     t0 = time.perf_counter()
-    synthesize("acdc", root, scans=args.patients, size=args.size, seed=0)
+    if not root.exists():
+        synthesize("acdc", root, scans=args.patients, size=args.size, seed=0)
     t_synth = time.perf_counter() - t0
     cfg = PreprocessConfig(spacing=(args.spacing, args.spacing), size=(args.out_size,) * 2)
     adapter = get_adapter("acdc", root)

@@ -684,7 +684,8 @@ def synthesize(
 
     Args:
         dataset: one of :data:`SYNTHESIZERS` (``msd`` alone is generic: use a preset).
-        out: directory to write (created; existing files of the same names are overwritten).
+        out: directory to write (created); it must not exist or be empty, so that phantoms of
+            two calls (other ``scans``, ``seed`` or dataset) never mix in one archive.
         scans: number of subjects (ACDC patients give two scans each).
         size: in-plane matrix size in pixels (the field of view is anatomical, so the spacing
             adapts: ``size`` changes resolution, not anatomy).
@@ -694,7 +695,8 @@ def synthesize(
         ``out`` as a Path.
 
     Raises:
-        DataError: unknown dataset, fewer than 1 scan, size below 16 px.
+        DataError: unknown dataset, fewer than 1 scan, size below 16 px, or ``out`` is a file
+            or a non-empty directory.
     """
     from segssl.config import did_you_mean
 
@@ -709,6 +711,13 @@ def synthesize(
     if size < 16:
         raise DataError(f"--size must be at least 16 pixels, got {size}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a directory (expected a new or empty folder)")
+    if out.is_dir() and any(out.iterdir()):
+        raise DataError(
+            f"{out}: exists and is not empty; synth writes a complete archive into a new or empty "
+            "folder (remove it or choose another --out) so that old and new phantoms never mix"
+        )
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, zlib.crc32(dataset.encode())])  # CT != MR subjects
     SYNTHESIZERS[dataset](out, scans, size, rng)

@@ -110,3 +110,17 @@ def test_synth_errors(tmp_path):
         synthesize("acdc", tmp_path, scans=0)
     with pytest.raises(DataError, match=r"--size must be at least 16 pixels, got 8"):
         synthesize("acdc", tmp_path, scans=1, size=8)
+
+
+def test_synth_refuses_a_non_empty_folder(tmp_path):
+    """A second synth into the same folder would mix two archives (e.g. 2 new + 18 old patients)."""
+    out = synthesize("acdc", tmp_path / "a", scans=2, size=16, seed=0)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(DataError, match=r"a: exists and is not empty; .*remove it or choose"):
+        synthesize("acdc", out, scans=1, size=16, seed=1)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match=r"f: exists and is not a directory"):
+        synthesize("acdc", tmp_path / "f", scans=1, size=16)
+    (tmp_path / "empty").mkdir()
+    assert (synthesize("promise12", tmp_path / "empty", scans=1, size=16) / "Case00.mhd").is_file()
