@@ -122,3 +122,37 @@ def test_cc_loss_error_paths() -> None:
         cc_loss(img, torch.rand(2, 1, 16, 16))
     with pytest.raises(ValueError, match="power must be > 0"):
         edge_map(img, power=0.0)
+
+
+def test_normalisation_is_per_slice_so_slices_do_not_interact() -> None:
+    """DESIGN: edge and entropy maps are min-max normalised per slice, not over the batch."""
+    img = _texture(1, 16, 16, 5)
+    batch = torch.cat([img, 10.0 * img + 3.0])  # same slice at another intensity scale
+    for edge in ("sobel", "diff"):
+        maps = edge_map(batch, edge)
+        torch.testing.assert_close(maps[1], maps[0], atol=1e-5, rtol=0)
+        assert float(maps[0].max()) == pytest.approx(1.0, abs=1e-4)
+    g = torch.Generator().manual_seed(6)
+    probs = torch.cat(
+        [
+            torch.randn(1, 4, 16, 16, generator=g).softmax(1),
+            torch.randn(1, 4, 16, 16, generator=g).mul(5).softmax(1),
+        ]
+    )
+    ent = entropy_map(probs)
+    for i in range(2):
+        assert float(ent[i].min()) == pytest.approx(0.0, abs=1e-6)
+        assert float(ent[i].max()) == pytest.approx(1.0, abs=1e-4)
+    images = torch.cat([img, 4.0 * _texture(1, 16, 16, 7)])
+    whole = cc_loss(images, probs)
+    parts = [cc_loss(images[i : i + 1], probs[i : i + 1]) for i in range(2)]
+    torch.testing.assert_close(whole, (parts[0] + parts[1]) / 2)
+
+
+def test_cc_loss_is_computed_in_float32_for_half_inputs() -> None:
+    img = _texture(2, 16, 16, 8)
+    probs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(8)).softmax(1)
+    ref = cc_loss(img, probs)
+    half = cc_loss(img.half(), probs.half())
+    assert half.dtype == torch.float32
+    assert float(half) == pytest.approx(float(ref), abs=2e-3)
