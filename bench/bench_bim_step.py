@@ -125,11 +125,25 @@ def main() -> None:
         loss = sum(cc_loss(tx, probs[h], 5, "sobel", 0.75) for h in range(heads))
         loss.backward()
 
+    feats = model(x, taps=["Up_conv2"])[1]["Up_conv2"].detach()
+    state = method.T.sample(x.shape[0], generator=torch.Generator().manual_seed(3))
+
+    def heads_only() -> None:  # g on both views: 2 x n_heads (1x1 conv + softmax over K)
+        f = feats.clone().requires_grad_()
+        probs = method.heads["cluster"](f) + method.heads["cluster"](f * 1.0)
+        sum(q[:, 0].mean() for q in probs).backward()
+
+    def warp_only() -> None:  # T on the Up_conv2 features (geometry only)
+        f = feats.clone().requires_grad_()
+        state.geometry(f).mean().backward()
+
     r = args.repeats
     t_bare = _median_time(bare, r, args.warmup)
     t_bim = _median_time(bim_step, r, args.warmup)
     t_mi = _median_time(mi_only, r, args.warmup)
     t_cc = _median_time(cc_only, r, args.warmup)
+    t_heads = _median_time(heads_only, r, args.warmup)
+    t_warp = _median_time(warp_only, r, args.warmup)
     t_load = _median_time(draw, 5 * r, args.warmup)
     data.close()
 
@@ -147,6 +161,14 @@ def main() -> None:
     print(
         f"cc_loss fwd+bwd ({heads} heads)               : {t_cc * 1e3:8.1f} ms  "
         f"= {100 * t_cc / t_bim:5.1f} % of the bim step"
+    )
+    print(
+        f"cluster heads fwd+bwd (2 views)         : {t_heads * 1e3:8.1f} ms  "
+        f"= {100 * t_heads / t_bim:5.1f} % of the bim step"
+    )
+    print(
+        f"feature warp T(s(x)) fwd+bwd            : {t_warp * 1e3:8.1f} ms  "
+        f"= {100 * t_warp / t_bim:5.1f} % of the bim step"
     )
     print(
         f"loader + base augmentation              : {1 / t_load:8.1f} batches/s vs "
