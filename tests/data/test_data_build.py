@@ -215,3 +215,31 @@ def test_other_datasets_end_to_end(archives, tmp_path):
         assert batch["image"].shape == (4, 1, 48, 48)
         assert int(batch["label"].max()) < b.num_classes
         assert len(b.test) == 1 and b.test[0].image.shape[1:] == (48, 48)
+
+
+def test_volume_spacing_is_in_array_axis_order_for_mm_metrics(archives, tmp_path):
+    """Volume.spacing (dz, dy, dx) matches the (D, H, W) arrays: surface distances in mm between
+    two structures are the same on the cached volume as on the stored NIfTI with its own zooms,
+    whatever the stored orientation (the phantoms are stored flipped / permuted)."""
+    from segssl.data import get_adapter
+    from segssl.metrics import asd, hd95
+
+    cfg = _cfg(
+        archives["acdc"],
+        tmp_path,
+        preprocess={"spacing": None, "size": (64, 64)},  # native spacing, pad only
+        split={"sizes": (4, 0, 2), "seed": 0},
+    )
+    b = build_data(cfg, seed=0, labeled=False, unlabeled=False)
+    ad = get_adapter("acdc", archives["acdc"])
+    records = {r.scan_id: r for r in ad.list_scans()}
+    for v in b.test:
+        raw = ad.read(records[v.scan_id])
+        assert sorted(v.spacing) == pytest.approx(sorted(raw.spacing))
+        assert v.spacing[0] == pytest.approx(max(raw.spacing))  # slices along the coarse axis
+        lv_raw, rv_raw = (raw.label == 3).astype(np.int64), (raw.label == 1).astype(np.int64)
+        lv, rv = (v.label == 3).astype(np.int64), (v.label == 1).astype(np.int64)
+        assert hd95(lv, rv, 1, v.spacing) == pytest.approx(hd95(lv_raw, rv_raw, 1, raw.spacing))
+        assert asd(lv, rv, 1, v.spacing) == pytest.approx(asd(lv_raw, rv_raw, 1, raw.spacing))
+        # the check can fail: the reversed axis order gives other distances
+        assert asd(lv, rv, 1, v.spacing[::-1]) != pytest.approx(asd(lv, rv, 1, v.spacing))
