@@ -129,6 +129,12 @@ def test_msd_generic_and_preset_name_check(archives):
     assert scan.image.min() < -500 and scan.image.max() > 100  # Hounsfield units
     with pytest.raises(DataError, match=r"name 'Spleen', expected 'Prostate'"):
         get_adapter("msd-prostate", archives["msd-spleen"])
+    # one modality: its index or name is accepted, another one is an error (not ignored)
+    assert get_adapter("msd-spleen", archives["msd-spleen"], modality="ct").channel is None
+    with pytest.raises(DataError, match=r"data.modality='ADC': unknown modality.*\['CT'\]"):
+        get_adapter("msd-spleen", archives["msd-spleen"], modality="ADC")
+    with pytest.raises(DataError, match=r"data.modality=1: no such channel.*\{0: 'CT'\}"):
+        get_adapter("msd", archives["msd-spleen"], modality=1)
 
 
 @pytest.mark.parametrize("name,mod", [("mmwhs-ct", "ct"), ("mmwhs-mr", "mr")])

@@ -64,7 +64,8 @@ class MsdAdapter(BaseAdapter):
         self.label_values = tuple(sorted(v for v in labels if v != 0))
         self.class_names = tuple(labels[v] for v in self.label_values)
         self.modalities = {int(k): str(v) for k, v in self.meta["modality"].items()}
-        self.channel = self._channel(modality) if len(self.modalities) > 1 else None
+        channel = self._channel(modality)  # validated even when there is one modality
+        self.channel = channel if len(self.modalities) > 1 else None
         if self.task_name and str(self.meta.get("name", "")).lower() != self.task_name.lower():
             raise DataError(
                 f"{self.root / 'dataset.json'}: name {self.meta.get('name')!r}, expected "
