@@ -196,3 +196,27 @@ def test_semi_stage_draws_both_batches(tiny, tmp_path: Path, monkeypatch) -> Non
     result = train(cfg, workdir=tmp_path)
     assert _SemiProbe.seen == [(torch.Size([3, 32, 32]), False)] * 2
     assert {"train/ce", "train/unl"} <= result["history"][0].keys()
+
+
+def test_grad_clipping_bounds_the_update(tiny, tmp_path: Path) -> None:
+    """With plain SGD and an active clip c, one step moves the parameters by exactly lr * c
+    along -g/|g|: two runs clipped at c and 2c (same seed) end lr * c apart."""
+
+    def params(clip: float | None, where: str) -> dict[str, torch.Tensor]:
+        optim = {"name": "sgd", "momentum": 0.0, "weight_decay": 0.0, "lr": 1.0}
+        cfg = tiny(
+            "baseline",
+            "finetune",
+            optim={**optim, "warmup_factor": 1, "grad_clip": clip},
+            train={"epochs": 1, "iters_per_epoch": 1, "save_best": False},
+        )
+        train(cfg, workdir=tmp_path / where)
+        state = load_checkpoint(tmp_path / where / "checkpoints/last.pt")["model"]
+        return {k: v for k, v in state.items() if k.endswith(("weight", "bias"))}
+
+    def dist(a: dict, b: dict) -> float:
+        return sum(float((a[k] - b[k]).double().pow(2).sum()) for k in a) ** 0.5
+
+    c1, c2, free = params(1e-3, "c1"), params(2e-3, "c2"), params(None, "free")
+    assert dist(c1, c2) == pytest.approx(1.0 * 1e-3, rel=1e-3)
+    assert dist(c1, free) > 100 * dist(c1, c2)  # the unclipped step is far larger
