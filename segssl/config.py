@@ -88,8 +88,8 @@ class PreprocessConfig(Section):
     size: tuple[int, int] = (256, 256)
     fit: Literal["crop_or_pad", "resize"] = "crop_or_pad"
     reorient: bool = True  # reorient from the affine to a canonical (RAS) orientation
-    # through-plane axis: "auto" = the canonical axis with the coarsest spacing (the stored
-    # slice axis when spacings tie within 10 %); "stored" = the stored third voxel axis
+    # through-plane axis: "auto" = the canonical axis with the coarsest spacing (the canonical
+    # S axis, axial slices, when spacings tie within 10 %); "stored" = the stored third voxel axis
     slice_axis: Literal["auto", "stored"] = "auto"
     clip: bool = True  # clip normalised intensities to [0, 1]
     crop_center: Literal["image", "label"] = "image"  # BIM centres its ACDC crop on the labels

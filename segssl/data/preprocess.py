@@ -56,7 +56,7 @@ __all__ = [
     "validate_cache",
 ]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: near-isotropic scans are sliced axially (was: along the stored third axis)
 MANIFEST = "manifest.json"
 
 
@@ -71,8 +71,10 @@ def reorient(
 
     With ``cfg.reorient`` the stored axes are permuted/flipped to the closest canonical RAS axes
     (nibabel ``io_orientation``), so a volume stored flipped or with permuted axes yields the
-    same slices. The through-plane axis is the coarsest one (``slice_axis="auto"``; the stored
-    third axis when spacings tie within 10 %) or the stored third axis (``"stored"``).
+    same slices. The through-plane axis is the coarsest one (``slice_axis="auto"``; when the
+    spacings tie within 10 %, the canonical third axis, i.e. axial slices after reorientation,
+    so that near-isotropic scans stored in different planes are sliced alike) or the stored
+    third axis (``"stored"``).
     """
     from nibabel.orientations import apply_orientation, io_orientation
 
@@ -92,8 +94,9 @@ def reorient(
     if cfg.slice_axis == "auto":
         coarsest = int(np.argmax(spacing))
         others = np.delete(spacing, coarsest)
-        if spacing[coarsest] > 1.1 * others.max():
-            axis = coarsest
+        # ties: the canonical S axis (the stored third axis when not reoriented), never the
+        # storage plane, which differs between subjects of one archive (sagittal vs axial)
+        axis = coarsest if spacing[coarsest] > 1.1 * others.max() else 2
     image = np.moveaxis(image, axis, 0)
     if label is not None:
         label = np.moveaxis(label, axis, 0)

@@ -165,3 +165,21 @@ def test_acdc_phantom_restored_in_another_orientation(archives, tmp_path):
     np.testing.assert_array_equal(out[0], ref[0])
     np.testing.assert_array_equal(out[1], ref[1])
     assert out[2] == pytest.approx(ref[2])
+
+
+@pytest.mark.parametrize("perm", [(2, 0, 1), (0, 2, 1), (1, 2, 0)])
+def test_near_isotropic_scans_stored_in_other_planes_give_the_same_slices(perm):
+    """Spacings within 10 %: slices are axial whatever plane the scan was stored in (the stored
+    third axis would cut one subject axially and another sagittally)."""
+    rng = np.random.default_rng(4)
+    img, lab = _phantom(rng)  # canonical (x, y, z) = (40, 36, 9)
+    spacing = (1.0, 1.0, 1.05)
+    cfg = PreprocessConfig(spacing=None, size=(48, 48), clip=False)
+    ref = preprocess_volume(img, lab, oriented_affine(img.shape, spacing), cfg)
+    stored_img = np.ascontiguousarray(np.transpose(img, perm))
+    stored_lab = np.ascontiguousarray(np.transpose(lab, perm))
+    out = preprocess_volume(stored_img, stored_lab, oriented_affine(img.shape, spacing, perm), cfg)
+    assert ref[0].shape == out[0].shape == (9, 48, 48)  # 9 axial slices
+    np.testing.assert_array_equal(out[0], ref[0])
+    np.testing.assert_array_equal(out[1], ref[1])
+    assert out[2] == pytest.approx((1.05, 1.0, 1.0))
