@@ -165,3 +165,35 @@ def test_msd_spacing(archives, name):
     ad = get_adapter(name, archives[name])
     rec = ad.list_scans()[0]
     _check_spacing(rec, ad.read(rec))
+
+
+@pytest.mark.parametrize(
+    "meta,pattern",
+    [
+        ([1, 2], r"expected a JSON object .* got a list"),
+        (
+            {"labels": {"0": "bg", "1": "x"}, "modality": ["CT"], "training": []},
+            r"'modality' must map integer strings to names .*got \['CT'\]",
+        ),
+        (
+            {"labels": {"0": "bg", "one": "x"}, "modality": {"0": "CT"}, "training": []},
+            r"'labels' must map integer strings to names .*'one'",
+        ),
+        (
+            {"labels": {"0": "bg", "1": "x"}, "modality": {}, "training": []},
+            r"'modality' is empty",
+        ),
+        (
+            {"labels": {"0": "bg", "1": "x"}, "modality": {"0": "CT"}, "training": {"a": 1}},
+            r"'training' must be a list .* got a dict",
+        ),
+        (
+            {"labels": {"0": "bg"}, "modality": {"0": "CT"}, "training": []},
+            r"'labels' must name background '0' and at least one class",
+        ),
+    ],
+)
+def test_malformed_dataset_json_is_a_named_error(tmp_path, meta, pattern):
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"dataset\.json: " + pattern):
+        get_adapter("msd", tmp_path)

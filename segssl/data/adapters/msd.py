@@ -39,15 +39,32 @@ def read_dataset_json(path: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise DataError(
+            f"{path}: expected a JSON object with 'labels', 'modality' and 'training', got a "
+            f"{type(meta).__name__}"
+        )
     for key in ("labels", "modality", "training"):
         if key not in meta:
             raise DataError(f"{path}: missing key {key!r} (expected a Decathlon dataset.json)")
-    try:
-        labels = {int(k): str(v) for k, v in meta["labels"].items()}
-    except (AttributeError, ValueError) as exc:
-        raise DataError(f"{path}: 'labels' must map integer strings to names: {exc}") from None
+    for key in ("labels", "modality"):
+        try:
+            {int(k): str(v) for k, v in meta[key].items()}
+        except (AttributeError, TypeError, ValueError):
+            raise DataError(
+                f'{path}: {key!r} must map integer strings to names (e.g. {{"0": "T2"}}), '
+                f"got {meta[key]!r}"
+            ) from None
+    if not meta["modality"]:
+        raise DataError(f"{path}: 'modality' is empty (expected at least {{\"0\": <name>}})")
+    labels = {int(k): str(v) for k, v in meta["labels"].items()}
     if 0 not in labels or len(labels) < 2:
         raise DataError(f"{path}: 'labels' must name background '0' and at least one class")
+    if not isinstance(meta["training"], list):
+        raise DataError(
+            f'{path}: \'training\' must be a list of {{"image": ..., "label": ...}} entries, '
+            f"got a {type(meta['training']).__name__}"
+        )
     return meta
 
 
