@@ -8,7 +8,6 @@ concurrently. Params are the flattened resolved config; metrics are logged in ba
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import subprocess
@@ -304,9 +303,7 @@ def _metric_items(metrics: Mapping[str, Any]) -> Iterable[tuple[str, float]]:
     for k, v in metrics.items():
         if isinstance(v, bool) or not isinstance(v, int | float):
             continue
-        f = float(v)
-        if math.isfinite(f):
-            yield k, f
+        yield k, float(v)  # NaN (e.g. HD95 of an empty prediction) is kept: MLflow stores it
 
 
 class TrialRecorder:
