@@ -266,7 +266,7 @@ class BaseAugment:
     Order: rotation in ``+-cfg.rotation`` degrees and horizontal flip (``cfg.flip``) on the full
     slice (bilinear for images, nearest for labels, zero / background padding), then a random
     ``cfg.crop`` x ``cfg.crop`` crop (0 keeps the full slice), then brightness and contrast
-    jitter on the image: ``x -> (x - mean) * c + mean * b`` with ``b, c`` uniform in
+    jitter on the image: ``x -> b * ((x - mean) * c + mean)`` with ``b, c`` uniform in
     ``[1 - j, 1 + j]``, ``j = cfg.intensity_jitter`` (Pillow's ColorJitter semantics on tensors).
 
     Args:
@@ -333,5 +333,7 @@ class BaseAugment:
             bright = _uniform(b, 1 - j, 1 + j, generator).to(image).view(-1, 1, 1, 1)
             contrast = _uniform(b, 1 - j, 1 + j, generator).to(image).view(-1, 1, 1, 1)
             mean = image.mean(dim=(1, 2, 3), keepdim=True)
-            image = (image - mean) * contrast + mean * bright
+            # brightness scales the whole image (Pillow blends with black), contrast blends
+            # with the mean: b * ((x - mean) * c + mean)
+            image = bright * ((image - mean) * contrast + mean)
         return image.contiguous(), None if label is None else label.contiguous()

@@ -169,3 +169,22 @@ def test_rotation_does_not_shear_non_square_maps() -> None:
     ys, xs = torch.nonzero(out, as_tuple=True)
     assert int(ys.max() - ys.min()) + 1 == pytest.approx(20, abs=1)  # now 20 px high
     assert int(xs.max() - xs.min()) + 1 == pytest.approx(10, abs=1)  # and 10 px wide
+
+
+def test_intensity_jitter_brightness_scales_the_whole_image() -> None:
+    """ColorJitter semantics: out = b * ((x - mean) * c + mean), so mean(out) = b * mean(x) and
+    the deviations scale by b * c; b and c recovered from the output lie in [1 - j, 1 + j]."""
+    j = 0.1
+    aug = BaseAugment(AugmentConfig(crop=0, flip=False, rotation=0.0, intensity_jitter=j))
+    x = _smooth_images(3, 16, 16)[torch.arange(64) % 3] + 2.0  # 64 positive images
+    out, _ = aug(x, None, make_generator(4))
+    mean_in, mean_out = x.mean(dim=(1, 2, 3)), out.mean(dim=(1, 2, 3))
+    b = mean_out / mean_in
+    dev_ratio = (out - mean_out.view(-1, 1, 1, 1)).std(dim=(1, 2, 3)) / (
+        x - mean_in.view(-1, 1, 1, 1)
+    ).std(dim=(1, 2, 3))
+    c = dev_ratio / b
+    tol = 1e-4
+    assert bool(((b >= 1 - j - tol) & (b <= 1 + j + tol)).all())
+    assert bool(((c >= 1 - j - tol) & (c <= 1 + j + tol)).all())
+    assert float(b.max() - b.min()) > j and float(c.max() - c.min()) > j  # really random
