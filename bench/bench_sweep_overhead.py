@@ -81,6 +81,13 @@ def main() -> None:
         }
     )
 
+    # segssl's own import (the method registry imports torch): paid once by any driver,
+    # not Ray or MLflow overhead; measured apart
+    t0 = time.perf_counter()
+    import segssl.methods  # noqa: F401
+
+    t_import = time.perf_counter() - t0
+
     # reference: the same compute back to back in this process
     t0 = time.perf_counter()
     for _ in range(args.trials):
@@ -127,12 +134,14 @@ def main() -> None:
     per_trial = (makespan - ideal) * args.concurrency / args.trials
     in_run = sum(w - c for w, c in zip(walls, compute, strict=True)) / len(runs)
     print(f"trials={args.trials} concurrency={args.concurrency} work/trial={args.work:.2f} s CPU")
+    print(f"segssl + torch import (once):         {t_import:6.2f} s")
     print(f"ray.init (once per sweep):            {t_init:6.2f} s")
     print(f"fresh SQLite store (once per store):  {t_db:6.2f} s")
     print(f"reference, compute back to back:      {ref:6.2f} s")
     print(f"sweep makespan (Ray + MLflow):        {makespan:6.2f} s")
     print(f"ideal makespan (compute/concurrency): {ideal:6.2f} s")
     print(f"overhead per trial (makespan-based):  {per_trial:6.2f} s  (target <= {TARGET_S} s)")
+    print(f"  = one-time start-up / {args.trials} trials + steady-state overhead per trial:")
     print(
         f"  sweep start -> first trial running: {first_start:6.2f} s  (plan, MLflow, actor start)"
     )
@@ -141,7 +150,10 @@ def main() -> None:
     )
     print(f"  of which inside the MLflow run:     {in_run:6.2f} s  (run start->end minus compute)")
     print(f"overhead / compute per trial:         {per_trial / (sum(compute) / len(compute)):6.2f}")
-    print("PASS" if per_trial <= TARGET_S else "ABOVE TARGET")
+    print(
+        f"makespan-based: {'PASS' if per_trial <= TARGET_S else 'ABOVE TARGET'}; "
+        f"steady-state: {'PASS' if steady_per_trial <= TARGET_S else 'ABOVE TARGET'}"
+    )
 
 
 if __name__ == "__main__":
