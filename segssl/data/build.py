@@ -31,8 +31,9 @@ def cache_dir_for(cfg: DataConfig) -> Path:
     """Where ``build_data`` keeps the cache of ``cfg``.
 
     ``data.cache`` (default ``<root>/.segssl-cache``) is a cache *root* holding one prepared
-    cache per dataset and settings (``<dataset>-<hash>``), so trials with different
-    preprocessing never rebuild each other's cache. When ``data.cache`` itself holds a
+    cache per dataset, archive root and settings (``<dataset>-<hash>``), so trials with
+    different preprocessing or different archives of one dataset (a shared ``data.cache``)
+    never rebuild each other's cache under a running loader. When ``data.cache`` itself holds a
     ``manifest.json`` (a cache made by ``segssl data prepare --out``), it is used as is (and
     rebuilt there if its settings or sources differ).
     """
@@ -41,7 +42,10 @@ def cache_dir_for(cfg: DataConfig) -> Path:
     base = Path(cfg.cache) if cfg.cache else Path(cfg.root) / ".segssl-cache"
     if (base / "manifest.json").is_file():
         return base
-    key = config_hash({"settings": cfg.preprocess, "modality": cfg.modality}, length=12)
+    root = str(Path(cfg.root).resolve())
+    key = config_hash(
+        {"settings": cfg.preprocess, "modality": cfg.modality, "root": root}, length=12
+    )
     return base / f"{cfg.dataset}-{key}"
 
 

@@ -99,6 +99,11 @@ def test_cache_dir_from_segssl_data_prepare_is_used_as_is(archives, tmp_path):
     assert cache_dir_for(root_cfg).parent == cache_dir_for(other).parent == tmp_path / "root"
     assert cache_dir_for(root_cfg) != cache_dir_for(other)
     assert cache_dir_for(root_cfg).name.startswith("acdc-")
+    # two archives of one dataset under one cache root: two caches, never one rebuilt in turn
+    # (a loader of the first run would otherwise open the second archive's files mid-run)
+    second = _cfg(tmp_path / "another-acdc", tmp_path, cache=str(tmp_path / "root"))
+    assert cache_dir_for(second).parent == tmp_path / "root"
+    assert cache_dir_for(second) != cache_dir_for(root_cfg)
 
 
 def test_streams_off_and_labeled_split_independent_of_run_seed(archives, tmp_path):
