@@ -96,7 +96,9 @@ def run(raw: dict[str, Any], tmp: Path, uri: str, **kw: Any) -> Any:
 
 
 def test_idempotent_and_growing(ray_local: Any, tmp_path: Path, uri: str) -> None:
-    out = run(spec_raw([0]), tmp_path, uri)
+    raw = spec_raw([0])
+    raw["stages"]["finetune"]["log_checkpoint"] = True  # log best.pt as an artifact
+    out = run(raw, tmp_path, uri)
     assert (out.stages["pretrain"].launched, out.stages["finetune"].launched) == (1, 2)
     assert out.failed == 0
     runs = trial_runs(out.tracking_uri, "idem")
@@ -123,25 +125,30 @@ def test_idempotent_and_growing(ray_local: Any, tmp_path: Path, uri: str) -> Non
     history = client.get_metric_history(ft.info.run_id, "val/dsc")
     assert sorted(m.step for m in history) == [1, 2]
     arts = {a.path for a in client.list_artifacts(ft.info.run_id)}
-    assert {"config.yaml", "result.json", "split.json"} <= arts
+    assert {"config.yaml", "result.json", "split.json", "checkpoints"} <= arts
+    assert [a.path for a in client.list_artifacts(ft.info.run_id, "checkpoints")] == [
+        "checkpoints/best.pt"
+    ]
+    assert "checkpoints" not in {a.path for a in client.list_artifacts(pre.info.run_id)}
     parent = client.get_run(out.sweep_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["sweep/finetune/finished"] == 2
 
     # same sweep again: nothing launched
-    again = run(spec_raw([0]), tmp_path, uri)
+    again = run(raw, tmp_path, uri)
     assert again.launched == 0 and again.sweep_run_id is None
     assert again.stages["finetune"].skipped == 2
 
     # one more seed: only its 1 + 2 trials run
-    grown = run(spec_raw([0, 1]), tmp_path, uri)
+    raw["seeds"] = [0, 1]
+    grown = run(raw, tmp_path, uri)
     assert (grown.stages["pretrain"].launched, grown.stages["finetune"].launched) == (1, 2)
     runs = trial_runs(out.tracking_uri, "idem")
     keys = Counter(r.data.tags["segssl.trial_key"] for r in runs if r.info.status == "FINISHED")
     assert len(keys) == 6 and set(keys.values()) == {1}
 
     # the dry run sees everything finished
-    dry = run(spec_raw([0, 1]), tmp_path, uri, dry_run=True)
+    dry = run(raw, tmp_path, uri, dry_run=True)
     assert all(s.skipped == s.planned for s in dry.stages.values())
 
 

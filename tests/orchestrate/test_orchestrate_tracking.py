@@ -1,0 +1,106 @@
+"""MLflow side without Ray: stale RUNNING runs of a dead driver are marked KILLED, a live
+driver's are left alone; the progress counts and ETA."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from rich.console import Console
+
+from segssl.orchestrate import tracking
+from segssl.orchestrate.progress import SweepProgress
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def make_sweep_run(client: MlflowClient, exp: str, host: str, pid: int, beat: float) -> str:
+    run = client.create_run(
+        exp,
+        tags={
+            tracking.TAG_KIND: "sweep",
+            tracking.TAG_HOST: host,
+            tracking.TAG_PID: str(pid),
+            tracking.TAG_HEARTBEAT: f"{beat:.0f}",
+        },
+    )
+    return run.info.run_id
+
+
+def make_trial_run(client: MlflowClient, exp: str, parent: str, key: str) -> str:
+    run = client.create_run(
+        exp,
+        tags={
+            tracking.TAG_KIND: "trial",
+            "mlflow.parentRunId": parent,
+            tracking.TAG_KEY: key,
+        },
+    )
+    return run.info.run_id
+
+
+def test_mark_stale_runs(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "stale", "h")
+    client = MlflowClient(uri)
+    here, now = socket.gethostname(), time.time()
+    dead = make_sweep_run(client, exp, here, dead_pid(), now)  # killed driver on this host
+    alive = make_sweep_run(client, exp, here, os.getpid(), now)  # a live driver
+    remote_old = make_sweep_run(client, exp, "elsewhere", 1, now - 3600)  # silent for an hour
+    remote_new = make_sweep_run(client, exp, "elsewhere", 1, now - 10)  # heartbeat 10 s ago
+    trials = {
+        p: make_trial_run(client, exp, p, f"k-{i}")
+        for i, p in enumerate([dead, alive, remote_old, remote_new])
+    }
+    orphan = make_trial_run(client, exp, "no-such-run", "k-x")
+    done = make_trial_run(client, exp, dead, "k-done")
+    client.set_terminated(done, status="FINISHED")
+
+    assert tracking.mark_stale_runs(uri, exp) == 5  # dead + remote_old, their trials, orphan
+    status = {
+        r: client.get_run(r).info.status
+        for r in [dead, alive, remote_old, remote_new, *trials.values(), orphan, done]
+    }
+    assert status[dead] == status[trials[dead]] == "KILLED"
+    assert status[remote_old] == status[trials[remote_old]] == status[orphan] == "KILLED"
+    assert status[alive] == status[trials[alive]] == "RUNNING"
+    assert status[remote_new] == status[trials[remote_new]] == "RUNNING"
+    assert status[done] == "FINISHED"
+    assert "driver gone" in client.get_run(dead).data.tags["segssl.end_reason"]
+    assert set(tracking.finished_runs(uri, exp)) == {"k-done"}
+
+
+def test_tracking_uri_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://m:5000")
+    assert tracking.resolve_tracking_uri(None, tmp_path) == "http://m:5000"
+    assert tracking.resolve_tracking_uri("sqlite:////x.db", tmp_path) == "sqlite:////x.db"
+
+
+def test_progress_counts_and_eta() -> None:
+    p = SweepProgress("s", concurrency=2, console=Console(quiet=True), live=False)
+    p.add_stage("pre", total=5, skipped=1)
+    assert p.stages["pre"].pending == 4 and p.eta() is None
+    p.started("pre", "a")
+    p.started("pre", "b")
+    p.started("pre", "a")  # a retried trial restarts: still one running trial
+    assert p.stages["pre"].running == 2 and p.stages["pre"].pending == 2
+    p._starts["a"] -= 10.0  # trial a took 10 s
+    p.ended("pre", "a", ok=True)
+    p.ended("pre", "b", ok=False)
+    c = p.stages["pre"]
+    assert (c.finished, c.failed, c.running, c.pending) == (1, 1, 0, 2)
+    # mean duration ~5 s x 2 remaining trials / concurrency 2
+    assert p.eta() == pytest.approx(5.0, abs=0.5)
+    assert "ETA" in str(p.table().title)
