@@ -34,8 +34,9 @@ def cache_dir_for(cfg: DataConfig) -> Path:
     cache per dataset, archive root and settings (``<dataset>-<hash>``), so trials with
     different preprocessing or different archives of one dataset (a shared ``data.cache``)
     never rebuild each other's cache under a running loader. When ``data.cache`` itself holds a
-    ``manifest.json`` (a cache made by ``segssl data prepare --out``), it is used as is (and
-    rebuilt there if its settings or sources differ).
+    ``manifest.json`` (a cache made by ``segssl data prepare --out``), it is used as is: rebuilt
+    there if its sources changed, but never for another dataset or other settings (see
+    :func:`_check_prepared_cache`).
     """
     from segssl.config import config_hash
 
@@ -47,6 +48,43 @@ def cache_dir_for(cfg: DataConfig) -> Path:
         {"settings": cfg.preprocess, "modality": cfg.modality, "root": root}, length=12
     )
     return base / f"{cfg.dataset}-{key}"
+
+
+def _check_prepared_cache(cfg: DataConfig, cache: Path, channel: int | None) -> None:
+    """A cache prepared with ``segssl data prepare`` is never rebuilt for other settings.
+
+    Rebuilding it in place would overwrite the user's cache and, with several runs sharing it,
+    swap scan files under another run's running loader.
+
+    Raises:
+        DataError: the cache holds another dataset, or was prepared with other settings; names
+            every differing key.
+    """
+    from segssl.data.preprocess import load_manifest
+
+    if not cfg.cache or Path(cfg.cache) != cache or not (cache / "manifest.json").is_file():
+        return
+    try:
+        m = load_manifest(cache)
+    except DataError:
+        return  # unreadable manifest: an incomplete cache, rebuilt as such
+    wanted = cfg.preprocess.model_dump(mode="json")
+    diffs = [
+        f"data.preprocess.{k}={wanted[k]!r} (cache: {m.get('settings', {}).get(k)!r})"
+        for k in sorted(wanted)
+        if m.get("settings", {}).get(k) != wanted[k]
+    ]
+    if m.get("dataset") != cfg.dataset:
+        diffs.insert(0, f"data.dataset={cfg.dataset!r} (cache: {m.get('dataset')!r})")
+    if m.get("adapter", {}).get("channel", channel) != channel:
+        diffs.append(f"data.modality={cfg.modality!r} (cache: channel {m['adapter']['channel']})")
+    if diffs:
+        raise DataError(
+            f"data.cache={cfg.cache!r} is a cache prepared for other data: "
+            + "; ".join(diffs)
+            + ". Prepare one with these settings elsewhere, or set data.cache to a cache root "
+            "(a folder without manifest.json) that holds one cache per setting"
+        )
 
 
 def _lut(num_classes: int, target: int | None) -> np.ndarray:
@@ -100,6 +138,7 @@ def build_data(
             f"data.partitions={cfg.partitions} with data.partition_sampler"
         )
     cache = cache_dir_for(cfg)
+    _check_prepared_cache(cfg, cache, adapter.options().get("channel"))
     manifest = prepare_records(adapter, records, cache, cfg.preprocess)
     entries = {s["scan_id"]: s for s in manifest["scans"]}
     split["data_fingerprint"] = manifest["fingerprint"]

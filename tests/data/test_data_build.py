@@ -248,3 +248,42 @@ def test_volume_spacing_is_in_array_axis_order_for_mm_metrics(archives, tmp_path
         assert asd(lv, rv, 1, v.spacing) == pytest.approx(asd(lv_raw, rv_raw, 1, raw.spacing))
         # the check can fail: the reversed axis order gives other distances
         assert asd(lv, rv, 1, v.spacing[::-1]) != pytest.approx(asd(lv, rv, 1, v.spacing))
+
+
+def test_prepared_cache_is_never_rebuilt_for_other_settings_or_data(archives, tmp_path):
+    """A cache from `segssl data prepare` named by data.cache is not overwritten by a run with
+    other settings (another run may be streaming from it)."""
+    from segssl.config import PreprocessConfig
+    from segssl.data import prepare
+
+    prepared = tmp_path / "prepared"
+    prepare("acdc", archives["acdc"], prepared, PreprocessConfig(spacing=(2.0, 2.0), size=(32, 32)))
+    before = {p: p.stat().st_mtime_ns for p in prepared.rglob("*")}
+    cfg = _cfg(archives["acdc"], tmp_path, cache=str(prepared))  # size (48, 48)
+    with pytest.raises(
+        DataError,
+        match=r"prepared for other data: data.preprocess.size=\[48, 48\] \(cache: \[32, 32\]\)",
+    ):
+        build_data(cfg, seed=0, labeled=True, unlabeled=False)
+    other = _cfg(
+        archives["promise12"],
+        tmp_path,
+        dataset="promise12",
+        cache=str(prepared),
+        preprocess={"spacing": (2.0, 2.0), "size": (32, 32)},
+        split={"sizes": (2, 0, 1)},
+        labeled_scans=1,
+    )
+    with pytest.raises(DataError, match=r"data.dataset='promise12' \(cache: 'acdc'\)"):
+        build_data(other, seed=0, labeled=True, unlabeled=False)
+    assert {p: p.stat().st_mtime_ns for p in prepared.rglob("*")} == before
+    same = _cfg(
+        archives["acdc"],
+        tmp_path,
+        cache=str(prepared),
+        preprocess={"spacing": (2.0, 2.0), "size": (32, 32)},
+    )
+    assert build_data(same, seed=0, labeled=False, unlabeled=False).test[0].image.shape[1:] == (
+        32,
+        32,
+    )
