@@ -321,3 +321,15 @@ def test_optuna_search_stage_seeded_and_idempotent(
     for r in again:
         if r.info.run_id in finished_before:
             assert r.info.end_time == finished_before[r.info.run_id]
+
+
+def test_resources_checked_against_the_cluster_before_launching(
+    ray_local: Any, tmp_path: Path, uri: str
+) -> None:
+    from segssl.orchestrate.runner import ResourceError
+
+    raw = spec_raw([0], name="toobig")
+    raw["stages"]["finetune"]["resources"] = {"cpu": 1, "gpu": 0.5}  # the local node has no GPU
+    with pytest.raises(ResourceError, match=r"stages.finetune asks for cpu=1, gpu=0.5"):
+        run(raw, tmp_path, uri)
+    assert trial_runs(uri, "toobig") == []  # nothing launched, not even the pre-training
