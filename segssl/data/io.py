@@ -8,7 +8,8 @@ same way whatever its format. Errors name the file and say what was expected.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ class VolumeHeader:
     path: Path
     shape: tuple[int, ...]
     spacing: tuple[float, ...]  # voxel sizes along the stored axes (mm)
+    affine: np.ndarray | None = field(default=None, compare=False)  # 4 x 4 voxel -> RAS (mm)
 
 
 def _is_mhd(path: Path) -> bool:
@@ -88,7 +90,10 @@ def read_header(path: Path, what: str = "volume") -> VolumeHeader:
             spacing = (*spacing, 1.0)
         if data_file is not None:
             _check_mhd_size(path, what, data_file, size)
-        return VolumeHeader(path, size, spacing)
+        dim = reader.GetDimension()
+        direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)
+        affine = _mhd_affine(direction, reader.GetSpacing(), reader.GetOrigin())
+        return VolumeHeader(path, size, spacing, affine)
     import nibabel as nib
 
     try:
@@ -101,7 +106,7 @@ def read_header(path: Path, what: str = "volume") -> VolumeHeader:
     if isinstance(offset, int):
         nbytes = int(np.prod(shape, dtype=np.int64)) * img.get_data_dtype().itemsize
         _check_nifti_size(path, what, offset + nbytes)
-    return VolumeHeader(path, shape, zooms[: len(shape)])
+    return VolumeHeader(path, shape, zooms[: len(shape)], np.asarray(img.affine, dtype=np.float64))
 
 
 # MetaImage element types whose size does not depend on the platform
@@ -248,11 +253,17 @@ def _read_mhd(path: Path) -> tuple[np.ndarray, np.ndarray]:
     dim = img.GetDimension()
     axes = tuple(range(dim))[::-1]
     arr = np.transpose(arr, (*axes, dim)) if arr.ndim == dim + 1 else np.transpose(arr, axes)
-    spacing = np.asarray(img.GetSpacing(), dtype=np.float64)
     direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
-    origin = np.asarray(img.GetOrigin(), dtype=np.float64)
+    return arr, _mhd_affine(direction, img.GetSpacing(), img.GetOrigin())
+
+
+def _mhd_affine(
+    direction: np.ndarray, spacing: Sequence[float], origin: Sequence[float]
+) -> np.ndarray:
+    """4 x 4 voxel -> RAS affine of an ITK image (ITK's world is LPS, NIfTI's is RAS)."""
+    sp = np.asarray(spacing, dtype=np.float64)
     affine = np.eye(4)
-    n = min(dim, 3)
-    affine[:n, :n] = (direction * spacing[None, :])[:n, :n]
-    affine[:n, 3] = origin[:n]
-    return arr, _LPS_TO_RAS @ affine  # ITK's world is LPS, NIfTI's is RAS
+    n = min(direction.shape[0], 3)
+    affine[:n, :n] = (direction * sp[None, :])[:n, :n]
+    affine[:n, 3] = np.asarray(origin, dtype=np.float64)[:n]
+    return _LPS_TO_RAS @ affine

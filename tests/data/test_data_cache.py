@@ -212,6 +212,18 @@ def _garbage(root: Path) -> str:
     return r"patient004_frame01\.nii\.gz: unreadable NIfTI header"
 
 
+def _label_on_another_grid(root: Path) -> str:
+    """The label re-saved flipped along x with a matching affine (world-consistent, but no
+    longer voxel-aligned with its image)."""
+    img = nib.load(str(_gt(root)))
+    data = np.asarray(img.dataobj)[::-1].copy()
+    affine = img.affine.copy()
+    affine[:3, 3] += affine[:3, 0] * (data.shape[0] - 1)
+    affine[:3, 0] *= -1
+    nib.save(nib.Nifti1Image(data, affine), str(_gt(root)))
+    return r"patient004_frame01_gt\.nii\.gz: label is not on the voxel grid of its image .*expected"
+
+
 def _no_info(root: Path) -> str:
     (root / "training/patient005/Info.cfg").unlink()
     return r"patient005/Info\.cfg: missing Info\.cfg"
@@ -228,6 +240,7 @@ def _no_info(root: Path) -> str:
         _truncated_label,
         _truncated_uncompressed,
         _garbage,
+        _label_on_another_grid,
         _no_info,
     ],
 )
@@ -261,3 +274,11 @@ def test_truncated_metaimage_raw(archives, tmp_path):
     with pytest.raises(DataError, match=r"Case02_segmentation\.raw: missing data file"):
         prepare("promise12", root, tmp_path / "c", CFG)
     assert not (tmp_path / "c").exists()
+
+
+def test_label_with_only_another_origin_is_accepted(acdc_copy, tmp_path):
+    img = nib.load(str(_gt(acdc_copy)))
+    affine = img.affine.copy()
+    affine[:3, 3] += 0.01  # rounding in a label header
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), str(_gt(acdc_copy)))
+    assert validate_cache(prepare("acdc", acdc_copy, tmp_path / "c", CFG))["num_scans"] == 12

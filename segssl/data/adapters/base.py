@@ -66,6 +66,31 @@ def squeeze_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _check_same_grid(img: VolumeHeader, lab: VolumeHeader, record: ScanRecord) -> None:
+    """The label must lie on the image's voxel grid: same axis directions and voxel sizes.
+
+    Preprocessing reorients both arrays with the image's affine, so a label stored flipped or
+    permuted relative to its image (e.g. re-saved by another tool) would be silently misaligned.
+    Origins are not compared (some archives round them in label headers).
+
+    Raises:
+        DataError: naming both files, their axis codes and voxel sizes.
+    """
+    if img.affine is None or lab.affine is None:
+        return
+    from nibabel.orientations import aff2axcodes
+
+    codes_i, codes_l = aff2axcodes(img.affine), aff2axcodes(lab.affine)
+    zoom_i = np.linalg.norm(img.affine[:3, :3], axis=0)
+    zoom_l = np.linalg.norm(lab.affine[:3, :3], axis=0)
+    if codes_i != codes_l or not np.allclose(zoom_i, zoom_l, rtol=0.01):
+        raise DataError(
+            f"{record.label}: label is not on the voxel grid of its image {record.image.name}: "
+            f"axes {''.join(codes_l)} with voxel size {tuple(np.round(zoom_l, 3).tolist())} mm, "
+            f"expected {''.join(codes_i)} with {tuple(np.round(zoom_i, 3).tolist())} mm"
+        )
+
+
 class BaseAdapter:
     """Common logic: header checks, 3D/4D handling, label mapping. Subclasses list scans.
 
@@ -124,6 +149,7 @@ class BaseAdapter:
                     f"{record.label}: label shape {lshape} does not match image shape {shape} "
                     f"of {record.image.name}"
                 )
+            _check_same_grid(img, lab, record)
         spacing = img.spacing[:3]
         if min(spacing) <= 0:
             raise DataError(f"{record.image}: non-positive voxel spacing {spacing} in the header")
