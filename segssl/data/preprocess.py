@@ -293,8 +293,13 @@ def validate_cache(cache: str | Path) -> dict[str, Any]:
     """
     cache = Path(cache)
     manifest = load_manifest(cache)
-    if manifest.get("format") != CACHE_FORMAT or not manifest.get("complete"):
-        raise DataError(f"{cache / MANIFEST}: incomplete cache or unknown format")
+    if manifest.get("format") != CACHE_FORMAT:
+        raise DataError(
+            f"{cache / MANIFEST}: cache format {manifest.get('format')!r}, expected "
+            f"{CACHE_FORMAT} (made by another segssl version; prepare it again to rebuild it)"
+        )
+    if not manifest.get("complete"):
+        raise DataError(f"{cache / MANIFEST}: incomplete cache (an interrupted build)")
     for scan in manifest.get("scans", []):
         path = cache / scan["file"]
         if not path.is_file() or path.stat().st_size != scan["bytes"]:

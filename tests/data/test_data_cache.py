@@ -282,3 +282,14 @@ def test_label_with_only_another_origin_is_accepted(acdc_copy, tmp_path):
     affine[:3, 3] += 0.01  # rounding in a label header
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), str(_gt(acdc_copy)))
     assert validate_cache(prepare("acdc", acdc_copy, tmp_path / "c", CFG))["num_scans"] == 12
+
+
+def test_cache_of_an_older_format_is_named_and_rebuilt(acdc_copy, tmp_path):
+    out = prepare("acdc", acdc_copy, tmp_path / "c", CFG)
+    m = load_manifest(out)
+    m["format"] = 1
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match=r"cache format 1, expected \d+ \(made by another segssl"):
+        validate_cache(out)
+    prepare("acdc", acdc_copy, out, CFG)
+    assert validate_cache(out)["num_scans"] == 12
