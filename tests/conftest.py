@@ -1,4 +1,5 @@
-"""Shared test set-up: small CPU-only settings, Ray without token auth, no network."""
+"""Shared test set-up: small CPU-only settings, Ray without token auth, no network; and a tiny
+synthetic ACDC archive (real layout, read by the real data layer) with tiny run configs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,62 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from segssl.config import RunConfig, parse_run_config  # noqa: E402
+
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def acdc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from segssl.data import synthesize
+
+    return synthesize("acdc", tmp_path_factory.mktemp("acdc"), scans=6, size=48, seed=0)
+
+
+def tiny_raw(root: Path, name: str, stage: str, **sections: Any) -> dict:
+    """A tiny CPU run config (32 px, base width 4) on the synthetic archive."""
+    raw: dict[str, Any] = {
+        "seed": 0,
+        "stage": stage,
+        "data": {
+            "root": str(root),
+            "preprocess": {"size": [32, 32], "spacing": None, "fit": "resize"},
+            "split": {"unit": "scan", "sizes": [8, 2, 2]},
+            "batch_size": 3,
+            "unlabeled_batch_size": 3,
+        },
+        "augment": {"crop": 32},
+        "model": {"base_width": 4},
+        "method": {"name": name},
+        "optim": {"lr": 1e-3, "warmup_factor": 2, "warmup_epochs": 1},
+        "train": {"epochs": 2, "iters_per_epoch": 2, "progress": False, "pictures": 2},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny(acdc_root: Path):
+    """``tiny(method, stage, **sections) -> RunConfig`` on the synthetic archive."""
+
+    def make(name: str, stage: str, **sections: Any) -> RunConfig:
+        return parse_run_config(tiny_raw(acdc_root, name, stage, **sections))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_yaml(acdc_root: Path):
+    """``tiny_yaml(method, stage, **sections) -> dict`` (unvalidated, for YAML files)."""
+
+    def make(name: str, stage: str, **sections: Any) -> dict:
+        return tiny_raw(acdc_root, name, stage, **sections)
+
+    return make
