@@ -270,7 +270,9 @@ class TrainConfig(Section):
     val_every: int = Field(1, ge=1)
     eval_batch_size: int = Field(32, ge=1)
     save_best: bool = True
-    pictures: int = Field(4, ge=0)  # validation slices drawn as cluster pictures (clustering methods)
+    pictures: int = Field(
+        4, ge=0
+    )  # validation slices drawn as cluster pictures (clustering methods)
     progress: bool = True
     deterministic: bool = True
 
@@ -355,7 +357,8 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
 def parse_run_config(raw: Mapping[str, Any], source: str = "<config>") -> RunConfig:
     """Validate a plain mapping into a :class:`RunConfig`; raise :class:`ConfigError` on failure."""
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        kind = type(raw).__name__
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {kind}")
     try:
         return RunConfig.model_validate(dict(raw))
     except ValidationError as exc:

@@ -29,8 +29,11 @@ def dummy_method(monkeypatch):
 
 
 def base() -> dict:
-    return {"method": {"name": "dummy"}, "data": {"preprocess": {"size": [64, 64]}},
-            "augment": {"crop": 32}}
+    return {
+        "method": {"name": "dummy"},
+        "data": {"preprocess": {"size": [64, 64]}},
+        "augment": {"crop": 32},
+    }
 
 
 def test_valid_config_builds_sections():
@@ -88,8 +91,9 @@ def test_labeled_scans_percentage_ok():
 
 def test_overrides_parse_yaml_values(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("method: {name: dummy}\ndata: {preprocess: {size: [64, 64]}}\n"
-                    "augment: {crop: 32}\n")
+    path.write_text(
+        "method: {name: dummy}\ndata: {preprocess: {size: [64, 64]}}\naugment: {crop: 32}\n"
+    )
     cfg = load_run_config(path, ["method.alpha=0.25", "train.epochs=3", "data.target=lv"])
     assert (cfg.method.alpha, cfg.train.epochs, cfg.data.target) == (0.25, 3, "lv")
     with pytest.raises(ConfigError, match="expected key.path=value"):
