@@ -165,8 +165,9 @@ class _TuneProgress:
             self.progress.refresh()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.progress is not None:
-            self.progress.ended(self.stage, trial.trial_id, ok=True)
+        if self.progress is not None:  # a non-retryable failure ends the trial normally
+            failed = bool((trial.last_result or {}).get("segssl/failed"))
+            self.progress.ended(self.stage, trial.trial_id, ok=not failed)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress is not None:

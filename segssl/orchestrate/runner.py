@@ -387,10 +387,14 @@ def run_sweep(
                         tick=beat.tick,
                         run_tag=run_tag,
                     )
-                    so.failed = sum(1 for r in grid if r.error is not None)
-                    so.finished = len(grid) - so.failed
-                    so.stopped = tracking.end_orphan_runs(uri, exp_id, run_id, stage)
-                    so.finished -= so.stopped
+                    by_status = tracking.close_stage_runs(uri, exp_id, run_id, stage)
+                    failed = set(by_status.get("FAILED", set()))
+                    errors = [r for r in grid if r.error is not None]
+                    if keys is not None:  # a trial that died before its run existed failed too
+                        failed |= {str((r.config or {}).get("trial_key")) for r in errors}
+                    so.failed = max(len(failed), len(errors))
+                    so.finished = len(by_status.get("FINISHED", ()))
+                    so.stopped = len(by_status.get("KILLED", ()))
                     finished = tracking.finished_runs(uri, exp_id)
         except BaseException:
             status = "KILLED"

@@ -27,7 +27,7 @@ __all__ = [
     "git_sha",
     "mark_stale_runs",
     "resolve_tracking_uri",
-    "end_orphan_runs",
+    "close_stage_runs",
     "start_sweep_run",
     "touch_sweep_run",
 ]
@@ -242,30 +242,23 @@ def mark_stale_runs(uri: str, exp_id: str) -> int:
     return n
 
 
-def end_orphan_runs(uri: str, exp_id: str, sweep_run_id: str, stage: str) -> int:
-    """After a stage's Tuner returned, end its trial runs still RUNNING as KILLED.
+def close_stage_runs(uri: str, exp_id: str, sweep_run_id: str, stage: str) -> dict[str, set[str]]:
+    """After a stage's Tuner returned: end its trial runs still RUNNING as KILLED, and count the
+    stage's runs of this sweep invocation by status.
 
-    Such runs belong to trials Ray stopped from outside (an early stop by ASHA, an actor that
-    died); none of them can still be running once the stage is over. Returns how many runs of
-    this stage and sweep invocation ended KILLED (those and the ones the trials ended themselves).
+    Runs still RUNNING belong to trials Ray stopped from outside (an early stop by ASHA, an actor
+    that died); none can still be running once the stage is over. Returns the trial keys of
+    the stage's runs of this invocation by status.
     """
     client = _client(uri)
-    runs = _search(
-        client,
-        exp_id,
-        f"attributes.status = 'RUNNING' and tags.`mlflow.parentRunId` = '{sweep_run_id}' "
-        f"and tags.`{TAG_STAGE}` = '{stage}'",
-    )
-    for r in runs:
+    base = f"tags.`mlflow.parentRunId` = '{sweep_run_id}' and tags.`{TAG_STAGE}` = '{stage}'"
+    for r in _search(client, exp_id, f"attributes.status = 'RUNNING' and {base}"):
         client.set_tag(r.info.run_id, "segssl.end_reason", "stopped by Ray Tune (early stop)")
         client.set_terminated(r.info.run_id, status="KILLED")
-    killed = _search(
-        client,
-        exp_id,
-        f"attributes.status = 'KILLED' and tags.`mlflow.parentRunId` = '{sweep_run_id}' "
-        f"and tags.`{TAG_STAGE}` = '{stage}'",
-    )
-    return len(killed)
+    keys: dict[str, set[str]] = {}
+    for r in _search(client, exp_id, base):
+        keys.setdefault(r.info.status, set()).add(r.data.tags.get(TAG_KEY, r.info.run_id))
+    return keys
 
 
 def start_sweep_run(uri: str, exp_id: str, name: str, spec_hash: str, source: str) -> str:

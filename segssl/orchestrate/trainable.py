@@ -133,6 +133,16 @@ def _fingerprints(workdir: Path, result: Mapping[str, Any]) -> dict[str, str]:
     return tags
 
 
+def _non_retryable() -> tuple[type[BaseException], ...]:
+    """Errors a retry cannot fix: bad config or data, incompatible checkpoint, NaN loss (a
+    seeded run diverges again at the same step)."""
+    from segssl.config import ConfigError
+    from segssl.data.errors import DataError
+    from segssl.engine import CheckpointError, EngineConfigError, NonFiniteLossError
+
+    return (ConfigError, DataError, CheckpointError, EngineConfigError, NonFiniteLossError)
+
+
 def run_trial(
     param_config: dict[str, Any],
     *,
@@ -214,6 +224,12 @@ def run_trial(
         reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         if isinstance(exc, SystemExit):  # how Ray Tune ends a function trial it stops
             reason = "stopped by Ray Tune (early stop)"
+        if not killed and isinstance(exc, _non_retryable()):
+            # the same config fails the same way again: no retry; the run says why
+            recorder.set_tags({"segssl.retryable": "false"})
+            recorder.end("FAILED", reason)
+            tune.report({**seen, "segssl/failed": 1.0})
+            return
         recorder.end("KILLED" if killed else "FAILED", reason)
         raise
     result = dict(result or {})

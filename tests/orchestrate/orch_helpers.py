@@ -44,6 +44,10 @@ def quick_train(
     init = cfg.train.init_from
     if init is not None and not Path(init).is_file():
         raise FileNotFoundError(f"init_from {init} does not exist")
+    if cfg.train.device == "bad-data":  # a deterministic input error: retrying cannot help
+        from segssl.data.errors import DataError
+
+        raise DataError("scan patient001 is unreadable")
     fail_marker = wd / "failed_once"
     epoch_s = float(os.environ.get("SEGSSL_TEST_EPOCH_S", "0"))
     dsc = expected_dsc(cfg)

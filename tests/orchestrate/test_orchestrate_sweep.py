@@ -333,3 +333,17 @@ def test_resources_checked_against_the_cluster_before_launching(
     with pytest.raises(ResourceError, match=r"stages.finetune asks for cpu=1, gpu=0.5"):
         run(raw, tmp_path, uri)
     assert trial_runs(uri, "toobig") == []  # nothing launched, not even the pre-training
+
+
+def test_non_retryable_error_fails_once_with_its_reason(
+    ray_local: Any, tmp_path: Path, uri: str
+) -> None:
+    raw = spec_raw([0], name="baddata")
+    raw["max_failures"] = 2
+    raw["stages"]["pretrain"]["config"]["train"] = {"device": "bad-data"}
+    out = run(raw, tmp_path, uri)
+    assert out.stages["pretrain"].failed == 1 and out.stages["finetune"].blocked == 2
+    (r,) = trial_runs(uri, "baddata")
+    assert r.info.status == "FAILED" and r.data.tags["segssl.attempts"] == "1"  # not retried
+    assert r.data.tags["segssl.retryable"] == "false"
+    assert "DataError: scan patient001 is unreadable" in r.data.tags["segssl.end_reason"]
