@@ -5,8 +5,8 @@
    ``experiments/sweeps/demo.yaml``) on a local Ray instance, with MLflow on SQLite in
    ``<workdir>/segssl-runs/demo/mlflow.db``: the baseline (labeled scans only) against bim
    pre-training then fine-tuning, 1 and 2 labeled scans, 2 seeds, a tiny U-Net, a few epochs;
-3. print the table (mean +- std over the 2 seeds, n per cell) and the command that opens the
-   MLflow UI on these runs.
+3. print the table (mean +- std over the 2 seeds, n per cell; also written with the learning
+   curves to ``<workdir>/report/``) and the command that opens the MLflow UI on these runs.
 
 The demo is idempotent like every sweep: running it again reuses the data and skips FINISHED
 trials. Its hyperparameters are scaled down (64 px, base width 8, a handful of short epochs, a
@@ -147,6 +147,10 @@ def run_demo(
         root=wd,
         ray_init_kwargs={"log_to_driver": False},
     )
-    table = render_tables(spec, outcome.tracking_uri, "md")
+    report = wd / "report"
+    report.mkdir(exist_ok=True)
+    table = render_tables(spec, outcome.tracking_uri, "md", curves_dir=report)
+    (report / "demo.md").write_text(table)
+    console.print(f"table and learning curves (val Dice vs epoch) in {report}", highlight=False)
     ui = f"mlflow ui --backend-store-uri {outcome.tracking_uri}"
     return table, ui

@@ -90,6 +90,9 @@ def test_demo_end_to_end_real_engine(ray_local: Any, tmp_path: Path) -> None:
     for r in (r for r in runs if r.data.tags["segssl.stage"] == "baseline"):
         assert r.data.params["method.name"] == "baseline"
 
+    report = tmp_path / "demo" / "report"
+    assert (report / "demo.md").read_text() == table
+    assert list(report.glob("*.png"))  # learning curves
     # running the demo again launches nothing and prints the same table
     table2, _ = run_demo(
         tmp_path / "demo", console=Console(quiet=True), live=False, epochs=2, iters=2
