@@ -357,6 +357,7 @@ def run_sweep(
         for s in plan.order:
             so = outcome.stages[s]
             progress.add_stage(s, so.planned, so.skipped)
+        by_key = plan.by_key()
         try:
             with progress:
                 for stage in plan.order:
@@ -368,7 +369,7 @@ def run_sweep(
                         ok_parents = set(finished)
                         keys = []
                         for k in todo[stage]:
-                            tr = plan.by_key()[k]
+                            tr = by_key[k]
                             if parent is None or tr.parent_key in ok_parents:
                                 keys.append(k)
                             else:
