@@ -23,7 +23,6 @@ import logging
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,8 +283,6 @@ def run_sweep(
         TrackingError: tracking server unreachable, or the name is used by another spec.
     """
     console = console or Console(stderr=True)
-    # MLflow 3.17's SQLAlchemy store triggers a deprecation warning of SQLAlchemy on every start
-    warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
     if not isinstance(spec, SweepSpec):
         source = source or str(spec)
         spec = load_sweep(spec)

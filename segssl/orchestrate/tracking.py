@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,10 @@ __all__ = [
     "start_sweep_run",
     "touch_sweep_run",
 ]
+
+# MLflow 3.17's SQLAlchemy store module triggers SQLAlchemy's "noload" deprecation warning when
+# it is first imported; it says nothing to a segssl user.
+warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
 
 TAG_SWEEP = "segssl.sweep"
 TAG_STAGE = "segssl.stage"
