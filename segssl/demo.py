@@ -121,7 +121,6 @@ def run_demo(
     from rich.console import Console
 
     from segssl.data import synthesize
-    from segssl.orchestrate import tracking  # noqa: F401 - its warning filter before MLflow
     from segssl.orchestrate.runner import run_sweep
     from segssl.orchestrate.spec import parse_sweep
     from segssl.report import render_tables

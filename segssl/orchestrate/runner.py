@@ -414,9 +414,7 @@ def _peek(uri: str, name: str, shash: str, extend: bool) -> tuple[str | None, di
     """Read-only view of an existing experiment for ``--dry-run``."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
         return None, {}
-    from mlflow import MlflowClient
-
-    exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(name)
+    exp = tracking._client(uri).get_experiment_by_name(name)
     if exp is None:
         return None, {}
     old = exp.tags.get(tracking.TAG_SPEC)
@@ -429,10 +427,9 @@ def _peek(uri: str, name: str, shash: str, extend: bool) -> tuple[str | None, di
 
 
 def _end_sweep_run(uri: str, run_id: str, outcome: SweepOutcome, status: str) -> None:
-    from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    client = MlflowClient(tracking_uri=uri)
+    client = tracking._client(uri)
     now = int(time.time() * 1000)
     metrics = []
     for stage, so in outcome.stages.items():

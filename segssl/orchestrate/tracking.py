@@ -33,9 +33,15 @@ __all__ = [
     "touch_sweep_run",
 ]
 
-# MLflow 3.17's SQLAlchemy store module triggers SQLAlchemy's "noload" deprecation warning when
-# it is first imported; it says nothing to a segssl user.
-warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
+_NOLOAD = r"The ``noload`` loader strategy is deprecated"
+
+
+def _quiet_mlflow_store() -> None:
+    """MLflow 3.17's SQLAlchemy store module triggers SQLAlchemy's "noload" deprecation warning
+    when first imported; it says nothing to a segssl user. (Re-inserted at the front each time:
+    other libraries add catch-all filters after import.)"""
+    warnings.filterwarnings("ignore", message=_NOLOAD)
+
 
 TAG_SWEEP = "segssl.sweep"
 TAG_STAGE = "segssl.stage"
@@ -112,6 +118,8 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
 
 def _client(uri: str) -> Any:
     from mlflow import MlflowClient
+
+    _quiet_mlflow_store()
 
     return MlflowClient(tracking_uri=uri)
 
