@@ -109,6 +109,27 @@ def check_resources(plan: Plan, stages: list[str], nodes: list[dict[str, Any]]) 
             )
 
 
+def check_plan_tables(plan: Plan) -> None:
+    """Check the sweep's ``tables:`` against the planned trials before anything runs: every
+    key they group or filter by is a param of the trials, and the paper's table has every row
+    and column (the report's own preflight).
+
+    Raises:
+        SpecError: naming the sweep file and the table.
+    """
+    if not plan.spec.tables:
+        return
+    from segssl.report import ReportError, check_tables
+
+    src = Path(plan.source)
+    base_dirs = [src.resolve().parent] if src.is_file() else []
+    trials = [(t.stage, t.params()) for t in plan.all_trials()]
+    try:
+        check_tables(plan.spec.tables, trials, name=plan.spec.name, base_dirs=base_dirs)
+    except ReportError as exc:
+        raise SpecError(f"{plan.source}: tables: {exc}") from None
+
+
 def print_plan(
     plan: Plan, finished: dict[str, Any], console: Console, tracking_uri: str
 ) -> dict[str, tuple[int, int]]:
@@ -288,6 +309,7 @@ def run_sweep(
         spec = load_sweep(spec)
     source = source or f"<sweep {spec.name}>"
     plan = plan_sweep(spec, source=source, storage=storage, root=root)
+    check_plan_tables(plan)
     uri = tracking.resolve_tracking_uri(tracking_uri, plan.storage)
     tracking.check_tracking(uri)
     shash = spec_hash(spec)

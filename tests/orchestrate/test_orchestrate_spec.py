@@ -200,3 +200,23 @@ def test_name_collision_with_a_different_spec(tmp_path: Path) -> None:
     with pytest.raises(TrackingError, match="already used .* by a different spec.*--extend"):
         ensure_experiment(uri, "s", spec_hash(b))
     assert ensure_experiment(uri, "s", spec_hash(b), extend=True) == exp
+
+
+def test_tables_checked_against_the_plan_before_running(tmp_path: Path) -> None:
+    from segssl.orchestrate.runner import run_sweep
+
+    raw = good()
+    raw["tables"] = [
+        {
+            "name": "t",
+            "stage": "finetune",
+            "rows": ["pretrain.method.alhpa"],
+            "columns": [{"label": "LV", "by": "data.labeled_scans"}],
+        }
+    ]
+    with pytest.raises(SpecError, match=r"sweep.yaml: tables: .*pretrain.method.alhpa"):
+        run_sweep(write(tmp_path, raw), root=tmp_path, dry_run=True)
+    assert not (tmp_path / "segssl-runs").exists()
+    raw["tables"][0]["rows"] = ["pretrain.method.alpha"]
+    out = run_sweep(write(tmp_path, raw), root=tmp_path, dry_run=True)
+    assert out.stages["finetune"].planned == 2 * 2 * 2
