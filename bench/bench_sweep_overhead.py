@@ -104,6 +104,19 @@ def main() -> None:
     MlflowClient(f"sqlite:///{tmp / 'store' / 'mlflow.db'}").search_experiments()
     t_db = time.perf_counter() - t0
 
+    # the driver's own checks (plan, tables, tracking): a dry run
+    t0 = time.perf_counter()
+    run_sweep(
+        spec,
+        train_fn=trivial_train,
+        storage=tmp / "store",
+        root=tmp,
+        console=Console(stderr=True, quiet=True),
+        live=False,
+        dry_run=True,
+    )
+    t_dry = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     t_wall0 = time.time()
     out = run_sweep(
@@ -142,6 +155,7 @@ def main() -> None:
     print(f"ideal makespan (compute/concurrency): {ideal:6.2f} s")
     print(f"overhead per trial (makespan-based):  {per_trial:6.2f} s  (target <= {TARGET_S} s)")
     print(f"  = one-time start-up / {args.trials} trials + steady-state overhead per trial:")
+    print(f"    driver checks (dry run: plan, tracking): {t_dry:6.2f} s")
     print(
         f"  sweep start -> first trial running: {first_start:6.2f} s  (plan, MLflow, actor start)"
     )
