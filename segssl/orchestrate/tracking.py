@@ -26,6 +26,7 @@ __all__ = [
     "ensure_experiment",
     "finished_runs",
     "git_sha",
+    "live_sweep_runs",
     "mark_stale_runs",
     "resolve_tracking_uri",
     "close_stage_runs",
@@ -272,6 +273,16 @@ def close_stage_runs(uri: str, exp_id: str, sweep_run_id: str, stage: str) -> di
     for r in _search(client, exp_id, base):
         keys.setdefault(r.info.status, set()).add(r.data.tags.get(TAG_KEY, r.info.run_id))
     return keys
+
+
+def live_sweep_runs(uri: str, exp_id: str) -> list[Any]:
+    """RUNNING sweep runs of the experiment whose driver is alive (see :func:`mark_stale_runs`)."""
+    client = _client(uri)
+    running = _search(
+        client, exp_id, f"attributes.status = 'RUNNING' and tags.`{TAG_KIND}` = 'sweep'"
+    )
+    now = time.time()
+    return [r for r in running if _driver_alive(r, now)]
 
 
 def start_sweep_run(uri: str, exp_id: str, name: str, spec_hash: str, source: str) -> str:

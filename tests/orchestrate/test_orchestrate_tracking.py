@@ -104,3 +104,28 @@ def test_progress_counts_and_eta() -> None:
     # mean duration ~5 s x 2 remaining trials / concurrency 2
     assert p.eta() == pytest.approx(5.0, abs=0.5)
     assert "ETA" in str(p.table().title)
+
+
+def test_refuses_to_run_a_sweep_a_live_driver_is_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from segssl.orchestrate.runner import run_sweep
+    from segssl.orchestrate.spec import parse_sweep, spec_hash
+
+    spec = parse_sweep(
+        {"name": "busy", "stages": {"a": {"config": {"method": {"name": "baseline"}}}}}
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "busy", spec_hash(spec))
+    client = MlflowClient(uri)
+    other = make_sweep_run(client, exp, socket.gethostname(), os.getppid(), time.time())
+    with pytest.raises(tracking.TrackingError, match=f"run right now by another driver.*{other}"):
+        run_sweep(
+            spec,
+            tracking_uri=uri,
+            storage=tmp_path / "s",
+            root=tmp_path,
+            console=Console(quiet=True),
+            live=False,
+        )
+    assert client.get_run(other).info.status == "RUNNING"  # left alone
