@@ -327,13 +327,13 @@ def run_sweep(
     exp_id = tracking.ensure_experiment(uri, spec.name, shash, extend=extend)
     outcome.experiment_id = exp_id
     outcome.stale_marked = tracking.mark_stale_runs(uri, exp_id)
-    live = tracking.live_sweep_runs(uri, exp_id)
-    if live:  # two drivers on one sweep would train the same trials twice
-        tags = live[0].data.tags
+    other_drivers = tracking.live_sweep_runs(uri, exp_id)
+    if other_drivers:  # two drivers on one sweep would train the same trials twice
+        tags = other_drivers[0].data.tags
         raise tracking.TrackingError(
             f"sweep {spec.name!r} is being run right now by another driver ("
             f"{tags.get(tracking.TAG_HOST)}:{tags.get(tracking.TAG_PID)}, MLflow run "
-            f"{live[0].info.run_id}); wait for it to end or stop it, then run this again"
+            f"{other_drivers[0].info.run_id}); wait for it to end or stop it, then run this again"
         )
     finished = tracking.finished_runs(uri, exp_id)
     todo = {

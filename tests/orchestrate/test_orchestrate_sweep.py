@@ -8,6 +8,7 @@ what is missing, leaving exactly one FINISHED run per trial key and nothing RUNN
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -83,13 +84,13 @@ def trial_runs(uri: str, name: str) -> list[Any]:
 
 
 def run(raw: dict[str, Any], tmp: Path, uri: str, **kw: Any) -> Any:
+    kw.setdefault("console", QUIET)
     return run_sweep(
         parse_sweep(raw),
         tracking_uri=uri,
         train_fn=orch_helpers.quick_train,
         storage=tmp / "store",
         root=tmp,
-        console=QUIET,
         live=False,
         **kw,
     )
@@ -157,8 +158,11 @@ def test_retry_resumes_from_last_checkpoint(ray_local: Any, tmp_path: Path, uri:
     raw["stages"] = {
         "only": {"config": {"method": {"name": "baseline"}, "train": {"device": "fail-once"}}}
     }
-    out = run(raw, tmp_path, uri)
+    log = io.StringIO()
+    out = run(raw, tmp_path, uri, console=Console(file=log, width=200))
     assert out.failed == 0 and out.stages["only"].finished == 1
+    # without a live display, one progress line per trial that ended (not per attempt)
+    assert log.getvalue().count("[retry/only] finished: 1/1 done, 0 failed, 0 running") == 1
     (r,) = trial_runs(out.tracking_uri, "retry")
     assert r.info.status == "FINISHED" and r.data.tags["segssl.attempts"] == "2"
     workdir = tmp_path / "store" / "trials" / r.data.tags["segssl.trial_key"]
