@@ -12,6 +12,10 @@ Both maps are min-max normalised per slice; the edge map is then raised to ``pow
 authors' ACDC code). Window statistics are box sums (a zero-padded box convolution, computed
 with ``avg_pool2d``), the registration-style NCC the paper cites. Everything runs in float32
 with autocast off.
+
+Several cluster heads can be scored at once: ``cc_loss`` accepts ``(B, n_heads, K, H, W)``
+probabilities and returns one loss per head; the edge map and its window statistics are then
+computed once and correlated with every head's entropy map in one batched call.
 """
 
 from __future__ import annotations
@@ -82,20 +86,50 @@ def edge_map(image: Tensor, edge: EdgeOperator = "sobel", power: float = 0.75) -
     return minmax_normalise(mag).clamp_min(0.0) ** power
 
 
+class _PixelEntropy(torch.autograd.Function):
+    """``-sum_k p_k log max(p_k, 1e-10)`` over ``dim`` (kept), with a one-pass backward.
+
+    The gradient ``-(log max(p, 1e-10) + 1)`` is formed from the logarithm saved in the forward
+    pass (autograd of the elementwise formula would redo clamp, log and two products). Below the
+    floor it differs from autograd of the clamped formula by the ``+1`` term only, which the
+    softmax backward then multiplies by ``p < 1e-10``.
+    """
+
+    @staticmethod
+    def forward(ctx, p: Tensor, dim: int) -> Tensor:
+        log_p = p.clamp_min(1e-10).log_()
+        ctx.save_for_backward(log_p)
+        return -torch.linalg.vecdot(p, log_p, dim=dim).unsqueeze(dim)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (log_p,) = ctx.saved_tensors
+        return torch.addcmul(-grad, -grad, log_p), None
+
+
 def entropy_map(probs: Tensor, normalise: bool = True) -> Tensor:
     """Pixel-wise entropy ``-sum_k p_k log p_k`` of cluster probabilities.
 
     Args:
-        probs: ``(B, K, H, W)`` probabilities (softmax over K); exact zeros are allowed.
-        normalise: min-max normalise each slice to [0, 1] (as L_CC uses it).
+        probs: ``(B, K, H, W)`` probabilities (softmax over K); exact zeros are allowed. Or
+            ``(B, n_heads, K, H, W)``: every head at once.
+        normalise: min-max normalise each slice (each image and head) to [0, 1] (as L_CC uses
+            it).
 
     Returns:
-        ``(B, 1, H, W)`` float32 map, in [0, 1] if ``normalise`` else in [0, log K].
+        ``(B, 1, H, W)`` float32 map (``(B, n_heads, H, W)`` for 5D input), in [0, 1] if
+        ``normalise`` else in [0, log K].
     """
-    check_ndim(probs, "probs", (4,), "(B, K, H, W) probabilities")
-    check_clusters(probs, "probs")
-    p = probs.float()
-    ent = -(p * torch.log(p.clamp_min(1e-10))).sum(1, keepdim=True)
+    check_ndim(probs, "probs", (4, 5), "(B, K, H, W) or (B, n_heads, K, H, W) probabilities")
+    kdim = probs.ndim - 3
+    check_clusters(probs, "probs", dim=kdim)
+    ent = _PixelEntropy.apply(probs.float(), kdim)
+    if probs.ndim == 5:
+        ent = ent.squeeze(2)  # (B, n_heads, H, W): one slice per image and head
+        if normalise:
+            flat = ent.reshape(-1, 1, *ent.shape[-2:])
+            ent = minmax_normalise(flat).view(ent.shape)
+        return ent
     return minmax_normalise(ent) if normalise else ent
 
 
@@ -114,41 +148,52 @@ def local_ncc(a: Tensor, b: Tensor, window: int = 5) -> Tensor:
     computed from box sums (a zero-padded box filter: ``avg_pool2d`` times the window area). A
     window with no variance in either map gives 0.
 
+    ``b`` may have ``C > 1`` channels: each channel is then correlated with the single channel of
+    ``a`` (whose window statistics are computed once), exactly as ``C`` separate calls would.
+
     Args:
         a: ``(B, 1, H, W)`` map.
-        b: ``(B, 1, H, W)`` map.
+        b: ``(B, 1, H, W)`` map, or ``(B, C, H, W)`` maps each compared with ``a``.
         window: odd window side >= 3.
 
     Returns:
-        ``(B, 1, H, W)`` float32 map in [0, 1].
+        ``(B, C, H, W)`` float32 map in [0, 1] (``C = 1`` for single-channel ``b``).
 
     Raises:
-        ValueError: if the shapes differ or are not single-channel 4D, or on a bad window.
+        ValueError: if ``a`` is not single-channel 4D or ``b`` differs from it in batch or
+            spatial size, or on a bad window.
     """
     check_ndim(a, "a", (4,), "(B, 1, H, W)")
-    if a.shape != b.shape or a.shape[1] != 1:
+    if (
+        a.shape[1] != 1
+        or b.ndim != 4
+        or b.shape[0] != a.shape[0]
+        or b.shape[2:] != a.shape[2:]
+        or b.shape[1] < 1
+    ):
         raise ValueError(
-            f"a and b must both be (B, 1, H, W) with the same shape, got a {tuple(a.shape)} "
-            f"and b {tuple(b.shape)}"
+            f"a must be (B, 1, H, W) and b (B, 1, H, W) or (B, C, H, W) with the same B, H, W, "
+            f"got a {tuple(a.shape)} and b {tuple(b.shape)}"
         )
     _check_window(window)
     with torch.autocast(device_type=a.device.type, enabled=False):
         a = a.float()
         b = b.float()
+        c = b.shape[1]
         n = float(window * window)
-        stacked = torch.cat([a, b, a * a, b * b, a * b], dim=1)  # (B, 5, H, W)
+        stacked = torch.cat([a, a * a, b, b * b, a * b], dim=1)  # (B, 2 + 3C, H, W)
         # box sums = zero-padded box convolution; avg_pool2d (count_include_pad) * n computes it
         # several times faster than conv2d with a ones kernel on CPU
         sums = n * F.avg_pool2d(
             stacked, window, stride=1, padding=window // 2, count_include_pad=True
         )
-        s_a, s_b, s_aa, s_bb, s_ab = sums.unbind(1)
+        s_a, s_aa = sums[:, :1], sums[:, 1:2]  # broadcast over the C channels of b
+        s_b, s_bb, s_ab = sums[:, 2:].split(c, dim=1)
         mean_a, mean_b = s_a / n, s_b / n
         cross = s_ab - mean_b * s_a - mean_a * s_b + mean_a * mean_b * n
         var_a = (s_aa - 2 * mean_a * s_a + mean_a * mean_a * n).clamp_min(0.0)
         var_b = (s_bb - 2 * mean_b * s_b + mean_b * mean_b * n).clamp_min(0.0)
-        cc = cross * cross / (var_a * var_b + _NCC_EPS)
-        return cc.unsqueeze(1)
+        return cross * cross / (var_a * var_b + _NCC_EPS)
 
 
 def cc_loss(
@@ -163,29 +208,32 @@ def cc_loss(
     Args:
         image: ``(B, C, H, W)`` input images (the ones the cluster probabilities were computed
             from), any intensity range.
-        probs: ``(B, K, H, W)`` cluster probabilities (softmax over K) at the image resolution.
+        probs: ``(B, K, H, W)`` cluster probabilities (softmax over K) at the image resolution,
+            or ``(B, n_heads, K, H, W)`` for several heads (the edge map is computed once).
         window: odd side of the local window (5 in the paper's code).
         edge: ``"sobel"`` (the paper, default) or ``"diff"`` (the authors' code).
         power: exponent of the normalised edge map (0.75 in the authors' ACDC code).
 
     Returns:
         Scalar float32 tensor in [-1, 0]; -1 when the entropy map is locally perfectly
-        correlated with the edge map everywhere.
+        correlated with the edge map everywhere. ``(n_heads,)`` (each head's loss, equal to
+        calling this function head by head) for 5D ``probs``.
 
     Raises:
         ValueError: on mismatched batch or spatial sizes (both shapes named), K < 2, a bad
             window, operator or power.
     """
     check_ndim(image, "image", (4,), "(B, C, H, W) images")
-    check_ndim(probs, "probs", (4,), "(B, K, H, W) probabilities")
-    if image.shape[0] != probs.shape[0] or image.shape[2:] != probs.shape[2:]:
+    check_ndim(probs, "probs", (4, 5), "(B, K, H, W) or (B, n_heads, K, H, W) probabilities")
+    if image.shape[0] != probs.shape[0] or image.shape[2:] != probs.shape[-2:]:
         raise ValueError(
             f"image and probs must share batch and spatial size, got image "
             f"{tuple(image.shape)} and probs {tuple(probs.shape)}"
         )
-    check_clusters(probs, "probs")
+    check_clusters(probs, "probs", dim=probs.ndim - 3)
     _check_window(window)
     with torch.autocast(device_type=probs.device.type, enabled=False):
-        phi = edge_map(image, edge, power)
-        psi = entropy_map(probs)
-        return -local_ncc(phi, psi, window).mean()
+        phi = edge_map(image, edge, power)  # (B, 1, H, W)
+        psi = entropy_map(probs)  # (B, 1, H, W), or (B, n_heads, H, W) for 5D probs
+        cc = local_ncc(phi, psi, window)
+        return -cc.mean(dim=(0, 2, 3)) if probs.ndim == 5 else -cc.mean()

@@ -4,6 +4,9 @@
   IIC), symmetrised.
 * :func:`mi_loss` - the alpha-regularised MI loss of the BIM paper (eqs. 5-8); at ``alpha=0`` and
   ``lamda=1`` it is exactly the IIC objective ``-I(X; Y)`` (eq. 4).
+
+Both accept several cluster heads at once as ``(B, n_heads, K, H, W)`` maps and then return one
+joint / one loss per head (one batched matrix product for all heads instead of a Python loop).
 * :func:`local_mi_loss` - the GMI paper's local MI (eqs. 10-12): one joint per displacement
   ``(p, q)`` in a square neighbourhood, all computed at once by a convolution of the two maps.
 
@@ -37,9 +40,34 @@ def _autocast_off(device: torch.device) -> torch.autocast:
 
 
 def _check_pair(p1: Tensor, p2: Tensor) -> int:
-    check_ndim(p1, "p1", (2, 4), "(B, K) or (B, K, H, W) probabilities")
+    check_ndim(p1, "p1", (2, 4, 5), "(B, K), (B, K, H, W) or (B, n_heads, K, H, W) probabilities")
     same_shape(p1, p2, "p1", "p2")
-    return check_clusters(p1, "p1")
+    return check_clusters(p1, "p1", dim=2 if p1.ndim == 5 else 1)
+
+
+class _PixelJoint(torch.autograd.Function):
+    """``sum_n a[n] @ b[n]^T`` for ``(N, K, L)`` inputs (the batch of per-image joints).
+
+    Autograd of ``bmm(a, b.transpose(1, 2))`` returns the gradient of ``b`` as a transposed
+    ``(N, L, K)`` product that is then copied back to ``(N, K, L)``; here both gradients are
+    computed directly in the ``(N, K, L)`` layout: ``da[n] = g @ b[n]``, ``db[n] = g^T @ a[n]``.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, groups: int) -> Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.groups = groups
+        out = torch.bmm(a, b.transpose(1, 2))  # (N, K, K), N = batch * groups
+        return out.view(-1, groups, *out.shape[1:]).sum(0)  # (groups, K, K)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        a, b = ctx.saved_tensors
+        n = a.shape[0] // ctx.groups
+        g = grad.unsqueeze(0).expand(n, *grad.shape).reshape(a.shape[0], *grad.shape[1:])
+        da = torch.bmm(g, b) if ctx.needs_input_grad[0] else None
+        db = torch.bmm(g.transpose(1, 2), a) if ctx.needs_input_grad[1] else None
+        return da, db, None
 
 
 def _xlogx(x: Tensor) -> Tensor:
@@ -47,9 +75,10 @@ def _xlogx(x: Tensor) -> Tensor:
     return x * torch.log(x.clamp_min(EPS))
 
 
-def _entropy(p: Tensor) -> Tensor:
-    """Entropy (nats) of a probability vector or matrix, summed over all entries."""
-    return -_xlogx(p).sum()
+def _entropy(p: Tensor, dims: int = 0) -> Tensor:
+    """Entropy (nats) summed over the last ``dims`` axes (0: over all entries)."""
+    terms = _xlogx(p)
+    return -(terms.sum() if dims == 0 else terms.sum(dim=tuple(range(-dims, 0))))
 
 
 def joint_distribution(p1: Tensor, p2: Tensor, symmetric: bool = True) -> Tensor:
@@ -61,12 +90,13 @@ def joint_distribution(p1: Tensor, p2: Tensor, symmetric: bool = True) -> Tensor
 
     Args:
         p1: ``(B, K, H, W)`` or ``(B, K)`` cluster probabilities of view 1 (softmax over K,
-            values in [0, 1]).
+            values in [0, 1]), or ``(B, n_heads, K, H, W)`` for several heads at once.
         p2: the same shape as ``p1``; probabilities of view 2, spatially aligned with ``p1``.
         symmetric: symmetrise the joint (the authors' code does; IIC does too).
 
     Returns:
-        ``(K, K)`` float32 tensor, non-negative, summing to 1.
+        ``(K, K)`` float32 tensor, non-negative, summing to 1; ``(n_heads, K, K)`` (one such
+        joint per head) for 5D inputs.
 
     Raises:
         ValueError: if the shapes differ, are not 2D/4D, or K < 2.
@@ -76,13 +106,18 @@ def joint_distribution(p1: Tensor, p2: Tensor, symmetric: bool = True) -> Tensor
         a = p1.float()
         b = p2.float()
         # mean over batch and pixels of outer products; normalised to sum 1 below
-        if a.ndim == 4:  # one (K, HW) x (HW, K) product per image, summed over the batch
-            joint = torch.bmm(a.flatten(2), b.flatten(2).transpose(1, 2)).sum(0)
+        if a.ndim >= 4:  # one (K, HW) x (HW, K) product per image (and head), summed over B
+            heads = a.shape[1] if a.ndim == 5 else 1
+            k, hw = a.shape[-3], a.shape[-2] * a.shape[-1]
+            joint = _PixelJoint.apply(a.reshape(-1, k, hw), b.reshape(-1, k, hw), heads)
+            if a.ndim == 4:
+                joint = joint[0]
         else:
             joint = a.t() @ b
         if symmetric:
-            joint = (joint + joint.t()) / 2
-        return joint / joint.sum().clamp_min(EPS)
+            joint = (joint + joint.transpose(-2, -1)) / 2
+        total = joint.sum(dim=(-2, -1), keepdim=True)
+        return joint / total.clamp_min(EPS)
 
 
 def mutual_information(joint: Tensor) -> Tensor:
@@ -123,13 +158,16 @@ def mi_loss(
     this function always returns the scalar loss only.
 
     Args:
-        p1: ``(B, K, H, W)`` or ``(B, K)`` probabilities of view 1, ``g(s(T(x)))``.
+        p1: ``(B, K, H, W)`` or ``(B, K)`` probabilities of view 1, ``g(s(T(x)))``; or
+            ``(B, n_heads, K, H, W)`` for several cluster heads at once.
         p2: same shape, probabilities of view 2, ``g(T(s(x)))`` (aligned with ``p1``).
         alpha: mixing coefficient in [0, 1] (0.5 in the BIM paper).
         lamda: weight of the marginal entropies, >= 0 (1 in the paper and code).
 
     Returns:
-        Scalar float32 tensor (nats). At ``alpha=0, lamda=1`` it lies in ``[-log K, 0]``.
+        Scalar float32 tensor (nats); ``(n_heads,)`` (the loss of each head, equal to calling
+        this function head by head) for 5D inputs. At ``alpha=0, lamda=1`` it lies in
+        ``[-log K, 0]``.
 
     Raises:
         ValueError: on shape mismatch, K < 2, ``alpha`` outside [0, 1] or negative ``lamda``.
@@ -142,8 +180,8 @@ def mi_loss(
         log_joint = torch.log(joint.clamp_min(EPS))
         eye = torch.eye(k, device=joint.device, dtype=joint.dtype) / k
         target = alpha * eye + (1.0 - alpha) * joint
-        cross = -(target * log_joint).sum()
-        marginals = _entropy(joint.sum(1)) + _entropy(joint.sum(0))
+        cross = -(target * log_joint).sum(dim=(-2, -1))
+        marginals = _entropy(joint.sum(-1), dims=1) + _entropy(joint.sum(-2), dims=1)
         return cross - lamda * marginals
 
 

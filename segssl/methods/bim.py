@@ -105,19 +105,16 @@ class BIM(Method):
         _, f_tx = self.model(tx, taps=taps)
         f_x = self.model(x, taps=taps)[1] if self._on("mi") or self._on("con") else None
         parts: dict[str, torch.Tensor] = {}
+        # all heads at once: (B, heads, K, H, W) probabilities, one loss per head, averaged
         if self._on("mi") or self._on("cc"):
-            p_hat = self.heads["cluster"](f_tx[cfg.dense_tap])  # g(s(T(x))) per head
+            p_hat = self.heads["cluster"].probs(f_tx[cfg.dense_tap])  # g(s(T(x)))
         if self._on("mi"):
-            p_tilde = self.heads["cluster"](state.geometry(f_x[cfg.dense_tap]))  # g(T(s(x)))
-            if cfg.mask_outside:  # the joint sums a * b: a binary mask on one side suffices
-                mask = state.valid_mask(*x.shape[-2:], device=x.device)
-                p_tilde = [p * mask for p in p_tilde]
-            pairs = zip(p_hat, p_tilde, strict=True)
-            mi = [mi_loss(a, b, cfg.alpha, cfg.lamda) for a, b in pairs]
-            parts["mi"] = torch.stack(mi).mean()
+            # the joint sums a * b: a binary mask on one side suffices (applied in the softmax)
+            mask = state.valid_mask(*x.shape[-2:], device=x.device) if cfg.mask_outside else None
+            p_tilde = self.heads["cluster"].probs(state.geometry(f_x[cfg.dense_tap]), mask)
+            parts["mi"] = mi_loss(p_hat, p_tilde, cfg.alpha, cfg.lamda).mean()  # g(T(s(x)))
         if self._on("cc"):
-            cc = [cc_loss(tx, p, cfg.window, cfg.edge, cfg.edge_power) for p in p_hat]
-            parts["cc"] = torch.stack(cc).mean()
+            parts["cc"] = cc_loss(tx, p_hat, cfg.window, cfg.edge, cfg.edge_power).mean()
         if self._on("con"):
             from segssl.losses.contrastive import supcon_loss
 

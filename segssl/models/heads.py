@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -29,8 +30,44 @@ def _check_input(x: Tensor, in_ch: int, owner: str) -> None:
         )
 
 
+class _MaskedSoftmax(torch.autograd.Function):
+    """``softmax(z, dim) * mask``, computed in place in the buffer of ``z``.
+
+    ``z`` is the freshly made stacked 1x1-conv output, needed by nothing else, so the softmax
+    overwrites it instead of allocating another ``(B, n_heads, K, H, W)`` tensor (on CPU every
+    fresh tensor of this size costs a page-faulting first write). For a binary mask the backward
+    is the ordinary softmax backward evaluated on the masked output: at masked pixels the output
+    is 0, so the gradient is 0 there as well; elsewhere the output equals the softmax.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, shape: tuple[int, ...], mask: Tensor | None) -> Tensor:
+        # z: the (B, n_heads * K, H, W) conv output (not a view: in-place ops on a view would
+        # make autograd copy the whole base in backward); shape: its (B, n_heads, K, H, W) view
+        p = z.view(shape)
+        p.sub_(p.amax(2, keepdim=True)).exp_()
+        p.div_(p.sum(2, keepdim=True))
+        if mask is not None:
+            p.mul_(mask)
+        ctx.mark_dirty(z)
+        ctx.shape = shape
+        ctx.save_for_backward(z)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (z,) = ctx.saved_tensors
+        p, g = z.view(ctx.shape), grad.reshape(ctx.shape)
+        return torch._softmax_backward_data(g, p, 2, p.dtype).view(z.shape), None, None
+
+
 class ClusterHeads(nn.Module):
     """``n_heads`` independent cluster projectors: 1x1 conv to K channels, softmax over K.
+
+    The heads are stored as ``n_heads`` separate ``Conv2d`` modules (state-dict keys
+    ``heads.<i>.weight`` / ``heads.<i>.bias``) but evaluated as ONE 1x1 convolution with
+    ``n_heads * K`` outputs (their weights concatenated) and one softmax over the K axis of a
+    ``(B, n_heads, K, H, W)`` view; the result equals running the heads one by one.
 
     Args:
         in_ch: channels of the tapped feature map.
@@ -38,8 +75,9 @@ class ClusterHeads(nn.Module):
         n_heads: number of sub-heads (3 in the BIM paper).
 
     Shapes:
-        input ``(B, in_ch, H, W)`` -> list of ``n_heads`` tensors ``(B, K, H, W)``, each a
-        softmax over K (values in [0, 1], summing to 1 over dim 1).
+        input ``(B, in_ch, H, W)`` -> list of ``n_heads`` tensors ``(B, K, H, W)`` (views of one
+        stacked tensor), each a softmax over K (values in [0, 1], summing to 1 over dim 1).
+        :meth:`probs` returns the stacked ``(B, n_heads, K, H, W)`` tensor itself.
     """
 
     def __init__(self, in_ch: int, k: int = 40, n_heads: int = 3) -> None:
@@ -47,17 +85,55 @@ class ClusterHeads(nn.Module):
         _check_positive_int(in_ch, "in_ch")
         _check_positive_int(k, "K", minimum=2)
         _check_positive_int(n_heads, "n_heads")
-        self.in_ch, self.k = in_ch, k
+        self.in_ch, self.k, self.n_heads = in_ch, k, n_heads
         self.heads = nn.ModuleList(nn.Conv2d(in_ch, k, kernel_size=1) for _ in range(n_heads))
+
+    def _conv(self, x: Tensor) -> Tensor:
+        """All heads' scores from ONE 1x1 conv (weights concatenated), ``(B, n_heads*K, H, W)``."""
+        _check_input(x, self.in_ch, "ClusterHeads")
+        weight = torch.cat([h.weight for h in self.heads])
+        bias = torch.cat([h.bias for h in self.heads])
+        return F.conv2d(x, weight, bias)
+
+    def _shape(self, x: Tensor) -> tuple[int, ...]:
+        return (x.shape[0], len(self.heads), self.k, *x.shape[2:])
+
+    def stacked_logits(self, x: Tensor) -> Tensor:
+        """Pre-softmax scores of all heads, ``(B, n_heads, K, H, W)``."""
+        return self._conv(x).view(self._shape(x))
 
     def logits(self, x: Tensor) -> list[Tensor]:
         """Pre-softmax scores of every head, ``(B, K, H, W)`` each."""
-        _check_input(x, self.in_ch, "ClusterHeads")
-        return [head(x) for head in self.heads]
+        return list(self.stacked_logits(x).unbind(1))
+
+    def probs(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Cluster probabilities of all heads, ``(B, n_heads, K, H, W)`` (softmax over dim 2).
+
+        Args:
+            x: ``(B, in_ch, H, W)`` features.
+            mask: optional binary ``(B, 1, H, W)`` pixel mask; the probabilities are multiplied
+                by it in place (zero outside), with the gradient of ``softmax * mask``.
+
+        Raises:
+            ValueError: on a wrong feature shape, or a mask that is not a ``(B, 1, H, W)``
+                tensor of zeros and ones.
+        """
+        z = self._conv(x)  # made fresh here, so the softmax may overwrite it
+        if mask is not None:
+            want = (x.shape[0], 1, *x.shape[2:])
+            if tuple(mask.shape) != want:
+                raise ValueError(
+                    f"mask must have shape {want} for features {tuple(x.shape)}, "
+                    f"got {tuple(mask.shape)}"
+                )
+            if not bool(((mask == 0) | (mask == 1)).all()):
+                raise ValueError("mask must contain only 0 and 1")
+            mask = mask.to(z.dtype).unsqueeze(1)  # (B, 1, 1, H, W)
+        return _MaskedSoftmax.apply(z, self._shape(x), mask).view(self._shape(x))
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """Cluster probabilities of every head (softmax over K)."""
-        return [z.softmax(dim=1) for z in self.logits(x)]
+        """Cluster probabilities of every head (softmax over K), ``(B, K, H, W)`` each."""
+        return list(self.probs(x).unbind(1))
 
 
 class GlobalProjector(nn.Module):

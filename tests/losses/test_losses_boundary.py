@@ -156,3 +156,48 @@ def test_cc_loss_is_computed_in_float32_for_half_inputs() -> None:
     half = cc_loss(img.half(), probs.half())
     assert half.dtype == torch.float32
     assert float(half) == pytest.approx(float(ref), abs=2e-3)
+
+
+@pytest.mark.parametrize("edge", ["sobel", "diff"])
+def test_cc_loss_of_stacked_heads_equals_per_head_calls_with_gradients(edge: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    image = _texture(2, 12, 10, seed=4) * 5
+    logits = torch.randn(2, 3, 6, 12, 10, generator=g) * 3
+    probs = logits.softmax(2)
+    probs[0, 1, :, 2, 3] = torch.tensor([1.0, 0, 0, 0, 0, 0])  # exact zeros included
+    weights = torch.tensor([1.0, 2.0, 3.0])
+
+    ref_p = probs.clone().requires_grad_()
+    ref = torch.stack([cc_loss(image, ref_p[:, h], 5, edge, 0.75) for h in range(3)])
+    (ref * weights).sum().backward()
+    new_p = probs.clone().requires_grad_()
+    out = cc_loss(image, new_p, 5, edge, 0.75)
+    (out * weights).sum().backward()
+    assert out.shape == (3,)
+    torch.testing.assert_close(out, ref.detach())
+    torch.testing.assert_close(new_p.grad, ref_p.grad)
+
+
+def test_entropy_gradient_equals_autograd_of_the_formula() -> None:
+    # away from the 1e-10 floor the one-pass backward equals autograd of -sum p log p
+    p = torch.rand(2, 4, 5, 6, generator=torch.Generator().manual_seed(5)).add(0.01).softmax(1)
+    up = torch.randn(2, 1, 5, 6, generator=torch.Generator().manual_seed(6))
+    a = p.clone().requires_grad_()
+    (entropy_map(a, normalise=False) * up).sum().backward()
+    b = p.clone().requires_grad_()
+    (-(b * b.log()).sum(1, keepdim=True) * up).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    stacked = entropy_map(torch.stack([p, p.flip(1)], dim=1))  # (B, heads, K, H, W)
+    assert stacked.shape == (2, 2, 5, 6)
+    torch.testing.assert_close(stacked[:, 1:], entropy_map(p.flip(1)))
+
+
+def test_local_ncc_multi_channel_b_equals_channel_by_channel() -> None:
+    a = _texture(2, 9, 11, seed=7)
+    b = torch.cat([_texture(2, 9, 11, seed=s) for s in (8, 9, 10)], dim=1)
+    out = local_ncc(a, b, 5)
+    assert out.shape == (2, 3, 9, 11)
+    for c in range(3):
+        torch.testing.assert_close(out[:, c : c + 1], local_ncc(a, b[:, c : c + 1], 5))
+    with pytest.raises(ValueError, match=r"a must be \(B, 1, H, W\).*got a \(2, 2, 9, 11\)"):
+        local_ncc(b[:, :2], b, 5)

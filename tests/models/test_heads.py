@@ -37,8 +37,10 @@ def test_cluster_heads_on_unet_tap_sum_to_one_and_are_independent() -> None:
         assert p.shape == (2, 5, 16, 16)
         torch.testing.assert_close(p.sum(1), torch.ones(2, 16, 16))
     assert not torch.allclose(probs[0], probs[1])
-    probs[0].sum().backward()
-    assert heads.heads[1].weight.grad is None and heads.heads[0].weight.grad is not None
+    probs[0][:, 0].sum().backward()
+    # the heads run as one stacked conv: head 1 gets an exact zero gradient from head 0's loss
+    assert torch.count_nonzero(heads.heads[1].weight.grad) == 0
+    assert torch.count_nonzero(heads.heads[0].weight.grad) > 0
 
 
 def test_global_projector_unit_norm_and_pooling() -> None:
@@ -75,3 +77,51 @@ def test_heads_reject_bad_arguments_and_inputs() -> None:
         GlobalProjector(8)(torch.rand(2, 3, 4, 4))
     with pytest.raises(ValueError, match="grid must be an int >= 1, got 0"):
         DenseProjector(8, grid=0)
+
+
+def _reference_probs(heads: ClusterHeads, x: torch.Tensor) -> list[torch.Tensor]:
+    """Each head run on its own: its Conv2d module, then a softmax over K."""
+    return [torch.softmax(h(x), dim=1) for h in heads.heads]
+
+
+def test_stacked_probs_equal_heads_run_one_by_one_with_gradients() -> None:
+    torch.manual_seed(0)
+    heads = ClusterHeads(in_ch=6, k=5, n_heads=3)
+    x = torch.randn(2, 6, 7, 9)
+    mask = (torch.rand(2, 1, 7, 9) > 0.3).float()
+    up = torch.randn(2, 3, 5, 7, 9)  # an arbitrary upstream gradient
+
+    x_ref = x.clone().requires_grad_()
+    ref = torch.stack([p * mask for p in _reference_probs(heads, x_ref)], dim=1)
+    (ref * up).sum().backward()
+    ref_grads = [x_ref.grad] + [p.grad.clone() for p in heads.parameters()]
+    heads.zero_grad()
+
+    x_new = x.clone().requires_grad_()
+    new = heads.probs(x_new, mask)
+    assert new.shape == (2, 3, 5, 7, 9)
+    torch.testing.assert_close(new, ref)
+    (new * up).sum().backward()
+    new_grads = [x_new.grad] + [p.grad for p in heads.parameters()]
+    for a, b in zip(new_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the list API gives the per-head maps; masked pixels are exactly 0
+    for p, r in zip(heads(x), _reference_probs(heads, x), strict=True):
+        torch.testing.assert_close(p, r)
+    outside = (mask.unsqueeze(1) == 0).expand_as(new)
+    assert outside.any() and bool((new.detach()[outside] == 0).all())
+
+
+def test_cluster_heads_state_dict_keys_and_mask_errors() -> None:
+    heads = ClusterHeads(in_ch=4, k=3, n_heads=2)
+    assert sorted(heads.state_dict()) == [
+        "heads.0.bias",
+        "heads.0.weight",
+        "heads.1.bias",
+        "heads.1.weight",
+    ]
+    x = torch.rand(2, 4, 5, 5)
+    with pytest.raises(ValueError, match=r"mask must have shape \(2, 1, 5, 5\).*got \(2, 5, 5\)"):
+        heads.probs(x, torch.ones(2, 5, 5))
+    with pytest.raises(ValueError, match="mask must contain only 0 and 1"):
+        heads.probs(x, torch.full((2, 1, 5, 5), 0.5))
