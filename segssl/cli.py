@@ -42,7 +42,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Optional[bool] = typer.Option(  # noqa: UP007 - typer needs Optional
+    version: Optional[bool] = typer.Option(  # noqa: UP007, UP045 - typer needs Optional
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
@@ -247,20 +247,21 @@ def train_cmd(
     except (ConfigError, EngineConfigError, CheckpointError, KeyError) as exc:
         fail(str(exc))
     run_dir = workdir or Path("runs") / f"{cfg.method.name}-{cfg.stage}-{config_hash(cfg)}"
-    reporter = None
+    recorder = None
     if tracking_uri:
-        from segssl.tracking import MlflowRunReporter
+        from segssl.orchestrate.tracking import start_single_run
 
         name = f"{cfg.method.name} {cfg.stage} | {cfg.data.labeled_scans} | seed {cfg.seed}"
         try:
-            reporter = MlflowRunReporter(tracking_uri, experiment, cfg, name)
+            recorder = start_single_run(tracking_uri, experiment, cfg, name, run_dir)
         except Exception as exc:  # noqa: BLE001 - any tracking failure is reported, not traced
             fail(f"--tracking-uri {tracking_uri}: cannot start an MLflow run: {exc}")
     from segssl.engine import train
 
     result, status = None, "FAILED"
     try:
-        result = train(cfg, reporter, workdir=run_dir, resume=resume)
+        report = recorder.log_metrics if recorder is not None else None
+        result = train(cfg, report, workdir=run_dir, resume=resume)
         status = "FINISHED"
     except DataError as exc:  # bad data input, found before any training step
         fail(str(exc))
@@ -269,8 +270,10 @@ def train_cmd(
     except (EngineConfigError, CheckpointError, ValueError) as exc:
         fail(str(exc), code=1)
     finally:
-        if reporter is not None:
-            reporter.finish(result, run_dir, status)
+        if recorder is not None:
+            from segssl.orchestrate.tracking import finish_single_run
+
+            finish_single_run(recorder, run_dir, result, status)
     metrics = result["metrics"]
     console.print(f"[bold]result[/] {run_dir / 'result.json'}")
     console.print(json.dumps(metrics, indent=1, sort_keys=True), highlight=False)

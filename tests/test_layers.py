@@ -64,7 +64,7 @@ def test_blocking_really_blocks() -> None:
     assert ok.returncode == 0, ok.stderr
     # and a module that imports mlflow indirectly is caught too
     proc = _run(
-        "import segssl.tracking, segssl.engine\n"
-        "segssl.tracking.MlflowRunReporter('x', 'y', None, 'z')\n"
+        "import segssl.orchestrate.tracking as t, segssl.engine\n"
+        "t.TrialRecorder('sqlite:///x.db', '0', None, 'z')\n"
     )
     assert proc.returncode != 0 and "blocked import of mlflow" in proc.stderr

@@ -431,3 +431,76 @@ class TrialRecorder:
         if reason:
             self._log(tags={"segssl.end_reason": reason[:5000]})
         self.client.set_terminated(self.run_id, status=status)
+
+
+def fingerprint_tags(workdir: Path, result: Mapping[str, Any]) -> dict[str, str]:
+    """``segssl.data_fingerprint`` / ``segssl.split_fingerprint`` tags of a finished run, from its
+    result dict and the ``result.json`` / ``split.json`` in its workdir."""
+    tags: dict[str, str] = {}
+    sources: list[Mapping[str, Any]] = [result]
+    for fname in ("result.json", "split.json"):
+        f = workdir / fname
+        if f.is_file():
+            try:
+                data = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(data, Mapping):
+                sources.append(data)
+                if fname == "split.json" and "fingerprint" in data:
+                    tags.setdefault("segssl.split_fingerprint", str(data["fingerprint"]))
+    for src in sources:
+        for name in ("data_fingerprint", "split_fingerprint"):
+            if src.get(name):
+                tags.setdefault(f"segssl.{name}", str(src[name]))
+    return tags
+
+
+def start_single_run(
+    uri: str, experiment: str, cfg: Any, name: str, workdir: Path
+) -> TrialRecorder:
+    """The MLflow run of one ``segssl train`` (no sweep), with the same record as a sweep trial.
+
+    Tags ``segssl.stage``, ``segssl.trial_key`` (the key a sweep would give this config as a
+    root trial), ``segssl.git_sha`` and, when ``train.init_from`` is a segssl checkpoint,
+    ``segssl.parent_key`` (the root-trial key of the config stored in that checkpoint); params are
+    the flattened resolved config. The caller logs metrics through
+    :meth:`TrialRecorder.log_metrics` and closes with :func:`finish_single_run`.
+
+    Raises:
+        TrackingError: the tracking server cannot be reached.
+    """
+    from segssl.config import flatten, parse_run_config
+    from segssl.orchestrate.plan import trial_key
+
+    check_tracking(uri)
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    tags = {
+        "segssl.stage": cfg.stage,
+        "segssl.trial_key": trial_key(cfg, None),
+        "segssl.git_sha": git_sha(),
+    }
+    if cfg.train.init_from:
+        from segssl.engine import load_checkpoint
+
+        stored = load_checkpoint(cfg.train.init_from).get("config")
+        if isinstance(stored, str):
+            parent_cfg = parse_run_config(json.loads(stored), source=cfg.train.init_from)
+            tags["segssl.parent_key"] = trial_key(parent_cfg, None)
+    recorder = TrialRecorder(uri, exp_id, None, Path(workdir))
+    recorder.start(name, tags, flatten(cfg))
+    return recorder
+
+
+def finish_single_run(
+    recorder: TrialRecorder, workdir: Path, result: Mapping[str, Any] | None, status: str
+) -> None:
+    """Fingerprint tags and artifacts of a finished ``segssl train`` run, then its status."""
+    if result:
+        recorder.set_tags(fingerprint_tags(Path(workdir), result))
+        recorder.log_outputs(
+            Path(workdir), log_checkpoint=False, split_path=result.get("split_path")
+        )
+    recorder.end(status)

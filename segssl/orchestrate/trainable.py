@@ -112,27 +112,6 @@ def _search_task(sampled: Mapping[str, Any], search: SearchStage, ctx: SweepCont
     )
 
 
-def _fingerprints(workdir: Path, result: Mapping[str, Any]) -> dict[str, str]:
-    tags: dict[str, str] = {}
-    sources: list[Mapping[str, Any]] = [result]
-    for fname in ("result.json", "split.json"):
-        f = workdir / fname
-        if f.is_file():
-            try:
-                data = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if isinstance(data, Mapping):
-                sources.append(data)
-                if fname == "split.json" and "fingerprint" in data:
-                    tags.setdefault("segssl.split_fingerprint", str(data["fingerprint"]))
-    for src in sources:
-        for name in ("data_fingerprint", "split_fingerprint"):
-            if src.get(name):
-                tags.setdefault(f"segssl.{name}", str(src[name]))
-    return tags
-
-
 def _non_retryable() -> tuple[type[BaseException], ...]:
     """Errors a retry cannot fix: bad config or data, incompatible checkpoint, NaN loss (a
     seeded run diverges again at the same step)."""
@@ -165,7 +144,7 @@ def run_trial(
     from ray import tune
     from ray.tune import Checkpoint
 
-    from segssl.orchestrate.tracking import TrialRecorder, finished_runs
+    from segssl.orchestrate.tracking import TrialRecorder, fingerprint_tags, finished_runs
 
     if train_fn is None:
         from segssl.engine import train as train_fn  # noqa: PLC0415
@@ -238,7 +217,7 @@ def run_trial(
     final = {k: v for k, v in metrics.items() if k not in seen}  # not yet reported by the engine
     final["cost/trial_wall_s"] = time.time() - t0
     recorder.log_metrics(final, int(result.get("best_epoch", 0) or 0))
-    recorder.set_tags(_fingerprints(workdir, result))
+    recorder.set_tags(fingerprint_tags(workdir, result))
     recorder.log_outputs(workdir, task.log_checkpoint, result.get("split_path"))
     recorder.end("FINISHED")
     out = {**seen, **{k: float(v) for k, v in final.items() if isinstance(v, int | float)}}

@@ -85,8 +85,15 @@ def test_tracking_uri_logs_the_record(tiny_yaml, tmp_path: Path) -> None:
     run = client.search_runs([client.get_experiment_by_name("t").experiment_id])[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["segssl.stage"] == "finetune"
-    assert len(run.data.tags["segssl.trial_key"]) == 16
+    # the same key a sweep would give this config, so single runs and sweeps share one record
+    from segssl.config import load_run_config
+    from segssl.orchestrate.plan import trial_key
+
+    assert run.data.tags["segssl.trial_key"] == trial_key(load_run_config(cfg), None)
     assert run.data.tags["segssl.split_fingerprint"]
+    assert run.data.tags["segssl.data_fingerprint"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "result.json", "split.json"} <= artifacts
     assert run.data.params["method.name"] == "baseline"
     assert run.data.params["data.labeled_scans"] == "1"
     history = client.get_metric_history(run.info.run_id, "val/dsc")
