@@ -1,22 +1,36 @@
 """Benchmark: one ``bim`` pre-training step against the bare U-Net passes it needs.
 
-Measured side by side in one process (median of ``--repeats`` timings after warm-up):
+Measured side by side in one process: after warm-up, every repeat runs each measured function
+once in turn (bare, bim, the loss pieces; the order rotates between repeats), so slow phases of a
+shared machine hit all of them alike; figures are medians over the repeats, and the ratio is the
+median of the per-repeat ratios bim / bare.
 
 * ``bare``: the two U-Net forward/backward passes a bim step needs (``s(x)`` and ``s(T(x))``
   up to Up_conv2, backward of a trivial loss) plus the optimiser step;
 * ``bim``: the engine's full step: ``training_step`` (paired transform, heads, L_con, L_MI,
   L_CC), backward and optimiser step; target ratio bim / bare <= 1.3;
 * the share of ``mi_loss`` and ``cc_loss`` (forward + backward on tensors of the step's shapes,
-  all heads) in the bim step;
+  all heads in one batched call, as the step makes it) in the bim step;
 * loader throughput: unlabeled batches per second from ``build_data`` plus the engine's base
   augmentation, against the steps per second the bim step consumes; target >= 3x.
 
-Usage: ``python bench/bench_bim_step.py [--size 128] [--width 16] [--batch 8] [--threads 1]``.
+Besides wall time the script prints process CPU time (less sensitive to other jobs on a shared
+machine) and the minor page faults of one step: on CPU, glibc serves every allocation above
+32 MB with a fresh ``mmap`` and unmaps it on free, so each large tensor (the ``(B, heads*K, H,
+W)`` cluster maps are 63 MB at 128 px, 190 MB at 224 px) is paid again in page faults at its
+first write, step after step. ``--malloc keep`` calls ``mallopt`` (no mmap, no trimming) before
+any tensor exists, so freed memory is reused as a caching allocator would; it shows how much of
+the overhead is the allocator and not arithmetic.
+
+Usage: ``python bench/bench_bim_step.py [--size 128] [--width 16] [--batch 8] [--threads 1]
+[--malloc default|keep]``; ``--size 224 128 64`` measures several slice sizes in one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import resource
 import statistics
 import tempfile
 import time
@@ -26,31 +40,39 @@ from pathlib import Path
 import torch
 
 
-def _median_time(fn: Callable[[], None], repeats: int, warmup: int) -> float:
+def _interleaved_times(
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int, clock=time.perf_counter
+) -> dict[str, list[float]]:
+    """Per-function times; each repeat runs every function once, in a rotating order."""
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for fn in fns.values():
+            fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            t = clock()
+            fns[n]()
+            times[n].append(clock() - t)
+    return times
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=128, help="slice side (px)")
-    ap.add_argument("--width", type=int, default=16, help="U-Net base width (16 = paper)")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--k", type=int, default=40)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=0, help="data.num_workers")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+def _page_faults(fn: Callable[[], None]) -> int:
+    """Minor page faults of one call (first writes to freshly mapped memory)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
+
+def _keep_freed_memory() -> None:
+    """glibc: serve large blocks from the heap, never trim it (M_MMAP_MAX=0, M_TRIM_THRESHOLD)."""
+    libc = ctypes.CDLL("libc.so.6")
+    if not (libc.mallopt(-4, 0) and libc.mallopt(-1, 2**31 - 1)):
+        raise SystemExit("mallopt failed: --malloc keep needs glibc")
+
+
+def bench_size(args: argparse.Namespace, size: int, tmp: Path) -> None:
+    """Measure and print the bim step against the bare passes at one slice size."""
     from segssl.augment import BaseAugment
     from segssl.config import parse_run_config
     from segssl.data import build_data, synthesize
@@ -61,18 +83,18 @@ def main() -> None:
     from segssl.methods.base import MethodContext
     from segssl.models import build_model
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-bim-"))
-    root = synthesize("acdc", tmp / "acdc", scans=6, size=args.size, seed=0)
+    torch.manual_seed(0)
+    root = synthesize("acdc", tmp / f"acdc{size}", scans=6, size=size, seed=0)
     cfg = parse_run_config(
         {
             "stage": "pretrain",
             "data": {
                 "root": str(root),
-                "preprocess": {"size": [args.size, args.size], "spacing": None, "fit": "resize"},
+                "preprocess": {"size": [size, size], "spacing": None, "fit": "resize"},
                 "unlabeled_batch_size": args.batch,
                 "num_workers": args.workers,
             },
-            "augment": {"crop": args.size},
+            "augment": {"crop": size},
             "model": {"base_width": args.width, "freeze": ["Conv_1x1"]},
             "method": {"name": "bim", "k": args.k},
         }
@@ -98,12 +120,14 @@ def main() -> None:
     method = get_method("bim")(model, cfg.method, ctx)
     opt = build_optimizer(cfg.optim, method.parameters())
     x = batch["image"]
-    tx = method.T.sample(x.shape[0], generator=torch.Generator().manual_seed(2)).image(x)
+    state = method.T.sample(x.shape[0], generator=torch.Generator().manual_seed(2))
+    tx = state.image(x)
+    taps = [cfg.method.dense_tap, cfg.method.global_tap]
 
-    def bare() -> None:
+    def bare() -> None:  # the two passes a bim step needs (both taps), backward, optimiser step
         opt.zero_grad(set_to_none=True)
-        f1 = model(x, taps=["Up_conv2", "Conv5"])[1]
-        f2 = model(tx, taps=["Up_conv2", "Conv5"])[1]
+        f1 = model(x, taps=taps)[1]
+        f2 = model(tx, taps=taps)[1]
         (sum(v.mean() for v in f1.values()) + sum(v.mean() for v in f2.values())).backward()
         opt.step()
 
@@ -114,66 +138,105 @@ def main() -> None:
         opt.step()
 
     heads = cfg.method.heads
-    shape = (x.shape[0], args.k, args.size, args.size)
-    probs = [torch.randn(shape).softmax(1).requires_grad_() for _ in range(2 * heads)]
+    shape = (x.shape[0], heads, args.k, size, size)
+    mask = state.valid_mask(size, size).unsqueeze(1)
+    p_hat = torch.randn(shape).softmax(2).requires_grad_()
+    p_tilde = (torch.randn(shape).softmax(2) * mask).requires_grad_()
 
-    def mi_only() -> None:
-        loss = sum(mi_loss(probs[2 * h], probs[2 * h + 1], 0.5, 1.0) for h in range(heads))
-        loss.backward()
+    def mi_only() -> None:  # L_MI of all heads (one batched call, as in the step), fwd + bwd
+        mi_loss(p_hat, p_tilde, 0.5, 1.0).sum().backward()
 
-    def cc_only() -> None:
-        loss = sum(cc_loss(tx, probs[h], 5, "sobel", 0.75) for h in range(heads))
-        loss.backward()
+    def cc_only() -> None:  # L_CC of all heads (edge map once), fwd + bwd
+        cc_loss(tx, p_hat, 5, "sobel", 0.75).sum().backward()
 
-    feats = model(x, taps=["Up_conv2"])[1]["Up_conv2"].detach()
-    state = method.T.sample(x.shape[0], generator=torch.Generator().manual_seed(3))
+    feats = model(x, taps=[cfg.method.dense_tap])[1][cfg.method.dense_tap].detach()
+    cluster = method.heads["cluster"]
 
-    def heads_only() -> None:  # g on both views: 2 x n_heads (1x1 conv + softmax over K)
+    def heads_only() -> None:  # g on both views: one stacked 1x1 conv + softmax each
         f = feats.clone().requires_grad_()
-        probs = method.heads["cluster"](f) + method.heads["cluster"](f * 1.0)
-        sum(q[:, 0].mean() for q in probs).backward()
+        probs = (cluster.probs(f), cluster.probs(f * 1.0))
+        sum(q[:, :, 0].mean() for q in probs).backward()
 
     def warp_only() -> None:  # T on the Up_conv2 features (geometry only)
         f = feats.clone().requires_grad_()
         state.geometry(f).mean().backward()
 
-    r = args.repeats
-    t_bare = _median_time(bare, r, args.warmup)
-    t_bim = _median_time(bim_step, r, args.warmup)
-    t_mi = _median_time(mi_only, r, args.warmup)
-    t_cc = _median_time(cc_only, r, args.warmup)
-    t_heads = _median_time(heads_only, r, args.warmup)
-    t_warp = _median_time(warp_only, r, args.warmup)
-    t_load = _median_time(draw, 5 * r, args.warmup)
+    fns = {
+        "bare": bare,
+        "bim": bim_step,
+        "mi": mi_only,
+        "cc": cc_only,
+        "heads": heads_only,
+        "warp": warp_only,
+    }
+    times = _interleaved_times(fns, args.repeats, args.warmup)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    ratios = [b / a for a, b in zip(times["bare"], times["bim"], strict=True)]
+    cpu = _interleaved_times(
+        {"bare": bare, "bim": bim_step}, args.repeats, 0, clock=time.process_time
+    )
+    cpu_ratios = [b / a for a, b in zip(cpu["bare"], cpu["bim"], strict=True)]
+    faults = {n: _page_faults(fns[n]) for n in ("bare", "bim")}
+    t_load = statistics.median(_interleaved_times({"load": draw}, 5 * args.repeats, 1)["load"])
     data.close()
 
+    t_bim = med["bim"]
+
+    def share(t: float) -> str:
+        return f"{t * 1e3:8.1f} ms  = {100 * t / t_bim:5.1f} % of the bim step"
+
     print(
-        f"settings: {args.size}x{args.size} px, batch {args.batch}, U-Net width {args.width}, "
-        f"K={args.k}, {heads} heads, torch threads {args.threads}, workers {args.workers}"
+        f"settings: {size}x{size} px, batch {args.batch}, U-Net width {args.width}, "
+        f"K={args.k}, {heads} heads, torch threads {args.threads}, workers {args.workers}, "
+        f"{args.repeats} interleaved repeats, malloc {args.malloc}"
     )
-    print(f"bare two U-Net fwd/bwd + optimiser step : {t_bare * 1e3:8.1f} ms")
+    print(f"bare two U-Net fwd/bwd + optimiser step : {med['bare'] * 1e3:8.1f} ms")
     print(f"bim pre-training step                   : {t_bim * 1e3:8.1f} ms")
-    print(f"ratio bim / bare                        : {t_bim / t_bare:8.2f}  (target <= 1.3)")
     print(
-        f"mi_loss fwd+bwd ({heads} heads)               : {t_mi * 1e3:8.1f} ms  "
-        f"= {100 * t_mi / t_bim:5.1f} % of the bim step"
+        f"ratio bim / bare                        : {statistics.median(ratios):8.2f}  "
+        f"(target <= 1.3; per-repeat range {min(ratios):.2f}-{max(ratios):.2f})"
     )
     print(
-        f"cc_loss fwd+bwd ({heads} heads)               : {t_cc * 1e3:8.1f} ms  "
-        f"= {100 * t_cc / t_bim:5.1f} % of the bim step"
+        f"ratio of process CPU time               : {statistics.median(cpu_ratios):8.2f}  "
+        f"(bare {statistics.median(cpu['bare']) * 1e3:.0f} ms, "
+        f"bim {statistics.median(cpu['bim']) * 1e3:.0f} ms)"
     )
-    print(
-        f"cluster heads fwd+bwd (2 views)         : {t_heads * 1e3:8.1f} ms  "
-        f"= {100 * t_heads / t_bim:5.1f} % of the bim step"
-    )
-    print(
-        f"feature warp T(s(x)) fwd+bwd            : {t_warp * 1e3:8.1f} ms  "
-        f"= {100 * t_warp / t_bim:5.1f} % of the bim step"
-    )
+    print(f"minor page faults per step              : bare {faults['bare']}, bim {faults['bim']}")
+    print(f"mi_loss fwd+bwd ({heads} heads, batched)      : {share(med['mi'])}")
+    print(f"cc_loss fwd+bwd ({heads} heads, batched)      : {share(med['cc'])}")
+    print(f"cluster heads fwd+bwd (2 views)         : {share(med['heads'])}")
+    print(f"feature warp T(s(x)) fwd+bwd            : {share(med['warp'])}")
     print(
         f"loader + base augmentation              : {1 / t_load:8.1f} batches/s vs "
         f"{1 / t_bim:.1f} steps/s consumed = {t_bim / t_load:.1f}x  (target >= 3x)"
     )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, nargs="+", default=[128], help="slice side(s) (px)")
+    ap.add_argument("--width", type=int, default=16, help="U-Net base width (16 = paper)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--k", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=0, help="data.num_workers")
+    ap.add_argument(
+        "--malloc",
+        choices=["default", "keep"],
+        default="default",
+        help="keep: glibc keeps freed memory for reuse (see the module docstring)",
+    )
+    args = ap.parse_args()
+    if args.malloc == "keep":
+        _keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-bim-"))
+    for i, size in enumerate(args.size):
+        if i:
+            print()
+        bench_size(args, size, tmp)
 
 
 if __name__ == "__main__":
