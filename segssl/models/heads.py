@@ -107,7 +107,7 @@ class ClusterHeads(nn.Module):
         return list(self.stacked_logits(x).unbind(1))
 
     def probs(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Cluster probabilities of all heads, ``(B, n_heads, K, H, W)`` (softmax over dim 2).
+        """Float32 cluster probabilities of all heads, ``(B, n_heads, K, H, W)`` (softmax, dim 2).
 
         Args:
             x: ``(B, in_ch, H, W)`` features.
@@ -118,7 +118,8 @@ class ClusterHeads(nn.Module):
             ValueError: on a wrong feature shape, or a mask that is not a ``(B, 1, H, W)``
                 tensor of zeros and ones.
         """
-        z = self._conv(x)  # made fresh here, so the softmax may overwrite it
+        # made fresh here, so the softmax may overwrite it; float32 as autocast runs softmax
+        z = self._conv(x).float()
         if mask is not None:
             want = (x.shape[0], 1, *x.shape[2:])
             if tuple(mask.shape) != want:
