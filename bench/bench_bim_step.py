@@ -29,7 +29,6 @@ Usage: ``python bench/bench_bim_step.py [--size 128] [--width 16] [--batch 8] [-
 from __future__ import annotations
 
 import argparse
-import ctypes
 import resource
 import statistics
 import tempfile
@@ -65,9 +64,10 @@ def _page_faults(fn: Callable[[], None]) -> int:
 
 
 def _keep_freed_memory() -> None:
-    """glibc: serve large blocks from the heap, never trim it (M_MMAP_MAX=0, M_TRIM_THRESHOLD)."""
-    libc = ctypes.CDLL("libc.so.6")
-    if not (libc.mallopt(-4, 0) and libc.mallopt(-1, 2**31 - 1)):
+    """The engine's ``train.cpu_allocator: keep`` (glibc: no mmap for large blocks, no trim)."""
+    from segssl.engine.runtime import keep_freed_memory
+
+    if not keep_freed_memory():
         raise SystemExit("mallopt failed: --malloc keep needs glibc")
 
 

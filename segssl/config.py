@@ -262,6 +262,9 @@ class TrainConfig(Section):
     device: str = "auto"
     amp: Literal["auto", "on", "off"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
+    # CPU runs only (glibc): "keep" reuses freed memory instead of mapping every large tensor
+    # afresh (M_MMAP_MAX=0, no trimming); process-wide; results are unchanged, speed is not
+    cpu_allocator: Literal["default", "keep"] = "keep"
     init_from: str | None = None  # checkpoint to start from (fine-tuning)
     init_strict: bool = True  # every tensor of the model must be in init_from
     # explicit partial loading: only these parameter-name prefixes (empty: all), minus excluded

@@ -9,6 +9,8 @@ checkpoints load with ``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
 from dataclasses import dataclass
 
@@ -21,6 +23,7 @@ __all__ = [
     "EngineConfigError",
     "Runtime",
     "capture_rng",
+    "keep_freed_memory",
     "resolve_runtime",
     "restore_rng",
     "seed_everything",
@@ -75,11 +78,38 @@ def resolve_runtime(cfg: TrainConfig, cuda_available: bool | None = None) -> Run
         if device.type == "cuda" and not cuda:
             raise EngineConfigError(f"train.device={cfg.device!r} but CUDA is not available")
     on_cuda = device.type == "cuda"
+    if not on_cuda and cfg.cpu_allocator == "keep":
+        keep_freed_memory()
     return Runtime(
         device=device,
         amp=_switch("amp", cfg.amp, on_cuda),
         channels_last=_switch("channels_last", cfg.channels_last, on_cuda),
     )
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse: no ``mmap`` for large blocks, no heap trimming.
+
+    On CPU, glibc serves each allocation above 32 MB with a fresh ``mmap`` and unmaps it on free,
+    so every large activation is paid again in page faults at its first write, step after step
+    (``bench/bench_bim_step.py`` measures it). This is what a caching allocator avoids on CUDA.
+    The setting is process-wide and affects later allocations only.
+
+    Returns:
+        True when applied; False where the C library is not glibc (nothing changes).
+    """
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def seed_everything(seed: int, runtime: Runtime, deterministic: bool = True) -> None:
