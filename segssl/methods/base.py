@@ -75,6 +75,18 @@ class Method(nn.Module):
         self.ctx = ctx
         self.heads = nn.ModuleDict()
 
+    def tap_channels(self, *taps: str) -> dict[str, int]:
+        """Channels of the U-Net blocks ``taps`` (the method's feature taps), checked by name.
+
+        Raises:
+            ValueError: a tap that is not a block of the model, with the known block names.
+        """
+        ch = self.model.feature_channels
+        for tap in taps:
+            if tap not in ch:
+                raise ValueError(f"method tap {tap!r} is not a U-Net block; known: {list(ch)}")
+        return {tap: ch[tap] for tap in taps}
+
     def loss_parts(self) -> tuple[str, ...]:
         """Names of the loss components this configured method reports (besides ``loss``)."""
         raise NotImplementedError

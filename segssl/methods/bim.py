@@ -78,10 +78,7 @@ class BIM(Method):
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
-        ch = model.feature_channels
-        for tap in (cfg.dense_tap, cfg.global_tap):
-            if tap not in ch:
-                raise ValueError(f"method tap {tap!r} is not a U-Net block; known: {list(ch)}")
+        ch = self.tap_channels(cfg.dense_tap, cfg.global_tap)
         self.T = PairedTransform.from_config(ctx.augment)
         if self._on("mi") or self._on("cc"):
             self.heads["cluster"] = ClusterHeads(ch[cfg.dense_tap], cfg.k, cfg.heads)

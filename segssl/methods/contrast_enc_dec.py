@@ -59,10 +59,7 @@ class ContrastEncDec(Method):
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
-        ch = model.feature_channels
-        for tap in (cfg.global_tap, cfg.dense_tap):
-            if tap not in ch:
-                raise ValueError(f"method tap {tap!r} is not a U-Net block; known: {list(ch)}")
+        ch = self.tap_channels(cfg.global_tap, cfg.dense_tap)
         self.T = PairedTransform.from_config(ctx.augment)
         if cfg.w_enc > 0:
             self.heads["global"] = GlobalProjector(

@@ -43,11 +43,7 @@ class IMSAT(Method):
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
-        ch = model.feature_channels
-        if cfg.dense_tap not in ch:
-            raise ValueError(
-                f"method tap {cfg.dense_tap!r} is not a U-Net block; known: {list(ch)}"
-            )
+        ch = self.tap_channels(cfg.dense_tap)
         self.T = PairedTransform.from_config(ctx.augment)
         self.heads["cluster"] = ClusterHeads(ch[cfg.dense_tap], cfg.k, cfg.heads)
 

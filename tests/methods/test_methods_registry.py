@@ -143,3 +143,20 @@ def test_full_pins_all_labels() -> None:
     cfg = parse_run_config({"method": {"name": "full"}, "data": {"labeled_scans": 2}})
     assert cfg.data.labeled_scans == "100%"
     assert parse_run_config({"method": {"name": "baseline"}}).data.labeled_scans == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("bim", "dense_tap"),
+        ("bim", "global_tap"),
+        ("imsat", "dense_tap"),
+        ("contrast_enc_dec", "global_tap"),
+        ("contrast_enc_dec", "dense_tap"),
+    ],
+)
+def test_unknown_feature_tap_names_the_blocks(name: str, key: str, tiny) -> None:
+    cfg = tiny(name, "pretrain", method={"name": name, key: "Up_conv9"})
+    ctx = MethodContext(2, ("LV",), torch.device("cpu"), cfg.augment, 3, torch.Generator())
+    with pytest.raises(ValueError, match=r"'Up_conv9' is not a U-Net block; known: \['Conv1'"):
+        get_method(name)(build_model(cfg.model, 2), cfg.method, ctx)
