@@ -1,0 +1,59 @@
+"""Every shipped sweep under experiments/sweeps/ loads, plans (every trial config validated), passes
+the table preflight against its own plan, and plans the trial counts its README states."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from segssl.orchestrate.plan import plan_sweep
+from segssl.orchestrate.runner import check_plan_tables
+from segssl.orchestrate.spec import load_sweep
+
+REPO = Path(__file__).resolve().parents[2]
+SWEEPS = REPO / "experiments" / "sweeps"
+FILES = sorted(SWEEPS.glob("*.yaml"))
+
+
+def readme_counts() -> dict[str, tuple[list[int], list[int]]]:
+    """``{file: (pre-training counts, other-stage counts)}`` from the README's table."""
+    out: dict[str, tuple[list[int], list[int]]] = {}
+    for line in (SWEEPS / "README.md").read_text().splitlines():
+        m = re.match(r"\|\s*`([^`]+\.yaml)`\s*\|[^|]*\|([^|]*)\|([^|]*)\|", line)
+        if m:
+            nums = [[int(x) for x in re.findall(r"\d+", cell)] for cell in m.groups()[1:]]
+            out[m.group(1)] = (nums[0], nums[1])
+    return out
+
+
+def test_readme_lists_every_shipped_sweep() -> None:
+    assert FILES, "no shipped sweeps found"
+    assert sorted(readme_counts()) == [f.name for f in FILES]
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_shipped_sweep_plans_with_readme_counts(path: Path, tmp_path: Path) -> None:
+    spec = load_sweep(path)
+    plan = plan_sweep(spec, source=str(path), storage=tmp_path / "store", root=tmp_path)
+    check_plan_tables(plan)  # tables: keys are params of the trials, paper rows/columns exist
+    pre_want, rest_want = readme_counts()[path.name]
+    pre: list[int] = []
+    rest: list[int] = []
+    for s in plan.order:
+        if s in plan.searches:
+            rest.append(plan.searches[s].search.num_samples)
+        elif plan.trials[s][0].config.stage == "pretrain":
+            pre.append(len(plan.trials[s]))
+        else:
+            rest.append(len(plan.trials[s]))
+    assert sorted(pre) == sorted(pre_want)
+    assert sorted(rest) == sorted(rest_want)
+    for s in plan.order:  # a derived stage: every trial starts from a planned parent's checkpoint
+        if spec.stages[s].from_ is not None:
+            parents = {t.key: t for t in plan.trials[spec.stages[s].from_]}
+            for t in plan.trials[s]:
+                assert t.parent_key in parents
+                assert t.config.train.init_from is not None
+                assert f"/trials/{t.parent_key}/checkpoints/" in t.config.train.init_from
