@@ -303,6 +303,11 @@ def sweep_cmd(
         None, "--num-cpus", help="CPUs of the local Ray instance (default: spec, else all)."
     ),
     live: bool = typer.Option(True, "--live/--no-live", help="Live progress table."),
+    root: Optional[Path] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--root",
+        help="Directory relative data paths resolve against (default: the current directory).",
+    ),
 ) -> None:
     """Plan and run a sweep through Ray Tune; every trial is an MLflow run. Idempotent."""
     from segssl.config import ConfigError
@@ -322,6 +327,7 @@ def sweep_cmd(
             num_cpus=num_cpus,
             console=err_console,
             live=live,
+            root=root,
         )
     except (ConfigError, TrackingError) as exc:
         fail(str(exc))

@@ -5,10 +5,17 @@ The sweep YAML is uploaded as the job's working directory and the job's driver r
 then be reachable from every node: the tracking server (an ``http(s)://`` MLflow server, or a
 SQLite file on a shared filesystem) and the sweep storage (a directory mounted at the same path on
 every node, e.g. NFS). Local-only defaults are refused here, before anything is submitted.
+
+The job sees the sweep as ``segssl sweep`` run here would: relative data paths resolve against
+the directory ``segssl submit`` is run from (``--root``; the data must be at that path on the
+cluster too), so trial keys equal those of a local run, and the papers files of the sweep's
+``tables:`` are uploaded beside it at the same relative place. The sweep is planned and its
+tables checked here first, so a bad trial config or table fails before submission.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import tempfile
@@ -66,8 +73,10 @@ def build_entrypoint(
     tracking_uri: str,
     storage: str,
     extend: bool = False,
+    root: str | None = None,
 ) -> str:
-    """The job's shell command: ``segssl sweep`` on the cluster's own Ray instance."""
+    """The job's shell command: ``segssl sweep`` on the cluster's own Ray instance; ``root`` is
+    the directory relative data paths resolve against (``--root``)."""
     args = [
         "segssl",
         "sweep",
@@ -82,7 +91,31 @@ def build_entrypoint(
     ]
     if extend:
         args.append("--extend")
+    if root is not None:
+        args += ["--root", root]
     return shlex.join(args)
+
+
+def _stage_job_dir(src: Path, spec: SweepSpec, tmp: Path) -> str:
+    """Copy the sweep file and the papers files its tables name into ``tmp`` so that each
+    relative ``paper.file`` resolves from the copied sweep's folder as it does from ``src``'s;
+    return the sweep's path inside ``tmp``."""
+    from segssl.report.papers import resolve_paper_path
+    from segssl.report.tables import REPO_ROOT
+
+    files = [t.paper.file for t in spec.tables if t.paper is not None]
+    rel = [f for f in files if not Path(f).is_absolute()]
+    depth = max((Path(f).parts.count("..") for f in rel), default=0)
+    sub = Path(*[f"d{i}" for i in range(depth)]) if depth else Path()
+    (tmp / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, tmp / sub / src.name)
+    for f in rel:
+        found = resolve_paper_path(f, [src.resolve().parent, REPO_ROOT])
+        if found.is_file():
+            dest = Path(os.path.normpath(tmp / sub / f))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(found, dest)
+    return (sub / src.name).as_posix()
 
 
 def submit_sweep(
@@ -107,15 +140,21 @@ def submit_sweep(
 
     Raises:
         SubmitError: bad arguments (checked before contacting the cluster).
+        SpecError: a trial config or a table of the sweep is invalid (checked here first).
         ConnectionError: the job server cannot be reached.
     """
+    from segssl.orchestrate.plan import plan_sweep
+    from segssl.orchestrate.runner import check_plan_tables
+
     uri, store = check_submit_args(spec, address, tracking_uri, storage)
     src = Path(sweep_path)
     if not src.is_file():
         raise SpecError(f"{src}: no such sweep file")
+    root = str(Path.cwd().resolve())
+    check_plan_tables(plan_sweep(spec, source=str(src), storage=store, root=root))
     tmp = Path(tempfile.mkdtemp(prefix="segssl-submit-"))
-    shutil.copy2(src, tmp / src.name)
-    entrypoint = build_entrypoint(src.name, uri, store, extend)
+    job_file = _stage_job_dir(src, spec, tmp)
+    entrypoint = build_entrypoint(job_file, uri, store, extend, root=root)
     if client is None:
         from ray.job_submission import JobSubmissionClient
 

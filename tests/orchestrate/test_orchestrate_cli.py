@@ -12,7 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from segssl.cli import app
-from segssl.orchestrate.spec import parse_sweep
+from segssl.config import ConfigError
+from segssl.orchestrate.spec import load_sweep, parse_sweep
 from segssl.orchestrate.submit import (
     SubmitError,
     build_entrypoint,
@@ -146,3 +147,62 @@ def test_submit_cli_refuses_before_contacting(
         app, ["submit", str(sweep_file(tmp_path)), "--address", "http://127.0.0.1:9"]
     )
     assert res.exit_code == 2 and "needs --tracking-uri" in res.output
+
+
+def test_submitted_job_sees_the_sweep_as_a_local_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's working dir holds the sweep and its papers file at the same relative place,
+    and relative data paths resolve against the submitter's directory: on the cluster the
+    shipped Table 3 sweep passes its table preflight and plans the keys a local run plans."""
+    from segssl.orchestrate.plan import plan_sweep
+    from segssl.orchestrate.runner import check_plan_tables
+
+    src = Path(__file__).resolve().parents[2] / "experiments" / "sweeps" / "bim_table3_alpha.yaml"
+    here = tmp_path / "project"
+    here.mkdir()
+    monkeypatch.chdir(here)
+
+    class FakeClient:
+        def submit_job(self, **kw: Any) -> str:
+            self.kw = kw
+            return "raysubmit_2"
+
+    client = FakeClient()
+    spec = load_sweep(src)
+    submit_sweep(src, spec, "http://head:8265", "http://mlflow:5000", "/shared/s", client=client)
+    args = shlex.split(client.kw["entrypoint"])
+    assert args[args.index("--root") + 1] == str(here)
+    wd = Path(client.kw["runtime_env"]["working_dir"])
+    local = plan_sweep(spec, source=str(src), storage="/shared/s", root=here)
+
+    monkeypatch.chdir(wd)  # what the job's driver does on the head node
+    remote_spec = load_sweep(args[2])
+    remote = plan_sweep(remote_spec, source=args[2], storage="/shared/s", root=args[-1])
+    check_plan_tables(remote)  # finds ../papers/bim.yaml beside the uploaded sweep
+    assert remote.trials["pretrain"][0].config.data.root == str(here / "data" / "acdc")
+    assert [t.key for t in remote.all_trials()] == [t.key for t in local.all_trials()]
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = str(tmp_path / "store")
+    res = runner.invoke(
+        app, ["sweep", args[2], "--dry-run", "--storage", store, "--root", args[-1]]
+    )
+    assert res.exit_code == 0, res.output  # the job's command line: `segssl sweep --root` exists
+    assert "135" in res.output
+
+
+def test_submit_refuses_a_bad_table_before_submitting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    table = {"name": "t", "stage": "finetune", "metric": "test/dsc", "rows": ["method.nope"]}
+    src = sweep_file(tmp_path, tables=[table])
+
+    class FakeClient:
+        def submit_job(self, **kw: Any) -> str:
+            raise AssertionError("submitted a sweep whose table cannot work")
+
+    with pytest.raises(ConfigError, match="method.nope"):
+        submit_sweep(
+            src, load_sweep(src), "http://h:8265", "http://m:5000", "/shared/s", client=FakeClient()
+        )
