@@ -350,11 +350,12 @@ class _Run:
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = self.resumed_from = state["epoch"]
         self.history, self.best = state["history"], state["best"]
-        self.batches.skip(
-            self.start_epoch * self.cfg.train.iters_per_epoch,
-            self.method_cls.uses_labeled,
-            self.method_cls.uses_unlabeled,
-        )
+        if self.start_epoch < self.cfg.train.epochs:  # a finished run draws no more batches
+            self.batches.skip(
+                self.start_epoch * self.cfg.train.iters_per_epoch,
+                self.method_cls.uses_labeled,
+                self.method_cls.uses_unlabeled,
+            )
         restore_rng(state["rng"], self.gens)
         self.progress.message(f"resumed from {self.last_path} after epoch {self.start_epoch}")
 

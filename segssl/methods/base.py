@@ -75,6 +75,19 @@ class Method(nn.Module):
         self.ctx = ctx
         self.heads = nn.ModuleDict()
 
+    def train(self, mode: bool = True) -> Method:
+        """Set training mode, except for BatchNorm layers whose parameters are all frozen
+        (``model.freeze``): they stay in eval mode, so a frozen block's running statistics do not
+        change either and the block computes the same function after training as before."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    params = list(m.parameters(recurse=False))
+                    if params and not any(p.requires_grad for p in params):
+                        m.eval()
+        return self
+
     def tap_channels(self, *taps: str) -> dict[str, int]:
         """Channels of the U-Net blocks ``taps`` (the method's feature taps), checked by name.
 

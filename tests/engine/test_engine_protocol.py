@@ -1,0 +1,128 @@
+"""Protocol details of the engine: frozen blocks, fine-tuning initialisation, resume edge cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import segssl.engine.loop as loop
+from segssl.engine import train
+from segssl.engine.checkpoint import load_checkpoint
+from segssl.methods.finetune import Finetune
+
+
+class _Stop(Exception):
+    pass
+
+
+def _spy_initial_weights(monkeypatch) -> tuple[dict, list]:
+    """Record the freshly built model's state and the tensors handed to the optimiser."""
+    init: dict[str, torch.Tensor] = {}
+    optimised: list[torch.Tensor] = []
+    build_model, build_optimizer = loop.build_model, loop.build_optimizer
+
+    def model_spy(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        init.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    def optim_spy(cfg, params):
+        params = list(params)
+        optimised.extend(params)
+        return build_optimizer(cfg, params)
+
+    monkeypatch.setattr(loop, "build_model", model_spy)
+    monkeypatch.setattr(loop, "build_optimizer", optim_spy)
+    return init, optimised
+
+
+@pytest.mark.parametrize(
+    ("name", "stage", "freeze"),
+    [("bim", "pretrain", ["Conv1", "Conv_1x1"]), ("baseline", "finetune", ["Conv1"])],
+)
+def test_frozen_blocks_stay_bit_identical(tiny, tmp_path: Path, monkeypatch, name, stage, freeze):
+    init, optimised = _spy_initial_weights(monkeypatch)
+    cfg = tiny(name, stage, model={"freeze": freeze}, train={"epochs": 1, "iters_per_epoch": 2})
+    train(cfg, workdir=tmp_path)
+    last = load_checkpoint(tmp_path / "checkpoints/last.pt")
+
+    def frozen(k: str) -> bool:
+        return any(k.startswith(p + ".") for p in freeze)
+
+    # weights AND BatchNorm running statistics of frozen blocks: the block is the same function
+    moved = [k for k, v in last["model"].items() if frozen(k) and not torch.equal(init[k], v)]
+    assert not moved
+    assert any(not torch.equal(init[k], v) for k, v in last["model"].items() if not frozen(k))
+    ids = {id(p) for p in optimised}
+    assert ids and not any(p.requires_grad is False for p in optimised)
+    assert len(ids) == len(optimised)
+    if name == "bim":  # the cluster heads and the projector are trained and checkpointed
+        assert {k.split(".")[0] for k in last["heads"]} == {"cluster", "global"}
+
+
+def test_finetune_starts_from_the_pretrained_weights(tiny, tmp_path: Path, monkeypatch) -> None:
+    pre = train(
+        tiny("bim", "pretrain", train={"epochs": 1, "iters_per_epoch": 1}), workdir=tmp_path / "pre"
+    )
+    ckpt = load_checkpoint(pre["checkpoints"]["best"])["model"]
+    first: dict[str, torch.Tensor] = {}
+    step = Finetune.training_step
+
+    def spy(self, labeled, unlabeled):
+        if not first:
+            first.update({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return step(self, labeled, unlabeled)
+
+    monkeypatch.setattr(Finetune, "training_step", spy)
+    ft = {
+        "train": {
+            "epochs": 1,
+            "iters_per_epoch": 1,
+            "init_from": pre["checkpoints"]["best"],
+            "init_exclude": ["Conv_1x1"],
+        },
+        "data": {"target": "lv"},
+    }
+    out = train(tiny("finetune", "finetune", **ft), workdir=tmp_path / "ft")
+    for k, v in ckpt.items():
+        if k.startswith("Conv_1x1."):
+            assert first[k].shape != v.shape  # 2 outputs (binary LV) vs 4: not loaded
+        else:
+            assert torch.equal(first[k], v), k
+    assert out["data_fingerprint"] and set(out["init"]["loaded"]) == {
+        k for k in ckpt if not k.startswith("Conv_1x1.")
+    }
+
+
+def test_resume_restores_the_global_torch_rng(tiny, tmp_path: Path) -> None:
+    """Dropout draws from the global torch RNG: resuming without restoring it would differ."""
+    cfg = tiny(
+        "baseline", "finetune", model={"dropout": 0.3}, train={"epochs": 2, "iters_per_epoch": 2}
+    )
+    train(cfg, workdir=tmp_path / "full")
+
+    def interrupt(metrics: dict, step: int) -> None:
+        if step == 1 and "best_epoch" not in metrics:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(cfg, interrupt, workdir=tmp_path / "cut")
+    train(cfg, workdir=tmp_path / "cut")
+    a = load_checkpoint(tmp_path / "full/checkpoints/last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut/checkpoints/last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_finished_run_draws_no_batches(tiny, tmp_path: Path, monkeypatch) -> None:
+    cfg = tiny("baseline", "finetune", train={"epochs": 1, "iters_per_epoch": 2})
+    first = train(cfg, workdir=tmp_path)
+    drawn: list[int] = []
+    skip = loop._Batches.skip
+    monkeypatch.setattr(
+        loop._Batches, "skip", lambda self, n, *a: (drawn.append(n), skip(self, n, *a))
+    )
+    again = train(cfg, workdir=tmp_path)
+    assert drawn == []  # re-evaluating a finished run does not replay its whole data stream
+    assert again["metrics"]["test/dsc"] == first["metrics"]["test/dsc"]
