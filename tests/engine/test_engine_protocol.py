@@ -126,3 +126,67 @@ def test_a_finished_run_draws_no_batches(tiny, tmp_path: Path, monkeypatch) -> N
     again = train(cfg, workdir=tmp_path)
     assert drawn == []  # re-evaluating a finished run does not replay its whole data stream
     assert again["metrics"]["test/dsc"] == first["metrics"]["test/dsc"]
+
+
+def test_test_metrics_come_from_the_best_validation_epoch(tiny, tmp_path: Path, monkeypatch):
+    """Validation Dice falls after epoch 1: the test must use epoch 1's weights, not the last."""
+    evaluate, tested = loop.evaluate, {}
+    val_dsc = iter([0.9, 0.5, 0.4])
+
+    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix):
+        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix)
+        if prefix == "val":
+            out["val/dsc"] = next(val_dsc)
+        else:
+            tested.update({k: v.clone() for k, v in predict.__self__.model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    cfg = tiny("baseline", "finetune", train={"epochs": 3, "iters_per_epoch": 1})
+    result = train(cfg, workdir=tmp_path)
+    assert result["best_epoch"] == 1 and result["metrics"]["best_epoch"] == 1.0
+    best = load_checkpoint(tmp_path / "checkpoints/best.pt")
+    last = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    assert best["epoch"] == 1 and last["epoch"] == 3
+    assert all(torch.equal(tested[k], v) for k, v in best["model"].items())
+    assert not all(torch.equal(tested[k], v) for k, v in last["model"].items())
+    assert [h["val/dsc"] for h in result["history"]] == [0.9, 0.5, 0.4]
+
+
+def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(tiny, tmp_path, monkeypatch):
+    """The CUDA decisions (tested in test_engine_schedule) reach the loop: autocast around the
+    step, an enabled GradScaler, channels_last weights and inputs; forced here on the CPU."""
+    from segssl.engine.runtime import Runtime
+    from segssl.methods.baseline import Baseline
+
+    rt = Runtime(device=torch.device("cpu"), amp=True, channels_last=True)
+    monkeypatch.setattr(loop, "resolve_runtime", lambda cfg: rt)
+    scalers: list = []
+    grad_scaler = torch.amp.GradScaler
+
+    def scaler_spy(device, enabled):
+        scalers.append((device, enabled))
+        return grad_scaler(device, enabled=enabled)
+
+    monkeypatch.setattr(loop.torch.amp, "GradScaler", scaler_spy)
+    seen: list[tuple[bool, bool, bool]] = []
+    step = Baseline.training_step
+
+    def spy(self, labeled, unlabeled):
+        w = self.model.Conv2[0].weight
+        x = labeled["image"]
+        seen.append(
+            (
+                torch.is_autocast_enabled("cpu"),
+                w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous(),
+                x.is_contiguous(memory_format=torch.channels_last),
+            )
+        )
+        return step(self, labeled, unlabeled)
+
+    monkeypatch.setattr(Baseline, "training_step", spy)
+    cfg = tiny("baseline", "finetune", train={"epochs": 1, "iters_per_epoch": 1})
+    result = train(cfg, workdir=tmp_path)
+    assert scalers == [("cpu", True)]
+    assert seen == [(True, True, True)]
+    assert result["runtime"] == {"device": "cpu", "amp": True, "channels_last": True}
