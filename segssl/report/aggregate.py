@@ -353,7 +353,25 @@ def _paired_p(x: np.ndarray, y: np.ndarray, test: str, alternative: str) -> floa
     return float(p)
 
 
-def _caption(spec: TableSpec, ns: list[int], paper: PaperTable | None) -> str:
+def _epoch_rule(runs: pd.DataFrame) -> str:
+    """The sentence saying at which epoch the runs' test metrics were taken (``train.save_best``:
+    the best validation epoch when true, the default; else the last epoch)."""
+    col = "params.train.save_best"
+    flags = set(runs[col].dropna().map(norm_value)) if col in runs else set()
+    best = (
+        "Each run's test metric is taken at its best validation epoch (val/dsc), as in the papers."
+    )
+    if flags <= {"true"}:
+        return best
+    if flags == {"false"}:
+        return "Each run's test metric is taken at its last epoch (train.save_best=false)."
+    return (
+        "Runs with train.save_best=true are tested at their best validation epoch (val/dsc), "
+        "runs with train.save_best=false at their last epoch."
+    )
+
+
+def _caption(spec: TableSpec, ns: list[int], paper: PaperTable | None, epoch_rule: str = "") -> str:
     parts = []
     if spec.title:
         parts.append(spec.title.rstrip(".") + ".")
@@ -364,9 +382,7 @@ def _caption(spec: TableSpec, ns: list[int], paper: PaperTable | None) -> str:
         f"{spec.metric}{scale}{stage}: mean ± std over seeds (std with ddof={spec.ddof}), "
         f"{n_txt} seeds per cell (shown in parentheses)."
     )
-    parts.append(
-        "Each run's test metric is taken at its best validation epoch (val/dsc), as in the papers."
-    )
+    parts.append(epoch_rule or _epoch_rule(pd.DataFrame()))
     if spec.select is not None:
         scope = "cell" if spec.select.scope == "cell" else "row (over all its columns)"
         keys = ", ".join(spec.select.keys) if spec.select.keys else "every varying param"
@@ -588,7 +604,8 @@ def aggregate(
     for key in ("row_group", "col_group"):  # keep None (pandas would turn it into NaN)
         out[key] = pd.Series([rec[key] for rec in records], dtype=object, index=out.index)
     ns = [int(n) for n in out["n"] if n > 0]
-    caption = _caption(spec, ns, paper)
+    used = [rid for ids in out["run_ids"] for rid in ids]
+    caption = _caption(spec, ns, paper, _epoch_rule(base[base["run_id"].isin(used)]))
     if partial_means:
         caption += (
             " The paper's 'mean' is left out where our group averages other columns than "

@@ -320,3 +320,26 @@ def test_key_list_columns_nested_with_labels_order_and_group_mean() -> None:
     assert mean["mean"] == pytest.approx(100 * (0.5 + 7 / 30 + 0.005))
     assert mean["paper_mean"] == 58.84  # our mean is over the paper's three columns
     assert got[("Ours (Dec) (MI+CC)", "ACDC-Myo", "4 scans")]["paper_mean"] == 81.97
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected", "absent"),
+    [
+        (["True"], "at its best validation epoch (val/dsc)", "last epoch"),
+        (["False"], "at its last epoch (train.save_best=false)", "best validation epoch"),
+        (["True", "False"], "runs with train.save_best=false at their last epoch", "as in the"),
+    ],
+)
+def test_caption_states_the_epoch_the_runs_were_tested_at(
+    flags: list[str], expected: str, absent: str
+) -> None:
+    spec = TableSpec.model_validate(
+        {"name": "t", "metric": "test/dsc", "rows": ["method.name"], "columns": ["data.target"]}
+    )
+    df = _runs(
+        {"method.name": ["a", "b"], "data.target": ["lv"], "seed": [0, 1]},
+        lambda p: 0.5 + int(p["seed"]) / 10,
+    )
+    df["params.train.save_best"] = [flags[i % len(flags)] for i in range(len(df))]
+    caption = aggregate(df, spec).attrs["caption"]
+    assert expected in caption and absent not in caption
