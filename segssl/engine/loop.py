@@ -69,8 +69,8 @@ def check_run(cfg: RunConfig) -> type[Method]:
     """Validate what the config alone can tell before any work; return the method class.
 
     Raises:
-        EngineConfigError: stage and method disagree, or ``train.init_from`` is missing /
-            forbidden for the method.
+        EngineConfigError: stage and method disagree, ``train.init_from`` is missing /
+            forbidden for the method, or a ``model.freeze`` prefix matches no parameter.
         CheckpointError: ``train.init_from`` is not a readable segssl checkpoint.
     """
     method_cls = get_method(cfg.method.name)
@@ -93,6 +93,11 @@ def check_run(cfg: RunConfig) -> type[Method]:
         )
     if init:
         load_checkpoint(init)  # fails early and clearly on a bad file
+    try:  # model.freeze prefixes name real blocks (a typo would otherwise fail after data prep)
+        with torch.device("meta"):
+            build_model(cfg.model, 2)
+    except ValueError as exc:
+        raise EngineConfigError(str(exc)) from None
     return method_cls
 
 

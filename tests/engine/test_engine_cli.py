@@ -99,3 +99,14 @@ def test_tracking_uri_logs_the_record(tiny_yaml, tmp_path: Path) -> None:
     history = client.get_metric_history(run.info.run_id, "val/dsc")
     assert [h.step for h in history] == [1, 2]
     assert "test/dsc/LV" in run.data.metrics and "cost/wall_s" in run.data.metrics
+
+
+def test_freeze_typo_fails_before_any_work(tiny_yaml, tmp_path: Path) -> None:
+    cfg = _write(tmp_path / "run.yaml", tiny_yaml("bim", "pretrain"))
+    work = tmp_path / "w"
+    res = runner.invoke(
+        app, ["train", str(cfg), "-o", "model.freeze=[Conv9]", "--workdir", str(work)]
+    )
+    assert res.exit_code == 2
+    assert "model.freeze: 'Conv9' matches no parameter" in res.output and "Conv_1x1" in res.output
+    assert not work.exists()
