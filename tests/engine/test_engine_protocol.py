@@ -10,6 +10,7 @@ import torch
 import segssl.engine.loop as loop
 from segssl.engine import train
 from segssl.engine.checkpoint import load_checkpoint
+from segssl.methods import REGISTRY
 from segssl.methods.finetune import Finetune
 
 
@@ -44,8 +45,18 @@ def _spy_initial_weights(monkeypatch) -> tuple[dict, list]:
 )
 def test_frozen_blocks_stay_bit_identical(tiny, tmp_path: Path, monkeypatch, name, stage, freeze):
     init, optimised = _spy_initial_weights(monkeypatch)
+    methods: list = []
+    cls = REGISTRY[name]
+    step = cls.training_step
+    monkeypatch.setattr(
+        cls, "training_step", lambda self, *b: (methods.append(self), step(self, *b))[1]
+    )
     cfg = tiny(name, stage, model={"freeze": freeze}, train={"epochs": 1, "iters_per_epoch": 2})
     train(cfg, workdir=tmp_path)
+    method = methods[0]
+    trainable = {id(p) for p in method.parameters() if p.requires_grad}
+    assert {id(p) for p in optimised} == trainable  # heads included, frozen tensors excluded
+    assert all(p.requires_grad for p in method.heads.parameters())
     last = load_checkpoint(tmp_path / "checkpoints/last.pt")
 
     def frozen(k: str) -> bool:
