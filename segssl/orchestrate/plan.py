@@ -30,6 +30,7 @@ __all__ = [
     "plan_sweep",
     "resolve_trial_config",
     "run_name",
+    "search_probe",
     "trial_key",
 ]
 
@@ -220,6 +221,16 @@ def resolve_trial_config(raw: Mapping[str, Any], where: str) -> RunConfig:
         raise SpecError(str(exc)) from None
 
 
+def search_probe(stage: SearchStage, source: str = "<sweep>") -> RunConfig:
+    """The config of a search stage's trial at the first value of every search dimension: it
+    validates the stage before it runs and stands for its trials in the table preflight."""
+    probe = deep_merge(stage.base, {"seed": stage.seed})
+    for key, dim in stage.search.space.items():
+        sample = dim.choice[0] if dim.choice else (dim.uniform or dim.loguniform)[0]  # type: ignore[index]
+        probe = deep_merge(probe, {key: sample})
+    return resolve_trial_config(probe, f"{source}: stages.{stage.stage} (search space probe)")
+
+
 def _parent_checkpoint(storage: Path, parent_key: str, which: str) -> str:
     return str(storage / "trials" / parent_key / "checkpoints" / f"{which}.pt")
 
@@ -259,11 +270,8 @@ def plan_sweep(
                     f"{source}: stages.{name}: a search stage runs one seed per sample; "
                     f"give 'seeds' with one seed (got {seeds})"
                 )
-            probe = deep_merge(stage_raw, {"seed": seeds[0]})
-            for key, dim in st.search.space.items():
-                sample = dim.choice[0] if dim.choice else (dim.uniform or dim.loguniform)[0]  # type: ignore[index]
-                probe = deep_merge(probe, {key: sample})
-            cfg = resolve_trial_config(probe, f"{source}: stages.{name} (search space probe)")
+            stage = SearchStage(name, stage_raw, st.search, seeds[0], res)
+            cfg = search_probe(stage, source)
             plan.searches[name] = SearchStage(
                 name, stage_raw, st.search, seeds[0], res, cfg.train.epochs
             )

@@ -31,8 +31,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from segssl.config import flatten
 from segssl.orchestrate import tracking
-from segssl.orchestrate.plan import Plan, plan_sweep
+from segssl.orchestrate.plan import Plan, plan_sweep, search_probe
 from segssl.orchestrate.progress import SweepProgress, make_tune_callback
 from segssl.orchestrate.spec import Resources, SpecError, SweepSpec, load_sweep, spec_hash
 from segssl.orchestrate.trainable import SweepContext, run_trial, task_from_trial
@@ -124,6 +125,8 @@ def check_plan_tables(plan: Plan) -> None:
     src = Path(plan.source)
     base_dirs = [src.resolve().parent] if src.is_file() else []
     trials = [(t.stage, t.params()) for t in plan.all_trials()]
+    for name, stage in plan.searches.items():  # its trials exist once it runs: use the probe
+        trials.append((name, flatten(search_probe(stage, plan.source))))
     try:
         check_tables(plan.spec.tables, trials, name=plan.spec.name, base_dirs=base_dirs)
     except ReportError as exc:

@@ -220,3 +220,39 @@ def test_tables_checked_against_the_plan_before_running(tmp_path: Path) -> None:
     raw["tables"][0]["rows"] = ["pretrain.method.alpha"]
     out = run_sweep(write(tmp_path, raw), root=tmp_path, dry_run=True)
     assert out.stages["finetune"].planned == 2 * 2 * 2
+
+
+def test_a_table_over_a_search_stage_passes_the_preflight(tmp_path: Path) -> None:
+    """A search stage's trials exist only once it runs; its table (the lr chosen by validation)
+    is checked against the stage's probe config, so good keys pass and bad keys are named."""
+    from segssl.orchestrate.runner import check_plan_tables
+
+    raw = {
+        "name": "sel",
+        "seeds": [0],
+        "stages": {
+            "search": {
+                "config": {"stage": "finetune", "method": {"name": "baseline"}},
+                "search": {"space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}, "num_samples": 4},
+            },
+            "grid": {  # with trials planned, a table on the search stage was refused
+                "config": {"stage": "finetune", "method": {"name": "baseline"}},
+                "grid": {"optim.lr": [1e-3, 1e-2]},
+            },
+        },
+        "tables": [
+            {
+                "name": "t",
+                "stage": "search",
+                "rows": ["method.name"],
+                "columns": ["data.labeled_scans"],
+                "select": {"keys": ["optim.lr"], "metric": "val/dsc", "mode": "max"},
+            }
+        ],
+    }
+    src = write(tmp_path, raw)
+    check_plan_tables(plan_sweep(load_sweep(src), source=str(src), root=tmp_path))
+    raw["tables"][0]["select"]["keys"] = ["optim.lrr"]
+    src = write(tmp_path, raw)
+    with pytest.raises(SpecError, match=r"tables: .*optim.lrr"):
+        check_plan_tables(plan_sweep(load_sweep(src), source=str(src), root=tmp_path))
