@@ -395,13 +395,19 @@ def demo_cmd(
     """Synthetic ACDC, a small real sweep (baseline vs bim pre-train -> fine-tune), the table."""
     from segssl.config import ConfigError
     from segssl.data.errors import DataError
-    from segssl.demo import run_demo
+    from segssl.demo import DemoIncomplete, run_demo
     from segssl.orchestrate.tracking import TrackingError
+    from segssl.report import ReportError
 
     try:
         table, ui = run_demo(workdir, num_cpus=num_cpus, live=live, console=err_console)
-    except (ConfigError, TrackingError, DataError) as exc:
+    except (ConfigError, TrackingError, DataError, ReportError) as exc:
         fail(str(exc))
+    except DemoIncomplete as exc:
+        if exc.table:
+            typer.echo(exc.table)
+        typer.echo(f"Open the runs in the MLflow UI:\n  {exc.ui}")
+        fail(str(exc), 1)
     typer.echo(table)
     typer.echo(f"Open the runs in the MLflow UI:\n  {ui}")
 

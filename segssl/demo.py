@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEMO_NAME", "demo_spec", "run_demo"]
+__all__ = ["DEMO_NAME", "DemoIncomplete", "demo_spec", "run_demo"]
 
 DEMO_NAME = "demo"
 
@@ -104,6 +104,15 @@ def demo_spec(data_root: str = "data/acdc", epochs: int = 10, iters: int = 16) -
     }
 
 
+class DemoIncomplete(RuntimeError):
+    """Some demo trials did not finish; ``table`` holds what the finished ones give (or "")."""
+
+    def __init__(self, message: str, table: str, ui: str) -> None:
+        super().__init__(message)
+        self.table = table
+        self.ui = ui
+
+
 def run_demo(
     workdir: str | Path = "segssl-demo",
     *,
@@ -117,13 +126,14 @@ def run_demo(
 
     Raises:
         SpecError, TrackingError, DataError: as ``segssl sweep`` and ``segssl data synth``.
+        DemoIncomplete: some trials failed (the table of the finished ones is attached).
     """
     from rich.console import Console
 
     from segssl.data import synthesize
     from segssl.orchestrate.runner import run_sweep
     from segssl.orchestrate.spec import parse_sweep
-    from segssl.report import render_tables
+    from segssl.report import ReportError, render_tables
 
     console = console or Console(stderr=True)
     wd = Path(workdir).resolve()
@@ -149,8 +159,21 @@ def run_demo(
     )
     report = wd / "report"
     report.mkdir(exist_ok=True)
-    table = render_tables(spec, outcome.tracking_uri, "md", curves_dir=report)
-    (report / "demo.md").write_text(table)
-    console.print(f"table and learning curves (val Dice vs epoch) in {report}", highlight=False)
     ui = f"mlflow ui --backend-store-uri {outcome.tracking_uri}"
+    try:
+        table = render_tables(spec, outcome.tracking_uri, "md", curves_dir=report)
+    except ReportError:
+        if not outcome.failed:
+            raise
+        table = ""  # no finished run to tabulate: the failure below says why
+    if table:
+        (report / "demo.md").write_text(table)
+        console.print(f"table and learning curves (val Dice vs epoch) in {report}", highlight=False)
+    if outcome.failed:
+        raise DemoIncomplete(
+            f"{outcome.failed} demo trial(s) did not finish (their MLflow runs say why); "
+            "rerun `segssl demo` to retry them",
+            table,
+            ui,
+        )
     return table, ui

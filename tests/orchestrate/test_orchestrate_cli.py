@@ -206,3 +206,40 @@ def test_submit_refuses_a_bad_table_before_submitting(
         submit_sweep(
             src, load_sweep(src), "http://h:8265", "http://m:5000", "/shared/s", client=FakeClient()
         )
+
+
+@pytest.mark.parametrize("finished_any", [True, False])
+def test_demo_with_failed_trials_exits_1_without_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finished_any: bool
+) -> None:
+    """Trials that fail in the demo (all of them: no run to tabulate) are reported with exit 1
+    and the table of the finished ones, not a success or a ReportError traceback."""
+    import segssl.orchestrate.runner as runner_mod
+    import segssl.report as report_mod
+    from segssl.report import ReportError
+
+    wd = tmp_path / "demo"
+    (wd / "data" / "acdc" / "training").mkdir(parents=True)  # the synthetic data exists
+
+    def fake_sweep(spec: Any, **kw: Any) -> Any:
+        out = runner_mod.SweepOutcome("demo", "sqlite:///x.db", "1", kw["storage"])
+        out.stages["pretrain"] = runner_mod.StageOutcome(planned=2, skipped=0, failed=2)
+        out.stages["finetune"] = runner_mod.StageOutcome(planned=4, skipped=0, blocked=4)
+        out.stages["baseline"] = runner_mod.StageOutcome(
+            planned=4, skipped=0, finished=4 * finished_any, failed=4 * (not finished_any)
+        )
+        return out
+
+    def fake_tables(*a: Any, **kw: Any) -> str:
+        if not finished_any:
+            raise ReportError("table 'demo': experiment 'demo' has no FINISHED child runs")
+        return "| Baseline | 50.00 ± 1.00 (2) |\n"
+
+    monkeypatch.setattr(runner_mod, "run_sweep", fake_sweep)
+    monkeypatch.setattr(report_mod, "render_tables", fake_tables)
+    res = runner.invoke(app, ["demo", "--workdir", str(wd), "--no-live"])
+    assert res.exit_code == 1, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert f"{6 if finished_any else 10} demo trial(s) did not finish" in res.output
+    assert "mlflow ui --backend-store-uri sqlite:///x.db" in res.output
+    assert ("50.00 ± 1.00 (2)" in res.output) == finished_any
