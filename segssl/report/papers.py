@@ -75,25 +75,15 @@ class PaperTable:
         Raises:
             ReportError: naming the row and listing the paper's rows.
         """
-        grp, lab = row
-        hits = [
-            r
-            for r in self.rows
-            if norm_label(r[1]) == norm_label(lab)
-            and (grp is None or r[0] is None or norm_label(r[0]) == norm_label(grp))
-        ]
-        if grp is not None:
-            exact = [r for r in hits if r[0] is not None]
-            hits = exact or hits
-        if len(hits) != 1:
-            shown = lab if grp is None else f"{grp} / {lab}"
-            why = "has no row" if not hits else "has several rows matching"
-            raise ReportError(
-                f"paper table {self.source} {why} {shown!r}; its rows: "
-                f"{', '.join(repr(x) for x in self.row_labels())} (rename the table's row, "
-                "or give row groups, to match)"
-            )
-        return hits[0]
+        return _find(
+            row,
+            list(self.rows),
+            prefer_grouped=True,
+            what=f"paper table {self.source}",
+            kind="row",
+            known=self.row_labels(),
+            hint="rename the table's row, or give row groups, to match",
+        )
 
     def find_col(self, col: ColId) -> ColId:
         """The paper's column matching ours (by group header and leaf label).
@@ -101,26 +91,53 @@ class PaperTable:
         Raises:
             ReportError: naming the column and listing the paper's columns.
         """
-        grp, lab = col
-        hits = [
-            c
-            for c in self.columns
-            if norm_label(c[1]) == norm_label(lab)
-            and (grp is None or c[0] is None or norm_label(c[0]) == norm_label(grp))
-        ]
-        if len(hits) != 1:
-            shown = lab if grp is None else f"{grp} / {lab}"
-            why = "has no column" if not hits else "has several columns matching"
-            raise ReportError(
-                f"paper table {self.source} {why} {shown!r}; its columns: "
-                f"{', '.join(repr(x) for x in self.col_labels())} (label the table's columns "
-                "like the paper's, e.g. with 'labels' or group 'label')"
-            )
-        return hits[0]
+        return _find(
+            col,
+            list(self.columns),
+            prefer_grouped=False,
+            what=f"paper table {self.source}",
+            kind="column",
+            known=self.col_labels(),
+            hint="label the table's columns like the paper's, e.g. with 'labels' or group 'label'",
+        )
 
     def cell(self, row: RowId, col: ColId) -> Cell:
         """The published value at our ``row`` x ``col`` (errors when either is not found)."""
         return self.rows[self.find_row(row)].get(self.find_col(col))
+
+
+def _find(
+    wanted: tuple[str | None, str],
+    items: list[tuple[str | None, str]],
+    *,
+    prefer_grouped: bool,
+    what: str,
+    kind: str,
+    known: list[str],
+    hint: str,
+) -> tuple[str | None, str]:
+    """The one ``(group, label)`` of ``items`` matching ``wanted`` by normalised label, and by
+    group where both sides give one; with ``prefer_grouped``, a grouped match wins over ungrouped.
+
+    Raises:
+        ReportError: no match, or several, naming ``wanted`` and listing ``known``.
+    """
+    grp, lab = wanted
+    hits = [
+        it
+        for it in items
+        if norm_label(it[1]) == norm_label(lab)
+        and (grp is None or it[0] is None or norm_label(it[0]) == norm_label(grp))
+    ]
+    if prefer_grouped and grp is not None:
+        hits = [it for it in hits if it[0] is not None] or hits
+    if len(hits) != 1:
+        shown = lab if grp is None else f"{grp} / {lab}"
+        why = f"has no {kind}" if not hits else f"has several {kind}s matching"
+        raise ReportError(
+            f"{what} {why} {shown!r}; its {kind}s: {', '.join(repr(x) for x in known)} ({hint})"
+        )
+    return hits[0]
 
 
 def _cell(value: Any, where: str) -> Cell:
