@@ -441,14 +441,18 @@ def _msd_dirs(out: Path) -> None:
         (out / d).mkdir(parents=True, exist_ok=True)
 
 
+def _train_test(rng: np.random.Generator, ids: list[str], scans: int) -> tuple[list, list]:
+    """A random ``scans`` of ``ids`` as the training list, the rest as the test list (sorted)."""
+    order = rng.permutation(len(ids))
+    return sorted(ids[i] for i in order[:scans]), sorted(ids[i] for i in order[scans:])
+
+
 def _synth_msd_prostate(out: Path, scans: int, size: int, rng: np.random.Generator) -> None:
     """Task05_Prostate: 4D (x, y, z, [T2, ADC]) images, labels 1 PZ / 2 TZ, dataset.json."""
     _msd_dirs(out)
     n_test = max(1, scans // 4)
     ids = [f"prostate_{i:02d}" for i in _ids(rng, scans + n_test, 0, 2)]
-    order = rng.permutation(len(ids))
-    train = sorted(ids[i] for i in order[:scans])
-    test = sorted(ids[i] for i in order[scans:])
+    train, test = _train_test(rng, ids, scans)
     for sid in ids:
         t2, adc, lab, spacing = _prostate_volume(rng, size)
         perm, flips = _random_orientation(rng)
@@ -532,9 +536,7 @@ def _synth_msd_spleen(out: Path, scans: int, size: int, rng: np.random.Generator
     _msd_dirs(out)
     n_test = max(1, scans // 4)
     ids = [f"spleen_{i}" for i in _ids(rng, scans + n_test, 1, 2)]
-    order = rng.permutation(len(ids))
-    train = sorted(ids[i] for i in order[:scans])
-    test = sorted(ids[i] for i in order[scans:])
+    train, test = _train_test(rng, ids, scans)
     for sid in ids:
         vol, lab, spacing = _spleen_volume(rng, size)
         perm, flips = _random_orientation(rng)
