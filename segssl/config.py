@@ -53,6 +53,7 @@ __all__ = [
     "config_hash",
     "did_you_mean",
     "flatten",
+    "format_validation_error",
     "load_run_config",
     "parse_run_config",
 ]
@@ -346,13 +347,24 @@ class RunConfig(Section):
 
 
 # ----------------------------------------------------------------------------- YAML and dicts
-def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
+def format_validation_error(
+    exc: ValidationError,
+    source: str,
+    what: str = "configuration",
+    strip_value_prefix: bool = False,
+) -> str:
+    """``<source>: invalid <what>`` then one ``key.path: message`` line per error.
+
+    Unknown keys read ``unknown key``; ``strip_value_prefix`` drops pydantic's ``Value error, ``.
+    """
+    lines = [f"{source}: invalid {what}"]
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        if strip_value_prefix:
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"  {path or '<root>'}: {msg}")
     return "\n".join(lines)
 
@@ -365,7 +377,7 @@ def parse_run_config(raw: Mapping[str, Any], source: str = "<config>") -> RunCon
     try:
         return RunConfig.model_validate(dict(raw))
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source)) from None
     except (KeyError, ValueError) as exc:  # registry lookups raised outside pydantic
         raise ConfigError(f"{source}: {exc}") from None
 

@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from segssl.config import ConfigError, config_hash, read_yaml
+from segssl.config import ConfigError, config_hash, format_validation_error, read_yaml
 from segssl.orchestrate.table_spec import TableSpec
 
 __all__ = [
@@ -297,15 +297,7 @@ def _check_key(key: str) -> None:
 
 
 def _format(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid sweep spec"]
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        msg = msg.removeprefix("Value error, ")
-        lines.append(f"  {path or '<root>'}: {msg}")
-    return "\n".join(lines)
+    return format_validation_error(exc, source, what="sweep spec", strip_value_prefix=True)
 
 
 def parse_sweep(raw: Any, source: str = "<sweep>") -> SweepSpec:
