@@ -173,12 +173,7 @@ class StageSpec(_Strict):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None:
-            if not v:
-                raise ValueError("seeds is empty; give at least one seed")
-            if len(set(v)) != len(v):
-                raise ValueError(f"duplicate seeds in {v}")
-        return v
+        return v if v is None else _check_seeds(v)
 
     @model_validator(mode="after")
     def _axes(self) -> StageSpec:
@@ -218,11 +213,7 @@ class SweepSpec(_Strict):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("seeds is empty; give at least one seed")
-        if len(set(v)) != len(v):
-            raise ValueError(f"duplicate seeds in {v}")
-        return v
+        return _check_seeds(v)
 
     @field_validator("stages")
     @classmethod
@@ -289,6 +280,15 @@ class SweepSpec(_Strict):
     def stage_resources(self, stage: str) -> Resources:
         """Per-trial resources of a stage (its own, else the sweep's)."""
         return self.stages[stage].resources or self.resources
+
+
+def _check_seeds(v: list[int]) -> list[int]:
+    """A non-empty list of distinct seeds (a stage's or the sweep's)."""
+    if not v:
+        raise ValueError("seeds is empty; give at least one seed")
+    if len(set(v)) != len(v):
+        raise ValueError(f"duplicate seeds in {v}")
+    return v
 
 
 def _check_key(key: str) -> None:
