@@ -435,6 +435,14 @@ def table_cmd(
     no_log: bool = typer.Option(
         False, "--no-log", help="Do not log the table as an artifact of the sweep's parent run."
     ),
+    advise_seeds: Optional[float] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--advise-seeds",
+        help="Also print the seeds each cell needs to detect this difference (table units, "
+        "e.g. 2 for 2 Dice points when the table scales Dice by 100).",
+    ),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of --advise-seeds."),
+    power: float = typer.Option(0.8, "--power", help="Power wanted by --advise-seeds."),
 ) -> None:
     """Print the sweep's tables from its FINISHED MLflow runs (mean +- std over seeds)."""
     from segssl.config import ConfigError
@@ -449,6 +457,10 @@ def table_cmd(
         fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
+    if advise_seeds is not None and not advise_seeds > 0:
+        fail(f"--advise-seeds {advise_seeds}: expected a positive difference (e.g. 2)")
+    if not (0 < alpha < 1 and 0 < power < 1):
+        fail(f"--alpha {alpha} / --power {power}: expected values in (0, 1)")
     try:
         spec = load_sweep(sweep)
     except ConfigError as exc:
@@ -468,6 +480,7 @@ def table_cmd(
             base_dirs=[sweep.resolve().parent],
             log_artifact=not no_log,
             curves_dir=curves,
+            advise=(advise_seeds, alpha, power) if advise_seeds is not None else None,
         )
     except ReportError as exc:
         fail(str(exc))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ __all__ = [
     "BCA_MIN_N",
     "MIN_N",
     "adjust_pvalues",
+    "advise_seeds",
     "bootstrap_ci",
     "bootstrap_method",
     "prob_improvement",
@@ -162,3 +164,78 @@ def seeds_needed(
         if ttest_power(effect, n, alpha) >= power:
             return n
     return n_max + 1
+
+
+def _pairs(rec: dict, ref: dict) -> tuple[np.ndarray, np.ndarray]:
+    a = dict(zip(str(rec["seeds"]).split(","), rec["values"], strict=False))
+    b = dict(zip(str(ref["seeds"]).split(","), ref["values"], strict=False))
+    common = [s for s in a if s in b and s != ""]
+    return np.array([a[s] for s in common]), np.array([b[s] for s in common])
+
+
+def advise_seeds(
+    agg: Any, delta: float, alpha: float = 0.05, power: float = 0.8, ddof: int = 1
+) -> list[dict[str, Any]]:
+    """Seeds per cell needed to detect ``delta`` (in the table's units, e.g. 2 Dice points).
+
+    The standard deviation is that of the paired differences against the paired test's
+    reference row where the table has one (the test the table runs), else the cell's own std
+    over seeds (the spread a difference has to stand out from).
+
+    Args:
+        agg: a table from :func:`segssl.report.aggregate.aggregate`.
+        delta: the difference to detect, > 0.
+        alpha: two-sided significance level.
+        power: the wanted power.
+        ddof: delta degrees of freedom of the std.
+
+    Returns:
+        One dict per cell: ``row``, ``col``, ``n`` (seeds it has), ``std``, ``std_of``,
+        ``needed``.
+
+    Raises:
+        ValueError: ``delta`` <= 0, or a cell with fewer than 2 values (named, with its count).
+    """
+    if not delta > 0:
+        raise ValueError(f"--advise-seeds: the difference must be positive, got {delta}")
+    spec = agg.attrs["spec"]
+    pt = spec.paired_test
+    recs = agg.to_dict("records")
+
+    def col(rec: dict) -> str:
+        return rec["col"] if rec["col_group"] is None else f"{rec['col_group']} / {rec['col']}"
+
+    def name(rec: dict) -> str:
+        row = rec["row"] if rec["row_group"] is None else f"{rec['row_group']} / {rec['row']}"
+        return f"({row!r}, {col(rec)!r})"
+
+    refs = {}
+    if pt is not None:
+        refs = {(r["col_group"], r["col"]): r for r in recs if r["row"] == pt.reference}
+    out = []
+    for rec in recs:
+        ref = refs.get((rec["col_group"], rec["col"]))
+        if ref is not None and ref is not rec:
+            a, b = _pairs(rec, ref)
+            values, std_of = a - b, f"paired differences to '{pt.reference}'"
+        else:
+            values, std_of = np.asarray(rec["values"], dtype=float), "the cell over seeds"
+        if values.size == 0:
+            continue  # an empty cell: named in the caption
+        if values.size < MIN_N["advise_seeds"]:
+            raise ValueError(
+                f"--advise-seeds needs at least {MIN_N['advise_seeds']} seeds per cell to "
+                f"estimate a std; cell {name(rec)} has {values.size}"
+            )
+        std = float(np.std(values, ddof=ddof))
+        out.append(
+            {
+                "row": rec["row"],
+                "col": col(rec),
+                "n": int(values.size),
+                "std": std,
+                "std_of": std_of,
+                "needed": seeds_needed(delta, std, alpha, power),
+            }
+        )
+    return out
