@@ -308,17 +308,32 @@ def sweep_cmd(
         "--root",
         help="Directory relative data paths resolve against (default: the current directory).",
     ),
+    profile: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--profile",
+        help="smoke (phantoms, tiny, minutes on a CPU) | paper (the real protocol; default).",
+    ),
+    gpu_tflops: float = typer.Option(
+        10.0, "--gpu-tflops", help="--dry-run cost: sustained GPU TFLOP/s assumed per trial."
+    ),
 ) -> None:
     """Plan and run a sweep through Ray Tune; every trial is an MLflow run. Idempotent."""
     from segssl.config import ConfigError
+    from segssl.orchestrate.profiles import ensure_phantoms
     from segssl.orchestrate.runner import run_sweep
+    from segssl.orchestrate.spec import load_sweep
     from segssl.orchestrate.tracking import TrackingError
 
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
     try:
+        spec = load_sweep(sweep, profile=profile)
+        if spec.phantoms is not None and not dry_run:
+            where = ensure_phantoms(spec.phantoms, root)
+            err_console.print(f"profile {spec.profile}: phantoms in {where}", highlight=False)
         out = run_sweep(
-            sweep,
+            spec,
+            source=str(sweep),
             address=address,
             tracking_uri=tracking_uri,
             storage=storage,
@@ -357,6 +372,11 @@ def submit_cmd(
         None, "--storage", help="Absolute storage path shared by every node."
     ),
     extend: bool = typer.Option(False, "--extend", help="Pass --extend to the remote sweep."),
+    profile: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--profile",
+        help="smoke (phantoms, tiny, minutes on a CPU) | paper (the real protocol; default).",
+    ),
 ) -> None:
     """Run `segssl sweep` as a Ray job on a remote cluster."""
     import os
@@ -368,7 +388,7 @@ def submit_cmd(
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
     try:
-        spec = load_sweep(sweep)
+        spec = load_sweep(sweep, profile=profile)
         job = submit_sweep(
             sweep,
             spec,
@@ -443,6 +463,11 @@ def table_cmd(
     ),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of --advise-seeds."),
     power: float = typer.Option(0.8, "--power", help="Power wanted by --advise-seeds."),
+    profile: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--profile",
+        help="smoke (phantoms, tiny, minutes on a CPU) | paper (the real protocol; default).",
+    ),
 ) -> None:
     """Print the sweep's tables from its FINISHED MLflow runs (mean +- std over seeds)."""
     from segssl.config import ConfigError
@@ -462,7 +487,7 @@ def table_cmd(
     if not (0 < alpha < 1 and 0 < power < 1):
         fail(f"--alpha {alpha} / --power {power}: expected values in (0, 1)")
     try:
-        spec = load_sweep(sweep)
+        spec = load_sweep(sweep, profile=profile)
     except ConfigError as exc:
         fail(str(exc))
     storage = Path(spec.storage) if spec.storage else Path("segssl-runs") / spec.name

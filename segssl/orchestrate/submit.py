@@ -74,6 +74,7 @@ def build_entrypoint(
     storage: str,
     extend: bool = False,
     root: str | None = None,
+    profile: str = "paper",
 ) -> str:
     """The job's shell command: ``segssl sweep`` on the cluster's own Ray instance; ``root`` is
     the directory relative data paths resolve against (``--root``)."""
@@ -93,6 +94,8 @@ def build_entrypoint(
         args.append("--extend")
     if root is not None:
         args += ["--root", root]
+    if profile != "paper":
+        args += ["--profile", profile]
     return shlex.join(args)
 
 
@@ -154,7 +157,7 @@ def submit_sweep(
     check_plan_tables(plan_sweep(spec, source=str(src), storage=store, root=root))
     tmp = Path(tempfile.mkdtemp(prefix="segssl-submit-"))
     job_file = _stage_job_dir(src, spec, tmp)
-    entrypoint = build_entrypoint(job_file, uri, store, extend, root=root)
+    entrypoint = build_entrypoint(job_file, uri, store, extend, root=root, profile=spec.profile)
     if client is None:
         from ray.job_submission import JobSubmissionClient
 
