@@ -60,7 +60,10 @@ def paired_reading(agg: pd.DataFrame, row: str, ref: str, power: float = 0.8) ->
     if all(v == "sig" for v in verdicts):
         text += "A gain in every column that survives the corrected test."
     elif any(v == "sig" for v in verdicts):
-        text += "A gain only where p < {:g}; elsewhere the difference is within the seed-to-seed spread.".format(alpha)
+        text += (
+            f"A gain only where p < {alpha:g}; elsewhere the difference is within the "
+            "seed-to-seed spread."
+        )
     else:
         text += (
             "No difference here is significant after correction: the seed-to-seed spread is "
