@@ -233,6 +233,16 @@ def apply_profile(raw: Any, profile: str | None, source: str = "<sweep>") -> Any
             f"{source}: --profile {profile}: the sweep has no 'profiles: {{{profile}: ...}}' "
             "section (see experiments/sweeps/README.md)"
         )
+    for other in profiles:  # a mistake in the profile not chosen is found now, not later
+        if other != profile:
+            _apply(copy.deepcopy(out), profiles, other, source)
+    return _apply(out, profiles, profile, source)
+
+
+def _apply(
+    out: dict[str, Any], profiles: Mapping[str, Any], profile: str, source: str
+) -> dict[str, Any]:
+    """Apply ``profiles[profile]`` (if any) to ``out`` in place and return it."""
     over = _check_mapping(profiles.get(profile), f"profiles.{profile}", source)
     where = f"profiles.{profile}"
     bad = [k for k in over if k not in _TOP_KEYS]

@@ -175,3 +175,22 @@ def test_cost_column_is_the_rows_mean_seconds_per_run() -> None:
     md = render(aggregate(_runs(), spec, experiment="x"), spec, "md")
     assert "| cost (s/run) |" in md.splitlines()[2]
     assert md.splitlines()[4].endswith("| 102 |")  # (101 + 104) / 2 = 102.5 -> '102'
+
+
+def test_reading_states_paired_differences_and_never_claims_an_unsupported_gain() -> None:
+    from segssl.report.reading import paired_reading
+
+    agg = aggregate(_runs(), _spec(), experiment="x")
+    text = paired_reading(agg, "IIC", "Baseline")
+    d1 = (_v("iic", 1) - _v("baseline", 1)).mean()
+    ahead = int((_v("iic", 1) > _v("baseline", 1)).sum())
+    assert f"{d1:+.1f} at 1 (ahead in {ahead} of 5" in text
+    p = _cell(agg, "IIC", "1")["p_value"]
+    assert p > 0.05 and "No difference here is significant after correction" in text
+    assert "paired seeds (segssl table --advise-seeds)" in text
+    # a large, consistent gain reads as one
+    runs = _runs()
+    bim = runs["params.method.name"] == "bim"
+    runs.loc[bim, "metrics.test/dsc"] += 0.1 + 0.001 * runs.loc[bim, "params.seed"].astype(int)
+    strong = paired_reading(aggregate(runs, _spec(), experiment="x"), "bim", "Baseline")
+    assert "A gain in every column that survives the corrected test" in strong
