@@ -58,6 +58,9 @@ _SYNC_OPS = {
 }
 
 
+_PAUSED = [0]  # > 0 while the engine draws a batch (the data pipeline is not the step)
+
+
 class _HostReads(TorchFunctionMode):
     def __init__(self, found: list[str]) -> None:
         super().__init__()
@@ -65,7 +68,7 @@ class _HostReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if (name in _HOST_READS or name == "to") and _in_optimizer():
+        if _PAUSED[0] or ((name in _HOST_READS or name == "to") and _in_optimizer()):
             pass
         elif name in _HOST_READS:
             self.found.append(f"Tensor.{name}{_where()}")
@@ -101,7 +104,7 @@ class _SyncOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._schema.name.split("::")[-1]
-        if name in _SYNC_OPS and _in_optimizer() and name == "_local_scalar_dense":
+        if _PAUSED[0] or (name == "_local_scalar_dense" and _in_optimizer()):
             pass
         elif name in _SYNC_OPS:
             self.found.append(f"aten::{name}{_where()}")
@@ -186,3 +189,34 @@ def test_training_step_has_no_host_sync(name: str, tiny, batches) -> None:
 
     found = host_syncs(two_steps)
     assert found == [], f"{name}: host synchronisation in the training step: {sorted(set(found))}"
+
+
+@pytest.mark.parametrize(("name", "stage"), [("baseline", "finetune"), ("bim", "pretrain")])
+def test_engine_step_has_no_host_sync(name: str, stage: str, tiny, tmp_path, monkeypatch) -> None:
+    """The engine's step (autocast, training_step, value logging, backward, clipping, scaler,
+    optimiser, after_step) and the per-step bookkeeping of the epoch loop read nothing back;
+    the batch drawing (host-side data pipeline) is not recorded."""
+    from segssl.engine import loop, train
+
+    found: list[str] = []
+    steps = [0]
+    draw, step = loop._Batches.draw, loop._Run._step
+
+    def paused_draw(self, *args, **kwargs):
+        _PAUSED[0] += 1
+        try:
+            return draw(self, *args, **kwargs)
+        finally:
+            _PAUSED[0] -= 1
+
+    def recorded_step(self, *args, **kwargs):
+        steps[0] += 1
+        with _HostReads(found), _SyncOps(found):
+            return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop._Batches, "draw", paused_draw)
+    monkeypatch.setattr(loop._Run, "_step", recorded_step)
+    cfg = tiny(name, stage, train={"epochs": 1, "iters_per_epoch": 2}, optim={"grad_clip": 1.0})
+    train(cfg, workdir=tmp_path)
+    assert steps[0] == 2
+    assert found == [], f"host synchronisation in the engine step: {sorted(set(found))}"
