@@ -105,3 +105,51 @@ def read_runs(
     finally:
         con.close()
     return list(runs.values())
+
+
+def read_experiment(uri: str, experiment: str) -> tuple[str, dict[str, str]] | None:
+    """(id, tags) of the active experiment ``experiment`` in a SQLite store.
+
+    Returns:
+        None when the store cannot be read this way (not SQLite, not MLflow's schema).
+
+    Raises:
+        LookupError: the store has no active experiment of that name.
+    """
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        return None
+    try:
+        con = _connect(db)
+        try:
+            row = con.execute(
+                "SELECT experiment_id FROM experiments WHERE name = ? "
+                "AND lifecycle_stage = 'active'",
+                [experiment],
+            ).fetchone()
+            if row is None:
+                raise LookupError(experiment)
+            tags = dict(
+                con.execute(
+                    "SELECT key, value FROM experiment_tags WHERE experiment_id = ?", [row[0]]
+                ).fetchall()
+            )
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]), tags
+
+
+def finished_trials(uri: str, experiment: str) -> dict[str, StoredRun] | None:
+    """FINISHED trial runs by trial key (the earliest run of a key), as
+    :func:`segssl.orchestrate.tracking.finished_runs` gives them; None as :func:`read_runs`."""
+    runs = read_runs(uri, experiment, statuses=["FINISHED"])
+    if runs is None:
+        return None
+    out: dict[str, StoredRun] = {}
+    for r in sorted(runs, key=lambda r: r.start_time or 0):
+        key = r.tags.get("segssl.trial_key")
+        if key and r.tags.get("segssl.kind") == "trial" and key not in out:
+            out[key] = r
+    return out
