@@ -198,7 +198,8 @@ class AugmentConfig(Section):
     scale: tuple[float, float] = (0.8, 1.3)
     paired_rotation: float = Field(45.0, ge=0.0, le=180.0)
     translation: float = Field(0.1, ge=0.0, le=0.5)
-    paired_flip: bool = False  # also flip in the paired T (not in the paper's T)
+    paired_flip: bool = False  # also flip in the paired T (not in the BIM paper's T)
+    paired_vflip: bool = False  # vertical flip in T (GMI's T: horizontal and vertical flips)
 
     @field_validator("gamma", "scale")
     @classmethod
