@@ -15,6 +15,7 @@ from segssl.metrics import MetricDefs, asd, evaluate_volumes, hd95, nsd
 medpy_binary = pytest.importorskip("medpy.metric.binary")
 monai_metrics = pytest.importorskip("monai.metrics")
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI deprecation notes
 
 SPACINGS = [(2.5, 0.7, 0.9), (5.0, 1.25, 1.25), (1.0, 0.5, 3.0)]
 
