@@ -201,11 +201,12 @@ def run_demo(
     ui = f"mlflow ui --backend-store-uri {outcome.tracking_uri}"
     try:
         table = render_tables(spec, outcome.tracking_uri, "md", curves_dir=report)
-        table += "\n" + _reading(spec, outcome.tracking_uri) + "\n"
     except ReportError:
         if not outcome.failed:
             raise
         table = ""  # no finished run to tabulate: the failure below says why
+    if table and not outcome.failed:  # the reading needs every cell
+        table += "\n" + _reading(spec, outcome.tracking_uri) + "\n"
     if table:
         (report / "demo.md").write_text(table)
         console.print(f"table and learning curves (val Dice vs epoch) in {report}", highlight=False)
