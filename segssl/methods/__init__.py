@@ -19,6 +19,7 @@ from segssl.methods.bim import BIM
 from segssl.methods.contrast_enc_dec import ContrastEncDec
 from segssl.methods.entmin import EntMin
 from segssl.methods.imsat import IMSAT
+from segssl.methods.mean_teacher import MeanTeacher
 
 _CLASS_ATTRS = ("init", "pinned", "uses_labeled", "uses_unlabeled", "predict_with", "carry")
 
@@ -65,6 +66,7 @@ REGISTRY: dict[str, type[Method]] = {
     "contrast_dec": variant(ContrastEncDec, "contrast_dec", w_enc=0.0),
     "contrast_enc_dec": ContrastEncDec,
     "entmin": EntMin,
+    "mean_teacher": MeanTeacher,
 }
 
 
