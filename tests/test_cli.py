@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -56,12 +57,17 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("demo", artifact_location=str(root / "artifacts"))
     parent = client.create_run(exp, tags={"segssl.kind": "sweep"}).info.run_id
-    for i, (method, n) in enumerate([("baseline", 1), ("baseline", 2), ("finetune", 1)]):
-        rid = client.create_run(
+    runs = [("baseline", 1), ("baseline", 4), ("finetune", 1)]
+    for (i, (method, n)), seed in itertools.product(enumerate(runs), (0, 1)):  # the paired test
+        rid = client.create_run(  # needs two seeds per cell
             exp,
-            tags={"mlflow.parentRunId": parent, "segssl.kind": "trial", "segssl.trial_key": f"{i}"},
+            tags={
+                "mlflow.parentRunId": parent,
+                "segssl.kind": "trial",
+                "segssl.trial_key": f"{i}-{seed}",
+            },
         ).info.run_id
-        for k, v in {"method.name": method, "data.labeled_scans": n, "seed": 0}.items():
+        for k, v in {"method.name": method, "data.labeled_scans": n, "seed": seed}.items():
             client.log_param(rid, k, v)
         client.log_metric(rid, "test/dsc", 0.5 + 0.1 * i)
         client.set_terminated(rid, "FINISHED")
@@ -107,7 +113,9 @@ def test_dry_run_table_filter_suggests_the_parent_stage_key(tmp_path):
     raw["tables"][0].update({"stage": "finetune", "filter": {"method.k": 10}})
     sweep = tmp_path / "demo_k.yaml"
     sweep.write_text(yaml.safe_dump(raw))
-    r = runner.invoke(app, ["sweep", str(sweep), "--dry-run", "--storage", str(tmp_path / "s")])
+    r = runner.invoke(
+        app, ["sweep", str(sweep), "--dry-run", "--no-cost", "--storage", str(tmp_path / "s")]
+    )
     assert r.exit_code == 2, r.output
     msg = " ".join(r.output.split())
     assert "filter names param 'method.k'" in msg, msg

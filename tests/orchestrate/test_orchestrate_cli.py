@@ -52,7 +52,7 @@ def sweep_file(tmp_path: Path, **extra: Any) -> Path:
 def test_dry_run_prints_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    res = runner.invoke(app, ["sweep", str(sweep_file(tmp_path)), "--dry-run"])
+    res = runner.invoke(app, ["sweep", str(sweep_file(tmp_path)), "--dry-run", "--no-cost"])
     assert res.exit_code == 0, res.output
     out = res.output
     assert "pretrain" in out and "finetune" in out
@@ -181,7 +181,7 @@ def test_submitted_job_sees_the_sweep_as_a_local_run(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     store = str(tmp_path / "store")
     res = runner.invoke(
-        app, ["sweep", args[2], "--dry-run", "--storage", store, "--root", args[-1]]
+        app, ["sweep", args[2], "--dry-run", "--no-cost", "--storage", store, "--root", args[-1]]
     )
     assert res.exit_code == 0, res.output  # the job's command line: `segssl sweep --root` exists
     assert "135" in res.output
