@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from segssl.orchestrate.spec import SpecError, SweepSpec
+from segssl.record import TAG_SWEEP
 
 __all__ = ["SubmitError", "build_entrypoint", "check_submit_args", "submit_sweep"]
 
@@ -163,6 +164,6 @@ def submit_sweep(
         client.submit_job(
             entrypoint=entrypoint,
             runtime_env={"working_dir": str(tmp), "env_vars": {"RAY_CHDIR_TO_TRIAL_DIR": "0"}},
-            metadata={"segssl.sweep": spec.name},
+            metadata={TAG_SWEEP: spec.name},
         )
     )

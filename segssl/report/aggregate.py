@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from segssl.config import did_you_mean
-from segssl.orchestrate.table_spec import AxisGroup, TableSpec
 from segssl.report.errors import ReportError
 from segssl.report.papers import (
     PaperTable,
@@ -36,6 +35,7 @@ from segssl.report.runs import (
     param_keys,
     sorted_values,
 )
+from segssl.table_spec import AxisGroup, TableSpec
 
 CELL_COLUMNS = [
     "row_group",

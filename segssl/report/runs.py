@@ -14,13 +14,13 @@ from typing import Any
 
 import pandas as pd
 
+from segssl.record import KIND_SWEEP, ROLE_PARENT
+from segssl.record import TAG_KEY as KEY_TAG
+from segssl.record import TAG_KIND as KIND_TAG
+from segssl.record import TAG_PARENT_RUN as PARENT_TAG
+from segssl.record import TAG_ROLE as ROLE_TAG
+from segssl.record import TAG_STAGE as STAGE_TAG  # noqa: F401 - used by the report
 from segssl.report.errors import ReportError
-
-PARENT_TAG = "mlflow.parentRunId"
-ROLE_TAG = "segssl.role"  # "parent" on a sweep invocation's run (the brief's contract)
-KIND_TAG = "segssl.kind"  # "sweep" on the parent run, "trial" on children (the runner's tags)
-STAGE_TAG = "segssl.stage"
-KEY_TAG = "segssl.trial_key"
 
 
 def _client(tracking_uri: str) -> Any:
@@ -81,7 +81,7 @@ def load_runs(tracking_uri: str, experiment: str, page_size: int = 1000) -> pd.D
             tags = run.data.tags
             if run.info.status != "FINISHED" or PARENT_TAG not in tags:
                 continue
-            if tags.get(ROLE_TAG) == "parent" or tags.get(KIND_TAG) == "sweep":
+            if tags.get(ROLE_TAG) == ROLE_PARENT or tags.get(KIND_TAG) == KIND_SWEEP:
                 continue
             rec: dict[str, Any] = {
                 "run_id": run.info.run_id,
@@ -135,7 +135,7 @@ def latest_parent_run(tracking_uri: str, experiment: str) -> str | None:
     client = _client(tracking_uri)
     exp_id = get_experiment_id(tracking_uri, experiment)
     found = []
-    for tag, value in ((ROLE_TAG, "parent"), (KIND_TAG, "sweep")):
+    for tag, value in ((ROLE_TAG, ROLE_PARENT), (KIND_TAG, KIND_SWEEP)):
         found += client.search_runs(
             [exp_id],
             filter_string=f"tags.`{tag}` = '{value}'",

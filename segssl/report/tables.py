@@ -8,12 +8,12 @@ from typing import Any
 
 import pandas as pd
 
-from segssl.orchestrate.table_spec import TableSpec
 from segssl.report.aggregate import aggregate
 from segssl.report.curves import plot_curves
 from segssl.report.errors import ReportError
 from segssl.report.render import FORMATS, csv_frame, render
 from segssl.report.runs import latest_parent_run, load_runs
+from segssl.table_spec import TableSpec
 
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from segssl.orchestrate.table_spec import TableSpec
+from segssl.table_spec import TableSpec
 from segssl.report import ReportError, aggregate, check_tables, render
 
 REPO = Path(__file__).resolve().parents[2]

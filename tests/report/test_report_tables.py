@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from scipy import stats
 
-from segssl.orchestrate.table_spec import TableSpec
+from segssl.table_spec import TableSpec
 from segssl.report import (
     ReportError,
     aggregate,
