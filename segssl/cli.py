@@ -405,6 +405,12 @@ def sweep_cmd(
         fail(str(exc))
     except ConnectionError as exc:
         fail(f"--address {address}: cannot connect to the Ray cluster: {exc}")
+    except OSError as exc:  # e.g. a full disk under the storage or the tracking store
+        fail(f"{exc}; the sweep stopped (a rerun resumes once this is fixed)", 1)
+    except Exception as exc:
+        if type(exc).__name__ != "MlflowException":
+            raise
+        fail(f"the tracking store failed: {str(exc).splitlines()[0]}; the sweep stopped", 1)
     if dry_run:
         return
     _sweep_summary(out)

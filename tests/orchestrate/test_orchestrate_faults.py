@@ -444,3 +444,26 @@ def io_plan(uri: str) -> str:
     plan = plan_sweep(parse_sweep(base_raw()), storage="/tmp/x")
     runner_mod.print_plan(plan, {}, Console(file=buf, width=200), uri)
     return buf.getvalue()
+
+
+# ------------------------------------------------------ 3: failures grouped by reason on console
+def test_failed_trials_are_printed_grouped_by_reason(capsys: pytest.CaptureFixture) -> None:
+    import typer
+
+    from segssl.cli import _sweep_summary
+    from segssl.orchestrate.runner import StageOutcome, SweepOutcome
+
+    out = SweepOutcome("s", "http://ann:s3cret@h:5000", "1", Path("/tmp/s"))
+    out.stages["a"] = StageOutcome(planned=3, skipped=0, launched=3, failed=3)
+    out.failures = {
+        "DataError: scan patient001 is unreadable": {"retryable": False, "runs": ["r1", "r2"]},
+        "RuntimeError: CUDA error": {"retryable": True, "runs": ["r3"]},
+    }
+    with pytest.raises(typer.Exit) as exc:
+        _sweep_summary(out)
+    assert exc.value.exit_code == 1
+    err = capsys.readouterr()
+    text = err.out + err.err
+    assert "2 trial(s) failed (not retryable): DataError: scan patient001 is unreadable" in text
+    assert "r1; r2" in text and "1 trial(s) failed (retryable): RuntimeError" in text
+    assert "s3cret" not in text
