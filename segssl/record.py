@@ -16,10 +16,16 @@ __all__ = [
     "TAG_DATA_FP",
     "TAG_END_REASON",
     "TAG_GIT_SHA",
+    "TAG_GPU_CAP",
+    "TAG_GPU_IDS",
+    "TAG_GPU_SHARE",
     "TAG_HEARTBEAT",
     "TAG_HOST",
+    "TAG_HOSTNAME",
     "TAG_KEY",
     "TAG_KIND",
+    "TAG_NODE_ID",
+    "TAG_NODE_IP",
     "TAG_PARENT_KEY",
     "TAG_PARENT_RUN",
     "TAG_PID",
@@ -63,6 +69,14 @@ TAG_HOST = "segssl.driver_host"
 TAG_PID = "segssl.driver_pid"
 TAG_START = "segssl.driver_start"  # the driver process's start time (tells a reused pid apart)
 TAG_HEARTBEAT = "segssl.heartbeat"
+
+# where a trial ran (orchestrate/gpu_guard.py)
+TAG_NODE_ID = "segssl.node_id"
+TAG_NODE_IP = "segssl.node_ip"
+TAG_HOSTNAME = "segssl.hostname"
+TAG_GPU_IDS = "segssl.gpu_ids"
+TAG_GPU_SHARE = "segssl.gpu_share"
+TAG_GPU_CAP = "segssl.gpu_mem_cap_bytes"
 
 # how a run went
 TAG_ATTEMPTS = "segssl.attempts"

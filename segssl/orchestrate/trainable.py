@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from segssl.config import RunConfig, flatten
+from segssl.orchestrate import gpu_guard
 from segssl.orchestrate.plan import (
     SearchStage,
     deep_merge,
@@ -133,6 +134,14 @@ def _non_retryable() -> tuple[type[BaseException], ...]:
     return (ConfigError, DataError, CheckpointError, EngineConfigError, NonFiniteLossError)
 
 
+def _release_cuda_cache() -> None:
+    """Give the cached blocks of a trial that ran out of GPU memory back to its neighbours."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _report_finished_sample(task: TrialTask, ctx: SweepContext) -> bool:
     """A search sample that FINISHED in an earlier invocation: report its result to the searcher
     (its best epoch, as for a trained sample) instead of training it again; True if it did."""
@@ -189,9 +198,10 @@ class _TuneReporter:
 def _end_failed(exc: BaseException, recorder: Any, seen: Mapping[str, float]) -> bool:
     """Record how an attempt ended with ``exc``; True when the failure is final (not retried).
 
-    A non-retryable error (bad config or data, incompatible checkpoint, a full disk, NaN loss)
-    ends the run FAILED with ``segssl.retryable=false`` and is reported to Tune as a result, so
-    Tune does not retry it; anything else ends the attempt (KILLED when stopped) and is re-raised.
+    A non-retryable error (bad config or data, incompatible checkpoint, a full disk, NaN loss,
+    out of GPU memory) ends the run FAILED with ``segssl.retryable=false`` and is reported to
+    Tune as a result, so Tune does not retry it; anything else ends the attempt (KILLED when
+    stopped) and is re-raised.
     """
     from ray import tune
 
@@ -199,7 +209,7 @@ def _end_failed(exc: BaseException, recorder: Any, seen: Mapping[str, float]) ->
     reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     if isinstance(exc, SystemExit):  # how Ray Tune ends a function trial it stops
         reason = "stopped by Ray Tune (early stop)"
-    if not killed and isinstance(exc, _non_retryable()):
+    if not killed and isinstance(exc, (*_non_retryable(), gpu_guard.GpuMemoryError)):
         recorder.set_tags({TAG_RETRYABLE: "false"})
         recorder.end("FAILED", reason)
         tune.report({**seen, "segssl/failed": 1.0})
@@ -271,6 +281,8 @@ def run_trial(
     workdir.mkdir(parents=True, exist_ok=True)
     recorder = TrialRecorder(ctx.tracking_uri, ctx.experiment_id, ctx.sweep_run_id, workdir)
     recorder.start(task.name, task.tags, task.params)
+    guard = gpu_guard.guard_from_ray()  # a fractional GPU share caps this process's memory
+    recorder.set_tags(gpu_guard.placement_tags(guard))
     reporter = _TuneReporter(task, ctx, recorder)
     t0 = time.time()
     if tune.get_checkpoint() is not None:
@@ -278,6 +290,9 @@ def run_trial(
     try:
         result = train_fn(task.config, reporter, workdir=workdir, resume=True)
     except BaseException as exc:
+        if gpu_guard.is_oom(exc):  # the same trial asks for the same memory again: no retry
+            exc = gpu_guard.oom_report(exc, task.key, guard)
+            _release_cuda_cache()
         if _end_failed(exc, recorder, reporter.seen):
             return
         raise

@@ -65,7 +65,8 @@ def check_tables(
                     f"(stages: {stages})"
                 )
         base = base.dropna(axis=1, how="all")
-        _check_keys(base, spec, name)
+        stage = f"stage {spec.stage!r}" if spec.stage is not None else f"sweep {name!r}"
+        _check_keys(base, spec, name, runs=f"planned trial of {stage}")
         if spec.filter and not filter_mask(base, spec.filter).any():
             raise ReportError(
                 f"table {spec.name!r}: filter {spec.filter} matches no planned trial"
