@@ -655,6 +655,7 @@ def table_cmd(
             f"no MLflow database at {uri[len('sqlite:///') :]}: run `segssl sweep {sweep}` "
             "first (from the same directory), or pass --tracking-uri"
         )
+    _check_tables_against_plan(spec, storage, sweep)
     try:
         text = render_tables(
             spec,
@@ -674,6 +675,28 @@ def table_cmd(
         typer.echo(text, nl=False)
     if curves is not None:
         err_console.print(f"learning curves in {curves}", highlight=False)
+
+
+def _check_tables_against_plan(spec: Any, storage: Path, sweep: Path) -> None:
+    """When the sweep's ``plan.json`` is there, check the tables against its planned trials (a
+    row or column that matches no planned trial is an error, not an empty line)."""
+    from segssl.orchestrate.plan import PLAN_FILE, read_plan
+    from segssl.orchestrate.spec import SpecError
+    from segssl.report import ReportError, check_tables
+
+    if not (storage / PLAN_FILE).is_file():
+        return
+    try:
+        plan = read_plan(storage / PLAN_FILE)
+    except SpecError as exc:
+        fail(str(exc))
+    if plan.get("sweep") != spec.name:
+        return  # another sweep's storage: nothing to compare with
+    trials = [(t["stage"], t["params"]) for t in plan["trials"]]
+    try:
+        check_tables(spec.tables, trials, name=spec.name, base_dirs=[sweep.resolve().parent])
+    except ReportError as exc:
+        fail(f"{sweep}: tables (checked against {storage / PLAN_FILE}): {exc}")
 
 
 if __name__ == "__main__":  # pragma: no cover

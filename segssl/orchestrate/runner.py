@@ -39,11 +39,13 @@ from segssl.orchestrate.claim import ClaimKeeper, SweepClaim, claim_sweep
 from segssl.orchestrate.datacheck import check_plan_data
 from segssl.orchestrate.interrupt import Interrupt, SweepInterrupted, catch_signals, make_stopper
 from segssl.orchestrate.plan import (
+    PLAN_FILE,
     Plan,
     SearchStage,
     check_trial_count,
     count_trials,
     plan_sweep,
+    read_plan,
     search_probe,
     write_plan,
 )
@@ -663,6 +665,7 @@ def run_sweep(
     try:
         if check_data:
             _preflight_data(plan, console)
+        _note_plan_change(plan, console)
         write_plan(plan)
         tr = _open_tracking(plan, uri, extend, takeover, outcome)
         if not tr.launching:
@@ -685,6 +688,24 @@ def run_sweep(
     finally:
         claim.release()
     return outcome
+
+
+def _note_plan_change(plan: Plan, console: Console) -> None:
+    """Say how the plan differs from the one the last invocation wrote (``plan.json``)."""
+    path = plan.storage / PLAN_FILE
+    if not path.is_file():
+        return
+    try:
+        before = {t["key"] for t in read_plan(path)["trials"]}
+    except (SpecError, KeyError, TypeError):
+        return
+    now = {t.key for t in plan.all_trials()}
+    added, dropped = len(now - before), len(before - now)
+    if added or dropped:
+        console.print(
+            f"plan: {added} trial(s) added and {dropped} no longer planned since {path}",
+            highlight=False,
+        )
 
 
 def _peek(uri: str, name: str, shash: str, extend: bool) -> tuple[str | None, dict[str, Any]]:

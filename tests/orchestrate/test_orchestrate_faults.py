@@ -467,3 +467,19 @@ def test_failed_trials_are_printed_grouped_by_reason(capsys: pytest.CaptureFixtu
     assert "2 trial(s) failed (not retryable): DataError: scan patient001 is unreadable" in text
     assert "r1; r2" in text and "1 trial(s) failed (retryable): RuntimeError" in text
     assert "s3cret" not in text
+
+
+def test_table_reads_the_plan_and_refuses_a_row_no_trial_was_planned_for(
+    tmp_path: Path, no_ray: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    raw = base_raw(storage=str(tmp_path / "s"))
+    raw["tables"] = [{"name": "t", "stage": "finetune", "rows": ["method.name"]}]
+    with pytest.raises(AssertionError, match="Ray was started"):
+        runner_mod.run_sweep(parse_sweep(raw), console=QUIET, live=False, check_data=False)
+    assert (tmp_path / "s" / "plan.json").is_file()
+    raw["tables"][0]["rows"] = {"Ours": {"method.name": "finetun"}}  # edited after the sweep ran
+    res = cli.invoke(app, ["table", str(write(tmp_path, raw)), "--no-log"])
+    assert res.exit_code == 2, res.output
+    assert "plan.json" in res.output and "matches no planned trial" in res.output
