@@ -341,13 +341,12 @@ def close_stage_runs(
     """
     client = _client(uri)
     base = f"tags.`{TAG_PARENT_RUN}` = '{sweep_run_id}' and tags.`{TAG_STAGE}` = '{stage}'"
-    stopped = "attributes.status = 'RUNNING'"
-    if interrupted:
-        stopped = "attributes.status IN ('RUNNING', 'KILLED')"
-    for r in _search(client, exp_id, f"{stopped} and {base}"):
-        client.set_tag(
-            r.info.run_id, TAG_END_REASON, interrupted or "stopped by Ray Tune (early stop)"
-        )
+    stopped = ("RUNNING", "KILLED") if interrupted else ("RUNNING",)
+    for r in _search(client, exp_id, base):
+        if r.info.status not in stopped:
+            continue
+        reason = interrupted or "stopped by Ray Tune (early stop)"
+        client.set_tag(r.info.run_id, TAG_END_REASON, reason)
         if r.info.status == "RUNNING":
             client.set_terminated(r.info.run_id, status="KILLED")
     keys: dict[str, set[str]] = {}
