@@ -17,7 +17,9 @@ from segssl.methods.base import Method
 from segssl.methods.baseline import Baseline
 from segssl.methods.bim import BIM
 from segssl.methods.contrast_enc_dec import ContrastEncDec
+from segssl.methods.entmin import EntMin
 from segssl.methods.imsat import IMSAT
+from segssl.methods.mean_teacher import MeanTeacher
 
 _CLASS_ATTRS = ("init", "pinned", "uses_labeled", "uses_unlabeled", "predict_with", "carry")
 
@@ -63,6 +65,8 @@ REGISTRY: dict[str, type[Method]] = {
     "contrast_enc": variant(ContrastEncDec, "contrast_enc", w_dec=0.0),
     "contrast_dec": variant(ContrastEncDec, "contrast_dec", w_enc=0.0),
     "contrast_enc_dec": ContrastEncDec,
+    "entmin": EntMin,
+    "mean_teacher": MeanTeacher,
 }
 
 

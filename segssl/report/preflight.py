@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from segssl.report.aggregate import _check_keys, expand_columns, expand_rows
+from segssl.report.aggregate import _check_keys, _needs, expand_columns, expand_rows
 from segssl.report.errors import ReportError
 from segssl.report.papers import load_paper_table, resolve_paper_path
 from segssl.report.runs import STAGE_TAG, filter_mask, sorted_values
@@ -76,6 +76,7 @@ def check_tables(
         rows, cols = expand_rows(spec, base), expand_columns(spec, base)
         _check_leaves(spec, base, rows, "row")
         _check_leaves(spec, base, cols, "column")
+        _check_planned_seeds(spec, base)
         if spec.paper is None or base.empty:
             continue
         path = resolve_paper_path(spec.paper.file, [*base_dirs, REPO_ROOT])
@@ -114,4 +115,18 @@ def _check_leaves(spec: TableSpec, df: pd.DataFrame, leaves: Sequence[Any], what
             raise ReportError(
                 f"table {spec.name!r}: {what} {leaf.display!r} (filter {leaf.filter}) matches no "
                 f"planned trial" + _values_hint(df, leaf.filter)
+            )
+
+
+def _check_planned_seeds(spec: TableSpec, base: pd.DataFrame) -> None:
+    """A statistic that needs more seeds per cell than the plan gives (variance over seeds)."""
+    col = f"params.{spec.seed_key}"
+    if spec.stats.variance != "seeds" or base.empty or col not in base:
+        return
+    seeds = sorted({str(s) for s in base[col].dropna()})
+    for what, need in _needs(spec):
+        if len(seeds) < need:
+            raise ReportError(
+                f"table {spec.name!r}: {what} needs at least {need} seeds per cell; the plan "
+                f"gives {len(seeds)} (seeds {', '.join(seeds)}); add seeds or drop the statistic"
             )
