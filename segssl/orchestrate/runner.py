@@ -643,6 +643,8 @@ def run_sweep(
     plan = plan_sweep(spec, source=source, storage=storage, root=root)
     check_plan_tables(plan)
     uri = tracking.resolve_tracking_uri(tracking_uri, plan.storage)
+    if redact(uri) != uri:
+        tracking.redact_logging()
     tracking.check_tracking(uri)
     outcome = SweepOutcome(spec.name, uri, None, plan.storage, dry_run=dry_run)
     check_data = train_fn is None if check_data is None else check_data
