@@ -250,8 +250,9 @@ def train(
             finished run is not retrained, only evaluated again).
 
     Returns:
-        The result dict written to ``workdir/result.json``: ``metrics`` (``best_epoch``,
-        ``test/dsc``, ``test/dsc/<class>``, ``test/hd95/<class>``, ``test/asd/<class>``,
+        The result dict written to ``workdir/result.json``: ``metrics`` (``best_epoch``, in
+        supervised stages ``val/best_dsc`` and ``val/best_epoch`` (the best validation Dice and
+        its epoch), ``test/dsc``, ``test/dsc/<class>``, ``test/hd95/<class>``, ``test/asd/<class>``,
         ``cost/wall_s``, ``cost/gpu_s``, ``cost/peak_mem_mb``), ``history`` (per-epoch metrics),
         checkpoint paths, pictures, data and split fingerprints, config hash.
 
@@ -483,6 +484,9 @@ class _Run:
         """Test the selected weights, draw pictures, write and return the result."""
         cfg, data, rt = self.cfg, self.data, self.runtime
         final: dict[str, float] = {"best_epoch": float(self._select_final_weights())}
+        if self.best["epoch"]:  # the best validation Dice and its epoch, beside the last val/dsc
+            final["val/best_dsc"] = float(self.best["score"])
+            final["val/best_epoch"] = float(self.best["epoch"])
         self.method.eval()
         if self.supervised and data.test:
             final.update(

@@ -201,3 +201,34 @@ def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(tiny, tmp_path
     assert scalers == [("cpu", True)]
     assert seen == [(True, True, True)]
     assert result["runtime"] == {"device": "cpu", "amp": True, "channels_last": True}
+
+
+def test_best_validation_dice_and_epoch_are_reported(tiny, tmp_path: Path, monkeypatch):
+    """The last report carries val/best_dsc and val/best_epoch (the epoch the test metrics come
+    from), also when the best epoch was before an interruption: the UI can sort on them."""
+    evaluate = loop.evaluate
+    val_dsc = iter([0.9, 0.5, 0.4, 0.3])
+
+    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix):
+        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix)
+        if prefix == "val":
+            out["val/dsc"] = next(val_dsc)
+        return out
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    cfg = tiny("baseline", "finetune", train={"epochs": 3, "iters_per_epoch": 1})
+    reports: list[dict] = []
+
+    def stop_after_2(metrics: dict, step: int) -> None:
+        reports.append(metrics)
+        if step == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(cfg, stop_after_2, workdir=tmp_path)
+    result = train(cfg, lambda m, s: reports.append(m), workdir=tmp_path)
+    final = reports[-1]
+    assert final["val/best_dsc"] == pytest.approx(0.9) and final["val/best_epoch"] == 1.0
+    assert final["best_epoch"] == 1.0 and "test/dsc" in final
+    assert result["metrics"]["val/best_dsc"] == pytest.approx(0.9)
+    assert all("val/best_dsc" not in r for r in reports[:-1])  # per epoch: val/dsc only
