@@ -347,7 +347,9 @@ def sweep_cmd(
             f"{so.finished} finished now, {so.failed} failed, {so.blocked} blocked",
             highlight=False,
         )
-    console.print(f"MLflow UI: mlflow ui --backend-store-uri {out.tracking_uri}", highlight=False)
+    from segssl.orchestrate.mlflow_ui import ui_command
+
+    console.print(f"MLflow UI: {ui_command(out.tracking_uri, out.experiment_id)}", highlight=False)
     if out.failed:
         fail(f"{out.failed} trial(s) did not finish; rerun the same command to retry them", 1)
 

@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segssl.config import flatten
-from segssl.orchestrate import tracking
+from segssl.orchestrate import mlflow_ui, tracking
 from segssl.orchestrate.plan import Plan, plan_sweep, search_probe
 from segssl.orchestrate.progress import SweepProgress, make_tune_callback
 from segssl.orchestrate.spec import Resources, SpecError, SweepSpec, load_sweep, spec_hash
@@ -329,6 +329,8 @@ def run_sweep(
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     exp_id = tracking.ensure_experiment(uri, spec.name, shash, extend=extend)
     outcome.experiment_id = exp_id
+    client = tracking._client(uri)  # the UI opens the study as an ML experiment on its runs
+    mlflow_ui.tag_experiment(client, exp_id, client.get_experiment(exp_id).tags)
     outcome.stale_marked = tracking.mark_stale_runs(uri, exp_id)
     other_drivers = tracking.live_sweep_runs(uri, exp_id)
     if other_drivers:  # two drivers on one sweep would train the same trials twice
