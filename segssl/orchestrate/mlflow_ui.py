@@ -27,7 +27,7 @@ DEFAULT_PORT = 5000
 RUN_NAME_WIDTH = 340  # px: "bim > finetune | lv | 2 scans | seed 1" without an ellipsis
 
 PARAM_COLUMNS = ("method.name", "data.labeled_scans", "data.target", "seed")
-METRIC_COLUMNS = ("test/dsc", "val/best_dsc", "val/best_epoch")
+METRIC_COLUMNS = ("test/dsc", "best_val/dsc", "best_epoch")
 
 
 def _column(kind: str, key: str) -> str:

@@ -11,7 +11,6 @@ import segssl.engine.loop as loop
 from segssl.engine import train
 from segssl.engine.checkpoint import load_checkpoint
 from segssl.methods import REGISTRY
-from segssl.methods.finetune import Finetune
 
 
 class _Stop(Exception):
@@ -31,7 +30,7 @@ def _spy_initial_weights(monkeypatch) -> tuple[dict, list]:
 
     def optim_spy(cfg, params):
         params = list(params)
-        optimised.extend(params)
+        optimised.extend(p for _, p in params)
         return build_optimizer(cfg, params)
 
     monkeypatch.setattr(loop, "build_model", model_spy)
@@ -70,7 +69,8 @@ def test_frozen_blocks_stay_bit_identical(tiny, tmp_path: Path, monkeypatch, nam
     assert ids and not any(p.requires_grad is False for p in optimised)
     assert len(ids) == len(optimised)
     if name == "bim":  # the cluster heads and the projector are trained and checkpointed
-        assert {k.split(".")[0] for k in last["heads"]} == {"cluster", "global"}
+        heads = {k.split(".")[1] for k in last["method"] if k.startswith("heads.")}
+        assert heads == {"cluster", "global"}
 
 
 def test_finetune_starts_from_the_pretrained_weights(tiny, tmp_path: Path, monkeypatch) -> None:
@@ -79,14 +79,15 @@ def test_finetune_starts_from_the_pretrained_weights(tiny, tmp_path: Path, monke
     )
     ckpt = load_checkpoint(pre["checkpoints"]["best"])["model"]
     first: dict[str, torch.Tensor] = {}
-    step = Finetune.training_step
+    finetune = REGISTRY["finetune"]
+    step = finetune.training_step
 
-    def spy(self, labeled, unlabeled):
+    def spy(self, labeled, unlabeled, clock):
         if not first:
             first.update({k: v.detach().clone() for k, v in self.model.state_dict().items()})
-        return step(self, labeled, unlabeled)
+        return step(self, labeled, unlabeled, clock)
 
-    monkeypatch.setattr(Finetune, "training_step", spy)
+    monkeypatch.setattr(finetune, "training_step", spy)
     ft = {
         "train": {
             "epochs": 1,
@@ -144,8 +145,8 @@ def test_test_metrics_come_from_the_best_validation_epoch(tiny, tmp_path: Path, 
     evaluate, tested = loop.evaluate, {}
     val_dsc = iter([0.9, 0.5, 0.4])
 
-    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix):
-        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix)
+    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest):
+        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest)
         if prefix == "val":
             out["val/dsc"] = next(val_dsc)
         else:
@@ -183,7 +184,7 @@ def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(tiny, tmp_path
     seen: list[tuple[bool, bool, bool]] = []
     step = Baseline.training_step
 
-    def spy(self, labeled, unlabeled):
+    def spy(self, labeled, unlabeled, clock):
         w = self.model.Conv2[0].weight
         x = labeled["image"]
         seen.append(
@@ -193,7 +194,7 @@ def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(tiny, tmp_path
                 x.is_contiguous(memory_format=torch.channels_last),
             )
         )
-        return step(self, labeled, unlabeled)
+        return step(self, labeled, unlabeled, clock)
 
     monkeypatch.setattr(Baseline, "training_step", spy)
     cfg = tiny("baseline", "finetune", train={"epochs": 1, "iters_per_epoch": 1})
@@ -204,13 +205,14 @@ def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(tiny, tmp_path
 
 
 def test_best_validation_dice_and_epoch_are_reported(tiny, tmp_path: Path, monkeypatch):
-    """The last report carries val/best_dsc and val/best_epoch (the epoch the test metrics come
-    from), also when the best epoch was before an interruption: the UI can sort on them."""
+    """The last report carries best_val/dsc and best_epoch (the best validation Dice and the
+    epoch the test metrics come from), also when the best epoch was before an interruption: the
+    UI can sort on the number the table selects by."""
     evaluate = loop.evaluate
     val_dsc = iter([0.9, 0.5, 0.4, 0.3])
 
-    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix):
-        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix)
+    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest):
+        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest)
         if prefix == "val":
             out["val/dsc"] = next(val_dsc)
         return out
@@ -228,7 +230,7 @@ def test_best_validation_dice_and_epoch_are_reported(tiny, tmp_path: Path, monke
         train(cfg, stop_after_2, workdir=tmp_path)
     result = train(cfg, lambda m, s: reports.append(m), workdir=tmp_path)
     final = reports[-1]
-    assert final["val/best_dsc"] == pytest.approx(0.9) and final["val/best_epoch"] == 1.0
-    assert final["best_epoch"] == 1.0 and "test/dsc" in final
-    assert result["metrics"]["val/best_dsc"] == pytest.approx(0.9)
-    assert all("val/best_dsc" not in r for r in reports[:-1])  # per epoch: val/dsc only
+    assert final["best_val/dsc"] == pytest.approx(0.9) and final["best_epoch"] == 1.0
+    assert "test/dsc" in final and reports[-2]["val/dsc"] == pytest.approx(0.4)
+    assert result["metrics"]["best_val/dsc"] == pytest.approx(0.9)
+    assert all("best_val/dsc" not in r for r in reports[:-1])  # per epoch: val/dsc only
