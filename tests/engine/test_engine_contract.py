@@ -167,8 +167,8 @@ def test_mean_teacher_is_evaluated_with_its_best_epoch_teacher(tiny_method, tmp_
     evaluate, tested = loop.evaluate, {}
     val_dsc = iter([0.9, 0.5, 0.4])
 
-    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix):
-        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix)
+    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest):
+        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest)
         if prefix == "val":
             out["val/dsc"] = next(val_dsc)
         else:

@@ -145,8 +145,8 @@ def test_test_metrics_come_from_the_best_validation_epoch(tiny, tmp_path: Path, 
     evaluate, tested = loop.evaluate, {}
     val_dsc = iter([0.9, 0.5, 0.4])
 
-    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix):
-        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix)
+    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest):
+        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest)
         if prefix == "val":
             out["val/dsc"] = next(val_dsc)
         else:
