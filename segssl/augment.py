@@ -47,6 +47,7 @@ __all__ = [
     "PairedTransform",
     "TransformState",
     "affine_theta",
+    "dense_correspondence",
     "make_generator",
 ]
 
@@ -199,6 +200,53 @@ class TransformState:
         """``(B, 1, H, W)`` float mask: 1 where the warped map has content from inside the image."""
         ones = torch.ones(self.batch_size, 1, height, width, device=device)
         return (self.geometry(ones) > 0.5).to(ones.dtype)
+
+
+def _homogeneous(theta: Tensor) -> Tensor:
+    """``(B, 3, 3)`` from ``(B, 2, 3)`` affine matrices."""
+    last = torch.zeros(theta.shape[0], 1, 3, dtype=theta.dtype, device=theta.device)
+    last[:, 0, 2] = 1.0
+    return torch.cat([theta, last], dim=1)
+
+
+def dense_correspondence(
+    theta_q: Tensor, theta_k: Tensor, height: int, width: int
+) -> tuple[Tensor, Tensor]:
+    """Which location of view k shows the same point as each location of view q.
+
+    The views are ``q(p) = x(theta_q p)`` and ``k(p) = x(theta_k p)`` (``affine_grid``
+    convention: ``theta`` maps normalised output coordinates to input coordinates, pixel centres
+    at ``align_corners=False``), so location ``p`` of view q corresponds to
+    ``theta_k^-1 theta_q p`` in view k; it is rounded to the nearest location of the
+    ``height x width`` grid (feature maps of any resolution with the image's aspect ratio).
+
+    Args:
+        theta_q: ``(B, 2, 3)`` sampling matrices of view q (e.g. ``TransformState.theta``).
+        theta_k: ``(B, 2, 3)`` of view k (identity rows ``[[1, 0, 0], [0, 1, 0]]`` for a view
+            without geometric change).
+        height: rows of the grid.
+        width: columns of the grid.
+
+    Returns:
+        ``(match, valid)``: ``(B, H*W)`` int64 flat index into view k's grid (0 where invalid),
+        ``(B, H*W)`` bool, true where the corresponding point lies inside view k's grid.
+    """
+    if theta_q.shape != theta_k.shape or theta_q.ndim != 3 or tuple(theta_q.shape[1:]) != (2, 3):
+        raise ValueError(
+            f"theta_q and theta_k must both be (B, 2, 3), got {tuple(theta_q.shape)} and "
+            f"{tuple(theta_k.shape)}"
+        )
+    t = torch.linalg.inv(_homogeneous(theta_k.double())) @ _homogeneous(theta_q.double())
+    ys = (2 * torch.arange(height, dtype=torch.float64) + 1) / height - 1
+    xs = (2 * torch.arange(width, dtype=torch.float64) + 1) / width - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    pts = torch.stack([gx.flatten(), gy.flatten(), torch.ones(height * width, dtype=torch.float64)])
+    mapped = t.to("cpu") @ pts  # (B, 3, P): normalised (x, y, 1) in view k
+    col = torch.round(((mapped[:, 0] + 1) * width - 1) / 2)
+    row = torch.round(((mapped[:, 1] + 1) * height - 1) / 2)
+    valid = (col >= 0) & (col <= width - 1) & (row >= 0) & (row <= height - 1)
+    match = torch.where(valid, row * width + col, torch.zeros_like(col)).long()
+    return match.to(theta_q.device), valid.to(theta_q.device)
 
 
 class PairedTransform:
