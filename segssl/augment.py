@@ -48,6 +48,7 @@ __all__ = [
     "TransformState",
     "affine_theta",
     "dense_correspondence",
+    "elastic_grid",
     "make_generator",
 ]
 
@@ -308,11 +309,48 @@ class PairedTransform:
         return TransformState(gamma, scale, angle, shift, flip)
 
 
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian smoothing of ``(N, 1, H, W)`` maps (zero padding), std in pixels."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1), padding=(0, radius))
+    return torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1), padding=(radius, 0))
+
+
+def elastic_grid(
+    b: int,
+    height: int,
+    width: int,
+    alpha: float,
+    sigma: float,
+    p: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Sampling grid ``(B, H, W, 2)`` of a random elastic deformation (Simard et al., 2003).
+
+    Uniform noise in [-1, 1] per pixel and axis, smoothed by a Gaussian of ``sigma`` pixels,
+    scaled so that its largest displacement is ``alpha`` pixels; each image is deformed with
+    probability ``p`` (identity otherwise). Drawn on the CPU from ``generator``.
+    """
+    noise = torch.rand(b * 2, 1, height, width, generator=generator, dtype=torch.float64) * 2 - 1
+    field = _gaussian_blur(noise, sigma).view(b, 2, height, width)
+    field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+    on = (torch.rand(b, generator=generator, dtype=torch.float64) < p).view(b, 1, 1, 1)
+    disp = alpha * field * on  # pixels, (dx, dy)
+    scale = torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float64).view(1, 2, 1, 1)
+    eye = torch.eye(2, 3, dtype=torch.float64).expand(b, 2, 3)
+    base = torch.nn.functional.affine_grid(eye, [b, 1, height, width], align_corners=False)
+    return base + (disp * scale).permute(0, 2, 3, 1)
+
+
 class BaseAugment:
     """The papers' base training augmentations, applied jointly to images and labels.
 
-    Order: rotation in ``+-cfg.rotation`` degrees and horizontal flip (``cfg.flip``) on the full
-    slice (bilinear for images, nearest for labels, zero / background padding), then a random
+    Order: rotation in ``+-cfg.rotation`` degrees, scaling in ``cfg.base_scale`` and horizontal
+    flip (``cfg.flip``) on the full slice (bilinear for images, nearest for labels, zero /
+    background padding), an elastic deformation when ``cfg.elastic_alpha > 0``, then a random
     ``cfg.crop`` x ``cfg.crop`` crop (0 keeps the full slice), then brightness and contrast
     jitter on the image: ``x -> b * ((x - mean) * c + mean)`` with ``b, c`` uniform in
     ``[1 - j, 1 + j]``, ``j = cfg.intensity_jitter`` (Pillow's ColorJitter semantics on tensors).
@@ -356,10 +394,13 @@ class BaseAugment:
                 f"augment.crop={crop} is larger than the image {h}x{w} (shape {tuple(image.shape)})"
             )
         rot = self.cfg.rotation
-        if rot > 0 or self.cfg.flip:
+        lo, hi = self.cfg.base_scale
+        if rot > 0 or self.cfg.flip or (lo, hi) != (1.0, 1.0):
             state = TransformState(
                 gamma=torch.ones(b, dtype=torch.float64),
-                scale=torch.ones(b, dtype=torch.float64),
+                scale=torch.ones(b, dtype=torch.float64)
+                if (lo, hi) == (1.0, 1.0)
+                else _uniform(b, lo, hi, generator),
                 angle=_uniform(b, -rot, rot, generator) * (math.pi / 180.0),
                 shift=torch.zeros(b, 2, dtype=torch.float64),
                 flip=(torch.rand(b, generator=generator) < 0.5)
@@ -369,6 +410,8 @@ class BaseAugment:
             image = state.geometry(image)
             if label is not None:
                 label = state.labels(label)
+        if self.cfg.elastic_alpha > 0:
+            image, label = self._elastic(image, label, generator)
         if crop:
             ys = torch.randint(0, h - crop + 1, (b,), generator=generator).tolist()
             xs = torch.randint(0, w - crop + 1, (b,), generator=generator).tolist()
@@ -385,3 +428,17 @@ class BaseAugment:
             # with the mean: b * ((x - mean) * c + mean)
             image = bright * ((image - mean) * contrast + mean)
         return image.contiguous(), None if label is None else label.contiguous()
+
+    def _elastic(
+        self, image: Tensor, label: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor | None]:
+        cfg = self.cfg
+        b, _, h, w = image.shape
+        grid = elastic_grid(b, h, w, cfg.elastic_alpha, cfg.elastic_sigma, cfg.elastic_p, generator)
+        grid = grid.to(device=image.device, dtype=image.dtype)
+        gs = torch.nn.functional.grid_sample
+        image = gs(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if label is not None:
+            lab = gs(label[:, None].to(image.dtype), grid, mode="nearest", align_corners=False)
+            label = lab[:, 0].round().to(label.dtype)
+        return image, label
