@@ -42,8 +42,7 @@ def hand_built_runs(spec: TableSpec, seeds: list[int]) -> tuple[pd.DataFrame, di
     empty = pd.DataFrame({"run_id": []})
     rows, cols = expand_rows(spec, empty), expand_columns(spec, empty)
     paper_only = {x.casefold() for x in spec.paper_only}
-    recs: list[dict] = []
-    first: dict[tuple, float] = {}
+    runs: dict[tuple, dict] = {}  # (params, seed) -> record
     expected: dict[tuple, float] = {}
     shift = sum(seeds) / len(seeds) / 1e4
     for i, r in enumerate(rows):
@@ -53,21 +52,20 @@ def hand_built_runs(spec: TableSpec, seeds: list[int]) -> tuple[pd.DataFrame, di
             merged = {**spec.filter, **c.filter, **r.filter}
             params = {k: v for k, v in merged.items() if v is not None}
             key = tuple(sorted((k, str(v)) for k, v in params.items()))
-            if key not in first:
-                first[key] = 0.5 + 0.01 * i + 0.001 * j
-                metric = c.metric or r.metric or spec.metric
-                for s in seeds:
-                    recs.append(
-                        {
-                            "run_id": f"r{len(recs)}",
-                            "tags.segssl.stage": spec.stage or "finetune",
-                            **{f"params.{k}": str(v) for k, v in params.items()},
-                            "params.seed": str(s),
-                            f"metrics.{metric}": first[key] + s / 1e4,
-                        }
-                    )
-            expected[(r.ident, c.ident)] = first[key] + shift
-    return pd.DataFrame(recs), expected
+            metric = f"metrics.{c.metric or r.metric or spec.metric}"
+            for s in seeds:
+                rec = runs.setdefault(
+                    (key, s),
+                    {
+                        "run_id": f"r{len(runs)}",
+                        "tags.segssl.stage": spec.stage or "finetune",
+                        **{f"params.{k}": str(v) for k, v in params.items()},
+                        "params.seed": str(s),
+                    },
+                )
+                rec.setdefault(metric, 0.5 + 0.01 * i + 0.001 * j + s / 1e4)
+            expected[(r.ident, c.ident)] = runs[(key, seeds[0])][metric] - seeds[0] / 1e4 + shift
+    return pd.DataFrame(list(runs.values())), expected
 
 
 def check_table(sweep: str, name: str, seeds: list[int]) -> tuple[pd.DataFrame, TableSpec]:
@@ -167,3 +165,25 @@ def test_chaitanya_table8_random_init_spans_the_decoder_lengths() -> None:
     groups = ["G^R, ACDC", "G^R, Prostate", "G^R, MMWHS", "G^D, ACDC", "G^D, PZ", "G^D, MMWHS"]
     pos = [md.index(f"| *{g}* |") for g in groups]
     assert pos == sorted(pos)
+
+
+def test_ideal_table1_metrics_rows() -> None:
+    agg, spec = check_table("ideal_table1.yaml", "table1", [0, 1, 2, 3, 4])
+    got = agg.set_index(["row", "col_group", "col"])["paper_mean"]
+    assert got[("ASD", "MMWHS", "L=20%")] == 1.798
+    assert got[("HD", "ACDC", "L=1.25%")] == 2.409
+    assert got[("DSC", "ACDC", "L=100%")] == 0.882
+    md = render(agg, spec, "md")
+    assert md.index("| ASD |") < md.index("| HD |") < md.index("| DSC |")
+    assert "| Metric | ACDC L=1.25% | ACDC L=2.5% | ACDC L=10% | ACDC L=100% | MMWHS L=10% |" in md
+
+
+def test_ideal_table2_paper_only_rows() -> None:
+    agg, spec = check_table("ideal_table2.yaml", "table2", [0, 1, 2, 3, 4])
+    got = agg.set_index(["row", "col_group", "col"])["paper_mean"]
+    assert got[("Ours", "Average DSC (MMWHS)", "L=20%")] == 0.791
+    assert got[("PCL [18]", "Average DSC (ACDC)", "L=2.5%")] == 0.850
+    md = render(agg, spec, "md")
+    for row in ("PCL [18]", "MC-Net [28]", "Label Efficient [27]", "Data Augmentation [21]"):
+        assert f"| {row} (paper only) | – |" in md
+    assert "| Self Train [20] | <u>0.570 ± 0.000 (5)</u> |" in md  # second best, 5 runs
