@@ -132,9 +132,9 @@ def build_data(
     split = make_split(
         [(r.scan_id, r.subject) for r in records], cfg.split, cfg.labeled_scans, cfg.dataset
     )
-    if unlabeled and cfg.partition_sampler and cfg.unlabeled_batch_size % cfg.partitions:
+    if unlabeled and cfg.partition_sampler and cfg.unlabeled_batch_size < cfg.partitions:
         raise DataError(
-            f"data.unlabeled_batch_size={cfg.unlabeled_batch_size} must be a multiple of "
+            f"data.unlabeled_batch_size={cfg.unlabeled_batch_size} must be at least "
             f"data.partitions={cfg.partitions} with data.partition_sampler"
         )
     cache = cache_dir_for(cfg)
