@@ -230,7 +230,8 @@ def dense_correspondence(
 
     Returns:
         ``(match, valid)``: ``(B, H*W)`` int64 flat index into view k's grid (0 where invalid),
-        ``(B, H*W)`` bool, true where the corresponding point lies inside view k's grid.
+        ``(B, H*W)`` bool, true where the corresponding point lies inside view k's grid; on
+        the device of the thetas.
     """
     if theta_q.shape != theta_k.shape or theta_q.ndim != 3 or tuple(theta_q.shape[1:]) != (2, 3):
         raise ValueError(
@@ -238,16 +239,17 @@ def dense_correspondence(
             f"{tuple(theta_k.shape)}"
         )
     t = torch.linalg.inv(_homogeneous(theta_k.double())) @ _homogeneous(theta_q.double())
-    ys = (2 * torch.arange(height, dtype=torch.float64) + 1) / height - 1
-    xs = (2 * torch.arange(width, dtype=torch.float64) + 1) / width - 1
+    dev = t.device
+    ys = (2 * torch.arange(height, dtype=torch.float64, device=dev) + 1) / height - 1
+    xs = (2 * torch.arange(width, dtype=torch.float64, device=dev) + 1) / width - 1
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    pts = torch.stack([gx.flatten(), gy.flatten(), torch.ones(height * width, dtype=torch.float64)])
-    mapped = t.to("cpu") @ pts  # (B, 3, P): normalised (x, y, 1) in view k
+    ones = torch.ones(height * width, dtype=torch.float64, device=dev)
+    mapped = t @ torch.stack([gx.flatten(), gy.flatten(), ones])  # (B, 3, P): (x, y, 1) in k
     col = torch.round(((mapped[:, 0] + 1) * width - 1) / 2)
     row = torch.round(((mapped[:, 1] + 1) * height - 1) / 2)
     valid = (col >= 0) & (col <= width - 1) & (row >= 0) & (row <= height - 1)
     match = torch.where(valid, row * width + col, torch.zeros_like(col)).long()
-    return match.to(theta_q.device), valid.to(theta_q.device)
+    return match, valid
 
 
 class PairedTransform:

@@ -38,6 +38,8 @@ view, known from the geometric transform (``segssl.augment.dense_correspondence`
 the other keys (other locations and other images).
 
 All losses run in float32 with autocast off and take unnormalised embeddings (normalised here).
+They never read a tensor value on the host (no synchronisation in a GPU training step): masks
+are checked for shape only, and a batch without any positive pair gives a loss of 0.
 """
 
 from __future__ import annotations
@@ -102,8 +104,7 @@ def pair_contrastive_loss(z: Tensor, pos: Tensor, neg: Tensor, temperature: floa
         Scalar float32 tensor, >= 0.
 
     Raises:
-        ValueError: on shapes that disagree (all named), a mask with a true diagonal or
-            overlapping masks, ``temperature <= 0``, or no positive pair at all.
+        ValueError: on shapes or dtypes that disagree (all named), or ``temperature <= 0``.
     """
     check_ndim(z, "z", (2,), "(M, D) embeddings")
     check_positive(temperature, "temperature")
@@ -114,17 +115,13 @@ def pair_contrastive_loss(z: Tensor, pos: Tensor, neg: Tensor, temperature: floa
                 f"{name} must be a ({m}, {m}) bool mask for z of shape {tuple(z.shape)}, got "
                 f"{tuple(mask.shape)} {mask.dtype}"
             )
-    eye = torch.eye(m, dtype=torch.bool, device=z.device)
-    if bool((pos & eye).any()) or bool((neg & eye).any()) or bool((pos & neg).any()):
-        raise ValueError("pos and neg must be disjoint and exclude each entry itself")
-    if not bool(pos.any()):
-        raise ValueError("no positive pair in the batch")
     with torch.autocast(device_type=z.device.type, enabled=False):
         zz = F.normalize(z.float(), dim=1)
         sim = zz @ zz.t() / temperature
         lse_neg = torch.logsumexp(sim.masked_fill(~neg, float("-inf")), dim=1, keepdim=True)
         terms = torch.logaddexp(sim, lse_neg) - sim  # (M, M): the term of every (a, p)
-        return terms[pos].mean()
+        w = pos.to(terms.dtype)
+        return (terms * w).sum() / w.sum().clamp_min(1.0)
 
 
 # --------------------------------------------------------------------------------- global
@@ -188,8 +185,10 @@ def global_contrastive_loss(
 
 
 # --------------------------------------------------------------------------------- local
-def region_corners(height: int, width: int, regions: int = 13, size: int = 1) -> Tensor:
-    """Top-left corners ``(A, 2)`` (row, column) of the ``A`` local regions of ``K x K``.
+def region_corners(
+    height: int, width: int, regions: int = 13, size: int = 1
+) -> list[tuple[int, int]]:
+    """Top-left corners ``(row, column)`` of the ``A`` local regions of ``K x K``.
 
     The first ``A`` of the authors' 13 positions (:data:`REGION_FRACTIONS`), each a fraction of
     the free range ``side - K`` rounded down, so every region lies inside the map.
@@ -220,20 +219,20 @@ def region_corners(height: int, width: int, regions: int = 13, size: int = 1) ->
             f"feature map (positions coincide; this layout needs a side of at least {need}); "
             "use fewer or smaller regions, or a larger feature map"
         )
-    return torch.tensor(corners, dtype=torch.long)
+    return corners
 
 
-def region_embeddings(f: Tensor, corners: Tensor, size: int) -> Tensor:
+def region_embeddings(f: Tensor, corners: list[tuple[int, int]], size: int) -> Tensor:
     """``(B, A, C*K*K)``: each ``K x K x C`` region of ``f`` ``(B, C, H, W)``, flattened."""
     check_ndim(f, "f", (4,), "(B, C, H, W) feature maps")
-    regions = [f[:, :, r : r + size, c : c + size] for r, c in corners.tolist()]
+    regions = [f[:, :, r : r + size, c : c + size] for r, c in corners]
     return torch.stack(regions, dim=1).flatten(2)
 
 
 def local_masks(
     image: Tensor,
     partition: Tensor,
-    corners: Tensor,
+    corners: list[tuple[int, int]],
     strategy: LocalStrategy,
 ) -> tuple[Tensor, Tensor]:
     """Positive and negative masks of a local strategy over ``M * A`` region entries.
@@ -243,19 +242,19 @@ def local_masks(
     Args:
         image: ``(M,)`` image id of each entry.
         partition: ``(M,)`` partition index of each entry.
-        corners: ``(A, 2)`` region positions (their rows and columns index ``u`` and ``v``).
+        corners: the ``A`` region positions (their rows and columns index ``u`` and ``v``).
         strategy: ``random`` (L^R) or ``domain`` (L^D).
 
     Returns:
         ``(pos, neg)``, ``(M*A, M*A)`` bool each.
     """
     _check_strategy(strategy, LOCAL_STRATEGIES, "local")
-    m, a = image.shape[0], corners.shape[0]
+    m, a = image.shape[0], len(corners)
     _check_ids(partition, "partition", m)
     dev = image.device
-    corners = corners.to(dev)
+    rc = torch.tensor(corners, dtype=torch.long, device=dev).view(a, 2)
     same_region = torch.eye(a, dtype=torch.bool, device=dev)
-    u, v = corners[:, 0], corners[:, 1]
+    u, v = rc[:, 0], rc[:, 1]
     far = (u.view(-1, 1) != u.view(1, -1)) & (v.view(-1, 1) != v.view(1, -1))  # u'!=u, v'!=v
     if strategy == "random":
         group = image.view(-1, 1) == image.view(1, -1)
@@ -326,10 +325,10 @@ def dense_infonce_loss(
         negatives: ``all`` or ``other_images``.
 
     Returns:
-        Scalar float32 tensor (mean over valid query locations).
+        Scalar float32 tensor (mean over valid query locations; 0 when there is none).
 
     Raises:
-        ValueError: on mismatched shapes (named), indices out of range, no valid location.
+        ValueError: on mismatched shapes (named) or ``temperature <= 0``.
     """
     check_ndim(q, "q", (4,), "(B, D, H, W) projections")
     same_shape(q, k, "q", "k")
@@ -344,19 +343,16 @@ def dense_infonce_loss(
     if negatives not in ("all", "other_images"):
         raise ValueError(f"negatives must be 'all' or 'other_images', got {negatives!r}")
     check_positive(temperature, "temperature")
-    if bool(((match < 0) | (match >= p)).any()):
-        raise ValueError(f"match indices must be in [0, {p})")
-    if not bool(valid.any()):
-        raise ValueError("no query location has a correspondent in the other view")
     with torch.autocast(device_type=q.device.type, enabled=False):
         qq = F.normalize(q.float(), dim=1).flatten(2).transpose(1, 2).reshape(b * p, -1)
         kk = F.normalize(k.float(), dim=1).flatten(2).transpose(1, 2).reshape(b * p, -1)
         logits = qq @ kk.t() / temperature  # (B*P, B*P)
-        owner = torch.arange(b, device=q.device).repeat_interleave(p)
+        owner = torch.arange(b, device=q.device).view(-1, 1).expand(b, p).reshape(-1)
         target = (match + torch.arange(b, device=q.device).view(-1, 1) * p).flatten()
         if negatives == "other_images":
             keep = owner.view(-1, 1) != owner.view(1, -1)
             keep[torch.arange(b * p, device=q.device), target] = True
             logits = logits.masked_fill(~keep, float("-inf"))
         ce = F.cross_entropy(logits, target, reduction="none")
-        return ce[valid.flatten()].mean()
+        w = valid.flatten().to(ce.dtype)
+        return (ce * w).sum() / w.sum().clamp_min(1.0)

@@ -35,8 +35,9 @@ def rotations(x: Tensor) -> tuple[Tensor, Tensor]:
     check_ndim(x, "x", (4,), "(B, C, H, W) images")
     if x.shape[2] != x.shape[3]:
         raise ValueError(f"rotations need square images, got shape {tuple(x.shape)}")
+    b = x.shape[0]
     x4 = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
-    labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
+    labels = torch.arange(4, device=x.device).view(4, 1).expand(4, b).reshape(-1)
     return x4, labels
 
 
@@ -46,31 +47,45 @@ def _side(fraction: float, n: int, what: str) -> int:
     return max(1, int(round(fraction * n)))
 
 
+def _square_masks(b: int, h: int, w: int, s: int, ys: Tensor, xs: Tensor) -> Tensor:
+    """``(B, R, H, W)`` bool: the ``s x s`` squares with top-left corners ``(ys, xs)``."""
+    rows = torch.arange(h).view(1, 1, h, 1)
+    cols = torch.arange(w).view(1, 1, 1, w)
+    y, x = ys.view(b, -1, 1, 1), xs.view(b, -1, 1, 1)
+    return (rows >= y) & (rows < y + s) & (cols >= x) & (cols < x + s)
+
+
 def inpainting_mask(
     shape: tuple[int, int, int, int],
     size: float,
     regions: int,
     generator: torch.Generator | None,
 ) -> Tensor:
-    """``(B, 1, H, W)`` float mask, 1 on ``regions`` random squares of side ``size * min(H, W)``.
-
-    Squares lie inside the image and may overlap.
-    """
+    """``(B, 1, H, W)`` float mask (CPU), 1 on ``regions`` random squares of side
+    ``size * min(H, W)`` per image; squares lie inside the image and may overlap."""
     b, _, h, w = shape
     if regions < 1:
         raise ValueError(f"regions must be >= 1, got {regions}")
     s = _side(size, min(h, w), "size")
-    mask = torch.zeros(b, 1, h, w)
     ys = torch.randint(0, h - s + 1, (b, regions), generator=generator)
     xs = torch.randint(0, w - s + 1, (b, regions), generator=generator)
-    for i in range(b):
-        for y, x in zip(ys[i].tolist(), xs[i].tolist(), strict=True):
-            mask[i, :, y : y + s, x : x + s] = 1.0
-    return mask
+    return _square_masks(b, h, w, s, ys, xs).any(1, keepdim=True).float()
+
+
+def _second_corner(first: Tensor, side: int, s: int, u: Tensor) -> Tensor:
+    """A corner at least ``s`` away from ``first`` along this axis, uniform over the choices."""
+    left = (first - s + 1).clamp_min(0)
+    right = (side - 2 * s - first + 1).clamp_min(0)
+    k = (u * (left + right)).floor().long()
+    return torch.where(k < left, k, first + s + (k - left))
 
 
 def swap_patches(x: Tensor, size: float, swaps: int, generator: torch.Generator | None) -> Tensor:
     """Context restoration's corruption: ``swaps`` times, swap two random non-overlapping patches.
+
+    The two patches of a swap are disjoint because they are at least one patch side apart
+    along a random axis (rows or columns); everything is drawn at once on the CPU and applied
+    as one gather (no host read of device values).
 
     Args:
         x: ``(B, C, H, W)`` images (not modified).
@@ -84,22 +99,28 @@ def swap_patches(x: Tensor, size: float, swaps: int, generator: torch.Generator 
     check_ndim(x, "x", (4,), "(B, C, H, W) images")
     if swaps < 1:
         raise ValueError(f"swaps must be >= 1, got {swaps}")
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     s = _side(size, min(h, w), "size")
-    if 2 * s > max(h, w):
+    if 2 * s > min(h, w):
         raise ValueError(f"two {s}x{s} patches cannot be disjoint in a {h}x{w} image")
-    out = x.clone()
-    for i in range(b):
-        for _ in range(swaps):
-            while True:
-                y1, y2 = torch.randint(0, h - s + 1, (2,), generator=generator).tolist()
-                x1, x2 = torch.randint(0, w - s + 1, (2,), generator=generator).tolist()
-                if abs(y1 - y2) >= s or abs(x1 - x2) >= s:
-                    break
-            a = out[i, :, y1 : y1 + s, x1 : x1 + s].clone()
-            out[i, :, y1 : y1 + s, x1 : x1 + s] = out[i, :, y2 : y2 + s, x2 : x2 + s]
-            out[i, :, y2 : y2 + s, x2 : x2 + s] = a
-    return out
+    src = torch.arange(h * w).repeat(b, 1)  # (B, H*W): which input pixel lands here
+    dy, dx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    offs = (dy * w + dx).flatten().view(1, -1)
+    for _ in range(swaps):
+        y1 = torch.randint(0, h - s + 1, (b,), generator=generator)
+        x1 = torch.randint(0, w - s + 1, (b,), generator=generator)
+        along_rows = torch.rand(b, generator=generator) < 0.5
+        u = torch.rand(b, generator=generator)
+        free_y = torch.randint(0, h - s + 1, (b,), generator=generator)
+        free_x = torch.randint(0, w - s + 1, (b,), generator=generator)
+        y2 = torch.where(along_rows, _second_corner(y1, h, s, u), free_y)
+        x2 = torch.where(along_rows, free_x, _second_corner(x1, w, s, u))
+        i1 = (y1 * w + x1).view(-1, 1) + offs
+        i2 = (y2 * w + x2).view(-1, 1) + offs
+        v1, v2 = src.gather(1, i1), src.gather(1, i2)
+        src = src.scatter(1, i1, v2).scatter(1, i2, v1)
+    index = src.to(x.device).view(b, 1, h * w).expand(b, c, h * w)
+    return x.flatten(2).gather(2, index).view(b, c, h, w)
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -67,7 +67,7 @@ def test_unknown_strategy_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown global contrasting strategy 'domian'"):
         global_masks(IMAGE, PART8, "domian")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown local contrasting strategy 'domain_minus'"):
-        local_masks(IMAGE, PART8, torch.tensor([[0, 0]]), "domain_minus")  # type: ignore[arg-type]
+        local_masks(IMAGE, PART8, [(0, 0)], "domain_minus")  # type: ignore[arg-type]
 
 
 def _np_pair_loss(z: np.ndarray, pos: np.ndarray, neg: np.ndarray, tau: float) -> float:
@@ -122,25 +122,22 @@ def test_three_versions_per_image() -> None:
     assert torch.isfinite(global_contrastive_loss(z, PARTITION, "domain_minus"))
 
 
-def test_pair_loss_errors() -> None:
+def test_pair_loss_errors_and_no_positive() -> None:
     z = torch.randn(3, 2)
     eye = torch.eye(3, dtype=torch.bool)
-    with pytest.raises(ValueError, match="disjoint"):
-        pair_contrastive_loss(z, eye, ~eye)
     with pytest.raises(ValueError, match=r"\(3, 3\) bool mask"):
         pair_contrastive_loss(z, torch.zeros(2, 2, dtype=torch.bool), ~eye)
-    with pytest.raises(ValueError, match="no positive pair"):
-        pair_contrastive_loss(z, torch.zeros(3, 3, dtype=torch.bool), ~eye)
+    assert float(pair_contrastive_loss(z, torch.zeros(3, 3, dtype=torch.bool), ~eye)) == 0.0
 
 
 # ------------------------------------------------------------------------------- local
 def test_region_corners_layout_and_fit() -> None:
-    got = region_corners(9, 9, 13, 1).tolist()
+    got = [list(c) for c in region_corners(9, 9, 13, 1)]
     assert got == [
         [0, 0], [0, 4], [0, 8], [4, 0], [4, 4], [4, 8], [8, 0], [8, 4], [8, 8],
         [2, 2], [2, 6], [6, 2], [6, 6],
     ]  # fmt: skip
-    assert region_corners(12, 12, 13, 3).tolist()[2] == [0, 9]  # 3x3 regions stay inside
+    assert region_corners(12, 12, 13, 3)[2] == (0, 9)  # 3x3 regions stay inside
     with pytest.raises(ValueError, match=r"A=13 local regions of 1x1 do not fit in a 4x4"):
         region_corners(4, 4, 13, 1)
     with pytest.raises(ValueError, match="regions \\(A\\) must be in 1..13"):
@@ -154,7 +151,7 @@ def test_local_masks_random_and_domain() -> None:
     # 3 regions at (0,0), (0,2), (2,2): only regions 0 and 2 differ in both row and column
     image = torch.arange(3).repeat(2)
     part = torch.tensor([0, 0, 1]).repeat(2)
-    corners = torch.tensor([[0, 0], [0, 2], [2, 2]])
+    corners = [(0, 0), (0, 2), (2, 2)]
 
     def entry(img: int, view: int, region: int) -> int:
         return (view * 3 + img) * 3 + region
@@ -181,7 +178,7 @@ def test_local_loss_lower_when_views_agree_and_golden() -> None:
             local_contrastive_loss(other, part, strategy, 13, 1)
         )
     corners = region_corners(9, 9, 13, 3)
-    z = torch.stack([other[:, :, r : r + 3, c : c + 3] for r, c in corners.tolist()], 1)
+    z = torch.stack([other[:, :, r : r + 3, c : c + 3] for r, c in corners], 1)
     pos, neg = local_masks(torch.arange(2).repeat(2), part.repeat(2), corners, "random")
     want = _np_pair_loss(z.flatten(2).flatten(0, 1).double().numpy(), pos.numpy(), neg.numpy(), 0.1)
     got = local_contrastive_loss(other, part, "random", 13, 3, 0.1)
@@ -254,5 +251,4 @@ def test_dense_infonce_negatives_and_errors() -> None:
     torch.testing.assert_close(got_other, want_other)
     with pytest.raises(ValueError, match=r"match must be \(B, H\*W\) = \(2, 9\)"):
         dense_infonce_loss(q, k, match[:, :4], valid)
-    with pytest.raises(ValueError, match="no query location"):
-        dense_infonce_loss(q, k, match, torch.zeros_like(valid))
+    assert float(dense_infonce_loss(q, k, match, torch.zeros_like(valid))) == 0.0
