@@ -16,23 +16,61 @@ are bilinearly up-sampled to the input size. Up-sampling is a design choice of e
 * ``bilinear``: bilinear interpolation, then a 3x3 convolution + batch norm + ReLU.
 
 A model may carry several decoders sharing the encoder (``decoders=("transpose", "bilinear")``):
-``decoders.0`` gives ``forward``'s logits, :meth:`ResNetUNet.decode` runs any of them. Decoder
-block taps of decoder 0: ``dec1`` (deepest) .. ``dec4``.
+``decoders.0`` gives ``forward``'s logits, :meth:`ResNetUNet.decode` runs any of them.
+
+Registered as ``resnet50_unet`` (``model.name``). Tap roles, as the U-Net's: ``encoder`` (the
+encoder output, ``layer4``), ``encoder1`` .. ``encoder5`` (``stem``, ``layer1`` .. ``layer4``),
+``decoder1`` (deepest) .. ``decoder4``, blocks of decoder 0. Parts (for ``carry`` and partial
+loading): ``encoder``, ``decoder`` (every decoder), ``decoder1`` .. ``decoder4`` (block i of
+decoder 0), ``head`` (decoder 0's logits convolution).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-__all__ = ["Bottleneck", "ResNetEncoder", "ResNetUNet", "UNetDecoder", "RESNET50_BLOCKS"]
+from segssl.config import ModelConfig
+
+__all__ = ["Bottleneck", "Config", "ResNetEncoder", "ResNetUNet", "UNetDecoder", "RESNET50_BLOCKS"]
 
 RESNET50_BLOCKS: tuple[int, int, int, int] = (3, 4, 6, 3)
 UpKind = Literal["transpose", "bilinear"]
+
+
+class Config(ModelConfig):
+    """ResNet-50 encoder U-Net: ``base_width`` is the stem width ``w`` (64 for ResNet-50; every
+    width scales with it), ``decoders`` the up-sampling of each decoder sharing the encoder."""
+
+    name: Literal["resnet50_unet"] = "resnet50_unet"
+    in_channels: int = Field(1, ge=1)
+    base_width: int = Field(64, ge=1)
+    blocks: tuple[int, int, int, int] = RESNET50_BLOCKS
+    decoders: tuple[UpKind, ...] = ("transpose",)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # after each decoder block
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if min(v) < 1:
+            raise ValueError(f"every stage needs at least one block, got {v}")
+        return v
+
+    @field_validator("decoders")
+    @classmethod
+    def _decoders(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one decoder is needed")
+        return v
+
+    @property
+    def input_multiple(self) -> int:
+        return 32
 
 
 def _bn_relu_conv(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
@@ -174,7 +212,7 @@ class UNetDecoder(nn.Module):
 
 
 class ResNetUNet(nn.Module):
-    """ResNet encoder U-Net with one or more decoders sharing the encoder.
+    """ResNet encoder U-Net with one or more decoders sharing the encoder (``resnet50_unet``).
 
     Args:
         in_channels: image channels.
@@ -186,6 +224,8 @@ class ResNetUNet(nn.Module):
 
     Shapes: ``x: (B, C_in, H, W)`` with H, W divisible by 32; logits ``(B, num_classes, H, W)``.
     """
+
+    Config: ClassVar[type[ModelConfig]] = Config
 
     def __init__(
         self,
@@ -199,6 +239,7 @@ class ResNetUNet(nn.Module):
         super().__init__()
         if not decoders:
             raise ValueError("at least one decoder is needed")
+        self.in_channels = in_channels
         self.num_classes = num_classes
         self.encoder = ResNetEncoder(in_channels, width, blocks)
         widths = [max(1, width * f // 64) for f in (256, 128, 64, 32)]
@@ -206,13 +247,42 @@ class ResNetUNet(nn.Module):
             UNetDecoder(kind, self.encoder.channels, widths, num_classes, dropout)
             for kind in decoders
         )
-        self._channels = dict(zip(ResNetEncoder.names, self.encoder.channels, strict=True))
-        self._channels.update({f"dec{i}": w for i, w in enumerate(widths, start=1)})
+        self._blocks = {"encoder": "layer4"}
+        self._blocks.update({f"encoder{i}": n for i, n in enumerate(ResNetEncoder.names, 1)})
+        self._blocks.update({f"decoder{i}": f"dec{i}" for i in range(1, 5)})
+        ch = dict(zip(ResNetEncoder.names, self.encoder.channels, strict=True))
+        ch.update({f"dec{i}": w for i, w in enumerate(widths, start=1)})
+        self._channels = {role: ch[block] for role, block in self._blocks.items()}
+
+    @classmethod
+    def from_config(cls, cfg: Config, num_classes: int) -> ResNetUNet:
+        """The network of ``cfg`` (the model registry's constructor)."""
+        return cls(
+            cfg.in_channels, num_classes, cfg.base_width, cfg.blocks, cfg.decoders, cfg.dropout
+        )
 
     @property
-    def feature_channels(self) -> dict[str, int]:
-        """Channels of every tappable block (encoder stages, blocks of decoder 0), by name."""
+    def tap_channels(self) -> dict[str, int]:
+        """Channels of every tap role (see the module docstring)."""
         return dict(self._channels)
+
+    @property
+    def parts(self) -> dict[str, tuple[str, ...]]:
+        """Named parts -> parameter-name prefixes (for ``carry`` and partial loading)."""
+        out: dict[str, tuple[str, ...]] = {"encoder": ("encoder",), "decoder": ("decoders",)}
+        for i in range(1, 5):
+            out[f"decoder{i}"] = (f"decoders.0.up{i}", f"decoders.0.dec{i}")
+        out["head"] = ("decoders.0.head",)
+        return out
+
+    def _check_taps(self, taps: Iterable[str]) -> dict[str, str]:
+        unknown = [t for t in taps if t not in self._blocks]
+        if unknown:
+            raise KeyError(
+                f"unknown feature tap role(s) {unknown} for model 'resnet50_unet'; valid roles: "
+                f"{list(self._blocks)}"
+            )
+        return {t: self._blocks[t] for t in taps}
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """Encoder features ``[stem, layer1, layer2, layer3, layer4]``."""
@@ -222,17 +292,29 @@ class ResNetUNet(nn.Module):
         """Logits of decoder ``index`` from encoder features."""
         return self.decoders[index](feats, size)[0]
 
+    def features(self, x: Tensor, taps: Iterable[str]) -> dict[str, Tensor]:
+        """``{role: feature}``; encoder roles alone skip the decoder."""
+        wanted = self._check_taps(taps)
+        feats = self.encode(x)
+        by_block = dict(zip(ResNetEncoder.names, feats, strict=True))
+        out = {r: by_block[b] for r, b in wanted.items() if b in by_block}
+        dec = {b: r for r, b in wanted.items() if b not in by_block}
+        if dec:
+            got = self.decoders[0](feats, (x.shape[2], x.shape[3]), set(dec))[1]
+            out.update({dec[b]: f for b, f in got.items()})
+        return out
+
     def forward(
         self, x: Tensor, taps: Iterable[str] = ()
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        """Logits of decoder 0, or ``(logits, {name: feature})`` when ``taps`` names blocks."""
-        wanted = set(taps)
-        unknown = wanted - set(self._channels)
-        if unknown:
-            raise KeyError(
-                f"unknown feature tap(s) {sorted(unknown)}; known: {list(self._channels)}"
-            )
+        """Logits of decoder 0, or ``(logits, {role: feature})`` when ``taps`` names roles."""
+        wanted = self._check_taps(taps)
         feats = self.encode(x)
-        logits, out = self.decoders[0](feats, (x.shape[2], x.shape[3]), wanted)
-        out.update({n: f for n, f in zip(ResNetEncoder.names, feats, strict=True) if n in wanted})
-        return (logits, out) if wanted else logits
+        blocks = {b: r for r, b in wanted.items()}
+        logits, got = self.decoders[0](feats, (x.shape[2], x.shape[3]), set(blocks))
+        if not wanted:
+            return logits
+        by_block = dict(zip(ResNetEncoder.names, feats, strict=True))
+        out = {r: by_block[b] for r, b in wanted.items() if b in by_block}
+        out.update({blocks[b]: f for b, f in got.items()})
+        return logits, out

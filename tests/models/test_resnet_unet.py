@@ -23,14 +23,16 @@ def test_shapes_and_taps() -> None:
     torch.manual_seed(0)
     model = ResNetUNet(in_channels=1, num_classes=4, width=8).eval()
     x = torch.randn(2, 1, 64, 64)
-    logits, taps = model(x, taps=["stem", "layer4", "dec1", "dec4"])
+    logits, taps = model(x, taps=["encoder1", "encoder", "decoder1", "decoder4"])
     assert logits.shape == (2, 4, 64, 64)
-    assert taps["stem"].shape == (2, 8, 32, 32)
-    assert taps["layer4"].shape == (2, 256, 2, 2)
-    assert taps["dec1"].shape == (2, 32, 4, 4)
-    assert taps["dec4"].shape == (2, 4, 32, 32)
-    assert model.feature_channels["layer3"] == 128
-    with pytest.raises(KeyError, match=r"unknown feature tap\(s\) \['Conv5'\]"):
+    assert taps["encoder1"].shape == (2, 8, 32, 32)  # the stem
+    assert taps["encoder"].shape == (2, 256, 2, 2)  # layer4
+    assert taps["decoder1"].shape == (2, 32, 4, 4)
+    assert taps["decoder4"].shape == (2, 4, 32, 32)
+    assert model.tap_channels["encoder4"] == 128  # layer3
+    only = model.features(x, ["encoder", "decoder2"])
+    torch.testing.assert_close(only["encoder"], taps["encoder"])
+    with pytest.raises(KeyError, match=r"unknown feature tap role\(s\) \['Conv5'\] for model "):
         model(x, taps=["Conv5"])
 
 
@@ -53,3 +55,32 @@ def test_bad_settings() -> None:
         ResNetUNet(width=8, decoders=("nearest",))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="4 positive counts"):
         ResNetEncoder(width=8, blocks=(3, 4, 6))
+
+
+def test_registry_config_and_parts() -> None:
+    from segssl.config import parse_run_config
+    from segssl.models import build_model
+
+    cfg = parse_run_config(
+        {
+            "method": {"name": "baseline"},
+            "augment": {"crop": 32},
+            "data": {"preprocess": {"size": [32, 32]}},
+            "model": {"name": "resnet50_unet", "base_width": 4, "decoders": ["bilinear"]},
+        }
+    )
+    model = build_model(cfg.model, 3)
+    assert isinstance(model, ResNetUNet) and model.decoders[0].kind == "bilinear"
+    names = [n for n, _ in model.named_parameters()]
+    for part, prefixes in model.parts.items():
+        assert any(n.startswith(prefixes[0] + ".") for n in names), part
+    assert model.parts["encoder"] == ("encoder",)
+    with pytest.raises(Exception, match="divisible by 32"):
+        parse_run_config(
+            {
+                "method": {"name": "baseline"},
+                "augment": {"crop": 48},
+                "data": {"preprocess": {"size": [48, 48]}},
+                "model": {"name": "resnet50_unet"},
+            }
+        )
