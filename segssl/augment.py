@@ -74,12 +74,13 @@ def affine_theta(
     flip: Tensor,
     height: int,
     width: int,
+    vflip: Tensor | None = None,
 ) -> Tensor:
     """Sampling matrices for ``affine_grid`` of the map ``out = A @ in + b`` (physical coords).
 
     The forward map acts on aspect-corrected normalised coordinates ``u = (x * W/m, y * H/m)``
     with ``(x, y)`` in [-1, 1] (``align_corners=False``) and ``m = max(H, W)``:
-    ``A = scale * R(angle) * diag(flip, 1)``, ``b = 2 * shift * (W/m, H/m)`` (so a shift of 0.1
+    ``A = scale * R(angle) * diag(flip, vflip)``, ``b = 2 * shift * (W/m, H/m)`` (so a shift of 0.1
     moves by 10 % of the side). Returned is its inverse in normalised coordinates, as
     ``affine_grid`` expects (output position -> input position). It depends on the aspect ratio
     only, never on the resolution.
@@ -91,6 +92,7 @@ def affine_theta(
         flip: ``(B,)`` booleans: mirror horizontally before rotating.
         height: map height (pixels).
         width: map width (pixels).
+        vflip: optional ``(B,)`` booleans: mirror vertically before rotating.
 
     Returns:
         ``(B, 2, 3)`` float64 matrices.
@@ -101,6 +103,8 @@ def affine_theta(
     rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # (B,2,2)
     mirror = torch.ones(len(scale), 2, dtype=torch.float64)
     mirror[:, 0] = torch.where(flip.bool(), -1.0, 1.0)
+    if vflip is not None:
+        mirror[:, 1] = torch.where(vflip.bool(), -1.0, 1.0)
     a = scale.view(-1, 1, 1) * rot * mirror.view(-1, 1, 2)
     b = 2.0 * shift * d  # physical coordinates
     a_inv = torch.linalg.inv(a)
@@ -122,6 +126,7 @@ class TransformState:
         angle: ``(B,)`` rotation angles (radians).
         shift: ``(B, 2)`` translations as fractions of the side (x, y).
         flip: ``(B,)`` horizontal flips (bool).
+        vflip: ``(B,)`` vertical flips (bool), or None (none).
     """
 
     gamma: Tensor
@@ -129,6 +134,7 @@ class TransformState:
     angle: Tensor
     shift: Tensor
     flip: Tensor
+    vflip: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -145,7 +151,7 @@ class TransformState:
 
     def theta(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """``(B, 2, 3)`` sampling matrices for a map of this size (see :func:`affine_theta`)."""
-        th = affine_theta(self.scale, self.angle, self.shift, self.flip, height, width)
+        th = affine_theta(self.scale, self.angle, self.shift, self.flip, height, width, self.vflip)
         return th.to(device=device, dtype=dtype)
 
     def intensity(self, image: Tensor) -> Tensor:
@@ -260,7 +266,10 @@ class PairedTransform:
         scale: range of the scale factor (0.8, 1.3).
         rotation: maximum absolute rotation in degrees (45).
         translation: maximum absolute translation as a fraction of the side (0.1).
-        flip: also flip horizontally with probability 0.5 (off in the paper's T).
+        flip: also flip horizontally with probability 0.5 (off in the BIM paper's T).
+        vflip: also flip vertically with probability 0.5 (the GMI paper's T is random
+            horizontal and vertical flips: ``rotation=0``, ``scale=(1, 1)``, ``gamma=(1, 1)``,
+            ``translation=0``, ``flip=vflip=True``).
     """
 
     def __init__(
@@ -270,6 +279,7 @@ class PairedTransform:
         rotation: float = 45.0,
         translation: float = 0.1,
         flip: bool = False,
+        vflip: bool = False,
     ) -> None:
         for name, rng in (("gamma", gamma), ("scale", scale)):
             if len(rng) != 2 or not 0 < rng[0] <= rng[1]:
@@ -285,6 +295,7 @@ class PairedTransform:
         self.rotation = float(rotation)
         self.translation = float(translation)
         self.flip = bool(flip)
+        self.vflip = bool(vflip)
 
     @classmethod
     def from_config(cls, cfg: AugmentConfig) -> PairedTransform:
@@ -295,6 +306,7 @@ class PairedTransform:
             rotation=cfg.paired_rotation,
             translation=cfg.translation,
             flip=cfg.paired_flip,
+            vflip=cfg.paired_vflip,
         )
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> TransformState:
@@ -308,7 +320,9 @@ class PairedTransform:
         angle = _uniform(n, -self.rotation, self.rotation, generator) * (math.pi / 180.0)
         shift = _uniform(2 * n, -self.translation, self.translation, generator).view(n, 2)
         flip = torch.rand(n, generator=generator) < 0.5 if self.flip else torch.zeros(n).bool()
-        return TransformState(gamma, scale, angle, shift, flip)
+        # drawn only when enabled, so the BIM T's random stream is unchanged
+        vflip = torch.rand(n, generator=generator) < 0.5 if self.vflip else None
+        return TransformState(gamma, scale, angle, shift, flip, vflip)
 
 
 def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:

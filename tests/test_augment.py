@@ -190,6 +190,24 @@ def test_intensity_jitter_brightness_scales_the_whole_image() -> None:
     assert float(b.max() - b.min()) > j and float(c.max() - c.min()) > j  # really random
 
 
+def test_gmi_flip_transform_is_exact_horizontal_and_vertical_mirroring() -> None:
+    t = PairedTransform(
+        gamma=(1.0, 1.0), scale=(1.0, 1.0), rotation=0.0, translation=0.0, flip=True, vflip=True
+    )
+    state = t.sample(16, make_generator(3))
+    assert state.flip.any() and (~state.flip).any() and state.vflip.any() and (~state.vflip).any()
+    x = torch.rand(16, 3, 8, 6, generator=torch.Generator().manual_seed(0))
+    want = torch.stack(
+        [
+            xi.flip([-1] * bool(h) + [-2] * bool(v)) if (h or v) else xi
+            for xi, h, v in zip(x, state.flip.tolist(), state.vflip.tolist(), strict=True)
+        ]
+    )
+    torch.testing.assert_close(state.geometry(x), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(state.image(x), want, atol=1e-5, rtol=0)  # gamma 1: identity
+    assert PairedTransform().sample(2, make_generator(7)).vflip is None  # BIM's T: no vflip
+
+
 def test_elastic_grid_displacement_bounded_by_alpha() -> None:
     from segssl.augment import elastic_grid
 

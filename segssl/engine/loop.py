@@ -221,19 +221,36 @@ def _peak_mem_mb(runtime: Runtime) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _check_finite(out: dict[str, torch.Tensor], epoch: int, it: int, step: int) -> dict:
+def _step_values(out: dict[str, torch.Tensor]) -> tuple[tuple[str, ...], torch.Tensor]:
+    """The step's logged values as ONE detached float32 device tensor (no host read here)."""
     if "loss" not in out:
         raise KeyError(f"training_step must return a dict with 'loss', got keys {sorted(out)}")
-    values = dict(
-        zip(out, torch.stack([v.detach().float() for v in out.values()]).tolist(), strict=True)
-    )
-    if not all(math.isfinite(v) for v in values.values()):
-        parts = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-        raise NonFiniteLossError(
-            f"non-finite loss at epoch {epoch + 1}, iteration {it + 1} (global step {step}): "
-            f"{parts}; stopping the run"
-        )
-    return values
+    return tuple(out), torch.stack([v.detach().float() for v in out.values()])
+
+
+def _epoch_values(
+    steps: list[tuple[tuple[str, ...], torch.Tensor]], epoch: int, first_step: int
+) -> dict[str, float]:
+    """Read an epoch's step values from the device ONCE; their means per name.
+
+    Raises:
+        NonFiniteLossError: naming the first step whose loss or a part is NaN or Inf.
+    """
+    flat = torch.cat([v for _, v in steps]).tolist() if steps else []
+    sums: dict[str, float] = {}
+    at = 0
+    for it, (keys, _) in enumerate(steps):
+        values = dict(zip(keys, flat[at : at + len(keys)], strict=True))
+        at += len(keys)
+        if not all(math.isfinite(v) for v in values.values()):
+            parts = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch + 1}, iteration {it + 1} (global step "
+                f"{first_step + it}): {parts}; stopping the run"
+            )
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+    return {k: v / len(steps) for k, v in sums.items()}
 
 
 def _picture_batch(data: DataBundle, count: int, multiple: int) -> Batch | None:
@@ -271,6 +288,15 @@ def _save_pictures(method: Method, batch: Batch | None, runtime: Runtime, out: P
     return paths
 
 
+def best_val_metrics(history: list[dict], best_epoch: int) -> dict[str, float]:
+    """``best_val/<metric>``: the ``val/*`` metrics of the best validation epoch (the papers that
+    report validation Dice, GMI, report these); empty when no epoch was validated."""
+    for entry in history:
+        if entry.get("epoch") == best_epoch:
+            return {f"best_{k}": v for k, v in entry.items() if k.startswith("val/")}
+    return {}
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
@@ -301,7 +327,8 @@ def train(
     Returns:
         The result dict written to ``workdir/result.json``: ``metrics`` (``best_epoch``,
         ``test/dsc``, ``test/dsc/<class>``, ``test/hd95/<class>``, ``test/asd/<class>``,
-        ``cost/wall_s``, ``cost/gpu_s``, ``cost/peak_mem_mb``), ``history`` (per-epoch metrics),
+        ``best_val/dsc``, ``best_val/dsc/<class>`` (the best validation epoch's), ``cost/wall_s``,
+        ``cost/gpu_s``, ``cost/peak_mem_mb``), ``history`` (per-epoch metrics),
         checkpoint paths, pictures, data and split fingerprints, config hash.
 
     Raises:
@@ -436,21 +463,20 @@ class _Run:
         self.progress.message(f"resumed from {self.last_path} after epoch {self.start_epoch}")
 
     # ------------------------------------------------------------------ epochs
-    def _step(self, epoch: int, it: int) -> dict[str, float]:
+    def _step(self, epoch: int, it: int) -> tuple[tuple[str, ...], torch.Tensor]:
+        """One optimisation step; returns the logged values on the device (read once per
+        epoch by :func:`_epoch_values`: nothing in a step waits for the device)."""
         cfg, rt = self.cfg, self.runtime
         ipe = cfg.train.iters_per_epoch
         clock = Clock(epoch * ipe + it + 1, epoch, ipe, cfg.train.epochs * ipe)
         lab, unl = self.batches.draw(self.method_cls.uses_labeled, self.method_cls.uses_unlabeled)
         with torch.autocast(rt.device.type, enabled=rt.amp):
             out = self.method.training_step(lab, unl, clock)
-        values = _check_finite(out, epoch, it, clock.step)
         self._own_step(MAIN, out["loss"])
         with torch.autocast(rt.device.type, enabled=rt.amp):
             extra = self.method.after_step(clock)
         self.scaler.update()
-        if extra:
-            values.update(_check_finite({"loss": out["loss"], **extra}, epoch, it, clock.step))
-        return values
+        return _step_values({**out, **extra} if extra else out)
 
     def _own_step(self, key: str, loss: torch.Tensor) -> None:
         """Backward ``loss`` and step optimiser ``key`` (GradScaler, clipping)."""
@@ -501,14 +527,16 @@ class _Run:
         self.method.train()
         self.progress.start_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
-        sums: dict[str, float] = {}
+        steps = []
         for it in range(iters):
-            for k, v in self._step(epoch, it).items():
-                sums[k] = sums.get(k, 0.0) + v
-            self.progress.advance({k: v / (it + 1) for k, v in sums.items()})
+            steps.append(self._step(epoch, it))
+            self.progress.advance()
+        # the epoch's one host read of the loss values (a NaN stops the run here, before this
+        # epoch's checkpoint is written)
+        means = _epoch_values(steps, epoch, epoch * iters + 1)
         for scheduler in self.schedulers.values():
             scheduler.step()
-        metrics = {f"train/{k}": v / iters for k, v in sums.items()}
+        metrics = {f"train/{k}": v for k, v in means.items()}
         metrics["train/lr"] = lr
         metrics.update(self._validate(epoch))
         took = self.progress.end_epoch(epoch, metrics)
@@ -550,6 +578,8 @@ class _Run:
         """Test the selected weights, draw pictures, write and return the result."""
         cfg, data, rt = self.cfg, self.data, self.runtime
         final: dict[str, float] = {"best_epoch": float(self._select_final_weights())}
+        if self.supervised:
+            final.update(best_val_metrics(self.history, int(self.best["epoch"])))
         self.method.eval()
         if self.supervised and data.test:
             final.update(

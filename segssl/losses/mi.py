@@ -29,7 +29,15 @@ from segssl.losses._checks import (
     same_shape,
 )
 
-__all__ = ["EPS", "joint_distribution", "mi_loss", "local_mi_loss", "mutual_information"]
+__all__ = [
+    "EPS",
+    "batched_mutual_information",
+    "joint_distribution",
+    "local_mi_joints",
+    "local_mi_loss",
+    "mi_loss",
+    "mutual_information",
+]
 
 EPS = 1e-10
 """Floor applied inside logarithms so that exact zeros give finite values and gradients."""
@@ -185,42 +193,80 @@ def mi_loss(
         return cross - lamda * marginals
 
 
+def local_mi_joints(p1: Tensor, p2: Tensor, padding: int = 1) -> Tensor:
+    """Joints of every displacement of a square window (GMI paper, eq. 11), all at once.
+
+    ``P_pq[j, k] ~ sum_{b,y,x} p1[b, j, y + p, x + q] * p2[b, k, y, x]`` for every
+    ``|p|, |q| <= padding``, computed by ONE (grouped, one group per head) convolution of the two
+    maps with zero padding ``padding`` (1: the 3x3 set, 3: the 7x7 set); positions shifted outside
+    the map contribute nothing. Each joint is symmetrised and normalised to sum to 1.
+
+    Args:
+        p1: ``(B, K, H, W)`` or ``(B, n_heads, K, H, W)`` probabilities of ``h(psi(T(x)))``.
+        p2: same shape, probabilities of ``h(T(psi(x)))``.
+        padding: half-width of the displacement window; the window ``2 * padding + 1`` must fit
+            the map (``<= min(H, W)``).
+
+    Returns:
+        ``(n_heads, D, K, K)`` float32 joints, ``D = (2 * padding + 1) ** 2`` displacements in
+        row-major order of ``(p, q)`` (``n_heads = 1`` for 4D input).
+
+    Raises:
+        ValueError: on shape mismatch, K < 2 or a padding not smaller than the map.
+    """
+    check_ndim(p1, "p1", (4, 5), "(B, K, H, W) or (B, n_heads, K, H, W) probabilities")
+    k = _check_pair(p1, p2)
+    h, w = p1.shape[-2:]
+    if (
+        isinstance(padding, bool)
+        or not isinstance(padding, int)
+        or not 0 <= 2 * padding < min(h, w)
+    ):
+        raise ValueError(
+            f"padding must be an int with 0 <= 2 * padding + 1 <= min(H, W)={min(h, w)} "
+            f"(a displacement set of {2 * padding + 1}x{2 * padding + 1} does not fit a "
+            f"{h}x{w} map), got {padding!r}"
+        )
+    with _autocast_off(p1.device):
+        a = p1.float() if p1.ndim == 5 else p1.float().unsqueeze(1)  # (B, n, K, H, W)
+        b = p2.float() if p2.ndim == 5 else p2.float().unsqueeze(1)
+        bs, n = a.shape[:2]
+        # input: K "images" with n*B channels; weight: n*K filters of B channels, n groups
+        x = a.permute(2, 1, 0, 3, 4).reshape(k, n * bs, h, w)
+        f = b.permute(1, 2, 0, 3, 4).reshape(n * k, bs, h, w)
+        out = F.conv2d(x, f, padding=padding, groups=n)  # (K, n*K, 2p+1, 2p+1)
+        joints = out.view(k, n, k, -1).permute(1, 3, 0, 2)  # (n, D, K, K)
+        joints = (joints + joints.transpose(-2, -1)) / 2
+        return joints / joints.sum(dim=(-2, -1), keepdim=True).clamp_min(EPS)
+
+
+def batched_mutual_information(joints: Tensor) -> Tensor:
+    """MI (nats) of every ``(K, K)`` joint in ``(..., K, K)``: ``H(rows) + H(cols) - H(joint)``."""
+    h_rows = -_xlogx(joints.sum(-1)).sum(-1)
+    h_cols = -_xlogx(joints.sum(-2)).sum(-1)
+    h_joint = -_xlogx(joints).sum(dim=(-2, -1))
+    return h_rows + h_cols - h_joint
+
+
 def local_mi_loss(p1: Tensor, p2: Tensor, padding: int = 1) -> Tensor:
     """Local MI over a square displacement set (GMI paper, eqs. 10-12).
 
-    For every displacement ``(p, q)`` with ``|p|, |q| <= padding`` the joint
-    ``P_pq[j, k] ~ sum_{b,y,x} p1[b, j, y, x] * p2[b, k, y + p, x + q]`` is computed (all at
-    once with one convolution of the two maps, zero padding ``padding``: 1 gives the 3x3 set, 3
-    the 7x7 set), normalised to sum to 1 and symmetrised; the loss is the mean of ``-I(P_pq)``
-    over the ``(2 * padding + 1)**2`` displacements. Positions shifted outside the map contribute
-    nothing (zero padding), as in the authors' code.
+    The joints of all ``(2 * padding + 1)**2`` displacements (:func:`local_mi_joints`, one
+    convolution) are turned into MI values; the loss is the mean of ``-I(P_pq)`` over the
+    displacements and, for 5D input, over the heads (the paper averages its 5 projectors).
 
     Args:
-        p1: ``(B, K, H, W)`` probabilities of ``h(psi(T(x)))`` (softmax over K).
+        p1: ``(B, K, H, W)`` or ``(B, n_heads, K, H, W)`` probabilities of ``h(psi(T(x)))``
+            (softmax over K).
         p2: same shape, probabilities of ``h(T(psi(x)))``.
-        padding: half-width of the displacement window, ``0 <= padding < min(H, W)``.
+        padding: half-width of the displacement window; the window ``2 * padding + 1`` must fit
+            the map (``<= min(H, W)``).
 
     Returns:
         Scalar float32 tensor in ``[-log K, 0]``.
 
     Raises:
-        ValueError: on shape mismatch, non-4D input, K < 2 or an invalid ``padding``.
+        ValueError: on shape mismatch, input that is not 4D/5D, K < 2 or an invalid ``padding``.
     """
-    check_ndim(p1, "p1", (4,), "(B, K, H, W) probabilities")
-    k = _check_pair(p1, p2)
-    _, _, h, w = p1.shape
-    if isinstance(padding, bool) or not isinstance(padding, int) or not 0 <= padding < min(h, w):
-        raise ValueError(
-            f"padding must be an int with 0 <= padding < min(H, W)={min(h, w)}, got {padding!r}"
-        )
     with _autocast_off(p1.device):
-        a = p1.float().transpose(0, 1)  # (K, B, H, W): K "images" with B channels
-        b = p2.float().transpose(0, 1)  # (K, B, H, W): K filters of size H x W
-        joints = F.conv2d(a, b, padding=padding)  # (K, K, 2p+1, 2p+1)
-        joints = joints.permute(2, 3, 0, 1).reshape(-1, k, k)  # (D, K, K)
-        joints = (joints + joints.transpose(1, 2)) / 2
-        joints = joints / joints.sum(dim=(1, 2), keepdim=True).clamp_min(EPS)
-        h_rows = -_xlogx(joints.sum(2)).sum(1)
-        h_cols = -_xlogx(joints.sum(1)).sum(1)
-        h_joint = -_xlogx(joints).sum(dim=(1, 2))
-        return -(h_rows + h_cols - h_joint).mean()
+        return -batched_mutual_information(local_mi_joints(p1, p2, padding)).mean()

@@ -116,8 +116,8 @@ class BIM(Method):
             from segssl.losses.contrastive import supcon_loss
 
             z = self.heads["global"](torch.cat([f_x[cfg.global_tap], f_tx[cfg.global_tap]]))
-            meta = unlabeled["partition"].repeat(2)
-            parts["con"] = supcon_loss(z, meta, temperature=cfg.temperature)
+            # (N,) meta-labels, shared by both views: every anchor has a positive
+            parts["con"] = supcon_loss(z, unlabeled["partition"], temperature=cfg.temperature)
         return self.output(parts)
 
     @torch.no_grad()

@@ -58,7 +58,7 @@ class IdealPretrain(Method):
         q, k = self.heads["projection"](f).chunk(2)
         h, w = q.shape[2], q.shape[3]
         identity = torch.eye(2, 3, dtype=torch.float64).expand(b, 2, 3)
-        theta = affine_theta(tq.scale, tq.angle, tq.shift, tq.flip, h, w)  # CPU, float64
+        theta = affine_theta(tq.scale, tq.angle, tq.shift, tq.flip, h, w, tq.vflip)  # CPU
         match, valid = dense_correspondence(theta, identity, h, w)
         loss = dense_infonce_loss(
             q, k, match.to(x.device), valid.to(x.device), cfg.temperature, cfg.negatives

@@ -112,7 +112,8 @@ def test_finite_gradients_with_exact_zeros() -> None:
         g1, g2 = torch.autograd.grad(loss, (p1, p2))
         assert torch.isfinite(loss)
         assert torch.isfinite(g1).all() and torch.isfinite(g2).all()
-    q1 = _onehot([0, 1, 1, 0], 3).reshape(1, 2, 2, 3).permute(0, 3, 1, 2).requires_grad_(True)
+    q1 = _onehot([0, 1, 1, 0, 0, 1, 1, 0, 0], 3).reshape(1, 3, 3, 3).permute(0, 3, 1, 2)
+    q1 = q1.requires_grad_(True)  # cluster 2 unused; a 3x3 map holds the 3x3 window
     loss = local_mi_loss(q1, q1.detach().clone().requires_grad_(True), 1)
     (g,) = torch.autograd.grad(loss, q1)
     assert torch.isfinite(loss) and torch.isfinite(g).all()
