@@ -70,3 +70,21 @@ def tiny_yaml(acdc_root: Path):
         return tiny_raw(acdc_root, name, stage, **sections)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_method(tiny):
+    """``tiny_method(name, **sections) -> RunConfig`` for any registered method: the stage its
+    batches imply and every method setting measured in epochs (ramp-up lengths, ``*_epochs``)
+    set to 1 so that it fits a tiny run (derived from the method's config, not listed)."""
+    from segssl.methods import get_method
+
+    stages = {(True, False): "finetune", (False, True): "pretrain", (True, True): "semi"}
+
+    def make(name: str, **sections: Any) -> RunConfig:
+        cls = get_method(name)
+        fit = {k: 1 for k in cls.Config.model_fields if k.endswith("_epochs")}
+        sections["method"] = {"name": name, **fit, **sections.get("method", {})}
+        return tiny(name, stages[(cls.uses_labeled, cls.uses_unlabeled)], **sections)
+
+    return make

@@ -21,10 +21,12 @@ from segssl.methods.contrast_enc_dec import ContrastEncDec
 from segssl.methods.contrast_global import ContrastGlobal
 from segssl.methods.contrast_joint import ContrastJoint
 from segssl.methods.contrast_local import ContrastLocal
+from segssl.methods.entmin import EntMin
 from segssl.methods.ideal_finetune import IdealFinetune
 from segssl.methods.ideal_pretrain import IdealPretrain
 from segssl.methods.imsat import IMSAT
 from segssl.methods.inpainting import Inpainting
+from segssl.methods.mean_teacher import MeanTeacher
 from segssl.methods.rotation import Rotation
 from segssl.methods.self_training import SelfTraining
 
@@ -81,6 +83,8 @@ REGISTRY: dict[str, type[Method]] = {
     "self_training": SelfTraining,
     "ideal_pretrain": IdealPretrain,
     "ideal_finetune": IdealFinetune,
+    "entmin": EntMin,
+    "mean_teacher": MeanTeacher,
 }
 
 
