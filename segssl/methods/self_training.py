@@ -23,6 +23,7 @@ from torch import nn
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.methods.base import Clock, Method, MethodContext, StepOutput
+from segssl.methods.mechanics import two_stream
 
 
 class Config(MethodConfig):
@@ -72,8 +73,7 @@ class SelfTraining(Method):
             self.teacher.load_state_dict(self.model.state_dict())
         xl, xu = labeled["image"], unlabeled["image"]
         target = self.pseudo_labels(xu)
-        logits = self.model(torch.cat([xl, xu]))
-        ll, lu = logits[: xl.shape[0]], logits[xl.shape[0] :]
+        ll, lu = two_stream(self.model, xl, xu)
         on, parts = self.weights(), {}
         if "ce" in on:
             parts["ce"] = F.cross_entropy(ll, labeled["label"])
