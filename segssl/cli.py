@@ -314,17 +314,32 @@ def sweep_cmd(
         "--root",
         help="Directory relative data paths resolve against (default: the current directory).",
     ),
+    profile: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--profile",
+        help="smoke (phantoms, tiny, minutes on a CPU) | paper (the real protocol; default).",
+    ),
+    gpu_tflops: float = typer.Option(
+        10.0, "--gpu-tflops", help="--dry-run cost: sustained GPU TFLOP/s assumed per trial."
+    ),
 ) -> None:
     """Plan and run a sweep through Ray Tune; every trial is an MLflow run. Idempotent."""
     from segssl.config import ConfigError
+    from segssl.orchestrate.profiles import ensure_phantoms
     from segssl.orchestrate.runner import run_sweep
+    from segssl.orchestrate.spec import load_sweep
     from segssl.orchestrate.tracking import TrackingError
 
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
     try:
+        spec = load_sweep(sweep, profile=profile)
+        if spec.phantoms is not None and not dry_run:
+            where = ensure_phantoms(spec.phantoms, root)
+            err_console.print(f"profile {spec.profile}: phantoms in {where}", highlight=False)
         out = run_sweep(
-            sweep,
+            spec,
+            source=str(sweep),
             address=address,
             tracking_uri=tracking_uri,
             storage=storage,
@@ -363,6 +378,11 @@ def submit_cmd(
         None, "--storage", help="Absolute storage path shared by every node."
     ),
     extend: bool = typer.Option(False, "--extend", help="Pass --extend to the remote sweep."),
+    profile: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--profile",
+        help="smoke (phantoms, tiny, minutes on a CPU) | paper (the real protocol; default).",
+    ),
     status: bool = typer.Option(False, "--status", help="Print the sweep's job status."),
     logs: bool = typer.Option(False, "--logs", help="Print the sweep's job logs."),
     follow: bool = typer.Option(
@@ -399,7 +419,7 @@ def submit_cmd(
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
     try:
-        spec = load_sweep(sweep)
+        spec = load_sweep(sweep, profile=profile)
     except ConfigError as exc:
         fail(str(exc))
     if actions:
@@ -519,6 +539,19 @@ def table_cmd(
     no_log: bool = typer.Option(
         False, "--no-log", help="Do not log the table as an artifact of the sweep's parent run."
     ),
+    advise_seeds: Optional[float] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--advise-seeds",
+        help="Also print the seeds each cell needs to detect this difference (table units, "
+        "e.g. 2 for 2 Dice points when the table scales Dice by 100).",
+    ),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of --advise-seeds."),
+    power: float = typer.Option(0.8, "--power", help="Power wanted by --advise-seeds."),
+    profile: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--profile",
+        help="smoke (phantoms, tiny, minutes on a CPU) | paper (the real protocol; default).",
+    ),
 ) -> None:
     """Print the sweep's tables from its FINISHED MLflow runs (mean +- std over seeds)."""
     from segssl.config import ConfigError
@@ -533,8 +566,12 @@ def table_cmd(
         fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
+    if advise_seeds is not None and not advise_seeds > 0:
+        fail(f"--advise-seeds {advise_seeds}: expected a positive difference (e.g. 2)")
+    if not (0 < alpha < 1 and 0 < power < 1):
+        fail(f"--alpha {alpha} / --power {power}: expected values in (0, 1)")
     try:
-        spec = load_sweep(sweep)
+        spec = load_sweep(sweep, profile=profile)
     except ConfigError as exc:
         fail(str(exc))
     storage = Path(spec.storage) if spec.storage else Path("segssl-runs") / spec.name
@@ -552,6 +589,7 @@ def table_cmd(
             base_dirs=[sweep.resolve().parent],
             log_artifact=not no_log,
             curves_dir=curves,
+            advise=(advise_seeds, alpha, power) if advise_seeds is not None else None,
         )
     except ReportError as exc:
         fail(str(exc))

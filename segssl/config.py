@@ -321,6 +321,25 @@ class TrainConfig(Section):
     deterministic: bool = True
 
 
+# ------------------------------------------------------------------------------------ metrics
+class MetricsConfig(Section):
+    """Definitions of the test metrics (see :mod:`segssl.metrics`; every caption states them).
+
+    ``hd95``: ``max`` of the two directed 95th percentiles (MONAI, DeepMind surface-distance,
+    MetricsReloaded; the default) or ``pooled`` (medpy). ``nsd_tolerance``: the tolerance of the
+    normalised surface Dice in mm. ``both_empty``: ``perfect`` (Dice 1, distance 0) or
+    ``exclude``; ``one_empty``: ``exclude`` (HD95/ASD left out, counted) or ``worst`` (the volume
+    diagonal). ``per_scan``: also log each test scan's Dice (``test/scan/dsc/<i>``), the variance
+    unit "over test scans" of a table.
+    """
+
+    hd95: Literal["max", "pooled"] = "max"
+    nsd_tolerance: float = Field(1.0, gt=0)
+    both_empty: Literal["perfect", "exclude"] = "perfect"
+    one_empty: Literal["exclude", "worst"] = "exclude"
+    per_scan: bool = True
+
+
 # ---------------------------------------------------------------------------------------- run
 Stage = Literal["pretrain", "finetune", "semi"]
 
@@ -336,6 +355,7 @@ class RunConfig(Section):
     method: SerializeAsAny[MethodConfig]  # dump the method's own fields, not just the base
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("model", mode="before")
     @classmethod

@@ -221,6 +221,9 @@ class SweepSpec(_Strict):
     storage: str | None = None  # trial workdirs and Ray results; None: <cwd>/segssl-runs/<name>
     num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: all cores
     tables: list[TableSpec] = Field(default_factory=list)
+    # set by segssl.orchestrate.profiles from the file's 'profiles:' section and --profile
+    profile: Literal["smoke", "paper"] = "paper"
+    phantoms: dict[str, Any] | None = None  # smoke: the phantom set written on first use
 
     @field_validator("seeds")
     @classmethod
@@ -314,23 +317,31 @@ def _format(exc: ValidationError, source: str) -> str:
     )
 
 
-def parse_sweep(raw: Any, source: str = "<sweep>") -> SweepSpec:
-    """Validate a plain mapping into a :class:`SweepSpec`; raise :class:`SpecError` on failure."""
+def parse_sweep(raw: Any, source: str = "<sweep>", profile: str | None = None) -> SweepSpec:
+    """Validate a plain mapping into a :class:`SweepSpec`; raise :class:`SpecError` on failure.
+
+    ``profile`` (``smoke`` | ``paper``; None: ``paper``) applies the mapping's ``profiles:``
+    section (:func:`segssl.orchestrate.profiles.apply_profile`).
+    """
+    from segssl.orchestrate.profiles import apply_profile
+
     if not isinstance(raw, Mapping):
         raise SpecError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = apply_profile(raw, profile, source)
     try:
         return SweepSpec.model_validate(dict(raw))
     except ValidationError as exc:
         raise SpecError(_format(exc, source)) from None
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep YAML file (every trial config is validated by the planner)."""
+def load_sweep(path: str | Path, profile: str | None = None) -> SweepSpec:
+    """Read and validate a sweep YAML file in ``profile`` (every trial config is validated by
+    the planner)."""
     try:
         raw = read_yaml(path)
     except ConfigError as exc:
         raise SpecError(str(exc)) from None
-    return parse_sweep(raw, source=str(path))
+    return parse_sweep(raw, source=str(path), profile=profile)
 
 
 def spec_hash(spec: SweepSpec) -> str:

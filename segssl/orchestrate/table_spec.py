@@ -106,6 +106,30 @@ class PairedTest(_Strict):
     test: Literal["ttest_rel", "wilcoxon"] = "ttest_rel"
     alternative: Literal["two-sided", "greater", "less"] = "two-sided"
     alpha: float = Field(0.05, gt=0, lt=1)
+    # multiple-comparison correction across a column's rows; the corrected p is shown
+    correction: Literal["holm", "bonferroni", "none"] = "holm"
+
+
+class TableStats(_Strict):
+    """Statistics beside mean +- std (``stats:`` of a table; see ``segssl.report.stats``).
+
+    ``interval: bootstrap`` adds a bootstrap confidence interval of the mean per cell
+    (``method: auto`` is BCa from 10 values on, percentile below); ``prob_improvement`` adds,
+    per row, the fraction of paired seeds in which it beats the paired test's reference row,
+    with a Wilson interval; ``variance`` is the unit the std, intervals and tests run over:
+    ``seeds`` (the papers' protocol) or ``scans``, the test scans of one run per cell (the
+    seed ``variance_seed``, default the smallest), as SSL4MIS reports it. ``cost`` adds a
+    column with each row's mean cost per run (``cost/gpu_s``; ``cost/wall_s`` for CPU runs).
+    """
+
+    interval: Literal["none", "bootstrap"] = "none"
+    level: float = Field(0.95, gt=0, lt=1)
+    method: Literal["auto", "BCa", "percentile", "basic"] = "auto"
+    resamples: int = Field(9999, ge=100)
+    prob_improvement: bool = False
+    variance: Literal["seeds", "scans"] = "seeds"
+    variance_seed: int | None = None
+    cost: bool = False
 
 
 class Selection(_Strict):
@@ -158,6 +182,7 @@ class TableSpec(_Strict):
     paired_test: PairedTest | None = None
     select: Selection | None = None
     paper: PaperRef | None = None
+    stats: TableStats = TableStats()
 
     @field_validator("select", mode="before")
     @classmethod
@@ -189,6 +214,11 @@ class TableSpec(_Strict):
             raise ValueError("rows: 'mean' is only meaningful for column groups")
         if self.paper_only and self.paper is None:
             raise ValueError("paper_only rows need 'paper' (the published numbers they show)")
+        if self.stats.prob_improvement and self.paired_test is None:
+            raise ValueError(
+                "stats.prob_improvement compares each row with a reference row: give "
+                "'paired_test: {reference: <row label>}'"
+            )
         return self
 
 
@@ -205,4 +235,4 @@ def _as_groups(axis: Axis) -> list[Any]:
     return list(axis) if isinstance(axis, list) else []
 
 
-__all__ = ["AxisGroup", "PairedTest", "PaperRef", "Selection", "TableSpec"]
+__all__ = ["AxisGroup", "PairedTest", "PaperRef", "Selection", "TableSpec", "TableStats"]

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from segssl.orchestrate.table_spec import TableSpec
-from segssl.report.aggregate import _check_keys, expand_columns, expand_rows
+from segssl.report.aggregate import _check_keys, _needs, expand_columns, expand_rows
 from segssl.report.errors import ReportError
 from segssl.report.papers import load_paper_table, resolve_paper_path
 from segssl.report.runs import STAGE_TAG, filter_mask
@@ -67,6 +67,7 @@ def check_tables(
         stage = f"stage {spec.stage!r}" if spec.stage is not None else f"sweep {name!r}"
         _check_keys(base, spec, name, runs=f"planned trial of {stage}")
         base = base[filter_mask(base, spec.filter)]
+        _check_planned_seeds(spec, base)
         if spec.paper is None or base.empty:
             continue
         path = resolve_paper_path(spec.paper.file, [*base_dirs, REPO_ROOT])
@@ -75,3 +76,17 @@ def check_tables(
             paper.find_row(leaf.ident)
         for leaf in expand_columns(spec, base):
             paper.find_col(leaf.ident)
+
+
+def _check_planned_seeds(spec: TableSpec, base: pd.DataFrame) -> None:
+    """A statistic that needs more seeds per cell than the plan gives (variance over seeds)."""
+    col = f"params.{spec.seed_key}"
+    if spec.stats.variance != "seeds" or base.empty or col not in base:
+        return
+    seeds = sorted({str(s) for s in base[col].dropna()})
+    for what, need in _needs(spec):
+        if len(seeds) < need:
+            raise ReportError(
+                f"table {spec.name!r}: {what} needs at least {need} seeds per cell; the plan "
+                f"gives {len(seeds)} (seeds {', '.join(seeds)}); add seeds or drop the statistic"
+            )
