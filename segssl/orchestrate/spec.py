@@ -19,7 +19,7 @@ a trial of that stage (each parent trial runs once and feeds all the children de
         checkpoint: last                     # which checkpoint of the parent: last | best
         config: {stage: finetune, method: {name: finetune}}
         grid: {data.labeled_scans: [1, 2, 4], data.target: [lv, rv, myo]}
-    tables: [...]                            # see segssl.orchestrate.table_spec
+    tables: [...]                            # see segssl.table_spec
 
 Axes of a stage (all optional, multiplied together):
 
@@ -51,7 +51,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segssl.config import ConfigError, config_hash, format_validation_error, read_yaml
-from segssl.orchestrate.table_spec import TableSpec
+from segssl.table_spec import TableSpec
 
 __all__ = [
     "Resources",
@@ -220,6 +220,8 @@ class SweepSpec(_Strict):
     max_failures: int = Field(2, ge=0)  # retries of a failed trial (from its last checkpoint)
     storage: str | None = None  # trial workdirs and Ray results; None: <cwd>/segssl-runs/<name>
     num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: all cores
+    # planning limit: a sweep planning more trials is refused (counted before expansion)
+    max_trials: int = Field(100_000, ge=1)
     tables: list[TableSpec] = Field(default_factory=list)
     # set by segssl.orchestrate.profiles from the file's 'profiles:' section and --profile
     profile: Literal["smoke", "paper"] = "paper"

@@ -20,7 +20,6 @@ import pandas as pd
 
 from segssl.config import did_you_mean
 from segssl.metrics import HD95_VARIANTS, MetricDefs, describe
-from segssl.orchestrate.table_spec import AxisGroup, TableSpec
 from segssl.report.errors import ReportError
 from segssl.report.papers import (
     PaperTable,
@@ -45,6 +44,7 @@ from segssl.report.stats import (
     bootstrap_method,
     prob_improvement,
 )
+from segssl.table_spec import AxisGroup, TableSpec
 
 CELL_COLUMNS = [
     "row_group",

@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from segssl.orchestrate.table_spec import TableSpec
 from segssl.report.errors import ReportError
+from segssl.table_spec import TableSpec
 
 FORMATS = ("md", "latex", "csv", "html")
 CSV_COLUMNS = [

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from segssl.orchestrate.table_spec import TableSpec
+from segssl.table_spec import TableSpec
 from segssl.report import aggregate, render
 from segssl.report.aggregate import expand_columns, expand_rows
 from segssl.report.papers import load_paper_table
