@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from segssl.table_spec import TableSpec
 from segssl.report import aggregate, render
 from segssl.report.aggregate import expand_columns, expand_rows
 from segssl.report.papers import load_paper_table
+from segssl.table_spec import TableSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEPS = REPO / "experiments" / "sweeps"
