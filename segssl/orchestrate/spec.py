@@ -19,7 +19,7 @@ a trial of that stage (each parent trial runs once and feeds all the children de
         checkpoint: last                     # which checkpoint of the parent: last | best
         config: {stage: finetune, method: {name: finetune}}
         grid: {data.labeled_scans: [1, 2, 4], data.target: [lv, rv, myo]}
-    tables: [...]                            # see segssl.orchestrate.table_spec
+    tables: [...]                            # see segssl.table_spec
 
 Axes of a stage (all optional, multiplied together):
 
@@ -32,6 +32,10 @@ Axes of a stage (all optional, multiplied together):
 - ``search``: an Optuna search space (``uniform``/``loguniform``/``choice``) explored by TPE for
   ``num_samples`` trials on the validation metric; a search stage has no other axes and cannot
   feed another stage (its trials are only known while it runs).
+
+``inherit: [data.dataset, data.root, ...]`` (a derived stage): each trial takes these keys from
+its parent trial's resolved config (above ``base``, below the stage's own config and axes), so a
+stage that follows a stage sweeping datasets fine-tunes each pre-training on its own dataset.
 
 Seeds: a root stage (no ``from``) runs every combination for each seed in its ``seeds`` (default:
 the sweep's ``seeds``); a derived stage inherits its parent trial's seed, unless it lists its own
@@ -47,7 +51,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segssl.config import ConfigError, config_hash, format_validation_error, read_yaml
-from segssl.orchestrate.table_spec import TableSpec
+from segssl.table_spec import TableSpec
 
 __all__ = [
     "Resources",
@@ -135,6 +139,10 @@ class StageSpec(_Strict):
 
     from_: str | None = Field(None, alias="from")
     checkpoint: Literal["last", "best"] = "last"
+    # dotted config keys (or whole sections) each trial takes from its parent trial's resolved
+    # config, e.g. [data.dataset, data.root] when the parent stage sweeps datasets; they sit
+    # between ``base`` and this stage's own config and axes
+    inherit: list[str] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     zip: list[dict[str, list[Any]]] = Field(default_factory=list)
@@ -192,6 +200,10 @@ class StageSpec(_Strict):
             raise ValueError(f"keys {dup} appear in more than one axis")
         if "seed" in keys:
             raise ValueError("'seed' is not an axis; use the 'seeds' list")
+        for key in self.inherit:
+            _check_key(key)
+        if self.inherit and self.from_ is None:
+            raise ValueError("'inherit' takes keys from the parent trial: it needs 'from'")
         return self
 
 
@@ -208,6 +220,8 @@ class SweepSpec(_Strict):
     max_failures: int = Field(2, ge=0)  # retries of a failed trial (from its last checkpoint)
     storage: str | None = None  # trial workdirs and Ray results; None: <cwd>/segssl-runs/<name>
     num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: all cores
+    # planning limit: a sweep planning more trials is refused (counted before expansion)
+    max_trials: int = Field(100_000, ge=1)
     tables: list[TableSpec] = Field(default_factory=list)
     # set by segssl.orchestrate.profiles from the file's 'profiles:' section and --profile
     profile: Literal["smoke", "paper"] = "paper"
@@ -343,6 +357,7 @@ def spec_hash(spec: SweepSpec) -> str:
     stages = {}
     for name, st in spec.stages.items():
         stages[name] = {
+            **({"inherit": st.inherit} if st.inherit else {}),
             "from": st.from_,
             "checkpoint": st.checkpoint,
             "config": st.config,

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from segssl.orchestrate.spec import SpecError, SweepSpec, spec_hash
+from segssl.record import TAG_SPEC, TAG_SWEEP
 
 __all__ = [
     "EXIT_CODES",
@@ -365,8 +366,8 @@ def submit_sweep(
             submission_id=sub_id,
             runtime_env=runtime_env,
             metadata={
-                "segssl.sweep": spec.name,
-                "segssl.spec_hash": spec_hash(spec),
+                TAG_SWEEP: spec.name,
+                TAG_SPEC: spec_hash(spec),
                 "segssl.attempt": str(attempt),
                 "segssl.sweep_file_sha": digest,
             },

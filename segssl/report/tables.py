@@ -8,13 +8,13 @@ from typing import Any
 
 import pandas as pd
 
-from segssl.orchestrate.table_spec import TableSpec
 from segssl.report.aggregate import aggregate
 from segssl.report.curves import plot_curves, plot_table_figure
 from segssl.report.errors import ReportError
 from segssl.report.render import FORMATS, csv_frame, render
 from segssl.report.runs import load_runs, parent_runs
 from segssl.report.stats import advise_seeds
+from segssl.table_spec import TableSpec
 
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from segssl.orchestrate.table_spec import TableSpec
 from segssl.report import ReportError, aggregate, render
 from segssl.report.tables import advice_text
+from segssl.table_spec import TableSpec
 
 pytest.importorskip("statsmodels")
 from statsmodels.stats.multitest import multipletests  # noqa: E402

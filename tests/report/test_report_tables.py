@@ -14,7 +14,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from scipy import stats
 
-from segssl.orchestrate.table_spec import TableSpec
 from segssl.report import (
     ReportError,
     aggregate,
@@ -25,6 +24,7 @@ from segssl.report import (
 )
 from segssl.report.curves import curve_frame
 from segssl.report.runs import load_history
+from segssl.table_spec import TableSpec
 
 EXP = "tsweep"
 SEEDS = (0, 1, 2)
