@@ -10,6 +10,11 @@ the target, paths, and every float of ``method`` and ``optim``: loss weights and
 do not change the arithmetic), so a stage whose trials differ only in such values is calibrated
 once, and a second dry run costs nothing.
 
+Slices larger than 64 x 64 px are calibrated at 64 x 64 (same model, method, batch sizes) and
+the FLOPs scaled by the ratio of pixels: convolutions and per-pixel losses grow linearly with the
+pixel count (a pooled projector's few FLOPs do not, so the scaled figure is a slight
+overestimate); a 224 px bim step would otherwise need minutes and gigabytes on a CPU.
+
 GPU-hours = FLOPs per iteration x iterations per trial x trials / (sustained GPU throughput).
 The throughput is an assumption (``--gpu-tflops``, 10 TFLOP/s by default: a fraction of a modern
 GPU's peak, as small 2D U-Nets reach); validation and testing are not included. The printout
@@ -32,6 +37,7 @@ __all__ = ["StageCost", "calibrate", "cost_signature", "estimate_plan", "format_
 
 _DROP = ("seed", "data.labeled_scans", "data.target", "data.root", "data.cache", "metrics")
 _PHANTOM_SUBJECTS = 6
+CALIBRATION_PX = 64  # slices larger than this are measured at 64 x 64 and scaled by pixels
 
 
 @dataclass
@@ -69,6 +75,9 @@ def _phantom_config(
     from its parent's calibration checkpoint (``init_from``)."""
     raw = cfg.model_dump(mode="json")
     raw["data"].update(root=str(root), cache=None, num_workers=0)
+    side = calibration_side(cfg)
+    raw["data"]["preprocess"].update(size=[side, side], spacing=None, fit="resize")
+    raw["augment"]["crop"] = side if cfg.augment.crop else 0
     raw["data"]["split"] = {"unit": "scan", "seed": 0, "sizes": None, "files": None}
     n_train = max(1, int(0.7 * _PHANTOM_SUBJECTS))
     if isinstance(raw["data"]["labeled_scans"], int):
@@ -85,6 +94,19 @@ def _phantom_config(
     return RunConfig.model_validate(raw)
 
 
+def trained_pixels(cfg: RunConfig) -> int:
+    """Pixels of one training slice: the crop, else the preprocessed size."""
+    if cfg.augment.crop:
+        return cfg.augment.crop**2
+    h, w = cfg.data.preprocess.size
+    return h * w
+
+
+def calibration_side(cfg: RunConfig) -> int:
+    """The slice side the calibration runs at: the trial's, at most :data:`CALIBRATION_PX`."""
+    return min(CALIBRATION_PX, int(round(math.sqrt(trained_pixels(cfg)))))
+
+
 def calibrate(cfg: RunConfig, workdir: Path, init_from: str | None = None) -> dict[str, float]:
     """FLOPs (and this machine's CPU seconds) of one training iteration of ``cfg``; its last
     checkpoint stays in ``workdir/run3`` for the stages derived from it."""
@@ -93,11 +115,11 @@ def calibrate(cfg: RunConfig, workdir: Path, init_from: str | None = None) -> di
     from segssl.data import synthesize
     from segssl.engine import train
 
-    size = min(cfg.data.preprocess.size) if cfg.data.preprocess.size else 64
     phantoms = workdir / "phantoms"
+    side = calibration_side(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     if not (phantoms / ".complete").is_file():
-        synthesize(cfg.data.dataset, phantoms, scans=_PHANTOM_SUBJECTS, size=max(32, size // 2))
+        synthesize(cfg.data.dataset, phantoms, scans=_PHANTOM_SUBJECTS, size=max(32, side))
         (phantoms / ".complete").write_text("ok\n")
     out: dict[int, tuple[float, float]] = {}
     for iters in (1, 3):
@@ -108,9 +130,11 @@ def calibrate(cfg: RunConfig, workdir: Path, init_from: str | None = None) -> di
         with counter:
             train(run_cfg, None, workdir=workdir / f"run{iters}", resume=False)
         out[iters] = (float(counter.get_total_flops()), time.process_time() - t)
+    ratio = trained_pixels(cfg) / side**2  # per-pixel arithmetic: linear in pixels
     return {
-        "flops_per_iter": max(0.0, (out[3][0] - out[1][0]) / 2),
+        "flops_per_iter": max(0.0, (out[3][0] - out[1][0]) / 2) * ratio,
         "cpu_s_per_iter": max(0.0, (out[3][1] - out[1][1]) / 2),
+        "measured_px": side,
     }
 
 
@@ -176,8 +200,8 @@ def format_costs(costs: list[StageCost], gpu_tflops: float) -> str:
     """The cost table of a dry run, with how it was estimated."""
     lines = [
         "estimated cost (training iterations only; FLOPs counted by torch.utils.flop_counter",
-        f"on a cached calibration run; GPU-h at an assumed {gpu_tflops:g} TFLOP/s sustained, "
-        "--gpu-tflops):",
+        f"on a cached calibration run at <= {CALIBRATION_PX} px, scaled by pixels; GPU-h at an "
+        f"assumed {gpu_tflops:g} TFLOP/s sustained, --gpu-tflops):",
         f"  {'stage':<14}{'trials':>8}{'iters/trial':>13}{'GFLOP/iter':>12}{'GPU-h':>10}",
     ]
     for c in costs:

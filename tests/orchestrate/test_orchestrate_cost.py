@@ -82,7 +82,9 @@ def test_dry_run_prints_the_cost_per_stage_and_total(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(_spec()))
-    res = CliRunner().invoke(app, ["sweep", str(path), "--dry-run", "--gpu-tflops", "5"])
+    res = CliRunner().invoke(
+        app, ["sweep", str(path), "--dry-run", "--skip-data-check", "--gpu-tflops", "5"]
+    )
     assert res.exit_code == 0, res.output
     assert "assumed 5 TFLOP/s sustained" in res.output
     row = next(ln for ln in res.output.splitlines() if ln.strip().startswith("base "))
@@ -90,3 +92,12 @@ def test_dry_run_prints_the_cost_per_stage_and_total(
     assert (tmp_path / "segssl-runs" / "cost-cache.json").is_file()
     bad = CliRunner().invoke(app, ["sweep", str(path), "--dry-run", "--gpu-tflops", "0"])
     assert bad.exit_code == 2 and "--gpu-tflops 0.0: expected a positive" in bad.output
+
+
+def test_large_slices_are_measured_small_and_scaled_by_pixels(tmp_path: Path) -> None:
+    raw = _spec()
+    raw["base"]["data"]["preprocess"]["size"] = [160, 160]
+    raw["base"]["augment"]["crop"] = 128
+    plan = plan_sweep(parse_sweep(raw), source="c.yaml", storage=tmp_path / "s", root=tmp_path)
+    (c,) = estimate_plan(plan, tmp_path / "cost.json", gpu_tflops=1.0)
+    assert c.flops_per_iter == pytest.approx(_unet_step_flops(2, 128, 4), rel=0.05)
