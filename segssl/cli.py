@@ -628,6 +628,33 @@ def demo_cmd(
     typer.echo(f"Open the runs in the MLflow UI:\n  {ui}")
 
 
+def _missing_store(db: Path, name: str, sweep: Path) -> str:
+    """The error for a missing SQLite store: where the sweep's runs are, when a store of that
+    sweep lies nearby (``segssl demo`` keeps it in ``segssl-demo/``), and the exact command."""
+    found = _stores_of(name, [Path.cwd(), *list(sweep.resolve().parents)[:4]])
+    if found:
+        where = "\n".join(f"  segssl table {sweep} --tracking-uri sqlite:///{f}" for f in found[:3])
+        return (
+            f"no MLflow database at {db} (the default for sweep {name!r} run from here); its "
+            f"runs are in {found[0]}. Show them with:\n{where}"
+        )
+    return (
+        f"no MLflow database at {db} (the default for sweep {name!r} run from here): run the "
+        "table from the directory `segssl sweep` ran in, or pass --tracking-uri (the URI "
+        f"`segssl sweep` printed); if the sweep has not run yet: segssl sweep {sweep}"
+    )
+
+
+def _stores_of(name: str, bases: list[Path]) -> list[Path]:
+    """``segssl-runs/<name>/mlflow.db`` in each base folder or one level below it."""
+    found: dict[Path, None] = {}
+    for base in dict.fromkeys(b.resolve() for b in bases):
+        for pattern in (f"segssl-runs/{name}/mlflow.db", f"*/segssl-runs/{name}/mlflow.db"):
+            for db in sorted(base.glob(pattern)):
+                found.setdefault(db.resolve())
+    return list(found)
+
+
 @app.command("table")
 def table_cmd(
     sweep: Path = typer.Argument(
@@ -691,10 +718,7 @@ def table_cmd(
     storage = Path(spec.storage) if spec.storage else Path("segssl-runs") / spec.name
     uri = resolve_tracking_uri(tracking_uri, storage.resolve())
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        fail(
-            f"no MLflow database at {uri[len('sqlite:///') :]}: run `segssl sweep {sweep}` "
-            "first (from the same directory), or pass --tracking-uri"
-        )
+        fail(_missing_store(Path(uri[len("sqlite:///") :]), spec.name, sweep))
     _check_tables_against_plan(spec, storage, sweep)
     try:
         text = render_tables(

@@ -119,3 +119,39 @@ def test_dry_run_table_filter_suggests_the_parent_stage_key(tmp_path):
     assert "filter names param 'method.k'" in msg, msg
     assert "did you mean 'pretrain.method.k'" in msg, msg
     assert "FINISHED" not in msg and "planned trial of stage 'finetune'" in msg, msg
+
+
+def test_table_finds_the_demo_store_and_prints_the_command_that_works(demo_store, tmp_path):
+    """After `segssl demo`, `segssl table experiments/sweeps/demo.yaml` from the folder holding
+    segssl-demo/ does not find ./segssl-runs/demo: the error names the demo's store and the exact
+    command (which then works), and does not suggest rerunning the sweep."""
+    import os
+    import shlex
+    import shutil
+
+    from segssl.demo import table_command
+
+    store = tmp_path / "segssl-demo" / "segssl-runs" / "demo"
+    store.mkdir(parents=True)
+    shutil.copy(demo_store[len("sqlite:///") :], store / "mlflow.db")
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        r = runner.invoke(app, ["table", str(DEMO)])
+        assert r.exit_code == 2, r.output
+        msg = " ".join(r.output.split())
+        assert f"its runs are in {store / 'mlflow.db'}" in msg, msg
+        assert "segssl sweep" not in msg, msg
+        command = f"segssl table {DEMO} --tracking-uri sqlite:///{store / 'mlflow.db'}"
+        assert command in msg, msg
+        again = runner.invoke(app, shlex.split(command)[1:] + ["--no-log"])
+        assert again.exit_code == 0 and "| Baseline | 50.50" in again.output, again.output
+        # what `segssl demo` prints after its table
+        printed = table_command(f"sqlite:///{store / 'mlflow.db'}")
+        assert printed is not None and printed.startswith("segssl table ")
+        shown = runner.invoke(app, shlex.split(printed)[1:] + ["--no-log"])
+        assert shown.exit_code == 0 and "| Baseline | 50.50" in shown.output, shown.output
+    finally:
+        os.chdir(here)
+    r = runner.invoke(app, ["table", str(DEMO), "--tracking-uri", f"sqlite:///{tmp_path}/x.db"])
+    assert r.exit_code == 2 and "if the sweep has not run yet: segssl sweep" in r.output
