@@ -47,8 +47,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Synthesise, prepare and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: long lines (paths, the MLflow UI link) are never broken at 80 columns in a log file
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -65,13 +66,45 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_OPTIONS: dict[str, bool] = {"verbose": False}
+
+
 @app.callback()
 def main(
     version: Optional[bool] = typer.Option(  # noqa: UP007, UP045 - typer needs Optional
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(
+        False,
+        "-v",
+        "--verbose",
+        help="Also show Ray's and MLflow's log lines and the trials' own output on the console "
+        "(by default they go to a log file in the sweep's storage).",
+    ),
 ) -> None:
     """segssl command line."""
+    _OPTIONS["verbose"] = verbose
+
+
+def _library_logs(storage: Path) -> dict[str, bool]:
+    """Route Ray's and MLflow's logs to a file in ``storage`` (printed); the ``ray.init``
+    arguments that keep trial output off the console unless ``-v``."""
+    from segssl.orchestrate.logs import route_library_logs
+
+    verbose = _OPTIONS["verbose"]
+    path = route_library_logs(storage, verbose=verbose)
+    err_console.print(f"Ray and MLflow logs: {path}", highlight=False)
+    return {"log_to_driver": verbose}
+
+
+def _sweep_storage(spec: Any, storage: str | None, root: Path | None) -> Path:
+    """The storage folder ``run_sweep`` will use (see ``plan_sweep``)."""
+    base = (root or Path.cwd()).resolve()
+    where = storage or spec.storage
+    if where and "://" in str(where):  # a remote storage: the log file stays local
+        return base / "segssl-runs" / spec.name
+    path = Path(where) if where else base / "segssl-runs" / spec.name
+    return path if path.is_absolute() else base / path
 
 
 @app.command("methods")
@@ -407,9 +440,11 @@ def sweep_cmd(
         if spec.phantoms is not None and not dry_run:
             where = ensure_phantoms(spec.phantoms, root)
             err_console.print(f"profile {spec.profile}: phantoms in {where}", highlight=False)
+        ray_kwargs = None if dry_run else _library_logs(_sweep_storage(spec, storage, root))
         out = run_sweep(
             spec,
             source=str(sweep),
+            ray_init_kwargs=ray_kwargs,
             address=address,
             tracking_uri=tracking_uri,
             storage=storage,
@@ -616,7 +651,14 @@ def demo_cmd(
     from segssl.report import ReportError
 
     try:
-        table, ui = run_demo(workdir, num_cpus=num_cpus, live=live, console=err_console)
+        ray_kwargs = _library_logs(workdir.resolve() / "segssl-runs" / "demo")
+        table, ui = run_demo(
+            workdir,
+            num_cpus=num_cpus,
+            live=live,
+            console=err_console,
+            ray_init_kwargs=ray_kwargs,
+        )
     except (ConfigError, TrackingError, DataError, ReportError) as exc:
         fail(str(exc))
     except DemoIncomplete as exc:

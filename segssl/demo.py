@@ -170,6 +170,7 @@ def run_demo(
     epochs: int = 10,
     iters: int = 50,
     seeds: int = 3,
+    ray_init_kwargs: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """Run the demo in ``workdir``; return ``(table_markdown, mlflow_ui_command)``.
 
@@ -207,7 +208,7 @@ def run_demo(
         console=console,
         live=live,
         root=wd,
-        ray_init_kwargs={"log_to_driver": False},
+        ray_init_kwargs=ray_init_kwargs or {"log_to_driver": False},
     )
     report = wd / "report"
     report.mkdir(exist_ok=True)
