@@ -165,8 +165,10 @@ def test_library_logs_go_to_a_file_in_the_storage(tmp_path, capfd):
 
     from segssl.orchestrate.logs import LIBRARY_LOGGERS, route_library_logs
 
-    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate) for n in
-             LIBRARY_LOGGERS}
+    saved = {
+        n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate)
+        for n in LIBRARY_LOGGERS
+    }
     try:
         path = route_library_logs(tmp_path / "store")
         assert path.parent == tmp_path / "store" / "logs"

@@ -197,7 +197,8 @@ class _TuneProgress:
                 ((k, float(result[k])) for k in _SHOWN if isinstance(result.get(k), int | float)),
                 None,
             )
-            self.progress.ended(self.stage, trial.trial_id, not failed, _label(self.progress, trial), metric)
+            label = _label(self.progress, trial)
+            self.progress.ended(self.stage, trial.trial_id, not failed, label, metric)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress is not None:

@@ -150,4 +150,3 @@ def test_progress_without_a_terminal_prints_one_line_per_trial_event() -> None:
     assert "elapsed 0:00, ETA 0:00" in lines[1] and len(lines) == 2
     assert all(len(line) > 80 for line in lines)  # never wrapped at the console's width
     assert "\x1b[" not in out.getvalue()  # no colour codes in a file
-
