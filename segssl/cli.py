@@ -338,8 +338,9 @@ def train_cmd(
     run_dir = workdir or Path("runs") / f"{cfg.method.name}-{cfg.stage}-{config_hash(cfg)}"
     recorder = None
     if tracking_uri:
-        from segssl.orchestrate.tracking import start_single_run
+        from segssl.orchestrate.tracking import redact_logging, start_single_run
 
+        redact_logging()
         name = f"{cfg.method.name} {cfg.stage} | {cfg.data.labeled_scans} | seed {cfg.seed}"
         try:
             recorder = start_single_run(tracking_uri, experiment, cfg, name, run_dir)
