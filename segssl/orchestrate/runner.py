@@ -544,6 +544,7 @@ def _launch(
         assert ctx.sweep_run_id is not None
         keeper = ClaimKeeper(claim, also=lambda: tracking.touch_sweep_run(uri, ctx.sweep_run_id))
         progress = SweepProgress(plan.spec.name, plan.spec.max_concurrent, console, opts["live"])
+        progress.names = {t.key: t.name for t in plan.all_trials()}
         for s in plan.order:
             progress.add_stage(s, outcome.stages[s].planned, outcome.stages[s].skipped)
         run = _StageRun(
