@@ -100,6 +100,8 @@ def finished_sweep(tmp_path: Path) -> dict[str, Any]:
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    # the stand-in trials use no memory; Ray's OOM killer must not act on a busy shared machine
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     ray.init(
         num_cpus=2,
         include_dashboard=False,
