@@ -15,7 +15,6 @@ from typing import Any, Optional  # noqa: F401  (typer options)
 import typer
 from rich.console import Console
 
-from segssl import __version__
 
 
 def _plain_help() -> None:
@@ -62,7 +61,9 @@ def fail(message: str, code: int = 2) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"segssl {__version__}")
+        import segssl
+
+        console.print(f"segssl {segssl.__version__}")
         raise typer.Exit()
 
 
