@@ -16,7 +16,6 @@ import typer
 from rich.console import Console
 
 
-
 def _plain_help() -> None:
     """Help as Unix tools write it: ``Usage: segssl train [OPTIONS] CONFIG`` (typer writes a
     required argument as ``{config}``) and no ``<bool>`` type beside on/off flags."""
