@@ -8,7 +8,7 @@ only parses arguments and prints.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional  # noqa: F401  (typer options)
+from typing import Any, Optional  # noqa: F401  (typer options)
 
 import typer
 from rich.console import Console
@@ -357,31 +357,107 @@ def submit_cmd(
         None, "--storage", help="Absolute storage path shared by every node."
     ),
     extend: bool = typer.Option(False, "--extend", help="Pass --extend to the remote sweep."),
+    status: bool = typer.Option(False, "--status", help="Print the sweep's job status."),
+    logs: bool = typer.Option(False, "--logs", help="Print the sweep's job logs."),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="With --logs (or a submission): stream until the job ends."
+    ),
+    stop: bool = typer.Option(False, "--stop", help="Stop the sweep's running job."),
+    ship_code: bool = typer.Option(
+        True, "--ship-code/--no-ship-code", help="Upload this segssl package with the job."
+    ),
+    cluster_credentials: bool = typer.Option(
+        False,
+        "--cluster-credentials",
+        help="Send no MLflow credentials: the cluster nodes' environment has them.",
+    ),
 ) -> None:
-    """Run `segssl sweep` as a Ray job on a remote cluster."""
+    """Run `segssl sweep` as a Ray job on a remote cluster (idempotent: one job per sweep).
+
+    Resubmitting a running sweep attaches to its job; a finished, failed or stopped one gets a
+    new attempt that runs only the missing trials. --status, --logs [--follow] and --stop act on
+    the sweep's latest job. Exit codes of --status, --logs and a followed submission are the
+    job's outcome: 0 succeeded, 1 failed, 3 stopped, 4 pending or running; 2 is a usage error
+    or no such job. --stop exits 0 once the job is no longer running.
+    """
     import os
 
     from segssl.config import ConfigError
+    from segssl.orchestrate import submit as sub
     from segssl.orchestrate.spec import load_sweep
-    from segssl.orchestrate.submit import SubmitError, submit_sweep
 
+    flags = (("--status", status), ("--logs", logs), ("--stop", stop))
+    actions = [name for name, on in flags if on]
+    if len(actions) > 1:
+        fail(f"{' and '.join(actions)}: choose one")
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
     try:
         spec = load_sweep(sweep)
-        job = submit_sweep(
+    except ConfigError as exc:
+        fail(str(exc))
+    if actions:
+        _submit_action(sub, spec, address, actions[0], follow)  # exits with the job's outcome
+    try:
+        res = sub.submit_sweep(
             sweep,
             spec,
             address,
             tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
             storage,
             extend,
+            ship_code=ship_code,
+            cluster_credentials=cluster_credentials,
         )
-    except (ConfigError, SubmitError) as exc:
+    except (ConfigError, sub.SubmitError) as exc:
         fail(str(exc))
     except (ConnectionError, RuntimeError) as exc:
-        fail(f"--address {address}: cannot submit the job: {exc}")
-    console.print(f"submitted job {job}; follow it with: ray job logs --address {address} -f {job}")
+        fail(f"--address {address}: cannot reach the Ray job server: {exc}")
+    verb = "attached to the running" if res.attached else "submitted"
+    console.print(
+        f"{verb} job {res.job_id} (attempt {res.attempt}, {res.status}) of sweep {spec.name}",
+        highlight=False,
+    )
+    if follow:
+        _submit_action(sub, spec, address, "--logs", True)
+    console.print(
+        f"follow it with: segssl submit {sweep} --address {address} --logs --follow",
+        highlight=False,
+    )
+
+
+def _submit_action(sub: Any, spec: Any, address: str, action: str, follow: bool) -> None:
+    """--status / --logs / --stop on the sweep's latest job; exits with its outcome's code."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        client = JobSubmissionClient(address)
+        attempt, job = sub.find_job(client, spec)
+    except sub.SubmitError as exc:
+        fail(str(exc))
+    except (ConnectionError, RuntimeError) as exc:
+        fail(f"--address {address}: cannot reach the Ray job server: {exc}")
+    job_id = str(job.submission_id)
+    state = str(getattr(job.status, "value", job.status))
+    if action == "--logs":
+        if follow:
+            state = sub.follow_logs(client, job_id, _echo_raw)
+        else:
+            typer.echo(client.get_job_logs(job_id), nl=False)
+    elif action == "--stop":
+        if state in ("PENDING", "RUNNING"):
+            state = sub.stop_job(client, job_id)
+        err_console.print(f"job {job_id}: {state}", highlight=False)
+        raise typer.Exit(0 if state in ("STOPPED", "SUCCEEDED", "FAILED") else 4)
+    msg = f" ({job.message})" if action == "--status" and job.message else ""
+    err_console.print(
+        f"sweep {spec.name}: job {job_id} (attempt {attempt}) {state}{msg}", highlight=False
+    )
+    raise typer.Exit(sub.job_exit_code(state))
+
+
+def _echo_raw(text: str) -> None:
+    typer.echo(text, nl=False)
 
 
 @app.command("demo")

@@ -155,19 +155,36 @@ def _peak_mem_mb(runtime: Runtime) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _check_finite(out: dict[str, torch.Tensor], epoch: int, it: int, step: int) -> dict:
+def _step_values(out: dict[str, torch.Tensor]) -> tuple[tuple[str, ...], torch.Tensor]:
+    """The step's logged values as ONE detached float32 device tensor (no host read here)."""
     if "loss" not in out:
         raise KeyError(f"training_step must return a dict with 'loss', got keys {sorted(out)}")
-    values = dict(
-        zip(out, torch.stack([v.detach().float() for v in out.values()]).tolist(), strict=True)
-    )
-    if not all(math.isfinite(v) for v in values.values()):
-        parts = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-        raise NonFiniteLossError(
-            f"non-finite loss at epoch {epoch + 1}, iteration {it + 1} (global step {step}): "
-            f"{parts}; stopping the run"
-        )
-    return values
+    return tuple(out), torch.stack([v.detach().float() for v in out.values()])
+
+
+def _epoch_values(
+    steps: list[tuple[tuple[str, ...], torch.Tensor]], epoch: int, first_step: int
+) -> dict[str, float]:
+    """Read an epoch's step values from the device ONCE; their means per name.
+
+    Raises:
+        NonFiniteLossError: naming the first step whose loss or a part is NaN or Inf.
+    """
+    flat = torch.cat([v for _, v in steps]).tolist() if steps else []
+    sums: dict[str, float] = {}
+    at = 0
+    for it, (keys, _) in enumerate(steps):
+        values = dict(zip(keys, flat[at : at + len(keys)], strict=True))
+        at += len(keys)
+        if not all(math.isfinite(v) for v in values.values()):
+            parts = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch + 1}, iteration {it + 1} (global step "
+                f"{first_step + it}): {parts}; stopping the run"
+            )
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+    return {k: v / len(steps) for k, v in sums.items()}
 
 
 def _picture_batch(data: DataBundle, count: int, multiple: int) -> Batch | None:
@@ -365,13 +382,15 @@ class _Run:
         self.progress.message(f"resumed from {self.last_path} after epoch {self.start_epoch}")
 
     # ------------------------------------------------------------------ epochs
-    def _step(self, epoch: int, it: int) -> dict[str, float]:
+    def _step(self, epoch: int, it: int) -> tuple[tuple[str, ...], torch.Tensor]:
+        """One optimisation step; returns the logged values on the device (read once per
+        epoch by :func:`_epoch_values`: nothing in a step waits for the device)."""
         cfg, rt, opt = self.cfg, self.runtime, self.optimizer
         step = epoch * cfg.train.iters_per_epoch + it + 1
         lab, unl = self.batches.draw(self.method_cls.uses_labeled, self.method_cls.uses_unlabeled)
         with torch.autocast(rt.device.type, enabled=rt.amp):
             out = self.method.training_step(lab, unl)
-        values = _check_finite(out, epoch, it, step)
+        values = _step_values(out)
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
         if cfg.optim.grad_clip is not None:
@@ -418,13 +437,15 @@ class _Run:
         self.method.train()
         self.progress.start_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
-        sums: dict[str, float] = {}
+        steps = []
         for it in range(iters):
-            for k, v in self._step(epoch, it).items():
-                sums[k] = sums.get(k, 0.0) + v
-            self.progress.advance({k: v / (it + 1) for k, v in sums.items()})
+            steps.append(self._step(epoch, it))
+            self.progress.advance()
+        # the epoch's one host read of the loss values (a NaN stops the run here, before this
+        # epoch's checkpoint is written)
+        means = _epoch_values(steps, epoch, epoch * iters + 1)
         self.scheduler.step()
-        metrics = {f"train/{k}": v / iters for k, v in sums.items()}
+        metrics = {f"train/{k}": v for k, v in means.items()}
         metrics["train/lr"] = lr
         metrics.update(self._validate(epoch))
         took = self.progress.end_epoch(epoch, metrics)

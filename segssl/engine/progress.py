@@ -1,5 +1,8 @@
-"""Terminal progress of a run (rich): epoch bar with running losses, then one summary line per
-epoch with the validation Dice, the epoch's duration and the ETA of the run."""
+"""Terminal progress of a run (rich): epoch bar, then one summary line per epoch with the
+epoch's mean losses, the validation Dice, the epoch's duration and the ETA of the run.
+
+The bar shows no running losses: reading a loss value on the host at every step would make each
+GPU step wait for the device; the loss means are read once per epoch and shown in the summary."""
 
 from __future__ import annotations
 
@@ -41,19 +44,17 @@ class EpochProgress:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("{task.fields[losses]}"),
             console=self.console,
             transient=True,
         )
         self._progress.start()
         desc = f"{self.title} epoch {epoch + 1}/{self.epochs}"
-        self._task = self._progress.add_task(desc, total=self.iters, losses="")
+        self._task = self._progress.add_task(desc, total=self.iters)
 
-    def advance(self, means: dict[str, float]) -> None:
-        """One iteration done; ``means`` are the running means of the loss parts."""
+    def advance(self) -> None:
+        """One iteration done."""
         if self._progress is not None:
-            text = " ".join(f"{k}={v:.4g}" for k, v in means.items())
-            self._progress.update(self._task, advance=1, losses=text)
+            self._progress.update(self._task, advance=1)
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> float:
         """Close the bar and print the epoch summary; returns the epoch's duration (s)."""

@@ -47,7 +47,10 @@ def supcon_loss(z: Tensor, labels: Tensor | None = None, temperature: float = 0.
         z: ``(2N, D)`` embeddings, the first N rows view 1 and the last N rows view 2 of the
             same N images (L2-normalised here).
         labels: meta-labels ``G``: ``(2N,)`` per view, or ``(N,)`` per image (shared by both
-            views); ``None`` makes each image its own class (SimCLR / G^R).
+            views); ``None`` makes each image its own class (SimCLR / G^R). With ``(N,)`` or
+            ``None`` every anchor has a positive (its other view) and nothing is read back to
+            the host; ``(2N,)`` labels are checked for anchors without a positive, which reads
+            the labels on the host (on a GPU a synchronisation): training steps pass ``(N,)``.
         temperature: ``tau > 0`` (0.07 in the BIM code).
 
     Returns:
@@ -63,9 +66,10 @@ def supcon_loss(z: Tensor, labels: Tensor | None = None, temperature: float = 0.
     if n2 < 2 or n2 % 2:
         raise ValueError(f"z must hold 2N >= 2 views (two per image), got shape {tuple(z.shape)}")
     n = n2 // 2
+    paired = labels is None or (labels.ndim == 1 and labels.shape[0] == n)
     if labels is None:
         labels = torch.arange(n, device=z.device).repeat(2)
-    elif labels.ndim == 1 and labels.shape[0] == n:
+    elif paired:
         labels = labels.repeat(2)
     elif labels.ndim != 1 or labels.shape[0] != n2:
         raise ValueError(
@@ -80,11 +84,13 @@ def supcon_loss(z: Tensor, labels: Tensor | None = None, temperature: float = 0.
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         pos = (labels.view(-1, 1) == labels.view(1, -1)) & ~self_mask
         n_pos = pos.sum(1)
+        pos_log = log_prob.masked_fill(~pos, 0.0).sum(1)
+        if paired:  # every anchor has its other view as a positive: all anchors count
+            return -(pos_log / n_pos).mean()
         anchors = n_pos > 0
         if not bool(anchors.any()):
             raise ValueError("no anchor has a positive: every meta-label occurs only once")
-        mean_log = log_prob.masked_fill(~pos, 0.0).sum(1)[anchors] / n_pos[anchors]
-        return -mean_log.mean()
+        return -(pos_log[anchors] / n_pos[anchors]).mean()
 
 
 def negative_mask(
@@ -110,6 +116,22 @@ def negative_mask(
         return torch.maximum(du, dv) >= min_distance
     if rule == "row_col":
         return (du > 0) & (dv > 0)
+    raise ValueError(f"rule must be 'chebyshev' or 'row_col', got {rule!r}")
+
+
+def _every_anchor_has_negatives(grid: tuple[int, int], min_distance: int, rule: str) -> bool:
+    """Whether every row of :func:`negative_mask` has a True entry, from the grid size alone
+    (no tensor is read: the check costs no device synchronisation).
+
+    Chebyshev: the farthest position from ``(u, v)`` is at distance ``max(u, gh-1-u, v,
+    gw-1-v)``, smallest at the centre: ``max(ceil((gh-1)/2), ceil((gw-1)/2))``. Row-column:
+    another row and another column exist.
+    """
+    gh, gw = grid
+    if rule == "chebyshev":
+        return max(gh // 2, gw // 2) >= min_distance
+    if rule == "row_col":
+        return gh > 1 and gw > 1
     raise ValueError(f"rule must be 'chebyshev' or 'row_col', got {rule!r}")
 
 
@@ -169,12 +191,12 @@ def dense_contrastive_loss(
     b, c, gh, gw = f1.shape
     if isinstance(min_distance, bool) or not isinstance(min_distance, int) or min_distance < 1:
         raise ValueError(f"min_distance must be an int >= 1, got {min_distance!r}")
-    neg = negative_mask((gh, gw), min_distance, rule, device=f1.device)
-    if not bool(neg.any(1).all()):
+    if not _every_anchor_has_negatives((gh, gw), min_distance, rule):
         raise ValueError(
             f"min_distance={min_distance} (rule {rule!r}) leaves anchors without negatives on a "
             f"{gh}x{gw} grid; use a smaller min_distance or a larger grid"
         )
+    neg = negative_mask((gh, gw), min_distance, rule, device=f1.device)
     if labels is not None and (labels.ndim != 1 or labels.shape[0] != b):
         raise ValueError(
             f"labels must be (B,) for f1 of shape (B, C, Gh, Gw), got f1 {tuple(f1.shape)} "

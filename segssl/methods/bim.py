@@ -116,8 +116,8 @@ class BIM(Method):
             from segssl.losses.contrastive import supcon_loss
 
             z = self.heads["global"](torch.cat([f_x[cfg.global_tap], f_tx[cfg.global_tap]]))
-            meta = unlabeled["partition"].repeat(2)
-            parts["con"] = supcon_loss(z, meta, temperature=cfg.temperature)
+            # (N,) meta-labels, shared by both views: every anchor has a positive
+            parts["con"] = supcon_loss(z, unlabeled["partition"], temperature=cfg.temperature)
         weights = {"con": cfg.w_con, "mi": cfg.w_mi, "cc": cfg.w_cc * cfg.lambda_cc}
         total = sum(weights[k] * v for k, v in parts.items())
         return parts_output(total, parts)

@@ -37,34 +37,25 @@ def _check_input(x: Tensor, in_ch: int, owner: str) -> None:
 
 
 class _MaskedSoftmax(torch.autograd.Function):
-    """``softmax(z, dim) * mask``, computed in place in the buffer of ``z``.
+    """``softmax(z, dim) * mask`` with ONE saved buffer (the masked output).
 
-    ``z`` is the freshly made stacked 1x1-conv output, needed by nothing else, so the softmax
-    overwrites it instead of allocating another ``(B, n_heads, K, H, W)`` tensor (on CPU every
-    fresh tensor of this size costs a page-faulting first write). For a binary mask the backward
-    is the ordinary softmax backward evaluated on the masked output: at masked pixels the output
-    is 0, so the gradient is 0 there as well; elsewhere the output equals the softmax.
+    The softmax is ATen's fused kernel (one pass instead of max, subtract, exp, sum and divide),
+    and the mask is multiplied into its output in place. For a binary mask the backward is the
+    ordinary softmax backward evaluated on the masked output: at masked pixels the output is 0,
+    so the gradient is 0 there as well; elsewhere the output equals the softmax.
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, shape: tuple[int, ...], mask: Tensor | None) -> Tensor:
-        # z: the (B, n_heads * K, H, W) conv output (not a view: in-place ops on a view would
-        # make autograd copy the whole base in backward); shape: its (B, n_heads, K, H, W) view
-        p = z.view(shape)
-        p.sub_(p.amax(2, keepdim=True)).exp_()
-        p.div_(p.sum(2, keepdim=True))
-        if mask is not None:
-            p.mul_(mask)
-        ctx.mark_dirty(z)
-        ctx.shape = shape
-        ctx.save_for_backward(z)
-        return z
+    def forward(ctx, z: Tensor, dim: int, mask: Tensor) -> Tensor:
+        p = torch.softmax(z, dim).mul_(mask)
+        ctx.dim = dim
+        ctx.save_for_backward(p)
+        return p
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
-        (z,) = ctx.saved_tensors
-        p, g = z.view(ctx.shape), grad.reshape(ctx.shape)
-        return torch._softmax_backward_data(g, p, 2, p.dtype).view(z.shape), None, None
+        (p,) = ctx.saved_tensors
+        return torch._softmax_backward_data(grad, p, ctx.dim, p.dtype), None, None
 
 
 class ClusterHeads(nn.Module):
@@ -95,11 +86,21 @@ class ClusterHeads(nn.Module):
         self.heads = nn.ModuleList(nn.Conv2d(in_ch, k, kernel_size=1) for _ in range(n_heads))
 
     def _conv(self, x: Tensor) -> Tensor:
-        """All heads' scores from ONE 1x1 conv (weights concatenated), ``(B, n_heads*K, H, W)``."""
+        """All heads' scores from ONE 1x1 conv (weights concatenated), ``(B, n_heads*K, H, W)``.
+
+        A 1x1 convolution is a matrix product over channels: ``W @ x[b] + bias`` for every image
+        ``b`` with ``x[b]`` viewed as ``(in_ch, H*W)``. It is computed as one batched product
+        (``baddbmm``) instead of ``conv2d``, which on CPU sends small-batch 1x1 convolutions to
+        the generic ``_slow_conv2d`` path (im2col-free but with a separate bias pass and a
+        slower backward).
+        """
         _check_input(x, self.in_ch, "ClusterHeads")
-        weight = torch.cat([h.weight for h in self.heads])
+        weight = torch.cat([h.weight for h in self.heads]).flatten(1)  # (n_heads*K, in_ch)
         bias = torch.cat([h.bias for h in self.heads])
-        return F.conv2d(x, weight, bias)
+        b, c = x.shape[:2]
+        flat = x.reshape(b, c, -1)  # a view for contiguous maps (channels_last: one copy)
+        z = torch.baddbmm(bias.view(1, -1, 1), weight.expand(b, *weight.shape), flat)
+        return z.view(b, -1, *x.shape[2:])
 
     def _shape(self, x: Tensor) -> tuple[int, ...]:
         return (x.shape[0], len(self.heads), self.k, *x.shape[2:])
@@ -117,26 +118,29 @@ class ClusterHeads(nn.Module):
 
         Args:
             x: ``(B, in_ch, H, W)`` features.
-            mask: optional binary ``(B, 1, H, W)`` pixel mask; the probabilities are multiplied
-                by it in place (zero outside), with the gradient of ``softmax * mask``.
+            mask: optional binary ``(B, 1, H, W)`` pixel mask (bool, or floats that are all 0 or
+                1, such as :meth:`TransformState.valid_mask`); the probabilities are multiplied
+                by it (zero outside), with the gradient of ``softmax * mask``. Its values are
+                not inspected here (that would read them back to the host at every step, a GPU
+                synchronisation); other values give ``softmax * mask`` with a gradient that is
+                not the product rule's.
 
         Raises:
             ValueError: on a wrong feature shape, or a mask that is not a ``(B, 1, H, W)``
-                tensor of zeros and ones.
+                float or bool tensor.
         """
-        # made fresh here, so the softmax may overwrite it; float32 as autocast runs softmax
-        z = self._conv(x).float()
-        if mask is not None:
-            want = (x.shape[0], 1, *x.shape[2:])
-            if tuple(mask.shape) != want:
-                raise ValueError(
-                    f"mask must have shape {want} for features {tuple(x.shape)}, "
-                    f"got {tuple(mask.shape)}"
-                )
-            if not bool(((mask == 0) | (mask == 1)).all()):
-                raise ValueError("mask must contain only 0 and 1")
-            mask = mask.to(z.dtype).unsqueeze(1)  # (B, 1, 1, H, W)
-        return _MaskedSoftmax.apply(z, self._shape(x), mask).view(self._shape(x))
+        # float32 as autocast runs softmax
+        z = self._conv(x).float().view(self._shape(x))
+        if mask is None:
+            return torch.softmax(z, 2)
+        want = (x.shape[0], 1, *x.shape[2:])
+        binary_type = mask.dtype.is_floating_point or mask.dtype == torch.bool
+        if tuple(mask.shape) != want or not binary_type:
+            raise ValueError(
+                f"mask must be a float or bool tensor of shape {want} for features "
+                f"{tuple(x.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+            )
+        return _MaskedSoftmax.apply(z, 2, mask.to(z.dtype).unsqueeze(1))  # (B, 1, 1, H, W)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Cluster probabilities of every head (softmax over K), ``(B, K, H, W)`` each."""

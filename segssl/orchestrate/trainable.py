@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from segssl.config import RunConfig, flatten
+from segssl.orchestrate import gpu_guard
 from segssl.orchestrate.plan import (
     SearchStage,
     deep_merge,
@@ -122,6 +123,14 @@ def _non_retryable() -> tuple[type[BaseException], ...]:
     return (ConfigError, DataError, CheckpointError, EngineConfigError, NonFiniteLossError)
 
 
+def _release_cuda_cache() -> None:
+    """Give the cached blocks of a trial that ran out of GPU memory back to its neighbours."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run_trial(
     param_config: dict[str, Any],
     *,
@@ -172,6 +181,8 @@ def run_trial(
     workdir.mkdir(parents=True, exist_ok=True)
     recorder = TrialRecorder(ctx.tracking_uri, ctx.experiment_id, ctx.sweep_run_id, workdir)
     recorder.start(task.name, task.tags, task.params)
+    guard = gpu_guard.guard_from_ray()  # a fractional GPU share caps this process's memory
+    recorder.set_tags(gpu_guard.placement_tags(guard))
     seen: dict[str, float] = {}
     best: float | None = None
     t0 = time.time()
@@ -199,11 +210,14 @@ def run_trial(
     try:
         result = train_fn(task.config, report, workdir=workdir, resume=True)
     except BaseException as exc:
+        if gpu_guard.is_oom(exc):  # the same trial asks for the same memory again: no retry
+            exc = gpu_guard.oom_report(exc, task.key, guard)
+            _release_cuda_cache()
         killed = isinstance(exc, KeyboardInterrupt | SystemExit) or "Stop" in type(exc).__name__
         reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         if isinstance(exc, SystemExit):  # how Ray Tune ends a function trial it stops
             reason = "stopped by Ray Tune (early stop)"
-        if not killed and isinstance(exc, _non_retryable()):
+        if not killed and isinstance(exc, (*_non_retryable(), gpu_guard.GpuMemoryError)):
             # the same config fails the same way again: no retry; the run says why
             recorder.set_tags({"segssl.retryable": "false"})
             recorder.end("FAILED", reason)

@@ -232,3 +232,30 @@ def test_dense_contrastive_ld_golden_and_reduces_to_lr() -> None:
     torch.testing.assert_close(distinct, dense_contrastive_loss(f1, f2, 0.2, min_distance=2))
     with pytest.raises(ValueError, match=r"f1 \(3, 3, 3, 4\) and labels \(2,\)"):
         dense_contrastive_loss(f1, f2, labels=torch.tensor([0, 1]), min_distance=2)
+
+
+def test_supcon_per_image_labels_equal_per_view_labels_with_gradients() -> None:
+    """The sync-free path for (N,) labels is the checked (2N,) path with the labels repeated."""
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(8, 5, generator=g, requires_grad=True)
+    labels = torch.tensor([0, 1, 0, 2])
+    a = supcon_loss(z, labels)
+    (ga,) = torch.autograd.grad(a, z)
+    b = supcon_loss(z, labels.repeat(2))
+    (gb,) = torch.autograd.grad(b, z)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ga, gb)
+    none = supcon_loss(z)
+    torch.testing.assert_close(none, supcon_loss(z, torch.arange(4).repeat(2)))
+
+
+@pytest.mark.parametrize("rule", ["chebyshev", "row_col"])
+def test_negatives_check_from_grid_size_equals_the_mask(rule: str) -> None:
+    from segssl.losses.contrastive import _every_anchor_has_negatives
+
+    for gh in range(1, 8):
+        for gw in range(1, 8):
+            for d in range(1, 5):
+                mask = negative_mask((gh, gw), d, rule)
+                want = bool(mask.any(1).all())
+                assert _every_anchor_has_negatives((gh, gw), d, rule) == want, (gh, gw, d)

@@ -121,7 +121,32 @@ def test_cluster_heads_state_dict_keys_and_mask_errors() -> None:
         "heads.1.weight",
     ]
     x = torch.rand(2, 4, 5, 5)
-    with pytest.raises(ValueError, match=r"mask must have shape \(2, 1, 5, 5\).*got \(2, 5, 5\)"):
+    with pytest.raises(ValueError, match=r"mask must be .* shape \(2, 1, 5, 5\).*\(2, 5, 5\)"):
         heads.probs(x, torch.ones(2, 5, 5))
-    with pytest.raises(ValueError, match="mask must contain only 0 and 1"):
-        heads.probs(x, torch.full((2, 1, 5, 5), 0.5))
+    with pytest.raises(ValueError, match=r"float or bool tensor.*torch.int64"):
+        heads.probs(x, torch.ones(2, 1, 5, 5, dtype=torch.long))
+    # a bool mask is the float mask
+    mask = torch.rand(2, 1, 5, 5, generator=torch.Generator().manual_seed(0)) > 0.5
+    torch.testing.assert_close(heads.probs(x, mask), heads.probs(x, mask.float()))
+
+
+def test_1x1_conv_as_matmul_equals_conv2d_with_gradients() -> None:
+    """The heads' batched matrix product over channels is conv2d with the stacked weights."""
+    torch.manual_seed(0)
+    heads = ClusterHeads(in_ch=6, k=4, n_heads=3)
+    x = torch.randn(3, 6, 9, 7, requires_grad=True)
+    z = heads.stacked_logits(x)
+    weight = torch.cat([h.weight for h in heads.heads])
+    bias = torch.cat([h.bias for h in heads.heads])
+    x_ref = x.detach().clone().requires_grad_()
+    ref = torch.nn.functional.conv2d(x_ref, weight, bias).view(3, 3, 4, 9, 7)
+    torch.testing.assert_close(z, ref)
+    up = torch.randn_like(ref)
+    grads = torch.autograd.grad((z * up).sum(), [x, *heads.parameters()])
+    ref_grads = torch.autograd.grad((ref * up).sum(), [x_ref, *heads.parameters()])
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b)
+    # channels_last features give the same scores
+    torch.testing.assert_close(
+        heads.stacked_logits(x.detach().contiguous(memory_format=torch.channels_last)), z.detach()
+    )

@@ -80,3 +80,63 @@ def quick_train(
     }
     (wd / "result.json").write_text(json.dumps(result))
     return result
+
+
+class FakeJobClient:
+    """In-memory stand-in for ``ray.job_submission.JobSubmissionClient``: a job table keyed by
+    submission id that refuses a duplicate id as Ray's job server does, and keeps a copy of each
+    submitted working directory (the real client uploads it during ``submit_job``)."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Any] = {}
+        self.submitted: list[dict[str, Any]] = []
+        self.files: dict[str, dict[str, str]] = {}
+        self.logs: dict[str, list[str]] = {}
+        self.stopped: list[str] = []
+
+    def _job(self, sub_id: str) -> Any:
+        if sub_id not in self.jobs:
+            raise RuntimeError(f"Request failed with status code 404: Job {sub_id} does not exist.")
+        return self.jobs[sub_id]
+
+    def submit_job(self, *, entrypoint: str, submission_id: str, **kw: Any) -> str:
+        from types import SimpleNamespace
+
+        if submission_id in self.jobs:
+            raise RuntimeError(
+                f"Request failed with status code 400: Job with submission_id {submission_id} "
+                "already exists. Please use a different submission_id."
+            )
+        self.submitted.append({"entrypoint": entrypoint, "submission_id": submission_id, **kw})
+        wd = Path(kw["runtime_env"]["working_dir"])
+        self.files[submission_id] = {
+            p.relative_to(wd).as_posix(): p.read_text() for p in wd.rglob("*") if p.is_file()
+        }
+        self.jobs[submission_id] = SimpleNamespace(
+            submission_id=submission_id,
+            status="PENDING",
+            message="Job has not started yet.",
+            metadata=kw.get("metadata") or {},
+        )
+        return submission_id
+
+    def list_jobs(self) -> list[Any]:
+        return list(self.jobs.values())
+
+    def get_job_info(self, sub_id: str) -> Any:
+        return self._job(sub_id)
+
+    def get_job_logs(self, sub_id: str) -> str:
+        return "".join(self.logs.get(sub_id, []))
+
+    async def tail_job_logs(self, sub_id: str) -> Any:
+        for chunk in self.logs.get(sub_id, []):
+            yield chunk
+
+    def stop_job(self, sub_id: str) -> bool:
+        job = self._job(sub_id)
+        self.stopped.append(sub_id)
+        running = job.status in ("PENDING", "RUNNING")
+        if running:
+            job.status = "STOPPED"
+        return running

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from orch_helpers import FakeJobClient
 from typer.testing import CliRunner
 
 from segssl.cli import app
@@ -122,21 +123,16 @@ def test_submit_builds_the_entrypoint(tmp_path: Path) -> None:
         "--extend",
     ]
 
-    class FakeClient:
-        def submit_job(self, **kw: Any) -> str:
-            self.kw = kw
-            return "raysubmit_1"
-
     src = tmp_path / "s.yaml"
     src.write_text("name: remote\n")
-    client = FakeClient()
+    client = FakeJobClient()
     job = submit_sweep(src, spec(), "http://head:8265", "http://mlflow:5000", client=client)
-    assert job == "raysubmit_1"
-    assert client.kw["entrypoint"].startswith("segssl sweep s.yaml --address auto")
-    assert "--storage /shared/segssl" in client.kw["entrypoint"]
-    wd = Path(client.kw["runtime_env"]["working_dir"])
-    assert (wd / "s.yaml").read_text() == "name: remote\n"
-    assert client.kw["metadata"] == {"segssl.sweep": "remote"}
+    assert job.job_id.startswith("segssl-remote-") and not job.attached
+    kw = client.submitted[0]
+    assert kw["entrypoint"].startswith("segssl sweep s.yaml --address auto")
+    assert "--storage /shared/segssl" in kw["entrypoint"]
+    assert client.files[job.job_id] == {"s.yaml": "name: remote\n"}
+    assert kw["metadata"]["segssl.sweep"] == "remote"
 
 
 def test_submit_cli_refuses_before_contacting(
@@ -163,17 +159,17 @@ def test_submitted_job_sees_the_sweep_as_a_local_run(
     here.mkdir()
     monkeypatch.chdir(here)
 
-    class FakeClient:
-        def submit_job(self, **kw: Any) -> str:
-            self.kw = kw
-            return "raysubmit_2"
-
-    client = FakeClient()
+    client = FakeJobClient()
     spec = load_sweep(src)
-    submit_sweep(src, spec, "http://head:8265", "http://mlflow:5000", "/shared/s", client=client)
-    args = shlex.split(client.kw["entrypoint"])
+    job = submit_sweep(
+        src, spec, "http://head:8265", "http://mlflow:5000", "/shared/s", client=client
+    )
+    args = shlex.split(client.submitted[0]["entrypoint"])
     assert args[args.index("--root") + 1] == str(here)
-    wd = Path(client.kw["runtime_env"]["working_dir"])
+    wd = tmp_path / "job"  # the working dir as the cluster unpacks it
+    for rel, text in client.files[job.job_id].items():
+        (wd / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wd / rel).write_text(text)
     local = plan_sweep(spec, source=str(src), storage="/shared/s", root=here)
 
     monkeypatch.chdir(wd)  # what the job's driver does on the head node
@@ -198,14 +194,10 @@ def test_submit_refuses_a_bad_table_before_submitting(
     table = {"name": "t", "stage": "finetune", "metric": "test/dsc", "rows": ["method.nope"]}
     src = sweep_file(tmp_path, tables=[table])
 
-    class FakeClient:
-        def submit_job(self, **kw: Any) -> str:
-            raise AssertionError("submitted a sweep whose table cannot work")
-
+    client = FakeJobClient()
     with pytest.raises(ConfigError, match="method.nope"):
-        submit_sweep(
-            src, load_sweep(src), "http://h:8265", "http://m:5000", "/shared/s", client=FakeClient()
-        )
+        submit_sweep(src, load_sweep(src), "http://h:8265", "http://m:5000", "/shared/s", client)
+    assert client.submitted == []
 
 
 @pytest.mark.parametrize("finished_any", [True, False])
