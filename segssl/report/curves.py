@@ -1,7 +1,10 @@
-"""Learning curves of a table: validation Dice against epoch, mean with a std band over seeds.
+"""Curves of a table, mean with a std band over seeds.
 
-One panel per column of the table (mean columns skipped), one line per row, drawn from the
-same runs the table's cells were computed from (after model selection).
+* :func:`plot_curves` (``curve: epochs``): learning curves, validation Dice against epoch; one
+  panel per column of the table (mean columns skipped), one line per row, drawn from the same runs
+  the table's cells were computed from (after model selection).
+* :func:`plot_columns` (``curve: columns``): the table's own cells as curves over its columns in
+  their order, one line per row (e.g. Dice against the labeled ratio, GMI Fig. 4).
 """
 
 from __future__ import annotations
@@ -89,6 +92,65 @@ def plot_curves(
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
     fig.suptitle(f"{spec.title or spec.name}: {metric}, mean ± std over seeds", fontsize=10)
     fig.tight_layout(rect=(0, 0.08 + 0.02 * (len(labels) // 4), 1, 0.95))
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def column_series(agg: pd.DataFrame) -> dict[str, tuple[list, list, list]]:
+    """Per row (display label): the cells' ``(means, stds, ns)`` in column order, in the
+    table's scale (mean columns skipped; a missing cell is NaN, n 0)."""
+    if "rows" not in agg.attrs:
+        raise ReportError("column_series() expects the DataFrame returned by aggregate()")
+    cols = [c for c in agg.attrs["columns"] if not c.is_mean]
+    cells = {
+        ((r["row_group"], r["row"]), (r["col_group"], r["col"])): r for r in agg.to_dict("records")
+    }
+    out = {}
+    for r in agg.attrs["rows"]:
+        got = [cells.get((r.ident, c.ident)) for c in cols]
+        out[r.display] = (
+            [g["mean"] if g and g["n"] else math.nan for g in got],
+            [g["std"] if g and g["n"] else math.nan for g in got],
+            [int(g["n"]) if g else 0 for g in got],
+        )
+    return out
+
+
+def plot_columns(agg: pd.DataFrame, out_path: str | Path) -> Path:
+    """Draw every row of an aggregated table as a curve over its columns (mean, std band).
+
+    Args:
+        agg: the DataFrame returned by :func:`segssl.report.aggregate.aggregate`.
+        out_path: the PNG to write (parent folders are created).
+
+    Returns:
+        The written path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = column_series(agg)  # raises on a foreign frame
+    spec = agg.attrs["spec"]
+    k = spec.scale
+    cols = [c for c in agg.attrs["columns"] if not c.is_mean]
+    fig, ax = plt.subplots(figsize=(1.2 * len(cols) + 3, 3.5))
+    x = np.arange(len(cols))
+    for label, (means, stds, ns) in series.items():
+        m = np.array(means, float)
+        s = np.nan_to_num(np.array(stds, float))
+        (line,) = ax.plot(x, m, marker="o", label=f"{label} (n<={max(ns, default=0)})")
+        ax.fill_between(x, m - s, m + s, alpha=0.2, color=line.get_color())
+    ax.set_xticks(x, [c.display for c in cols], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(spec.metric + (f" x {k:g}" if k != 1 else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{spec.title or spec.name}: mean ± std over seeds", fontsize=10)
+    fig.tight_layout()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from segssl.orchestrate.table_spec import TableSpec
 from segssl.report.aggregate import aggregate
-from segssl.report.curves import plot_curves
+from segssl.report.curves import plot_columns, plot_curves
 from segssl.report.errors import ReportError
 from segssl.report.render import FORMATS, csv_frame, render
 from segssl.report.runs import latest_parent_run, load_runs
@@ -61,7 +61,8 @@ def render_sweep_tables(
         base_dirs: folders where relative paper files are looked for (the sweep's folder).
         log_artifact: log the rendered text as ``tables/<sweep>.<ext>`` of the sweep's latest
             parent run, when there is one.
-        curves_dir: when given, write ``<table>_curves.png`` there for every table.
+        curves_dir: when given, write ``<table>_curves.png`` there for every table (its
+            ``curve``: learning curves, or the cells over the columns).
 
     Returns:
         The rendered text (tables separated by a blank line; CSV: one header, all tables).
@@ -75,7 +76,11 @@ def render_sweep_tables(
         text = "\n".join(render(agg, t, fmt) for t, agg in built)
     if curves_dir is not None:
         for t, agg in built:
-            plot_curves(agg, tracking_uri, Path(curves_dir) / f"{t.name}_curves.png")
+            out = Path(curves_dir) / f"{t.name}_curves.png"
+            if t.curve == "columns":
+                plot_columns(agg, out)
+            else:
+                plot_curves(agg, tracking_uri, out)
     if log_artifact:
         parent = latest_parent_run(tracking_uri, name)
         if parent is not None:
