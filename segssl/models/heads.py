@@ -7,6 +7,9 @@
 * :class:`DenseProjector` - the dense projector of Contrast(Dec) (BIM App. E, Chaitanya g2):
   adaptive average pooling to a ``grid x grid`` map (20 x 20), 1x1 conv, LeakyReLU, 1x1 conv,
   L2 normalisation over channels.
+* :class:`PooledClusterHeads` - GMI's global projectors: max pooling, ``n_heads`` linear layers to
+  K clusters, softmax (GMI Sec. 4.2: K = 10, 5 heads).
+* :class:`MapDiscriminator` - adversarial training's image-level discriminator on softmax maps.
 """
 
 from __future__ import annotations
