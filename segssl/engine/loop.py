@@ -222,6 +222,15 @@ def _save_pictures(method: Method, batch: Batch | None, runtime: Runtime, out: P
     return paths
 
 
+def best_val_metrics(history: list[dict], best_epoch: int) -> dict[str, float]:
+    """``best_val/<metric>``: the ``val/*`` metrics of the best validation epoch (the papers that
+    report validation Dice, GMI, report these); empty when no epoch was validated."""
+    for entry in history:
+        if entry.get("epoch") == best_epoch:
+            return {f"best_{k}": v for k, v in entry.items() if k.startswith("val/")}
+    return {}
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
@@ -252,7 +261,8 @@ def train(
     Returns:
         The result dict written to ``workdir/result.json``: ``metrics`` (``best_epoch``,
         ``test/dsc``, ``test/dsc/<class>``, ``test/hd95/<class>``, ``test/asd/<class>``,
-        ``cost/wall_s``, ``cost/gpu_s``, ``cost/peak_mem_mb``), ``history`` (per-epoch metrics),
+        ``best_val/dsc``, ``best_val/dsc/<class>`` (the best validation epoch's), ``cost/wall_s``,
+        ``cost/gpu_s``, ``cost/peak_mem_mb``), ``history`` (per-epoch metrics),
         checkpoint paths, pictures, data and split fingerprints, config hash.
 
     Raises:
@@ -483,6 +493,8 @@ class _Run:
         """Test the selected weights, draw pictures, write and return the result."""
         cfg, data, rt = self.cfg, self.data, self.runtime
         final: dict[str, float] = {"best_epoch": float(self._select_final_weights())}
+        if self.supervised:
+            final.update(best_val_metrics(self.history, int(self.best["epoch"])))
         self.method.eval()
         if self.supervised and data.test:
             final.update(

@@ -96,6 +96,11 @@ def test_result_metrics_and_reports(tiny, tmp_path: Path) -> None:
     assert (tmp_path / "config.yaml").read_text().startswith("seed: 0\nstage: finetune")
     assert load_checkpoint(tmp_path / "checkpoints/best.pt")["epoch"] == m["best_epoch"]
     assert result["split_fingerprint"] and result["data_fingerprint"]
+    at_best = reports[int(m["best_epoch"]) - 1][1]  # the best epoch's validation metrics
+    assert m["best_val/dsc"] == best and m["best_val/dsc/LV"] == at_best["val/dsc/LV"]
+    assert {k[len("best_") :] for k in m if k.startswith("best_val/")} == {
+        k for k in at_best if k.startswith("val/")
+    }
 
 
 def test_pretrain_then_finetune(tiny, tmp_path: Path) -> None:

@@ -399,9 +399,9 @@ def test_gmi_table2_rows_in_the_paper_order_with_its_numbers() -> None:
                 "params.variant": lab,
                 "params.seed": str(s),
                 "metrics.best_val/dsc": 0.8,
-                "metrics.best_val/dsc/rv": 0.7,
-                "metrics.best_val/dsc/myo": 0.8,
-                "metrics.best_val/dsc/lv": 0.9,
+                "metrics.best_val/dsc/RV": 0.7,
+                "metrics.best_val/dsc/Myo": 0.8,
+                "metrics.best_val/dsc/LV": 0.9,
             }
             for i, lab in enumerate(labels)
             for s in range(3)
