@@ -15,6 +15,27 @@ from rich.console import Console
 
 from segssl import __version__
 
+
+def _plain_help() -> None:
+    """Help as Unix tools write it: ``Usage: segssl train [OPTIONS] CONFIG`` (typer writes a
+    required argument as ``{config}``) and no ``<bool>`` type beside on/off flags."""
+    from typer.core import TyperArgument, TyperOption
+
+    def usage_name(self: TyperArgument) -> str:
+        name = (self.metavar or self.name or "").upper()
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    show_type = TyperOption.display_type_rich
+
+    def type_unless_flag(self: TyperOption, ctx: typer.Context) -> str | None:
+        return None if self.is_bool_flag else show_type(self, ctx)
+
+    TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+    TyperOption.display_type_rich = type_unless_flag  # type: ignore[method-assign]
+
+
+_plain_help()
 app = typer.Typer(
     name="segssl",
     help="Self- and semi-supervised medical image segmentation: one sweep YAML to paper tables.",
@@ -59,19 +80,6 @@ def methods_cmd() -> None:
 
 
 # ----------------------------------------------------------------------------- data commands
-def _pair(text: str, option: str, kind: type) -> tuple:
-    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
-    if len(parts) == 1:
-        parts = parts * 2
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        return tuple(kind(p) for p in parts)
-    except ValueError:
-        fail(f"{option} {text!r}: expected one value or two separated by ',' (e.g. 1.0,1.0)")
-        raise  # unreachable: fail() exits
-
-
 @data_app.command("synth")
 def data_synth_cmd(
     dataset: str = typer.Option(..., "--dataset", help="acdc, promise12, msd-prostate, ..."),
@@ -95,43 +103,35 @@ def data_prepare_cmd(
     dataset: str = typer.Option(..., "--dataset", help="Adapter name (see `segssl data info`)."),
     root: Path = typer.Option(..., "--root", help="The archive root as shipped."),
     out: Path = typer.Option(..., "--out", help="Cache directory to build (or reuse)."),
-    spacing: str = typer.Option("1.0,1.0", "--spacing", help="In-plane mm, or 'native'."),
-    size: str = typer.Option("256,256", "--size", help="Output size in pixels (H,W or one)."),
-    fit: str = typer.Option("crop_or_pad", "--fit", help="crop_or_pad | resize."),
-    percentiles: str = typer.Option("1,99", "--percentiles", help="Normalisation percentiles."),
-    crop_center: str = typer.Option("image", "--crop-center", help="image | label."),
-    dtype: str = typer.Option("float16", "--dtype", help="float16 | float32 cached images."),
+    override: list[str] = typer.Option(  # noqa: B006 - typer default
+        [],
+        "-o",
+        "--override",
+        metavar="KEY=VALUE",
+        help="A data.preprocess setting (YAML value), repeatable: -o size=[64,64] "
+        "-o spacing=null (native) -o fit=resize; keys as in a run config's data.preprocess.",
+    ),
     modality: str = typer.Option("0", "--modality", help="Channel of 4D images: index or name."),
-    slice_axis: str = typer.Option("auto", "--slice-axis", help="auto (coarsest) | stored."),
-    reorient: bool = typer.Option(True, "--reorient/--no-reorient", help="Canonical axes."),
-    clip: bool = typer.Option(True, "--clip/--no-clip", help="Clip normalised values to [0,1]."),
 ) -> None:
     """Build the preprocessed cache of an archive (reused when settings and sources match)."""
     from pydantic import ValidationError
 
-    from segssl.config import PreprocessConfig
+    from segssl.config import (
+        ConfigError,
+        PreprocessConfig,
+        apply_overrides,
+        format_validation_error,
+    )
     from segssl.data import DataError
     from segssl.data.preprocess import prepare_records, validate_cache
 
+    items = [o.removeprefix("data.").removeprefix("preprocess.") for o in override]
     try:
-        pcfg = PreprocessConfig(
-            spacing=None if spacing.lower() == "native" else _pair(spacing, "--spacing", float),
-            size=_pair(size, "--size", int),
-            fit=fit,
-            percentiles=_pair(percentiles, "--percentiles", float),
-            crop_center=crop_center,
-            dtype=dtype,
-            slice_axis=slice_axis,
-            reorient=reorient,
-            clip=clip,
-        )
+        pcfg = PreprocessConfig.model_validate(apply_overrides({}, items))
+    except ConfigError as exc:
+        fail(str(exc))
     except ValidationError as exc:
-        fail(
-            "; ".join(
-                f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
-                for e in exc.errors()
-            )
-        )
+        fail(format_validation_error(exc, "-o", "data.preprocess setting", model=PreprocessConfig))
     from segssl.data import get_adapter
 
     mod: int | str = int(modality) if modality.isdigit() else modality
@@ -160,7 +160,9 @@ def _manifest_fingerprint(cache: Path) -> str | None:
 
 @data_app.command("info")
 def data_info_cmd(
-    cache: Path = typer.Argument(..., help="A cache directory (with manifest.json)."),
+    cache: Path = typer.Argument(
+        ..., metavar="CACHE", help="A cache directory (with manifest.json)."
+    ),
     split: Optional[Path] = typer.Option(  # noqa: UP007, UP045
         None, "--split", help="A split manifest (split.json of a run) to summarise as well."
     ),
@@ -221,9 +223,11 @@ def data_info_cmd(
 
 @app.command("train")
 def train_cmd(
-    config: Path = typer.Argument(..., help="Run config YAML (see experiments/)."),
+    config: Path = typer.Argument(
+        ..., metavar="CONFIG", help="Run config YAML (see experiments/)."
+    ),
     override: list[str] = typer.Option(  # noqa: B006 - typer default
-        [], "-o", "--override", help="key.path=value (YAML value), repeatable."
+        [], "-o", "--override", metavar="KEY=VALUE", help="key.path=value (YAML value), repeatable."
     ),
     workdir: Optional[Path] = typer.Option(  # noqa: UP007, UP045
         None, "--workdir", help="Run directory (default runs/<method>-<stage>-<config hash>)."
@@ -281,7 +285,9 @@ def train_cmd(
 
 @app.command("sweep")
 def sweep_cmd(
-    sweep: Path = typer.Argument(..., help="The sweep YAML file (see experiments/sweeps/)."),
+    sweep: Path = typer.Argument(
+        ..., metavar="SWEEP", help="The sweep YAML file (see experiments/sweeps/)."
+    ),
     address: Optional[str] = typer.Option(  # noqa: UP007, UP045
         None, "--address", help="An existing Ray cluster (auto, HOST:6379, ray://HOST:10001)."
     ),
@@ -348,7 +354,7 @@ def sweep_cmd(
 
 @app.command("submit")
 def submit_cmd(
-    sweep: Path = typer.Argument(..., help="The sweep YAML file."),
+    sweep: Path = typer.Argument(..., metavar="SWEEP", help="The sweep YAML file."),
     address: str = typer.Option(..., "--address", help="Ray job server, http://HEAD:8265."),
     tracking_uri: Optional[str] = typer.Option(  # noqa: UP007, UP045
         None, "--tracking-uri", help="Tracking server reachable from the cluster."
@@ -490,7 +496,9 @@ def demo_cmd(
 
 @app.command("table")
 def table_cmd(
-    sweep: Path = typer.Argument(..., help="The sweep YAML file (its 'tables:' are printed)."),
+    sweep: Path = typer.Argument(
+        ..., metavar="SWEEP", help="The sweep YAML file (its 'tables:' are printed)."
+    ),
     fmt: Optional[str] = typer.Option(  # noqa: UP007, UP045
         None,
         "--format",

@@ -24,7 +24,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -33,6 +33,7 @@ from pydantic import (
     Field,
     SerializeAsAny,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -367,10 +368,13 @@ def format_validation_error(
     source: str,
     what: str = "configuration",
     strip_value_prefix: bool = False,
+    model: type[BaseModel] | None = None,
 ) -> str:
     """``<source>: invalid <what>`` then one ``key.path: message`` line per error.
 
-    Unknown keys read ``unknown key``; ``strip_value_prefix`` drops pydantic's ``Value error, ``.
+    Unknown keys read ``unknown key``, with a "did you mean" among the keys ``model`` (the
+    validated model class) accepts at that path; ``strip_value_prefix`` drops pydantic's
+    ``Value error, ``.
     """
     lines = [f"{source}: invalid {what}"]
     for err in exc.errors():
@@ -378,10 +382,60 @@ def format_validation_error(
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+            if model is not None and err["loc"]:
+                msg += did_you_mean(str(err["loc"][-1]), _keys_at(model, err["loc"][:-1]))
         if strip_value_prefix:
             msg = msg.removeprefix("Value error, ")
         lines.append(f"  {path or '<root>'}: {msg}")
     return "\n".join(lines)
+
+
+def _annotation_model(ann: Any) -> Any:
+    """The pydantic model (or ``dict[...]`` value annotation holder) inside an annotation."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    if get_origin(ann) in (dict, Mapping):
+        return ann
+    for arg in get_args(ann):
+        found = _annotation_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys the model accepts at the mapping ``loc`` (empty when it cannot tell)."""
+    node: Any = model
+    for part in loc:
+        if isinstance(part, int) or str(part).startswith("function-"):
+            continue
+        if get_origin(node) in (dict, Mapping):  # ``part`` is a free key of the mapping
+            node = _annotation_model(get_args(node)[-1])
+            continue
+        fields = getattr(node, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        node = _annotation_model(fields[part].annotation)
+    return list(getattr(node, "model_fields", None) or [])
+
+
+def _run_model(raw: Any) -> type[BaseModel]:
+    """:class:`RunConfig` with the ``method`` section's own config class, for key suggestions."""
+    name = raw.get("method", {}).get("name") if isinstance(raw, Mapping) else None
+    if not isinstance(raw.get("method") if isinstance(raw, Mapping) else None, Mapping):
+        return RunConfig
+    try:
+        from segssl.methods import method_config_class
+
+        method_cls = method_config_class(str(name))
+    except (KeyError, ValueError, ImportError):
+        return RunConfig
+    try:
+        return create_model(  # type: ignore[call-overload, no-any-return]
+            "RunConfigKeys", __base__=RunConfig, method=(method_cls, ...)
+        )
+    except Exception:  # noqa: BLE001 - only suggestions depend on it
+        return RunConfig
 
 
 def parse_run_config(raw: Mapping[str, Any], source: str = "<config>") -> RunConfig:
@@ -392,7 +446,7 @@ def parse_run_config(raw: Mapping[str, Any], source: str = "<config>") -> RunCon
     try:
         return RunConfig.model_validate(dict(raw))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source)) from None
+        raise ConfigError(format_validation_error(exc, source, model=_run_model(raw))) from None
     except (KeyError, ValueError) as exc:  # registry lookups raised outside pydantic
         raise ConfigError(f"{source}: {exc}") from None
 

@@ -447,16 +447,29 @@ def _peek(uri: str, name: str, shash: str, extend: bool) -> tuple[str | None, di
     """Read-only view of an existing experiment for ``--dry-run``."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
         return None, {}
+    from segssl.orchestrate import sqlite_store
+
+    try:  # a SQLite store is read directly (no MLflow import: a dry run answers in seconds)
+        fast = sqlite_store.read_experiment(uri, name)
+    except LookupError:
+        return None, {}
+    if fast is not None:
+        old = fast[1].get(tracking.TAG_SPEC)
+        _refuse_other_spec(uri, name, old, shash, extend)
+        return fast[0], sqlite_store.finished_trials(uri, name) or {}
     exp = tracking._client(uri).get_experiment_by_name(name)
     if exp is None:
         return None, {}
-    old = exp.tags.get(tracking.TAG_SPEC)
+    _refuse_other_spec(uri, name, exp.tags.get(tracking.TAG_SPEC), shash, extend)
+    return str(exp.experiment_id), tracking.finished_runs(uri, str(exp.experiment_id))
+
+
+def _refuse_other_spec(uri: str, name: str, old: str | None, shash: str, extend: bool) -> None:
     if old not in (None, shash) and not extend:
         raise tracking.TrackingError(
             f"sweep name {name!r} is already used at {uri} by a different spec (spec hash {old}, "
             f"this spec {shash}); rename the sweep or pass --extend"
         )
-    return str(exp.experiment_id), tracking.finished_runs(uri, str(exp.experiment_id))
 
 
 def _end_sweep_run(uri: str, run_id: str, outcome: SweepOutcome, status: str) -> None:

@@ -297,7 +297,9 @@ def _check_key(key: str) -> None:
 
 
 def _format(exc: ValidationError, source: str) -> str:
-    return format_validation_error(exc, source, what="sweep spec", strip_value_prefix=True)
+    return format_validation_error(
+        exc, source, what="sweep spec", strip_value_prefix=True, model=SweepSpec
+    )
 
 
 def parse_sweep(raw: Any, source: str = "<sweep>") -> SweepSpec:

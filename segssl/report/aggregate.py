@@ -98,7 +98,14 @@ def _axis_keys(axis: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _check_keys(df: pd.DataFrame, spec: TableSpec, experiment: str) -> None:
+def _check_keys(
+    df: pd.DataFrame, spec: TableSpec, experiment: str, runs: str | None = None
+) -> None:
+    """Every param key the table names is a param of ``df``'s runs.
+
+    Args:
+        runs: what ``df`` holds, for the message (default: the experiment's FINISHED runs).
+    """
     known = param_keys(df)
     named: list[tuple[str, str]] = [("filter", k) for k in spec.filter]
     named += [(f"rows{w}", k) for w, k in _axis_keys(spec.rows)]
@@ -108,12 +115,22 @@ def _check_keys(df: pd.DataFrame, spec: TableSpec, experiment: str) -> None:
         named += [("select.keys", k) for k in spec.select.keys]
     for where, key in named:
         if key not in known:
-            hint = did_you_mean(key, known)
             raise ReportError(
-                f"table {spec.name!r}: {where} names param {key!r}, which no FINISHED run of "
-                f"experiment {experiment!r} has{hint}; params look like 'method.name', "
+                f"table {spec.name!r}: {where} names param {key!r}, which no "
+                f"{runs or f'FINISHED run of experiment {experiment!r}'} has"
+                f"{_key_hint(key, known)}; params look like 'method.name', "
                 "'data.labeled_scans', 'seed'"
             )
+
+
+def _key_hint(key: str, known: list[str]) -> str:
+    """A suggestion for an unknown param key: a parent stage's prefixed key first
+    (``method.k`` -> ``pretrain.method.k``), else the closest key."""
+    prefixed = [k for k in known if k.endswith(f".{key}")]
+    if prefixed:
+        stage = prefixed[0][: -len(key) - 1]
+        return f" (did you mean {prefixed[0]!r}, the value of parent stage {stage!r}?)"
+    return did_you_mean(key, known)
 
 
 # ----------------------------------------------------------------------------- axis expansion
@@ -331,8 +348,8 @@ def _ranks(means: dict[Any, float], digits: int, mode: str) -> dict[Any, str]:
     for k, v in shown.items():
         if v == levels[0]:
             marks[k] = "best"
-        elif len(levels) > 1 and v == levels[1]:
-            marks[k] = "second"
+        elif len(shown) > 2 and len(levels) > 1 and v == levels[1]:
+            marks[k] = "second"  # of two rows, the other one is simply not the best
     return marks
 
 
@@ -371,7 +388,13 @@ def _epoch_rule(runs: pd.DataFrame) -> str:
     )
 
 
-def _caption(spec: TableSpec, ns: list[int], paper: PaperTable | None, epoch_rule: str = "") -> str:
+def _caption(
+    spec: TableSpec,
+    ns: list[int],
+    paper: PaperTable | None,
+    epoch_rule: str = "",
+    ranked: int = 3,
+) -> str:
     parts = []
     if spec.title:
         parts.append(spec.title.rstrip(".") + ".")
@@ -399,7 +422,8 @@ def _caption(spec: TableSpec, ns: list[int], paper: PaperTable | None, epoch_rul
         parts.append("'mean' columns average a run group's columns per seed, then over seeds.")
     if spec.bold != "none":
         excl = f" (not ranked: {', '.join(spec.rank_exclude)})" if spec.rank_exclude else ""
-        parts.append(f"Per column, bold: best ({spec.bold}), underlined: second best{excl}.")
+        second = ", underlined: second best" if ranked > 2 else ""
+        parts.append(f"Per column, bold: best ({spec.bold}){second}{excl}.")
     if spec.paired_test is not None:
         pt = spec.paired_test
         parts.append(
@@ -605,7 +629,9 @@ def aggregate(
         out[key] = pd.Series([rec[key] for rec in records], dtype=object, index=out.index)
     ns = [int(n) for n in out["n"] if n > 0]
     used = [rid for ids in out["run_ids"] for rid in ids]
-    caption = _caption(spec, ns, paper, _epoch_rule(base[base["run_id"].isin(used)]))
+    caption = _caption(
+        spec, ns, paper, _epoch_rule(base[base["run_id"].isin(used)]), ranked=len(ranked)
+    )
     if partial_means:
         caption += (
             " The paper's 'mean' is left out where our group averages other columns than "

@@ -64,7 +64,8 @@ def check_tables(
                     f"(stages: {stages})"
                 )
         base = base.dropna(axis=1, how="all")
-        _check_keys(base, spec, name)
+        stage = f"stage {spec.stage!r}" if spec.stage is not None else f"sweep {name!r}"
+        _check_keys(base, spec, name, runs=f"planned trial of {stage}")
         base = base[filter_mask(base, spec.filter)]
         if spec.paper is None or base.empty:
             continue

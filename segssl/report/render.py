@@ -113,6 +113,12 @@ def _paper_cell(rec: dict[str, Any], d: int, pm: str = "±", dash: str = "–") 
     return f"{_num(rec['paper_mean'], d)}{std}"
 
 
+def _without_title(caption: str, spec: TableSpec) -> str:
+    """The caption less its leading title sentence (for formats that show the title above)."""
+    lead = spec.title.rstrip(".") + "." if spec.title else ""
+    return caption[len(lead) :].lstrip() if lead and caption.startswith(lead) else caption
+
+
 # ---------------------------------------------------------------------------------- markdown
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
@@ -146,7 +152,7 @@ def render_md(agg: pd.DataFrame, spec: TableSpec) -> str:
         if lay.has_paper:
             paper = [_paper_cell(lay.cell(r, c), d) for c in lay.cols]
             lines.append("| ↳ paper | " + " | ".join(paper) + " |")
-    lines += ["", lay.caption]
+    lines += ["", _without_title(lay.caption, spec)]
     notes = lay.selected_notes()
     if notes:
         lines += ["", "Selected configurations: " + "; ".join(notes) + "."]
@@ -261,7 +267,8 @@ def render_html(agg: pd.DataFrame, spec: TableSpec) -> str:
     d = spec.digits
     e = html.escape
     out = [f'<table class="segssl-table" id="{e(spec.name)}">']
-    out.append(f"<caption>{e(spec.title or spec.name)}. {e(lay.caption)}</caption>")
+    caption = lay.caption if spec.title else f"{spec.name}. {lay.caption}"
+    out.append(f"<caption>{e(caption)}</caption>")
     out.append("<thead>")
     if lay.grouped_cols:
         cells = ['<th rowspan="2"></th>'] + [

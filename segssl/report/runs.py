@@ -40,10 +40,7 @@ def get_experiment_id(tracking_uri: str, experiment: str) -> str:
     except Exception as exc:  # noqa: BLE001 - any store error becomes a named report error
         raise ReportError(f"cannot read MLflow tracking store {tracking_uri!r}: {exc}") from exc
     if exp is None:
-        raise ReportError(
-            f"no MLflow experiment named {experiment!r} at {tracking_uri!r}: has the sweep "
-            "run yet (segssl sweep SWEEP.yaml), and is this the right --tracking-uri?"
-        )
+        raise _no_experiment(tracking_uri, experiment)
     return str(exp.experiment_id)
 
 
@@ -63,39 +60,13 @@ def load_runs(tracking_uri: str, experiment: str, page_size: int = 1000) -> pd.D
     Returns:
         One row per run, sorted by start time.
     """
-    from mlflow.entities import ViewType
-
-    client = _client(tracking_uri)
-    exp_id = get_experiment_id(tracking_uri, experiment)
-    records: list[dict[str, Any]] = []
-    token: str | None = None
-    while True:
-        page = client.search_runs(
-            [exp_id],
-            filter_string="attributes.status = 'FINISHED'",
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=page_size,
-            page_token=token,
+    records = [
+        _record(run_id, status, start, end, params, metrics, tags)
+        for run_id, status, start, end, params, metrics, tags in _finished(
+            tracking_uri, experiment, page_size
         )
-        for run in page:
-            tags = run.data.tags
-            if run.info.status != "FINISHED" or PARENT_TAG not in tags:
-                continue
-            if tags.get(ROLE_TAG) == "parent" or tags.get(KIND_TAG) == "sweep":
-                continue
-            rec: dict[str, Any] = {
-                "run_id": run.info.run_id,
-                "status": run.info.status,
-                "start_time": run.info.start_time,
-                "end_time": run.info.end_time,
-            }
-            rec.update({f"params.{k}": v for k, v in run.data.params.items()})
-            rec.update({f"metrics.{k}": float(v) for k, v in run.data.metrics.items()})
-            rec.update({f"tags.{k}": v for k, v in tags.items()})
-            records.append(rec)
-        token = page.token
-        if not token:
-            break
+        if PARENT_TAG in tags and tags.get(ROLE_TAG) != "parent" and tags.get(KIND_TAG) != "sweep"
+    ]
     df = pd.DataFrame.from_records(records)
     if df.empty:
         return pd.DataFrame(columns=["run_id", "status", "start_time", "end_time"])
@@ -107,6 +78,70 @@ def load_runs(tracking_uri: str, experiment: str, page_size: int = 1000) -> pd.D
         df = pd.concat([keyed, df[~has_key]]).sort_values("start_time", kind="stable")
         df = df.reset_index(drop=True)
     return df
+
+
+def _record(
+    run_id: str,
+    status: str,
+    start: int | None,
+    end: int | None,
+    params: dict[str, str],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "run_id": run_id,
+        "status": status,
+        "start_time": start,
+        "end_time": end,
+    }
+    rec.update({f"params.{k}": v for k, v in params.items()})
+    rec.update({f"metrics.{k}": float(v) for k, v in metrics.items()})
+    rec.update({f"tags.{k}": v for k, v in tags.items()})
+    return rec
+
+
+def _no_experiment(tracking_uri: str, experiment: str) -> ReportError:
+    return ReportError(
+        f"no MLflow experiment named {experiment!r} at {tracking_uri!r}: has the sweep "
+        "run yet (segssl sweep SWEEP.yaml), and is this the right --tracking-uri?"
+    )
+
+
+def _finished(tracking_uri: str, experiment: str, page_size: int) -> Iterable[tuple]:
+    """(run_id, status, start, end, params, metrics, tags) of every FINISHED run: one bulk read
+    of a SQLite store (no MLflow import), else paged ``search_runs`` through MLflow."""
+    from segssl.orchestrate.sqlite_store import read_runs
+
+    try:
+        stored = read_runs(tracking_uri, experiment, statuses=["FINISHED"])
+    except LookupError:
+        raise _no_experiment(tracking_uri, experiment) from None
+    if stored is not None:
+        for r in stored:
+            yield r.run_id, r.status, r.start_time, r.end_time, r.params, r.metrics, r.tags
+        return
+    from mlflow.entities import ViewType
+
+    client = _client(tracking_uri)
+    exp_id = get_experiment_id(tracking_uri, experiment)
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            [exp_id],
+            filter_string="attributes.status = 'FINISHED'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=page_size,
+            page_token=token,
+        )
+        for run in page:
+            if run.info.status != "FINISHED":
+                continue
+            i, d = run.info, run.data
+            yield i.run_id, i.status, i.start_time, i.end_time, d.params, d.metrics, d.tags
+        token = page.token
+        if not token:
+            break
 
 
 def load_history(tracking_uri: str, run_ids: Iterable[str], key: str) -> pd.DataFrame:
@@ -132,6 +167,24 @@ def load_history(tracking_uri: str, run_ids: Iterable[str], key: str) -> pd.Data
 def latest_parent_run(tracking_uri: str, experiment: str) -> str | None:
     """Run id of the sweep's latest parent run (tag ``segssl.role=parent`` or
     ``segssl.kind=sweep``), if there is one."""
+    found = [(start or 0, rid) for rid, start, _ in parent_runs(tracking_uri, experiment)]
+    return max(found)[1] if found else None
+
+
+def parent_runs(tracking_uri: str, experiment: str) -> list[tuple[str, int | None, str | None]]:
+    """(run id, start time, artifact URI) of every parent run of the sweep (any status)."""
+    from segssl.orchestrate.sqlite_store import read_runs
+
+    try:
+        stored = read_runs(tracking_uri, experiment)
+    except LookupError:
+        raise _no_experiment(tracking_uri, experiment) from None
+    if stored is not None:
+        return [
+            (r.run_id, r.start_time, r.artifact_uri)
+            for r in stored
+            if r.tags.get(ROLE_TAG) == "parent" or r.tags.get(KIND_TAG) == "sweep"
+        ]
     client = _client(tracking_uri)
     exp_id = get_experiment_id(tracking_uri, experiment)
     found = []
@@ -142,9 +195,7 @@ def latest_parent_run(tracking_uri: str, experiment: str) -> str | None:
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-    if not found:
-        return None
-    return max(found, key=lambda r: r.info.start_time or 0).info.run_id
+    return [(r.info.run_id, r.info.start_time, r.info.artifact_uri) for r in found]
 
 
 # ----------------------------------------------------------------------------- value matching

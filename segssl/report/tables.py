@@ -13,7 +13,7 @@ from segssl.report.aggregate import aggregate
 from segssl.report.curves import plot_columns, plot_curves
 from segssl.report.errors import ReportError
 from segssl.report.render import FORMATS, csv_frame, render
-from segssl.report.runs import latest_parent_run, load_runs
+from segssl.report.runs import load_runs, parent_runs
 
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -82,14 +82,42 @@ def render_sweep_tables(
             else:
                 plot_curves(agg, tracking_uri, out)
     if log_artifact:
-        parent = latest_parent_run(tracking_uri, name)
-        if parent is not None:
-            from mlflow import MlflowClient
-
-            MlflowClient(tracking_uri=tracking_uri).log_text(
-                parent, text, f"tables/{name}.{EXTENSIONS[fmt]}"
-            )
+        log_table_artifact(tracking_uri, name, text, f"tables/{name}.{EXTENSIONS[fmt]}")
     return text
+
+
+def log_table_artifact(tracking_uri: str, name: str, text: str, artifact_file: str) -> None:
+    """Log ``text`` as ``artifact_file`` of the sweep's latest parent run, if it has one.
+
+    A run whose artifact location is a local folder (the default beside a SQLite store) gets the
+    file written there directly, as MLflow's local artifact repository would; any other location
+    goes through :meth:`mlflow.MlflowClient.log_text`.
+    """
+    parents = parent_runs(tracking_uri, name)
+    if not parents:
+        return
+    run_id, _, artifact_uri = max(parents, key=lambda p: p[1] or 0)
+    local = _local_dir(artifact_uri)
+    if local is not None:
+        target = local / artifact_file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        return
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri).log_text(run_id, text, artifact_file)
+
+
+def _local_dir(artifact_uri: str | None) -> Path | None:
+    if not artifact_uri:
+        return None
+    if artifact_uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(artifact_uri).path))
+    if "://" in artifact_uri or ":" in artifact_uri.split("/", 1)[0]:
+        return None  # s3://, mlflow-artifacts:/, dbfs:/ ...
+    return Path(artifact_uri)
 
 
 def render_tables(spec: Any, tracking_uri: str, fmt: str = "md", **kwargs: Any) -> str:

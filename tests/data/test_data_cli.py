@@ -49,11 +49,12 @@ def test_synth_prepare_info(tmp_path):
         str(root),
         "--out",
         str(cache),
-        "--spacing",
-        "4.0",
-        "--size",
-        "32,32",
-        "--no-clip",
+        "-o",
+        "spacing=[4.0, 4.0]",
+        "-o",
+        "size=[32,32]",
+        "-o",
+        "data.preprocess.clip=false",
     ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -86,12 +87,14 @@ def test_bad_input_exits_non_zero_with_message(tmp_path):
     out = tmp_path / "c"
     cases = [
         ((tmp_path / "none", out), "dataset root does not exist"),
-        ((tmp_path, out, "--size", "4"), "size must be at least 8 x 8 pixels"),
+        ((tmp_path, out, "-o", "size=[4,4]"), "size must be at least 8 x 8 pixels"),
         (
-            (tmp_path, out, "--slice-axis", "diagonal"),
-            "--slice-axis: Input should be 'auto' or 'stored'",
+            (tmp_path, out, "-o", "slice_axis=diagonal"),
+            "slice_axis: Input should be 'auto' or 'stored'",
         ),
-        ((tmp_path, out, "--spacing", "a,b"), "--spacing 'a,b'"),
+        ((tmp_path, out, "-o", "spacing=a"), "spacing: Input should be a valid tuple"),
+        ((tmp_path, out, "-o", "sizes=[32,32]"), "sizes: unknown key (did you mean 'size'?)"),
+        ((tmp_path, out, "-o", "size"), "override 'size': expected key.path=value"),
         ((tmp_path, out), "no patientNNN folders found"),
     ]
     for args, message in cases:

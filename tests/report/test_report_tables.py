@@ -303,7 +303,21 @@ def test_best_bold_second_underlined_per_column(store: dict) -> None:
     excl = aggregate(store["df"], _spec(rank_exclude=["Ours"]), experiment=EXP)
     assert _cell(excl, "Ours", "ACDC-LV", "1 scan")["mark"] == ""
     assert _cell(excl, "IIC", "ACDC-LV", "1 scan")["mark"] == "best"
-    assert _cell(excl, "Baseline", "ACDC-LV", "1 scan")["mark"] == "second"
+    # two ranked rows: the other one is not "second best", and the caption does not say so
+    assert _cell(excl, "Baseline", "ACDC-LV", "1 scan")["mark"] == ""
+    assert "second best" not in excl.attrs["caption"]
+    assert "underlined: second best" in agg.attrs["caption"]
+    md, page = render(excl, _spec(rank_exclude=["Ours"]), "md"), render(agg, _spec(), "html")
+    assert "<u>" not in md and "<u>" in page
+
+
+def test_title_is_written_once(store: dict) -> None:
+    """Markdown shows the title above the table and HTML in its caption, each once."""
+    spec = _spec(title="Test DSC on ACDC")
+    agg = aggregate(store["df"], spec, experiment=EXP)
+    for fmt in ("md", "html"):
+        text = render(agg, spec, fmt)
+        assert text.count("Test DSC on ACDC") == 1, (fmt, text)
 
 
 @pytest.mark.parametrize("test", ["ttest_rel", "wilcoxon"])
