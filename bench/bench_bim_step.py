@@ -80,7 +80,7 @@ def bench_size(args: argparse.Namespace, size: int, tmp: Path) -> None:
     from segssl.losses import mi_loss
     from segssl.losses.boundary import cc_loss
     from segssl.methods import get_method
-    from segssl.methods.base import MethodContext
+    from segssl.methods.base import Clock, MethodContext
     from segssl.models import build_model
 
     torch.manual_seed(0)
@@ -116,6 +116,8 @@ def bench_size(args: argparse.Namespace, size: int, tmp: Path) -> None:
         cfg.augment,
         cfg.data.partitions,
         torch.Generator().manual_seed(1),
+        cfg.train.epochs,
+        cfg.train.iters_per_epoch,
     )
     method = get_method("bim")(model, cfg.method, ctx)
     opt = build_optimizer(cfg.optim, method.parameters())
@@ -131,9 +133,11 @@ def bench_size(args: argparse.Namespace, size: int, tmp: Path) -> None:
         (sum(v.mean() for v in f1.values()) + sum(v.mean() for v in f2.values())).backward()
         opt.step()
 
+    clock = Clock(1, 0, cfg.train.iters_per_epoch, cfg.train.epochs * cfg.train.iters_per_epoch)
+
     def bim_step() -> None:
         opt.zero_grad(set_to_none=True)
-        out = method.training_step(None, batch)
+        out = method.training_step(None, batch, clock)
         out["loss"].backward()
         opt.step()
 

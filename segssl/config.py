@@ -6,9 +6,9 @@ A run config has one section per component; each component receives only its own
     stage: pretrain | finetune | semi
     data:    DataConfig      (dataset, archive root, preprocessing, split, labeled count, batches)
     augment: AugmentConfig   (base augmentations and the paired transform T of the MI losses)
-    model:   ModelConfig     (U-Net width, depth, freezing)
+    model:   <network's own Config>, chosen by ``model.name`` through the model registry
     method:  <method's own Config>, chosen by ``method.name`` through the registry
-    optim:   OptimConfig     (RAdam/Adam, lr, warm-up factor, cosine)
+    optim:   OptimConfig     (RAdam/Adam, lr, warm-up factor, cosine, parameter groups)
     train:   TrainConfig     (epochs, iterations per epoch, device, AMP, checkpoints)
 
 Unknown keys are errors that carry the key path (pydantic ``extra="forbid"``). Method configs are
@@ -45,6 +45,8 @@ __all__ = [
     "MethodConfig",
     "ModelConfig",
     "OptimConfig",
+    "OptimizerSettings",
+    "ParamGroupConfig",
     "PreprocessConfig",
     "RunConfig",
     "SplitConfig",
@@ -211,19 +213,26 @@ class AugmentConfig(Section):
 
 # -------------------------------------------------------------------------------------- model
 class ModelConfig(Section):
-    """The U-Net of the papers: five encoder blocks Conv1..Conv5, decoder Up_conv5..Up_conv2.
+    """Base of every network's config; chosen by ``model.name`` through the model registry
+    (``segssl.models.MODELS``); each architecture declares its own subclass next to its code.
 
-    ``base_width`` channels in Conv1, doubled per block (16 -> 256 at Conv5 by default).
     ``freeze`` lists parameter-name prefixes that are not trained (e.g. ``["Conv_1x1"]`` during
-    pre-training, or the encoder blocks during decoder pre-training).
+    pre-training); their BatchNorm layers also stay in eval mode (running statistics frozen).
     """
 
-    name: Literal["unet"] = "unet"
-    in_channels: int = Field(1, ge=1)
-    base_width: int = Field(16, ge=2)
-    depth: int = Field(5, ge=2, le=6)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    name: str = "unet"
     freeze: tuple[str, ...] = ()
+
+    @property
+    def input_multiple(self) -> int:
+        """Image sides must be divisible by this (the network's total down-sampling)."""
+        raise NotImplementedError
+
+
+def _default_model() -> ModelConfig:
+    from segssl.models import model_config_class  # registry lives above config
+
+    return model_config_class("unet")()
 
 
 # ------------------------------------------------------------------------------------- method
@@ -234,9 +243,21 @@ class MethodConfig(Section):
 
 
 # ---------------------------------------------------------------------------------- optimiser
-class OptimConfig(Section):
-    """Optimiser and LR schedule: warm-up from ``lr`` to ``lr * warmup_factor`` over
-    ``warmup_epochs``, then cosine decay to ~0 over the remaining epochs (BIM Appendix F)."""
+class ParamGroupConfig(Section):
+    """Own settings of the parameters whose names start with a prefix (``optim.groups``)."""
+
+    lr: float | None = Field(None, gt=0.0)  # base lr of the group (scaled by the schedule)
+    weight_decay: float | None = Field(None, ge=0.0)
+
+
+class OptimizerSettings(Section):
+    """One optimiser and its LR schedule: warm-up from ``lr`` to ``lr * warmup_factor`` over
+    ``warmup_epochs``, then cosine decay to ~0 over the remaining epochs (BIM Appendix F).
+
+    ``groups`` maps a parameter-name prefix of the method (``heads``, ``model.Conv1``,
+    ``heads.cluster``; the longest matching prefix wins) to its own lr / weight decay; a prefix
+    that matches no trainable parameter is an error before training.
+    """
 
     name: Literal["radam", "adam", "sgd"] = "radam"
     lr: float = Field(5e-7, gt=0.0)
@@ -246,6 +267,7 @@ class OptimConfig(Section):
     grad_clip: float | None = Field(None, gt=0.0)  # max global grad norm; None: no clipping
     betas: tuple[float, float] = (0.9, 0.999)  # RAdam / Adam
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD only
+    groups: dict[str, ParamGroupConfig] = {}
 
     @field_validator("betas")
     @classmethod
@@ -253,6 +275,15 @@ class OptimConfig(Section):
         if not all(0.0 <= b < 1.0 for b in v):
             raise ValueError(f"expected two values in [0, 1), got {v}")
         return v
+
+
+class OptimConfig(OptimizerSettings):
+    """The main optimiser (every trainable parameter a method does not step itself) and, in
+    ``extra``, the settings of optimisers a method owns (``Method.optimizers``, e.g. a
+    discriminator's); an owned optimiser not listed there uses the main settings without groups.
+    """
+
+    extra: dict[str, OptimizerSettings] = {}
 
 
 # -------------------------------------------------------------------------------------- train
@@ -294,10 +325,21 @@ class RunConfig(Section):
     stage: Stage = "semi"
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
-    model: ModelConfig = ModelConfig()
+    model: SerializeAsAny[ModelConfig] = Field(default_factory=_default_model)
     method: SerializeAsAny[MethodConfig]  # dump the method's own fields, not just the base
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, v: Any) -> ModelConfig:
+        if isinstance(v, ModelConfig):
+            return v
+        if not isinstance(v, Mapping):
+            raise ValueError("expected a mapping (model.name selects the architecture)")
+        from segssl.models import model_config_class  # registry lives above config
+
+        return model_config_class(str(v.get("name", "unet"))).model_validate(dict(v))
 
     @field_validator("method", mode="before")
     @classmethod
@@ -353,11 +395,12 @@ class RunConfig(Section):
                 f"augment.crop={crop} is larger than the preprocessed image "
                 f"data.preprocess.size={tuple(self.data.preprocess.size)}"
             )
-        stride = 2 ** (self.model.depth - 1)
+        stride = self.model.input_multiple
         side = crop or min(h, w)
         if side % stride:
             raise ValueError(
-                f"the training image side {side} must be divisible by 2**(model.depth-1)={stride}"
+                f"the training image side {side} must be divisible by {stride} (the down-sampling "
+                f"of model {self.model.name!r})"
             )
         return self
 

@@ -2,7 +2,17 @@
 
 Every checkpoint is a dict with ``format == "segssl-checkpoint"`` and a ``version``; it holds only
 tensors, numbers, strings, lists and dicts, and is always read with
-``torch.load(weights_only=True)`` (no arbitrary code runs when a file is opened). Loading model
+``torch.load(weights_only=True)`` (no arbitrary code runs when a file is opened).
+
+Version 2 (method contract v2): ``model`` holds the weights a later stage receives (the method's
+``carry``, named like the model's tensors); ``last.pt`` adds ``method`` (the whole
+``method.state_dict()``: model, heads, teachers, queues, counters), ``optimizers`` /
+``schedulers`` (one state per optimiser, by name), ``scaler``, ``rng``, ``epoch``, ``best``,
+``history``; ``best.pt`` adds ``predict`` (the weights of the network ``predict`` uses).
+Version 1 files (before v2: ``model`` and ``heads`` only) cannot be resumed (the method state and
+per-optimiser states are missing): resuming one is an error. Their ``model`` is the student's
+weights, which is what a v2 ``model`` holds for every method that carries the student, so a v1
+file still serves as ``train.init_from`` unchanged (the documented conversion). Loading model
 weights compares the model's tensors with the checkpoint's and refuses to go on when they differ,
 listing the missing, unexpected and shape-mismatched names; partial loading (e.g. encoder only) is
 explicit through ``only`` / ``exclude`` prefixes.
@@ -29,7 +39,8 @@ __all__ = [
 ]
 
 FORMAT = "segssl-checkpoint"
-VERSION = 1
+VERSION = 2
+V1 = 1  # before method contract v2: model + heads only
 _LIST_MAX = 12
 
 
@@ -47,11 +58,17 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, resume: bool = False) -> dict[str, Any]:
     """Read a segssl checkpoint on the CPU with ``weights_only=True``.
 
+    Args:
+        path: the file.
+        resume: the checkpoint will be resumed from: only the current version will do (a
+            version-1 file still serves for its ``model`` weights otherwise).
+
     Raises:
-        CheckpointError: missing file, a file torch cannot read safely, or no segssl marker.
+        CheckpointError: missing file, a file torch cannot read safely, no segssl marker, an
+            unknown version, or (``resume``) a version-1 file.
     """
     path = Path(path)
     if not path.is_file():
@@ -71,9 +88,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path}: not a segssl checkpoint (expected a dict with format={FORMAT!r}; "
             f"got a {kind}{' with keys ' + str(keys) if keys else ''})"
         )
-    if obj.get("version") != VERSION:
+    version = obj.get("version")
+    if version == V1 and resume:
         raise CheckpointError(
-            f"{path}: segssl checkpoint version {obj.get('version')!r}, expected {VERSION}"
+            f"{path}: segssl-checkpoint version 1 (model and heads only, written before method "
+            f"contract v2) cannot be resumed: it lacks the method state (teachers, counters) and "
+            f"the optimiser states of version {VERSION}. Start the run over (resume=False or a new "
+            "workdir); the file still works as train.init_from (its model weights)"
+        )
+    if version not in (V1, VERSION):
+        raise CheckpointError(
+            f"{path}: segssl checkpoint version {version!r}, expected {VERSION} (or {V1})"
         )
     return obj
 

@@ -10,10 +10,15 @@ Stages (``cfg.stage``) and what the method declares decide the data drawn each s
 * ``semi``: a labeled and an unlabeled batch every step.
 
 Each epoch is ``train.iters_per_epoch`` iterations; the LR is stepped per epoch (warm-up then
-cosine). After every epoch: 3D validation Dice (supervised stages), ``checkpoints/last.pt`` (model,
-heads, optimiser, scheduler, scaler, every RNG state, epoch, best score, history), ``best.pt`` on
-improvement, then ``report(metrics, step=epoch)``. At the end the best weights are tested and the
-result is written to ``result.json``; the last ``report`` call carries those final metrics.
+cosine). Every step: ``method.training_step(labeled, unlabeled, clock)``, backward and the main
+optimiser's step (GradScaler, clipping), ``method.after_step(clock)`` (EMA updates; owned
+optimisers step through ``method.optimizer_step``), one ``scaler.update()``. After every epoch:
+3D validation Dice (supervised stages) of ``method.predict``, ``checkpoints/last.pt`` (the whole
+method state, every optimiser and scheduler, scaler, every RNG state, epoch, best score,
+history), ``best.pt`` on improvement (the ``predict_with`` and ``carry`` networks), then
+``report(metrics, step=epoch)``. At the end the best ``predict_with`` weights are restored and
+tested; the result is written to ``result.json``; the last ``report`` call carries those final
+metrics.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 import torch
 import yaml
 
-from segssl.config import RunConfig, canonical_json, config_hash
+from segssl.config import OptimizerSettings, RunConfig, canonical_json, config_hash
 from segssl.data.types import Batch, DataBundle
 from segssl.engine.checkpoint import (
     CheckpointError,
@@ -48,9 +53,9 @@ from segssl.engine.runtime import (
     restore_rng,
     seed_everything,
 )
-from segssl.engine.schedule import build_optimizer, build_scheduler
+from segssl.engine.schedule import build_optimizer, build_scheduler, param_groups
 from segssl.methods import get_method
-from segssl.methods.base import Method, MethodContext
+from segssl.methods.base import Clock, Method, MethodContext
 from segssl.models import build_model
 
 __all__ = ["NonFiniteLossError", "Report", "train"]
@@ -58,6 +63,7 @@ __all__ = ["NonFiniteLossError", "Report", "train"]
 Report = Callable[[dict[str, float], int], None]
 _STAGE_NEEDS = {"pretrain": (False, True), "finetune": (True, False), "semi": (True, True)}
 _GENERATORS = ("augment", "method")
+MAIN = "main"  # the engine's optimiser; a method's own optimisers go by their declared names
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,12 +99,72 @@ def check_run(cfg: RunConfig) -> type[Method]:
         )
     if init:
         load_checkpoint(init)  # fails early and clearly on a bad file
-    try:  # model.freeze prefixes name real blocks (a typo would otherwise fail after data prep)
+    try:  # the method as declared, built on the meta device: no memory, no data, no files
         with torch.device("meta"):
-            build_model(cfg.model, 2)
-    except ValueError as exc:
-        raise EngineConfigError(str(exc)) from None
+            model = build_model(cfg.model, 2)
+            method = build_method(cfg, method_cls, model, 2, ("fg",), torch.device("meta"))
+        method.validate()
+        optimizer_params(cfg, method)
+    except (ValueError, KeyError, AttributeError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise EngineConfigError(f"method {cfg.method.name!r}: {msg}") from None
     return method_cls
+
+
+def build_method(
+    cfg: RunConfig,
+    method_cls: type[Method],
+    model: torch.nn.Module,
+    num_classes: int,
+    class_names: tuple[str, ...],
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> Method:
+    """The method of ``cfg`` around ``model``, with its context (run length included)."""
+    ctx = MethodContext(
+        num_classes=num_classes,
+        class_names=class_names,
+        device=device,
+        augment=cfg.augment,
+        partitions=cfg.data.partitions,
+        generator=generator if generator is not None else torch.Generator(),
+        epochs=cfg.train.epochs,
+        iters_per_epoch=cfg.train.iters_per_epoch,
+    )
+    return method_cls(model, cfg.method, ctx)
+
+
+def optimizer_params(cfg: RunConfig, method: Method) -> dict[str, tuple[OptimizerSettings, list]]:
+    """``{optimiser name: (settings, trainable named parameters)}``: ``main`` gets everything a
+    method does not step itself (``Method.optimizers``); every group prefix is checked.
+
+    Raises:
+        ValueError: ``optim.extra`` names an optimiser the method does not own, a group prefix
+            matches no parameter, or an optimiser has nothing to train.
+    """
+    owned = method.optimizers
+    unknown = sorted(set(cfg.optim.extra) - set(owned))
+    if unknown or MAIN in owned:
+        raise ValueError(
+            f"optim.extra: {unknown or [MAIN]} are not optimisers the method owns "
+            f"(it owns {sorted(owned) or 'none'})"
+        )
+    named: dict[str, list] = {MAIN: [], **{k: [] for k in owned}}
+    for name, p in method.named_parameters():
+        if p.requires_grad:
+            hit = [o for o, pre in owned.items() if any(_under(name, q) for q in pre)]
+            named[hit[0] if hit else MAIN].append((name, p))
+    plain = cfg.optim.model_copy(update={"groups": {}})
+    out = {}
+    for key, params in named.items():
+        settings = cfg.optim if key == MAIN else cfg.optim.extra.get(key, plain)
+        param_groups(settings, params, "optim" if key == MAIN else f"optim.extra.{key}")
+        out[key] = (settings, params)
+    return out
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
 
 
 def _seed_for(seed: int, index: int) -> int:
@@ -295,7 +361,7 @@ class _Run:
         self.cfg_json = canonical_json(cfg.model_copy(update={"train": quiet}))
         self.cfg_hash = config_hash(cfg)
         self.supervised = self.method_cls.uses_labeled
-        self.multiple = 2 ** (cfg.model.depth - 1)
+        self.multiple = cfg.model.input_multiple
         self.data: DataBundle | None = None
         self.progress = EpochProgress(
             cfg.train.progress,
@@ -313,7 +379,7 @@ class _Run:
         """``last.pt`` of this workdir, checked to come from the same config, or None."""
         if not self.last_path.exists():
             return None
-        state = load_checkpoint(self.last_path)
+        state = load_checkpoint(self.last_path, resume=True)
         if state.get("config") != self.cfg_json:
             raise CheckpointError(
                 f"{self.last_path}: written by a different config; use another workdir or "
@@ -355,30 +421,35 @@ class _Run:
                 only=cfg.train.init_only,
                 exclude=cfg.train.init_exclude,
             )
-        ctx = MethodContext(
-            num_classes=data.num_classes,
-            class_names=tuple(data.class_names),
-            device=rt.device,
-            augment=cfg.augment,
-            partitions=cfg.data.partitions,
-            generator=self.gens["method"],
-        )
-        self.method = self.method_cls(self.model, cfg.method, ctx).to(rt.device)
+        self.method = build_method(
+            cfg,
+            self.method_cls,
+            self.model,
+            data.num_classes,
+            tuple(data.class_names),
+            rt.device,
+            self.gens["method"],
+        ).to(rt.device)
+        self.method.validate()
         if rt.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        self.trainable = [p for p in self.method.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(cfg.optim, self.trainable)
-        self.scheduler = build_scheduler(cfg.optim, self.optimizer, cfg.train.epochs)
+        self.settings, self.params, self.optimizers, self.schedulers = {}, {}, {}, {}
+        for key, (settings, named) in optimizer_params(cfg, self.method).items():
+            self.settings[key], self.params[key] = settings, [p for _, p in named]
+            self.optimizers[key] = build_optimizer(settings, named)
+            self.schedulers[key] = build_scheduler(settings, self.optimizers[key], cfg.train.epochs)
+        self.optimizer, self.trainable = self.optimizers[MAIN], self.params[MAIN]
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
+        self.method._stepper = self._own_step
         self.batches = _Batches(data, cfg, rt, self.gens["augment"])
         if state is not None:
             self._restore(state)
 
     def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.method.heads.load_state_dict(state["heads"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][key])
+            self.schedulers[key].load_state_dict(state["schedulers"][key])
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = self.resumed_from = state["epoch"]
         self.history, self.best = state["history"], state["best"]
@@ -395,26 +466,35 @@ class _Run:
     def _step(self, epoch: int, it: int) -> tuple[tuple[str, ...], torch.Tensor]:
         """One optimisation step; returns the logged values on the device (read once per
         epoch by :func:`_epoch_values`: nothing in a step waits for the device)."""
-        cfg, rt, opt = self.cfg, self.runtime, self.optimizer
-        step = epoch * cfg.train.iters_per_epoch + it + 1
+        cfg, rt = self.cfg, self.runtime
+        ipe = cfg.train.iters_per_epoch
+        clock = Clock(epoch * ipe + it + 1, epoch, ipe, cfg.train.epochs * ipe)
         lab, unl = self.batches.draw(self.method_cls.uses_labeled, self.method_cls.uses_unlabeled)
         with torch.autocast(rt.device.type, enabled=rt.amp):
-            out = self.method.training_step(lab, unl)
-        values = _step_values(out)
-        opt.zero_grad(set_to_none=True)
-        self.scaler.scale(out["loss"]).backward()
-        if cfg.optim.grad_clip is not None:
-            self.scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.grad_clip)
-        self.scaler.step(opt)
+            out = self.method.training_step(lab, unl, clock)
+        self._own_step(MAIN, out["loss"])
+        with torch.autocast(rt.device.type, enabled=rt.amp):
+            extra = self.method.after_step(clock)
         self.scaler.update()
-        self.method.after_step(step)
-        return values
+        return _step_values({**out, **extra} if extra else out)
+
+    def _own_step(self, key: str, loss: torch.Tensor) -> None:
+        """Backward ``loss`` and step optimiser ``key`` (GradScaler, clipping)."""
+        opt, clip = self.optimizers[key], self.settings[key].grad_clip
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if clip is not None:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.params[key], clip)
+        self.scaler.step(opt)
 
     def _weights(self) -> dict:
+        """The carried weights (``model``: what a later stage receives) and the predict net."""
         return {
-            "model": self.model.state_dict(),
-            "heads": self.method.heads.state_dict(),
+            "model": self.method.carried_state(),
+            "predict": self.method.network(self.method.predict_with)[0].state_dict(),
+            "carry": self.method.carry,
+            "predict_with": self.method.predict_with,
             "config": self.cfg_json,
             "config_hash": self.cfg_hash,
         }
@@ -454,7 +534,8 @@ class _Run:
         # the epoch's one host read of the loss values (a NaN stops the run here, before this
         # epoch's checkpoint is written)
         means = _epoch_values(steps, epoch, epoch * iters + 1)
-        self.scheduler.step()
+        for scheduler in self.schedulers.values():
+            scheduler.step()
         metrics = {f"train/{k}": v for k, v in means.items()}
         metrics["train/lr"] = lr
         metrics.update(self._validate(epoch))
@@ -463,9 +544,13 @@ class _Run:
         save_checkpoint(
             self.last_path,
             {
-                **self._weights(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
+                "model": self.method.carried_state(),
+                "carry": self.method.carry,
+                "config": self.cfg_json,
+                "config_hash": self.cfg_hash,
+                "method": self.method.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
                 "scaler": self.scaler.state_dict(),
                 "rng": capture_rng(self.gens),
                 "epoch": epoch + 1,
@@ -478,13 +563,13 @@ class _Run:
 
     # ------------------------------------------------------------------ end
     def _select_final_weights(self) -> int:
-        """Load the best validation weights (supervised, ``save_best``); else the last epoch's
-        weights are the result and become ``best.pt``. Returns the epoch tested."""
+        """Restore the best validation weights of the ``predict_with`` network (supervised,
+        ``save_best``); else the last epoch's weights are the result and become ``best.pt``.
+        Returns the epoch tested."""
         epochs = self.cfg.train.epochs
         if self.supervised and self.cfg.train.save_best and self.best_path.exists():
-            ckpt = load_checkpoint(self.best_path)
-            self.model.load_state_dict(ckpt["model"])
-            self.method.heads.load_state_dict(ckpt["heads"])
+            ckpt = load_checkpoint(self.best_path, resume=True)
+            self.method.network(self.method.predict_with)[0].load_state_dict(ckpt["predict"])
             return int(ckpt["epoch"])
         save_checkpoint(self.best_path, {**self._weights(), "epoch": epochs})
         return epochs

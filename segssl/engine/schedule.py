@@ -5,6 +5,9 @@ The learning rate starts at ``lr``, rises linearly to ``lr * warmup_factor`` ove
 scheduler is stepped once per epoch (an epoch is ``train.iters_per_epoch`` iterations) and is
 built from ``torch.optim.lr_scheduler`` pieces (``LinearLR`` then ``CosineAnnealingLR`` chained
 by ``SequentialLR``), so its state is a plain dict that checkpoints with ``weights_only=True``.
+
+Parameter groups (``optim.groups``: name prefix -> own lr / weight decay) scale with the same
+schedule: each group warms up from its own lr to ``lr * warmup_factor``.
 """
 
 from __future__ import annotations
@@ -16,26 +19,68 @@ import torch
 from torch.optim import SGD, Adam, Optimizer, RAdam
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
-from segssl.config import OptimConfig
+from segssl.config import OptimizerSettings
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_at"]
+__all__ = ["build_optimizer", "build_scheduler", "lr_at", "param_groups"]
+
+Named = tuple[str, torch.nn.Parameter]
 
 
-def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter]) -> Optimizer:
-    """RAdam, Adam or SGD over ``params``; the initial lr is the peak ``lr * warmup_factor``
-    (the scheduler scales it down during warm-up)."""
-    params = [p for p in params if p.requires_grad]
-    if not params:
+def param_groups(cfg: OptimizerSettings, named: Iterable[Named], where: str = "optim") -> list:
+    """Trainable ``(name, parameter)`` pairs split into torch parameter groups by ``cfg.groups``
+    (the longest matching name prefix wins; unmatched parameters take the optimiser's settings).
+
+    Raises:
+        ValueError: no trainable parameter, or a group prefix that matches none (``where``
+            names the config section in the message).
+    """
+    named = [(n, p) for n, p in named if p.requires_grad]
+    if not named:
         raise ValueError("no trainable parameters: model.freeze froze everything")
-    peak = cfg.lr * cfg.warmup_factor
+    peak = cfg.warmup_factor
+    buckets: dict[str, list[torch.nn.Parameter]] = {"": []}
+    buckets.update({k: [] for k in cfg.groups})
+    by_length = sorted(cfg.groups, key=len, reverse=True)
+    for name, p in named:
+        hit = next((k for k in by_length if name == k or name.startswith(k + ".")), "")
+        buckets[hit].append(p)
+    empty = [k for k in cfg.groups if not buckets[k]]
+    if empty:
+        tops = sorted({n.rsplit(".", 2)[0] for n, _ in named})[:20]
+        raise ValueError(
+            f"{where}.groups: {empty} match no trainable parameter; parameter names look like "
+            f"{tops}"
+        )
+    groups = []
+    for key, params in buckets.items():
+        if not params:
+            continue
+        g = cfg.groups.get(key)
+        lr = g.lr if g is not None and g.lr is not None else cfg.lr
+        wd = g.weight_decay if g is not None and g.weight_decay is not None else cfg.weight_decay
+        groups.append({"params": params, "lr": lr * peak, "weight_decay": wd})
+    return groups
+
+
+def build_optimizer(
+    cfg: OptimizerSettings, params: Iterable[torch.nn.Parameter] | Iterable[Named]
+) -> Optimizer:
+    """RAdam, Adam or SGD over ``params`` (or named parameters, split by ``cfg.groups``); the
+    initial lr is the peak ``lr * warmup_factor`` (the scheduler scales it down in warm-up)."""
+    items = list(params)
+    named = [x if isinstance(x, tuple) else (f"param{i}", x) for i, x in enumerate(items)]
+    if cfg.groups and len(named) and not isinstance(items[0], tuple):
+        raise ValueError("optim.groups need named parameters")
+    groups = param_groups(cfg, named)
+    kw = {"lr": groups[0]["lr"], "weight_decay": cfg.weight_decay}
     if cfg.name == "radam":
-        return RAdam(params, lr=peak, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        return RAdam(groups, betas=cfg.betas, **kw)
     if cfg.name == "adam":
-        return Adam(params, lr=peak, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    return SGD(params, lr=peak, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return Adam(groups, betas=cfg.betas, **kw)
+    return SGD(groups, momentum=cfg.momentum, **kw)
 
 
-def build_scheduler(cfg: OptimConfig, optimizer: Optimizer, epochs: int) -> LRScheduler:
+def build_scheduler(cfg: OptimizerSettings, optimizer: Optimizer, epochs: int) -> LRScheduler:
     """Warm-up then cosine, stepped once per epoch (see module docstring)."""
     warm = min(cfg.warmup_epochs, epochs)
     cosine = CosineAnnealingLR(optimizer, T_max=max(epochs - warm, 1), eta_min=0.0)
@@ -45,7 +90,7 @@ def build_scheduler(cfg: OptimConfig, optimizer: Optimizer, epochs: int) -> LRSc
     return SequentialLR(optimizer, [linear, cosine], milestones=[warm])
 
 
-def lr_at(cfg: OptimConfig, epoch: int, epochs: int) -> float:
+def lr_at(cfg: OptimizerSettings, epoch: int, epochs: int) -> float:
     """Closed form of the schedule: the lr used during 0-based ``epoch``."""
     warm = min(cfg.warmup_epochs, epochs)
     peak = cfg.lr * cfg.warmup_factor

@@ -1,23 +1,25 @@
 """Method registry: the one explicit mapping from ``method.name`` to its implementation.
 
 Adding a method: its file under ``segssl/methods/``, one line in ``REGISTRY``, an example YAML under
-``experiments/`` (see CONTRIBUTING.md).
+``experiments/`` (see CONTRIBUTING.md). A method that only changes another's defaults is one line
+here: ``variant(Parent, "name", field=default, ...)``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, Literal
+
+from pydantic import create_model
 
 from segssl.config import MethodConfig, did_you_mean
+from segssl.methods.base import Method
 from segssl.methods.baseline import Baseline
 from segssl.methods.bim import BIM
-from segssl.methods.contrast_dec import ContrastDec
-from segssl.methods.contrast_enc import ContrastEnc
 from segssl.methods.contrast_enc_dec import ContrastEncDec
-from segssl.methods.finetune import Finetune
-from segssl.methods.full import Full
-from segssl.methods.iic import IIC
 from segssl.methods.imsat import IMSAT
+
+_CLASS_ATTRS = ("init", "pinned", "uses_labeled", "uses_unlabeled", "predict_with", "carry")
 
 
 class UnknownMethodError(KeyError, ValueError):
@@ -27,21 +29,55 @@ class UnknownMethodError(KeyError, ValueError):
         return str(self.args[0])
 
 
-# name -> method class; each class has a ``Config`` attribute (a MethodConfig subclass)
-REGISTRY: dict[str, Any] = {
+def variant(parent: type[Method], name: str, doc: str = "", **changes: Any) -> type[Method]:
+    """``parent`` registered under ``name`` with other config defaults (``field=value``) and/or
+    class attributes (``init``, ``pinned``, ...): one registry line, no file.
+
+    Raises:
+        ValueError: a change names neither a config field of ``parent`` nor a class attribute.
+    """
+    attrs = {k: changes.pop(k) for k in list(changes) if k in _CLASS_ATTRS}
+    fields: dict[str, Any] = {"name": (Literal[name], name)}
+    for key, value in changes.items():
+        if key not in parent.Config.model_fields:
+            raise ValueError(f"variant {name!r}: {parent.__name__} has no setting {key!r}")
+        info = copy.copy(parent.Config.model_fields[key])
+        info.default = value
+        fields[key] = (info.annotation, info)
+    config = create_model(f"{parent.__name__}_{name}_Config", __base__=parent.Config, **fields)
+    config.__doc__ = f"{parent.Config.__doc__} Variant {name!r}: {changes or attrs}."
+    cls = type(f"{parent.__name__}_{name}", (parent,), {"Config": config, **attrs})
+    cls.__doc__ = doc or f"{parent.__name__} with {changes or attrs}"
+    cls.__module__ = parent.__module__
+    return cls
+
+
+# name -> method class; each class has a ``Config`` whose ``name`` equals the key
+REGISTRY: dict[str, type[Method]] = {
     "baseline": Baseline,
-    "full": Full,
-    "finetune": Finetune,
+    "full": variant(Baseline, "full", pinned={"data.labeled_scans": "100%"}),
+    "finetune": variant(Baseline, "finetune", init="required"),
     "bim": BIM,
-    "iic": IIC,
+    "iic": variant(BIM, "iic", alpha=0.0, w_con=0.0, w_cc=0.0),
     "imsat": IMSAT,
-    "contrast_enc": ContrastEnc,
-    "contrast_dec": ContrastDec,
+    "contrast_enc": variant(ContrastEncDec, "contrast_enc", w_dec=0.0),
+    "contrast_dec": variant(ContrastEncDec, "contrast_dec", w_enc=0.0),
     "contrast_enc_dec": ContrastEncDec,
 }
 
 
-def get_method(name: str) -> Any:
+def check_registry(registry: dict[str, type[Method]]) -> None:
+    """Every key equals its config's ``name`` default (one source of a method's name)."""
+    for key, cls in registry.items():
+        got = cls.Config.model_fields["name"].default
+        if got != key:
+            raise ValueError(f"registry key {key!r} maps to a Config named {got!r}")
+
+
+check_registry(REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
     """Return the method class registered as ``name``.
 
     Raises:
@@ -61,4 +97,11 @@ def method_config_class(name: str) -> type[MethodConfig]:
     return get_method(name).Config
 
 
-__all__ = ["REGISTRY", "UnknownMethodError", "get_method", "method_config_class"]
+__all__ = [
+    "REGISTRY",
+    "UnknownMethodError",
+    "check_registry",
+    "get_method",
+    "method_config_class",
+    "variant",
+]

@@ -1,14 +1,16 @@
-"""The small base every method builds on.
+"""The method contract: the small base every method builds on (see CONTRIBUTING.md).
 
-A method owns the segmentation network (``self.model``) and any extra trainable modules it needs
-(``self.heads``: projectors, cluster heads). Both are submodules, so the engine optimises
-``method.parameters()`` and checkpoints ``model`` and ``heads`` separately (only ``model`` is
-carried to a fine-tuning stage). A method declares what data it needs through class attributes;
-the engine reads those and never looks at a method's name.
+A method is an ``nn.Module`` that owns everything it trains or keeps (``model``, ``heads``, EMA
+teachers, discriminators, queues, counters as buffers): the engine checkpoints the whole
+``state_dict()`` and every optimiser. It declares, as class attributes, the batches it uses, its
+loss terms and their weights (once), the network ``predict`` uses (``predict_with``, which
+best-epoch selection saves and restores), what a later stage receives (``carry``) and any
+optimiser it steps itself (``optimizers``). The engine never looks at a method's name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -18,9 +20,31 @@ from torch import Tensor, nn
 from segssl.config import AugmentConfig, MethodConfig
 from segssl.data.types import Batch
 
-__all__ = ["Method", "MethodContext", "StepOutput"]
+__all__ = ["Clock", "Method", "MethodContext", "StepOutput"]
 
-StepOutput = dict[str, Tensor]  # {"loss": total, "<part>": detached or not, ...}
+StepOutput = dict[str, Tensor]  # {"loss": total, "<part>": detached, ...}
+Weight = str | tuple[str, ...] | float | None  # config field(s) multiplied, a number, logged only
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Where a training step is: ``step`` counts optimiser steps from 1 (this one included),
+    ``epoch`` from 0; the same values on the first step after a resume as without one."""
+
+    step: int
+    epoch: int
+    iters_per_epoch: int
+    total_steps: int
+
+    @property
+    def epochs_done(self) -> float:
+        """Epochs completed before this step (fractional): ramp-ups in the papers' terms."""
+        return (self.step - 1) / self.iters_per_epoch
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the run completed before this step, in [0, 1)."""
+        return (self.step - 1) / self.total_steps
 
 
 @dataclass
@@ -28,13 +52,11 @@ class MethodContext:
     """What a method may know about its run besides its own config.
 
     Attributes:
-        num_classes: output channels of the network (background + foreground classes).
-        class_names: foreground class names of the run's target.
-        device: where batches and modules live.
-        augment: the run's augmentation section (paired transform T ranges).
-        partitions: number of slice partitions per volume (meta-labels of L_con).
-        generator: the method's own random stream (paired transforms); seeded and checkpointed
-            by the engine so that runs are bit-reproducible and resumable.
+        num_classes: output channels of the network; class_names: foreground class names.
+        device: where batches and modules live; augment: the run's augmentation section.
+        partitions: slice partitions per volume (meta-labels of L_con).
+        generator: the method's own random stream, seeded and checkpointed by the engine.
+        epochs, iters_per_epoch: the run's length (mechanics check their own lengths against it).
     """
 
     num_classes: int
@@ -43,21 +65,21 @@ class MethodContext:
     augment: AugmentConfig
     partitions: int
     generator: torch.Generator
+    epochs: int
+    iters_per_epoch: int
 
 
 class Method(nn.Module):
     """Base class: one subclass per file under ``segssl/methods/``.
 
-    Class attributes read by the engine and the config layer:
-
-    * ``Config``: the method's :class:`MethodConfig` subclass (paper defaults).
-    * ``uses_labeled`` / ``uses_unlabeled``: which batches :meth:`training_step` receives.
-    * ``init``: ``"required"`` (fine-tuning needs ``train.init_from``), ``"optional"`` or
-      ``"forbidden"`` (e.g. the baseline starts from random weights by definition).
-    * ``pinned``: settings of other config sections the method fixes, by dotted key (applied when
-      the run config is validated, so they are visible in the resolved config and its hash).
-    * ``parts``: names of the loss components :meth:`training_step` returns besides ``loss``
-      (for a given config see :meth:`loss_parts`).
+    Class attributes: ``Config`` (paper defaults); ``uses_labeled`` / ``uses_unlabeled``;
+    ``init`` (``required`` / ``optional`` / ``forbidden`` ``train.init_from``); ``pinned``
+    (dotted settings of other sections the method fixes); ``terms`` (loss term -> weight: a
+    config field name, a tuple of names multiplied, a number, or None for logged-only parts; a
+    term whose weight is 0 is off); ``predict_with`` and ``carry`` (an owned network, ``"model"``
+    or e.g. ``"teacher"``, optionally ``":<part>"`` of it such as ``"model:encoder"``);
+    ``optimizers`` (name -> owned submodule prefixes that the method steps itself with
+    :meth:`optimizer_step`; all other trainable parameters belong to the engine's optimiser).
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
@@ -65,68 +87,139 @@ class Method(nn.Module):
     uses_unlabeled: ClassVar[bool] = False
     init: ClassVar[Literal["required", "optional", "forbidden"]] = "optional"
     pinned: ClassVar[dict[str, Any]] = {}
+    terms: ClassVar[dict[str, Weight]] = {}
+    predict_with: ClassVar[str] = "model"
+    carry: ClassVar[str] = "model"
+    optimizers: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, model: nn.Module, cfg: MethodConfig, ctx: MethodContext) -> None:
         super().__init__()
         if not isinstance(cfg, self.Config):
             raise TypeError(f"{type(self).__name__} expects {self.Config.__name__}, got {cfg!r}")
-        self.model = model
-        self.cfg = cfg
-        self.ctx = ctx
+        self.model, self.cfg, self.ctx = model, cfg, ctx
         self.heads = nn.ModuleDict()
+        self._stepper: Callable[[str, Tensor], None] | None = None
 
-    def train(self, mode: bool = True) -> Method:
-        """Set training mode, except for BatchNorm layers whose parameters are all frozen
-        (``model.freeze``): they stay in eval mode, so a frozen block's running statistics do not
-        change either and the block computes the same function after training as before."""
-        super().train(mode)
-        if mode:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    params = list(m.parameters(recurse=False))
-                    if params and not any(p.requires_grad for p in params):
-                        m.eval()
-        return self
-
-    def tap_channels(self, *taps: str) -> dict[str, int]:
-        """Channels of the U-Net blocks ``taps`` (the method's feature taps), checked by name.
-
-        Raises:
-            ValueError: a tap that is not a block of the model, with the known block names.
-        """
-        ch = self.model.feature_channels
-        for tap in taps:
-            if tap not in ch:
-                raise ValueError(f"method tap {tap!r} is not a U-Net block; known: {list(ch)}")
-        return {tap: ch[tap] for tap in taps}
+    # ----------------------------------------------------------------- loss terms
+    def weights(self) -> dict[str, float]:
+        """Weight of every active term (declared in ``terms``, weight > 0), in order."""
+        out = {}
+        for term, w in self.terms.items():
+            if w is None:
+                continue
+            names = (w,) if isinstance(w, str) else w if isinstance(w, tuple) else ()
+            value = float(w) if isinstance(w, int | float) else 1.0
+            for name in names:
+                value *= float(getattr(self.cfg, name))
+            if value > 0:
+                out[term] = value
+        return out
 
     def loss_parts(self) -> tuple[str, ...]:
-        """Names of the loss components this configured method reports (besides ``loss``)."""
-        raise NotImplementedError
+        """Names of the parts this configured method logs besides ``loss``."""
+        return tuple(self.weights()) + tuple(t for t, w in self.terms.items() if w is None)
 
-    def training_step(self, labeled: Batch | None, unlabeled: Batch | None) -> StepOutput:
-        """One optimisation step's objective; ``{"loss": total, <part>: value, ...}``.
+    def output(self, parts: dict[str, Tensor], scale: dict[str, Any] | None = None) -> StepOutput:
+        """``{"loss": sum(weight * scale * part), **parts detached}``; ``scale`` holds
+        time-varying factors (ramp-ups). The parts must be exactly :meth:`loss_parts`."""
+        if set(parts) != set(self.loss_parts()):
+            raise KeyError(f"parts {sorted(parts)} differ from loss_parts {self.loss_parts()}")
+        scale = scale or {}
+        total = sum(w * scale.get(k, 1.0) * parts[k] for k, w in self.weights().items())
+        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
 
-        Batches are already on ``ctx.device`` and base-augmented by the engine; a batch the
-        method does not use (``uses_labeled`` / ``uses_unlabeled`` false) is ``None``.
+    # ----------------------------------------------------------------- networks
+    def network(self, target: str) -> tuple[nn.Module, tuple[str, ...]]:
+        """``(module, parameter prefixes)`` of ``"<network>[:<part>]"``; prefixes empty: all.
+
+        Raises:
+            ValueError: the method owns no such network, or the network has no such part.
         """
+        name, _, part = target.partition(":")
+        nets = {n: getattr(m, "inner", m) for n, m in self.named_children()}  # EMA: the network
+        owned = [n for n, m in nets.items() if hasattr(m, "tap_channels")]
+        if name not in owned:
+            raise ValueError(
+                f"{type(self).__name__}: {target!r} is not a network this method owns; "
+                f"owned networks: {owned}"
+            )
+        net = nets[name]
+        if not part:
+            return net, ()
+        if part not in net.parts:
+            raise ValueError(f"{target!r}: no part {part!r}; parts: {list(net.parts)}")
+        return net, tuple(net.parts[part])
+
+    def validate(self) -> None:
+        """Check the declarations against what was built (engine: before any work)."""
+        self.network(self.predict_with)
+        net, _ = self.network(self.carry)
+        if net.state_dict().keys() != self.model.state_dict().keys():
+            raise ValueError(f"carry {self.carry!r}: not the architecture of the model")
+        for prefixes in self.optimizers.values():
+            for p in prefixes:
+                self.get_submodule(p)  # AttributeError names the missing one
+
+    def carried_state(self) -> dict[str, Tensor]:
+        """What a later stage receives (``carry``), named like the model's own tensors."""
+        net, prefixes = self.network(self.carry)
+        state = net.state_dict()
+        return {
+            k: v
+            for k, v in state.items()
+            if not prefixes or any(k == p or k.startswith(p + ".") for p in prefixes)
+        }
+
+    def tap_channels(self, *roles: str) -> dict[str, int]:
+        """Channels of the model's tap ``roles``, validated for its architecture."""
+        ch = self.model.tap_channels
+        for role in roles:
+            if role not in ch:
+                raise ValueError(
+                    f"method tap {role!r} is not a tap role of model "
+                    f"{type(self.model).__name__}; valid roles: {list(ch)}"
+                )
+        return {r: ch[r] for r in roles}
+
+    # ----------------------------------------------------------------- training
+    def train(self, mode: bool = True) -> Method:
+        """Set training mode; BatchNorms of ``model.freeze`` blocks stay in eval (their running
+        statistics do not change). Other modules choose their own mode (see an EMA teacher)."""
+        super().train(mode)
+        frozen = getattr(self.model, "frozen_prefixes", ())
+        if mode and frozen:
+            for name, m in self.model.named_modules():
+                under = any(name == p or name.startswith(p + ".") for p in frozen)
+                if under and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def training_step(
+        self, labeled: Batch | None, unlabeled: Batch | None, clock: Clock
+    ) -> StepOutput:
+        """One step's objective, ``self.output(parts)``. Batches are on ``ctx.device`` and
+        base-augmented; a batch the method does not use is None."""
         raise NotImplementedError
 
-    def after_step(self, step: int) -> None:
-        """Hook after each optimiser step (e.g. an EMA teacher update); ``step`` counts from 1."""
+    def after_step(self, clock: Clock) -> dict[str, Tensor] | None:
+        """After the engine's optimiser step: EMA updates, a discriminator's own step
+        (:meth:`optimizer_step`); may return extra detached values to log."""
+        return None
+
+    def optimizer_step(self, name: str, loss: Tensor) -> None:
+        """Backward ``loss`` and step the owned optimiser ``name`` (the engine applies AMP's
+        GradScaler, gradient clipping and the LR schedule)."""
+        if self._stepper is None:
+            raise RuntimeError("optimizer_step is only available inside the engine")
+        self._stepper(name, loss)
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> Tensor:
-        """Segmentation logits ``(B, C, H, W)`` used for validation and test."""
-        return self.model(images)
+        """Segmentation logits ``(B, C, H, W)`` of the ``predict_with`` network."""
+        net = self.network(self.predict_with)[0]
+        return net(images)
 
     @torch.no_grad()
     def pictures(self, batch: Batch) -> dict[str, Any] | None:
-        """Matplotlib figures describing the learned representation (clustering methods), or
-        None. ``batch`` holds a few validation slices (``image`` ``(B, 1, H, W)``)."""
+        """Figures of the learned representation (clustering methods), or None."""
         return None
-
-
-def parts_output(total: Tensor, parts: dict[str, Tensor]) -> StepOutput:
-    """``{"loss": total, **parts}`` with parts detached (they are only logged)."""
-    return {"loss": total, **{k: v.detach() for k, v in parts.items()}}

@@ -1,7 +1,9 @@
 """Baseline: supervised training on the labeled scans only, from random weights.
 
 The papers' lower bound ("Baseline" rows of BIM Tables 2-6): pixel-wise cross-entropy on the
-labeled slices; fine-tuning stages use the same objective from pre-trained weights (``finetune``).
+labeled slices. Registry variants: ``finetune`` (the same objective from ``train.init_from``, the
+second stage of every pre-training method: BIM App. F) and ``full`` (every training label:
+``data.labeled_scans`` pinned to 100 %, the upper bound).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pydantic import Field
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.losses import cross_entropy, dice_loss
-from segssl.methods.base import Method, StepOutput, parts_output
+from segssl.methods.base import Clock, Method, StepOutput
 
 
 class Config(MethodConfig):
@@ -30,17 +32,14 @@ class Baseline(Method):
     Config: ClassVar[type[MethodConfig]] = Config
     uses_labeled = True
     init = "forbidden"
+    terms = {"ce": "w_ce", "dice": "w_dice"}
 
-    def loss_parts(self) -> tuple[str, ...]:
-        return tuple(k for k in ("ce", "dice") if getattr(self.cfg, f"w_{k}") > 0)
-
-    def training_step(self, labeled: Batch | None, unlabeled: Batch | None) -> StepOutput:
-        logits = self.model(labeled["image"])
+    def training_step(self, labeled: Batch, unlabeled: None, clock: Clock) -> StepOutput:
+        logits, on = self.model(labeled["image"]), self.weights()
         parts = {}
-        if self.cfg.w_ce > 0:
+        if "ce" in on:
             # labels from the data layer are in range (no host read of their range per step)
             parts["ce"] = cross_entropy(logits, labeled["label"], check_range=False)
-        if self.cfg.w_dice > 0:
+        if "dice" in on:
             parts["dice"] = dice_loss(logits, labeled["label"], check_range=False)
-        total = sum(getattr(self.cfg, f"w_{k}") * v for k, v in parts.items())
-        return parts_output(total, parts)
+        return self.output(parts)

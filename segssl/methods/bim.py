@@ -3,17 +3,20 @@
 ``L = w_con * L_con + w_mi * L_MI(alpha) + w_cc * lambda_cc * L_CC`` on unlabeled slices:
 
 * ``L_MI`` (eqs. 3-8) between ``p_hat = g(s(T(x)))`` and ``p_tilde = g(T(s(x)))``: ``s`` is the
-  U-Net up to ``dense_tap`` (Up_conv2), ``g`` the cluster heads (1x1 conv + K-way softmax, one
-  loss per head, averaged), ``T`` the paired transform sampled ONCE per step (gamma + affine on
-  the image, the same affine only on the features). Pixels that ``T`` moves in from outside the
-  image are masked out of the joint (``mask_outside``; the paper does not say).
+  U-Net up to ``dense_tap`` (``decoder4`` = Up_conv2), ``g`` the cluster heads (1x1 conv +
+  K-way softmax, one loss per head, averaged), ``T`` the paired transform sampled ONCE per step
+  (gamma + affine on the image, the same affine only on the features). Pixels that ``T`` moves
+  in from outside the image are masked out of the joint (``mask_outside``; the paper does not
+  say).
 * ``L_CC`` (eq. 9): local NCC between the edge map of ``T(x)`` and the cluster-entropy map of
   ``p_hat``, per head, averaged.
-* ``L_con`` (eq. 10): supervised-contrastive loss on the pooled ``global_tap`` (Conv5) features of
-  both views through the global projector; positives share the slice-partition meta-label.
+* ``L_con`` (eq. 10): supervised-contrastive loss on the pooled ``global_tap`` (``encoder`` =
+  Conv5) features of both views through the global projector; positives share the
+  slice-partition meta-label.
 
 Setting a weight to 0 removes the term (and its head): "only MI" is ``w_con=0, w_cc=0``, "only
-CC" ``w_con=0, w_mi=0``, "MI+CC" ``w_con=0``, "Contrast(Enc)+Ours" the default.
+CC" ``w_con=0, w_mi=0``, "MI+CC" ``w_con=0``, "Contrast(Enc)+Ours" the default. Registry
+variant ``iic`` (IIC (Dec), Ji et al. 2019; BIM App. E): plain MI, ``alpha=0``, only ``w_mi``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from segssl.data.types import Batch
 from segssl.losses import mi_loss
 from segssl.losses.boundary import cc_loss
 from segssl.losses.mi import joint_distribution
-from segssl.methods.base import Method, MethodContext, StepOutput, parts_output
+from segssl.methods.base import Clock, Method, MethodContext, StepOutput
 from segssl.methods.pictures import cluster_figures
 from segssl.models.heads import ClusterHeads, GlobalProjector
 
@@ -52,8 +55,8 @@ class Config(MethodConfig):
     temperature: float = Field(0.07, gt=0.0)
     proj_hidden: int = Field(256, ge=1)
     proj_dim: int = Field(128, ge=1)
-    dense_tap: str = "Up_conv2"
-    global_tap: str = "Conv5"
+    dense_tap: str = "decoder4"  # tap roles of the model (Up_conv2, Conv5 in the U-Net)
+    global_tap: str = "encoder"
     mask_outside: bool = True
 
     @field_validator("window")
@@ -75,6 +78,7 @@ class BIM(Method):
 
     Config: ClassVar[type[MethodConfig]] = Config
     uses_unlabeled = True
+    terms = {"con": "w_con", "mi": "w_mi", "cc": ("w_cc", "lambda_cc")}
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
@@ -88,13 +92,9 @@ class BIM(Method):
             )
 
     def _on(self, part: str) -> bool:
-        w = {"con": self.cfg.w_con, "mi": self.cfg.w_mi, "cc": self.cfg.w_cc * self.cfg.lambda_cc}
-        return w[part] > 0
+        return part in self.weights()
 
-    def loss_parts(self) -> tuple[str, ...]:
-        return tuple(p for p in ("con", "mi", "cc") if self._on(p))
-
-    def training_step(self, labeled: Batch | None, unlabeled: Batch) -> StepOutput:
+    def training_step(self, labeled: None, unlabeled: Batch, clock: Clock) -> StepOutput:
         cfg, x = self.cfg, unlabeled["image"]
         state = self.T.sample(x.shape[0], generator=self.ctx.generator)
         tx = state.image(x)
@@ -118,9 +118,7 @@ class BIM(Method):
             z = self.heads["global"](torch.cat([f_x[cfg.global_tap], f_tx[cfg.global_tap]]))
             # (N,) meta-labels, shared by both views: every anchor has a positive
             parts["con"] = supcon_loss(z, unlabeled["partition"], temperature=cfg.temperature)
-        weights = {"con": cfg.w_con, "mi": cfg.w_mi, "cc": cfg.w_cc * cfg.lambda_cc}
-        total = sum(weights[k] * v for k, v in parts.items())
-        return parts_output(total, parts)
+        return self.output(parts)
 
     @torch.no_grad()
     def pictures(self, batch: Batch) -> dict[str, Any] | None:

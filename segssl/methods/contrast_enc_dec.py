@@ -10,7 +10,9 @@
 
 The paper optimises only the encoder when only the global loss is used (freeze the decoder with
 ``model.freeze``, see ``experiments/contrast_enc.yaml``) and everything but ``Conv_1x1`` with the
-local loss (``model.freeze: [Conv_1x1]``).
+local loss (``model.freeze: [Conv_1x1]``). Registry variants: ``contrast_enc`` (``w_dec=0``, the
+global term only; the decoder is not in the graph) and ``contrast_dec`` (``w_enc=0``, the local
+term only).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from segssl.augment import PairedTransform
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.losses.contrastive import dense_contrastive_loss, supcon_loss
-from segssl.methods.base import Method, MethodContext, StepOutput, parts_output
+from segssl.methods.base import Clock, Method, MethodContext, StepOutput
 from segssl.models.heads import DenseProjector, GlobalProjector
 
 
@@ -41,8 +43,8 @@ class Config(MethodConfig):
     negatives: Literal["chebyshev", "row_col"] = "chebyshev"
     proj_hidden: int = Field(256, ge=1)
     proj_dim: int = Field(128, ge=1)
-    global_tap: str = "Conv5"
-    dense_tap: str = "Up_conv2"
+    global_tap: str = "encoder"  # tap roles (Conv5, Up_conv2 in the U-Net)
+    dense_tap: str = "decoder4"
 
     @model_validator(mode="after")
     def _some_term(self) -> Config:
@@ -56,6 +58,7 @@ class ContrastEncDec(Method):
 
     Config: ClassVar[type[MethodConfig]] = Config
     uses_unlabeled = True
+    terms = {"enc": "w_enc", "dec": "w_dec"}
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
@@ -70,15 +73,10 @@ class ContrastEncDec(Method):
                 ch[cfg.dense_tap], cfg.proj_hidden, cfg.proj_dim, cfg.grid
             )
 
-    def loss_parts(self) -> tuple[str, ...]:
-        return tuple(p for p, w in (("enc", self.cfg.w_enc), ("dec", self.cfg.w_dec)) if w > 0)
-
     def _features(self, x: torch.Tensor, tap: str) -> torch.Tensor:
-        if tap.startswith("Conv") and tap[4:].isdigit():  # encoder tap: skip the decoder
-            return self.model.encode(x)[int(tap[4:]) - 1]
-        return self.model(x, taps=[tap])[1][tap]
+        return self.model.features(x, [tap])[tap]  # an encoder tap skips the decoder
 
-    def training_step(self, labeled: Batch | None, unlabeled: Batch) -> StepOutput:
+    def training_step(self, labeled: None, unlabeled: Batch, clock: Clock) -> StepOutput:
         cfg, x, gen = self.cfg, unlabeled["image"], self.ctx.generator
         parts: dict[str, torch.Tensor] = {}
         if cfg.w_enc > 0:
@@ -94,5 +92,4 @@ class ContrastEncDec(Method):
             parts["dec"] = dense_contrastive_loss(
                 f1, f2, cfg.temperature_dec, cfg.min_distance, cfg.negatives
             )
-        total = cfg.w_enc * parts.get("enc", 0.0) + cfg.w_dec * parts.get("dec", 0.0)
-        return parts_output(total, parts)
+        return self.output(parts)

@@ -18,7 +18,7 @@ from segssl.augment import PairedTransform
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.losses.imsat import imsat_loss, imsat_terms
-from segssl.methods.base import Method, MethodContext, StepOutput, parts_output
+from segssl.methods.base import Clock, Method, MethodContext, StepOutput
 from segssl.methods.pictures import cluster_figures
 from segssl.models.heads import ClusterHeads
 
@@ -32,7 +32,7 @@ class Config(MethodConfig):
     lamda: float = Field(0.1, ge=0.0)  # weight of the MI term against SAT
     mu: float = Field(4.0, ge=0.0)  # weight of the conditional entropy inside the MI term
     sat_weight: float = Field(1.0, ge=0.0)
-    dense_tap: str = "Up_conv2"
+    dense_tap: str = "decoder4"  # tap role (Up_conv2 in the U-Net)
 
 
 class IMSAT(Method):
@@ -40,6 +40,8 @@ class IMSAT(Method):
 
     Config: ClassVar[type[MethodConfig]] = Config
     uses_unlabeled = True
+    # the IMSAT objective is the total; its components are logged only
+    terms = {"imsat": 1.0, "sat": None, "marginal_entropy": None, "conditional_entropy": None}
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
@@ -47,10 +49,7 @@ class IMSAT(Method):
         self.T = PairedTransform.from_config(ctx.augment)
         self.heads["cluster"] = ClusterHeads(ch[cfg.dense_tap], cfg.k, cfg.heads)
 
-    def loss_parts(self) -> tuple[str, ...]:
-        return ("imsat", "sat", "marginal_entropy", "conditional_entropy")
-
-    def training_step(self, labeled: Batch | None, unlabeled: Batch) -> StepOutput:
+    def training_step(self, labeled: None, unlabeled: Batch, clock: Clock) -> StepOutput:
         cfg, x = self.cfg, unlabeled["image"]
         state = self.T.sample(x.shape[0], generator=self.ctx.generator)
         _, f_tx = self.model(state.image(x), taps=[cfg.dense_tap])
@@ -66,7 +65,7 @@ class IMSAT(Method):
             terms = [imsat_terms(a, r) for a, r in pairs]
         parts = {k: torch.stack([t[k] for t in terms]).mean() for k in terms[0]}
         parts["imsat"] = total.mean()
-        return parts_output(total.mean(), parts)
+        return self.output(parts)
 
     @torch.no_grad()
     def pictures(self, batch: Batch) -> dict[str, Any] | None:

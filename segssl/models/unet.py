@@ -1,21 +1,42 @@
-"""The papers' 2D U-Net with named blocks and feature taps.
+"""The papers' 2D U-Net with named blocks and feature taps named by role.
 
 Encoder blocks ``Conv1..Conv5`` (two 3x3 conv + BN + ReLU each, max-pooling between them), decoder
 blocks ``Up_conv5..Up_conv2`` (up-sampling conv, concatenation with the skip, two 3x3 convs) and a
-final 1x1 convolution ``Conv_1x1``. ``forward(x, taps=("Conv5", "Up_conv2"))`` returns the logits
-and a dict of the requested intermediate features, so methods never need forward hooks.
+final 1x1 convolution ``Conv_1x1``.
+
+Tap roles (what methods ask for; they never see block names): ``encoder`` is the encoder's
+output (``Conv5``), ``encoder1..encoder5`` the encoder blocks ``Conv1..Conv5``, ``decoder1..4``
+the decoder blocks from the deepest: ``decoder1 = Up_conv5`` ... ``decoder4 = Up_conv2`` (the
+GMI paper's Up_conv5..Up_conv2; Chaitanya's "first l decoder blocks" are ``decoder1..l``).
+``forward(x, taps=("encoder", "decoder4"))`` returns the logits and the requested features.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from segssl.config import ModelConfig
 
-__all__ = ["UNet", "build_model", "encoder_names", "decoder_names"]
+__all__ = ["Config", "UNet", "apply_freeze", "decoder_names", "encoder_names"]
+
+
+class Config(ModelConfig):
+    """The papers' U-Net: ``base_width`` channels in Conv1, doubled per block (16 -> 256)."""
+
+    name: Literal["unet"] = "unet"
+    in_channels: int = Field(1, ge=1)
+    base_width: int = Field(16, ge=2)
+    depth: int = Field(5, ge=2, le=6)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # after each decoder block (MC dropout)
+
+    @property
+    def input_multiple(self) -> int:
+        return 2 ** (self.depth - 1)
 
 
 class ConvBlock(nn.Sequential):
@@ -68,8 +89,11 @@ class UNet(nn.Module):
         dropout: dropout after each decoder block (used by UA-MT's MC sampling).
 
     Shapes: ``x: (B, C_in, H, W)`` with H, W divisible by ``2**(depth-1)``;
-    logits ``(B, num_classes, H, W)``; tap ``Conv<i>`` is ``(B, base*2**(i-1), H/2**(i-1), ...)``.
+    logits ``(B, num_classes, H, W)``; tap ``encoder<i>`` (``Conv<i>``) is
+    ``(B, base*2**(i-1), H/2**(i-1), W/2**(i-1))``.
     """
+
+    Config: ClassVar[type[ModelConfig]] = Config
 
     def __init__(
         self,
@@ -95,11 +119,35 @@ class UNet(nn.Module):
         self.Conv_1x1 = nn.Conv2d(self.widths[0], num_classes, 1)
 
     @property
-    def feature_channels(self) -> dict[str, int]:
-        """Channels of every tappable block, by name."""
+    def tap_blocks(self) -> dict[str, str]:
+        """Tap role -> block name (see the module docstring)."""
+        enc = encoder_names(self.depth)
+        roles = {"encoder": enc[-1], **{f"encoder{i}": n for i, n in enumerate(enc, 1)}}
+        roles.update({f"decoder{i}": n for i, n in enumerate(decoder_names(self.depth), 1)})
+        return roles
+
+    @property
+    def tap_channels(self) -> dict[str, int]:
+        """Channels of every tap role."""
         ch = dict(zip(encoder_names(self.depth), self.widths, strict=True))
         ch.update({f"Up_conv{lv}": self.widths[lv - 2] for lv in range(self.depth, 1, -1)})
-        return ch
+        return {role: ch[block] for role, block in self.tap_blocks.items()}
+
+    @property
+    def parts(self) -> dict[str, tuple[str, ...]]:
+        """Named parts (for ``carry`` and partial loading) -> parameter-name prefixes."""
+        dec = tuple(n for lv in range(self.depth, 1, -1) for n in (f"Up{lv}", f"Up_conv{lv}"))
+        return {"encoder": tuple(encoder_names(self.depth)), "decoder": dec, "head": ("Conv_1x1",)}
+
+    def _check_taps(self, taps: Iterable[str]) -> dict[str, str]:
+        roles = self.tap_blocks
+        unknown = [t for t in taps if t not in roles]
+        if unknown:
+            raise KeyError(
+                f"unknown feature tap role(s) {unknown} for model 'unet' (depth {self.depth}); "
+                f"valid roles: {list(roles)}"
+            )
+        return {t: roles[t] for t in taps}
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """Encoder features ``[Conv1, ..., Conv<depth>]``."""
@@ -114,34 +162,45 @@ class UNet(nn.Module):
     def forward(
         self, x: Tensor, taps: Iterable[str] = ()
     ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        """Logits, or ``(logits, {name: feature})`` when ``taps`` names blocks to return."""
-        wanted = set(taps)
-        unknown = wanted - set(self.feature_channels)
-        if unknown:
-            raise KeyError(
-                f"unknown feature tap(s) {sorted(unknown)}; known: {list(self.feature_channels)}"
-            )
+        """Logits, or ``(logits, {role: feature})`` when ``taps`` names tap roles to return."""
+        wanted = self._check_taps(taps)
+        if not wanted:
+            return self._decode(self.encode(x), {})[0]
+        return self._decode(self.encode(x), wanted)
+
+    def features(self, x: Tensor, taps: Iterable[str]) -> dict[str, Tensor]:
+        """``{role: feature}`` only; encoder roles alone skip the decoder (not in the graph)."""
+        wanted = self._check_taps(taps)
         enc = self.encode(x)
-        out = {n: f for n, f in zip(encoder_names(self.depth), enc, strict=True) if n in wanted}
+        if all(r.startswith("encoder") for r in wanted):
+            by_block = dict(zip(encoder_names(self.depth), enc, strict=True))
+            return {r: by_block[b] for r, b in wanted.items()}
+        return self._decode(enc, wanted)[1]
+
+    def _decode(self, enc: list[Tensor], wanted: dict[str, str]) -> tuple[Tensor, dict]:
+        blocks = {b: r for r, b in wanted.items()}
+        out = {
+            r: f
+            for n, f in zip(encoder_names(self.depth), enc, strict=True)
+            for r, b in wanted.items()
+            if b == n
+        }
         d = enc[-1]
         for level in range(self.depth, 1, -1):
             d = getattr(self, f"Up{level}")(d)
             d = getattr(self, f"Up_conv{level}")(torch.cat([enc[level - 2], d], dim=1))
-            if f"Up_conv{level}" in wanted:
-                out[f"Up_conv{level}"] = d
-        logits = self.Conv_1x1(d)
-        return (logits, out) if wanted else logits
+            if f"Up_conv{level}" in blocks:
+                out[blocks[f"Up_conv{level}"]] = d
+        return self.Conv_1x1(d), out
 
     def decode_head(self, features: Tensor) -> Tensor:
-        """Apply the final 1x1 conv to ``Up_conv2`` features (for T(s(x)) style pairs)."""
+        """Apply the final 1x1 conv to the last decoder block's features (T(s(x)) style pairs)."""
         return self.Conv_1x1(features)
 
-
-def build_model(cfg: ModelConfig, num_classes: int) -> UNet:
-    """Build the U-Net of ``cfg`` and freeze the parameters named by ``cfg.freeze`` prefixes."""
-    model = UNet(cfg.in_channels, num_classes, cfg.base_width, cfg.depth, cfg.dropout)
-    apply_freeze(model, cfg.freeze)
-    return model
+    @classmethod
+    def from_config(cls, cfg: Config, num_classes: int) -> UNet:
+        """The U-Net of ``cfg`` (the model registry's constructor)."""
+        return cls(cfg.in_channels, num_classes, cfg.base_width, cfg.depth, cfg.dropout)
 
 
 def apply_freeze(model: nn.Module, prefixes: Iterable[str]) -> list[str]:
@@ -161,4 +220,5 @@ def apply_freeze(model: nn.Module, prefixes: Iterable[str]) -> list[str]:
     for n, param in model.named_parameters():
         if n in frozen:
             param.requires_grad_(False)
+    model.frozen_prefixes = prefixes  # Method.train keeps these blocks' BatchNorms in eval
     return frozen

@@ -21,7 +21,7 @@ def test_roundtrip_and_marker(tmp_path: Path) -> None:
     src = UNet(1, 2, base_width=4, depth=3)
     path = _save_model(tmp_path / "a.pt", src)
     ckpt = load_checkpoint(path)
-    assert ckpt["format"] == "segssl-checkpoint" and ckpt["version"] == 1 and ckpt["epoch"] == 3
+    assert ckpt["format"] == "segssl-checkpoint" and ckpt["version"] == 2 and ckpt["epoch"] == 3
     dst = UNet(1, 2, base_width=4, depth=3)
     rep = load_model_weights(dst, path)
     assert rep["missing"] == rep["unexpected"] == rep["mismatched"] == []

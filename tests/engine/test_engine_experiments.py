@@ -37,4 +37,4 @@ def test_bim_pretrain_carries_the_paper_method_settings() -> None:
     cfg = load_run_config(EXPERIMENTS[0].parent / "bim_pretrain.yaml")
     m = cfg.method
     assert (m.k, m.heads, m.alpha, m.lambda_cc, m.temperature) == (40, 3, 0.5, 1.0, 0.07)
-    assert (m.dense_tap, m.global_tap, cfg.data.partitions) == ("Up_conv2", "Conv5", 3)
+    assert (m.dense_tap, m.global_tap, cfg.data.partitions) == ("decoder4", "encoder", 3)

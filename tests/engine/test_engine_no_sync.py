@@ -24,8 +24,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from segssl.data import build_data
 from segssl.engine import build_optimizer
+from segssl.engine.loop import build_method
 from segssl.methods import REGISTRY, get_method
-from segssl.methods.base import MethodContext
+from segssl.methods.base import Clock
 from segssl.models import build_model
 
 # Tensor methods that read a value back to the host
@@ -166,26 +167,21 @@ def test_training_step_has_no_host_sync(name: str, tiny, batches) -> None:
     steps, num_classes = batches
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes)
-    ctx = MethodContext(
-        num_classes,
-        ("RV", "Myo", "LV"),
-        torch.device("cpu"),
-        cfg.augment,
-        3,
-        torch.Generator().manual_seed(0),
-    )
-    method = cls(model, cfg.method, ctx).train()
-    opt = build_optimizer(cfg.optim, method.parameters())
+    gen = torch.Generator().manual_seed(0)
+    cpu = torch.device("cpu")
+    method = build_method(cfg, cls, model, num_classes, ("RV", "Myo", "LV"), cpu, gen).train()
+    opt = build_optimizer(cfg.optim, list(method.named_parameters()))
 
     def two_steps() -> None:
-        for lab, unl in steps:
+        for i, (lab, unl) in enumerate(steps):
+            clock = Clock(i + 1, 0, 2, 4)
             out = method.training_step(
-                lab if cls.uses_labeled else None, unl if cls.uses_unlabeled else None
+                lab if cls.uses_labeled else None, unl if cls.uses_unlabeled else None, clock
             )
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
-            method.after_step(1)
+            method.after_step(clock)
 
     found = host_syncs(two_steps)
     assert found == [], f"{name}: host synchronisation in the training step: {sorted(set(found))}"

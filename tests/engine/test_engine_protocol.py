@@ -11,7 +11,6 @@ import segssl.engine.loop as loop
 from segssl.engine import train
 from segssl.engine.checkpoint import load_checkpoint
 from segssl.methods import REGISTRY
-from segssl.methods.finetune import Finetune
 
 
 class _Stop(Exception):
@@ -31,7 +30,7 @@ def _spy_initial_weights(monkeypatch) -> tuple[dict, list]:
 
     def optim_spy(cfg, params):
         params = list(params)
-        optimised.extend(params)
+        optimised.extend(p for _, p in params)
         return build_optimizer(cfg, params)
 
     monkeypatch.setattr(loop, "build_model", model_spy)
@@ -70,7 +69,8 @@ def test_frozen_blocks_stay_bit_identical(tiny, tmp_path: Path, monkeypatch, nam
     assert ids and not any(p.requires_grad is False for p in optimised)
     assert len(ids) == len(optimised)
     if name == "bim":  # the cluster heads and the projector are trained and checkpointed
-        assert {k.split(".")[0] for k in last["heads"]} == {"cluster", "global"}
+        heads = {k.split(".")[1] for k in last["method"] if k.startswith("heads.")}
+        assert heads == {"cluster", "global"}
 
 
 def test_finetune_starts_from_the_pretrained_weights(tiny, tmp_path: Path, monkeypatch) -> None:
@@ -79,14 +79,15 @@ def test_finetune_starts_from_the_pretrained_weights(tiny, tmp_path: Path, monke
     )
     ckpt = load_checkpoint(pre["checkpoints"]["best"])["model"]
     first: dict[str, torch.Tensor] = {}
-    step = Finetune.training_step
+    finetune = REGISTRY["finetune"]
+    step = finetune.training_step
 
-    def spy(self, labeled, unlabeled):
+    def spy(self, labeled, unlabeled, clock):
         if not first:
             first.update({k: v.detach().clone() for k, v in self.model.state_dict().items()})
-        return step(self, labeled, unlabeled)
+        return step(self, labeled, unlabeled, clock)
 
-    monkeypatch.setattr(Finetune, "training_step", spy)
+    monkeypatch.setattr(finetune, "training_step", spy)
     ft = {
         "train": {
             "epochs": 1,
@@ -183,7 +184,7 @@ def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(tiny, tmp_path
     seen: list[tuple[bool, bool, bool]] = []
     step = Baseline.training_step
 
-    def spy(self, labeled, unlabeled):
+    def spy(self, labeled, unlabeled, clock):
         w = self.model.Conv2[0].weight
         x = labeled["image"]
         seen.append(
@@ -193,7 +194,7 @@ def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(tiny, tmp_path
                 x.is_contiguous(memory_format=torch.channels_last),
             )
         )
-        return step(self, labeled, unlabeled)
+        return step(self, labeled, unlabeled, clock)
 
     monkeypatch.setattr(Baseline, "training_step", spy)
     cfg = tiny("baseline", "finetune", train={"epochs": 1, "iters_per_epoch": 1})

@@ -13,7 +13,7 @@ from segssl.config import MethodConfig
 from segssl.engine import CheckpointError, EngineConfigError, NonFiniteLossError, train
 from segssl.engine.checkpoint import load_checkpoint
 from segssl.methods import REGISTRY
-from segssl.methods.base import Method, parts_output
+from segssl.methods.base import Method
 from segssl.methods.baseline import Baseline
 
 
@@ -45,7 +45,7 @@ def test_resume_gives_identical_weights(tiny, tmp_path: Path, name: str, stage: 
     a = load_checkpoint(tmp_path / "full/checkpoints/last.pt")
     b = load_checkpoint(tmp_path / "cut/checkpoints/last.pt")
     _equal_states(a["model"], b["model"])
-    _equal_states(a["heads"], b["heads"])
+    _equal_states(a["method"], b["method"])
     drop = {"time/epoch_s"}
     hist = [
         [{k: v for k, v in h.items() if k not in drop} for h in r["history"]]
@@ -149,16 +149,12 @@ class _NanProbe(Baseline):
 
     Config: ClassVar[type[MethodConfig]] = _NanConfig
     init = "optional"
-    step = 0
+    terms = {"ce": 1.0, "extra": 1.0}
 
-    def loss_parts(self) -> tuple[str, ...]:
-        return ("ce", "extra")
-
-    def training_step(self, labeled, unlabeled):
-        self.step += 1
+    def training_step(self, labeled, unlabeled, clock):
         ce = torch.nn.functional.cross_entropy(self.model(labeled["image"]), labeled["label"])
-        extra = ce * (float("nan") if self.step == self.cfg.at_step else 0.0)
-        return parts_output(ce + extra, {"ce": ce, "extra": extra})
+        extra = ce * (float("nan") if clock.step == self.cfg.at_step else 0.0)
+        return self.output({"ce": ce, "extra": extra})
 
 
 def test_nan_loss_stops_with_step(tiny, tmp_path: Path, monkeypatch) -> None:
@@ -183,15 +179,13 @@ class _SemiProbe(Method):
     uses_labeled = True
     uses_unlabeled = True
     seen: ClassVar[list] = []
+    terms = {"ce": 1.0, "unl": 1.0}
 
-    def loss_parts(self) -> tuple[str, ...]:
-        return ("ce", "unl")
-
-    def training_step(self, labeled, unlabeled):
+    def training_step(self, labeled, unlabeled, clock):
         type(self).seen.append((labeled["label"].shape, "label" in unlabeled))
         ce = torch.nn.functional.cross_entropy(self.model(labeled["image"]), labeled["label"])
         unl = self.model(unlabeled["image"]).softmax(1)[:, 0].mean()
-        return parts_output(ce + unl, {"ce": ce, "unl": unl})
+        return self.output({"ce": ce, "unl": unl})
 
 
 def test_semi_stage_draws_both_batches(tiny, tmp_path: Path, monkeypatch) -> None:

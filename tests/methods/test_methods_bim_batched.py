@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from segssl.engine.loop import build_method
 from segssl.losses import mi_loss
 from segssl.losses.boundary import cc_loss
 from segssl.methods import get_method
-from segssl.methods.base import MethodContext
+from segssl.methods.base import Clock
 from segssl.models import build_model
 
 
@@ -34,8 +35,8 @@ def test_batched_bim_step_equals_the_per_head_reference(tiny) -> None:
     torch.manual_seed(0)
     model = build_model(cfg.model, 4)
     model.eval()  # batch-norm statistics are not updated between the two passes
-    ctx = MethodContext(4, ("a", "b", "c"), torch.device("cpu"), cfg.augment, 3, torch.Generator())
-    method = get_method("bim")(model, cfg.method, ctx)
+    method = build_method(cfg, get_method("bim"), model, 4, ("a", "b", "c"), torch.device("cpu"))
+    ctx = method.ctx
     with torch.no_grad():  # sharper heads: entropy maps with structure, not near-flat maps whose
         for p in method.heads["cluster"].parameters():  # min-max normalisation magnifies 1e-7
             p.mul_(30.0)  # rounding differences of the stacked conv into 1e-3 gradient changes
@@ -44,7 +45,7 @@ def test_batched_bim_step_equals_the_per_head_reference(tiny) -> None:
     params = [p for p in method.parameters() if p.requires_grad]
 
     ctx.generator.manual_seed(5)
-    out = method.training_step(None, batch)
+    out = method.training_step(None, batch, Clock(1, 0, 2, 4))
     grads = torch.autograd.grad(out["loss"], params, allow_unused=True)
     ref = _reference_parts(method, batch, torch.Generator().manual_seed(5))
     ref_grads = torch.autograd.grad(ref["mi"] + ref["cc"], params, allow_unused=True)

@@ -1,4 +1,7 @@
-"""Every registered method: two CPU optimisation steps on real (synthetic ACDC) batches."""
+"""Every registered method: two CPU optimisation steps on real (synthetic ACDC) batches.
+
+Expectations come from the registry itself: the parts a step returns are the method's
+declared ``loss_parts()``, and every registry key equals its config's ``name``."""
 
 from __future__ import annotations
 
@@ -10,26 +13,38 @@ import torch
 from segssl.config import ConfigError, parse_run_config
 from segssl.data import build_data
 from segssl.engine import build_optimizer
-from segssl.methods import REGISTRY, UnknownMethodError, get_method
-from segssl.methods.base import MethodContext
+from segssl.engine.loop import build_method
+from segssl.methods import REGISTRY, UnknownMethodError, check_registry, get_method, variant
+from segssl.methods.base import Clock
+from segssl.methods.baseline import Baseline
 from segssl.models import build_model
 
-# the loss components each method must report besides "loss"
-EXPECTED = {
-    "baseline": {"ce"},
-    "full": {"ce"},
-    "finetune": {"ce"},
-    "bim": {"con", "mi", "cc"},
-    "iic": {"mi"},
-    "imsat": {"imsat", "sat", "marginal_entropy", "conditional_entropy"},
-    "contrast_enc": {"enc"},
-    "contrast_dec": {"dec"},
-    "contrast_enc_dec": {"enc", "dec"},
-}
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_registry_key_is_the_config_name(name: str) -> None:
+    cls = REGISTRY[name]
+    assert cls.Config().name == name
+    assert parse_run_config({"method": {"name": name}}).method.name == name
 
 
-def test_every_registered_method_is_covered() -> None:
-    assert set(EXPECTED) == set(REGISTRY)
+def test_a_key_that_differs_from_its_config_name_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match="registry key 'ce_only' maps to a Config named 'baseline'"
+    ):
+        check_registry({"ce_only": Baseline})
+
+
+def test_variants_change_only_defaults() -> None:
+    """One-line variants keep the parent's checks and differ only where declared."""
+    iic, bim = REGISTRY["iic"].Config(), REGISTRY["bim"].Config()
+    same = {k for k in type(bim).model_fields if k != "name"}
+    diff = {k for k in same if getattr(iic, k) != getattr(bim, k)}
+    assert diff == {"alpha", "w_con", "w_cc"}
+    with pytest.raises(ConfigError, match="method.alpha"):  # the parent's bound 0 <= alpha <= 1
+        parse_run_config({"method": {"name": "iic", "alpha": 2}})
+    assert REGISTRY["finetune"].init == "required" and Baseline.init == "forbidden"
+    with pytest.raises(ValueError, match="has no setting 'w_xx'"):
+        variant(Baseline, "typo", w_xx=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -55,27 +70,25 @@ def test_two_steps(name: str, tiny, batches) -> None:
     (steps, num_classes) = batches
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes)
-    ctx = MethodContext(
-        num_classes,
-        ("RV", "Myo", "LV"),
-        torch.device("cpu"),
-        cfg.augment,
-        3,
-        torch.Generator().manual_seed(0),
+    gen = torch.Generator().manual_seed(0)
+    method = build_method(
+        cfg, cls, model, num_classes, ("RV", "Myo", "LV"), torch.device("cpu"), gen
     )
-    method = cls(model, cfg.method, ctx)
-    assert set(method.loss_parts()) == EXPECTED[name]
+    expected = set(method.loss_parts())
+    assert expected and set(method.weights()) <= expected
     before = {k: v.detach().clone() for k, v in method.named_parameters()}
-    opt = build_optimizer(cfg.optim, method.parameters())
-    for lab, unl in steps:
+    opt = build_optimizer(cfg.optim, [(k, p) for k, p in method.named_parameters()])
+    for i, (lab, unl) in enumerate(steps):
+        clock = Clock(i + 1, 0, 2, 4)
         out = method.training_step(
-            lab if cls.uses_labeled else None, unl if cls.uses_unlabeled else None
+            lab if cls.uses_labeled else None, unl if cls.uses_unlabeled else None, clock
         )
-        assert set(out) == {"loss"} | EXPECTED[name]
+        assert set(out) == {"loss"} | expected
         assert all(math.isfinite(float(v.detach())) for v in out.values()), out
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
+        method.after_step(clock)
     changed = {k for k, v in method.named_parameters() if not torch.equal(v, before[k])}
     assert changed, "no parameter moved"
     if method.heads:  # the method's own heads are trained too
@@ -92,10 +105,8 @@ def test_bim_configurations_select_terms(tiny) -> None:
     }
     for label, (weights, parts, heads) in only.items():
         cfg = tiny("bim", "pretrain", method={"name": "bim", **weights})
-        ctx = MethodContext(
-            4, ("a", "b", "c"), torch.device("cpu"), cfg.augment, 3, torch.Generator()
-        )
-        method = get_method("bim")(build_model(cfg.model, 4), cfg.method, ctx)
+        cls = get_method("bim")
+        method = build_method(cfg, cls, build_model(cfg.model, 4), 4, ("a", "b", "c"), "cpu")
         assert method.loss_parts() == parts, label
         assert set(method.heads) == heads, label
 
@@ -106,8 +117,8 @@ def test_paper_defaults() -> None:
     assert (bim.window, bim.edge, bim.dense_tap, bim.global_tap) == (
         5,
         "sobel",
-        "Up_conv2",
-        "Conv5",
+        "decoder4",
+        "encoder",
     )
     iic = get_method("iic").Config()
     assert (iic.alpha, iic.w_cc, iic.w_con, iic.w_mi) == (0.0, 0.0, 0.0, 1.0)
@@ -155,8 +166,9 @@ def test_full_pins_all_labels() -> None:
         ("contrast_enc_dec", "dense_tap"),
     ],
 )
-def test_unknown_feature_tap_names_the_blocks(name: str, key: str, tiny) -> None:
-    cfg = tiny(name, "pretrain", method={"name": name, key: "Up_conv9"})
-    ctx = MethodContext(2, ("LV",), torch.device("cpu"), cfg.augment, 3, torch.Generator())
-    with pytest.raises(ValueError, match=r"'Up_conv9' is not a U-Net block; known: \['Conv1'"):
-        get_method(name)(build_model(cfg.model, 2), cfg.method, ctx)
+def test_unknown_feature_tap_lists_the_valid_roles(name: str, key: str, tiny) -> None:
+    cfg = tiny(name, "pretrain", method={"name": name, key: "decoder9"})
+    with pytest.raises(
+        ValueError, match=r"'decoder9' is not a tap role .* valid roles: \['encoder'"
+    ):
+        build_method(cfg, get_method(name), build_model(cfg.model, 2), 2, ("LV",), "cpu")

@@ -29,8 +29,8 @@ def test_cluster_heads_known_output_and_shapes() -> None:
 
 def test_cluster_heads_on_unet_tap_sum_to_one_and_are_independent() -> None:
     net = UNet(1, 2, base_width=4, depth=3)
-    _, feats = net(torch.rand(2, 1, 16, 16), taps=["Up_conv2"])
-    f = feats["Up_conv2"]
+    _, feats = net(torch.rand(2, 1, 16, 16), taps=["decoder2"])
+    f = feats["decoder2"]  # Up_conv2 of the depth-3 net
     heads = ClusterHeads(f.shape[1], k=5, n_heads=3)
     probs = heads(f)
     for p in probs:

@@ -1,0 +1,178 @@
+"""Shared mechanics of the semi-supervised methods, written once and composed by methods.
+
+* :class:`EMATeacher` - a teacher network whose weights are an exponential moving average of the
+  student's (Tarvainen & Valpola 2017; BIM App. E: decay 0.99).
+* :class:`RampUp` - time-varying loss weights: ``sigmoid`` ``exp(-5 (1 - t)^2)`` (Laine & Aila
+  2017, mean teacher), ``linear`` ``t``, ``cosine`` ``(1 - cos(pi t)) / 2``, with ``t`` the
+  fraction of the ramp done, measured in epochs as the papers do.
+* :func:`mc_dropout` - Monte-Carlo dropout passes (UA-MT's uncertainty, Yu et al. 2019).
+* :func:`mixup` - mixup of images and targets with ``lambda ~ Beta(alpha, alpha)`` drawn from the
+  method's own generator (Zhang et al. 2018; ICT, Verma et al. 2019).
+* :func:`two_stream` - the labeled and unlabeled images through one forward pass (shared
+  BatchNorm statistics, as mean-teacher style methods train), split back.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from segssl.methods.base import Clock, MethodContext
+
+__all__ = ["EMATeacher", "RampUp", "mc_dropout", "mixup", "two_stream"]
+
+
+class EMATeacher(nn.Module):
+    """Teacher weights ``theta_t <- decay * theta_t + (1 - decay) * theta_s`` after every step.
+
+    The teacher is a frozen copy of the student (a submodule of the method, so it is
+    checkpointed). Its mode is this mechanic's explicit choice, ``bn``:
+
+    * ``"train"`` (default, as Tarvainen & Valpola's code): the teacher runs in the method's
+      mode, its BatchNorms use batch statistics while training and update their own running
+      statistics from the teacher's forward passes; dropout is active (the teacher's noise).
+    * ``"eval"``: the teacher always runs in eval mode (running statistics, no dropout).
+
+    Buffers are never averaged. ``teacher(x)`` runs the teacher without gradients. In the
+    method's ``state_dict`` the teacher's tensors are ``<attribute>.net.*``.
+    """
+
+    def __init__(
+        self, student: nn.Module, decay: float, bn: Literal["train", "eval"] = "train"
+    ) -> None:
+        super().__init__()
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA teacher decay must be in (0, 1), got {decay}")
+        if bn not in ("train", "eval"):
+            raise ValueError(f"EMA teacher bn mode must be 'train' or 'eval', got {bn!r}")
+        self.decay, self.bn = decay, bn
+        self.net = copy.deepcopy(student)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.net.frozen_prefixes = ()  # the teacher's mode is chosen here, not by model.freeze
+
+    @property
+    def inner(self) -> nn.Module:
+        """The teacher network itself (``predict_with`` / ``carry = "teacher"`` resolve to it, so
+        its weights are named like the student's)."""
+        return self.net
+
+    def train(self, mode: bool = True) -> EMATeacher:
+        self.training = mode
+        self.net.train(mode and self.bn == "train")
+        return self
+
+    @torch.no_grad()
+    def update(self, student: nn.Module) -> None:
+        """One EMA step over the parameters (``lerp`` towards the student by ``1 - decay``)."""
+        t = [p for p in self.net.parameters()]
+        s = [p.detach() for p in student.parameters()]
+        torch._foreach_lerp_(t, s, 1.0 - self.decay)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, **kwargs) -> Tensor:  # noqa: ANN003 - the network's taps etc.
+        return self.net(x, **kwargs)
+
+
+@dataclass(frozen=True)
+class RampUp:
+    """A weight rising from 0 to 1 over the first ``epochs`` epochs, then 1.
+
+    ``t = min(epochs_done / epochs, 1)`` with ``epochs_done`` from the step's :class:`Clock`
+    (fractional: the ramp moves every step); ``epochs == 0`` is no ramp (always 1).
+    """
+
+    kind: Literal["sigmoid", "linear", "cosine"]
+    epochs: float
+
+    @classmethod
+    def checked(cls, kind: str, epochs: float, ctx: MethodContext, key: str) -> RampUp:
+        """A ramp of the run in ``ctx``; raises when it is longer than the run (config ``key``)."""
+        if kind not in ("sigmoid", "linear", "cosine"):
+            raise ValueError(f"{key}: unknown ramp-up {kind!r}; expected sigmoid, linear, cosine")
+        if epochs < 0 or epochs > ctx.epochs:
+            raise ValueError(
+                f"{key}: ramp-up of {epochs} epochs does not fit the run's train.epochs="
+                f"{ctx.epochs} (the weight would never reach its value)"
+            )
+        return cls(kind, epochs)  # type: ignore[arg-type]
+
+    def __call__(self, clock: Clock) -> float:
+        if self.epochs == 0:
+            return 1.0
+        t = min(clock.epochs_done / self.epochs, 1.0)
+        if self.kind == "sigmoid":
+            return math.exp(-5.0 * (1.0 - t) ** 2)
+        if self.kind == "linear":
+            return t
+        return 0.5 * (1.0 - math.cos(math.pi * t))
+
+
+def _dropouts(net: nn.Module) -> list[nn.Module]:
+    return [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+def mc_dropout(net: nn.Module, x: Tensor, passes: int) -> Tensor:
+    """``passes`` stochastic forward passes with dropout active: ``(passes, B, C, H, W)``.
+
+    Dropout layers are switched to training mode for the passes (whatever the network's mode,
+    so a teacher in eval mode still samples) and restored; everything else keeps its mode.
+    Dropout draws from the global torch RNG (checkpointed by the engine).
+
+    Raises:
+        ValueError: the network has no dropout layer with p > 0 (``model.dropout``), or
+            ``passes < 1``.
+    """
+    drops = _dropouts(net)
+    if not drops:
+        raise ValueError("Monte-Carlo dropout needs dropout in the network: set model.dropout > 0")
+    if passes < 1:
+        raise ValueError(f"Monte-Carlo dropout needs at least 1 pass, got {passes}")
+    modes = [m.training for m in drops]
+    for m in drops:
+        m.train(True)
+    try:
+        return torch.stack([net(x) for _ in range(passes)])
+    finally:
+        for m, mode in zip(drops, modes, strict=True):
+            m.train(mode)
+
+
+def check_dropout(net: nn.Module) -> None:
+    """Raise the :func:`mc_dropout` error at construction (before any training)."""
+    if not _dropouts(net):
+        raise ValueError("Monte-Carlo dropout needs dropout in the network: set model.dropout > 0")
+
+
+def mixup(
+    x: Tensor, y: Tensor, alpha: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor, float, Tensor]:
+    """Mix a batch with a permutation of itself: ``lam * a + (1 - lam) * a[perm]`` for the images
+    ``x (B, C, H, W)`` and the targets ``y`` (soft targets or one-hot, ``(B, K, H, W)``).
+
+    ``lam ~ Beta(alpha, alpha)`` (one per batch) and ``perm`` are drawn from ``generator`` (numpy's
+    Beta sampler seeded from it), so the mix is reproducible and resumable.
+
+    Returns:
+        ``(mixed_x, mixed_y, lam, perm)``.
+    """
+    if alpha <= 0:
+        raise ValueError(f"mixup alpha must be > 0, got {alpha}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"mixup: images {tuple(x.shape)} and targets {tuple(y.shape)} differ in B")
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm], lam, perm
+
+
+def two_stream(net: nn.Module, labeled: Tensor, unlabeled: Tensor) -> tuple[Tensor, Tensor]:
+    """``net`` on the labeled and unlabeled images in one pass; ``(out_labeled, out_unlabeled)``."""
+    out = net(torch.cat([labeled, unlabeled]))
+    return out[: labeled.shape[0]], out[labeled.shape[0] :]
