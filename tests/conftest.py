@@ -70,3 +70,36 @@ def tiny_yaml(acdc_root: Path):
         return tiny_raw(acdc_root, name, stage, **sections)
 
     return make
+
+
+# run-config sections a method needs beyond the tiny defaults (registry-wide tests): UA-MT's
+# Monte-Carlo dropout needs dropout layers in the model
+METHOD_SECTIONS: dict[str, dict[str, Any]] = {"uamt": {"model": {"dropout": 0.1}}}
+
+
+@pytest.fixture(scope="session")
+def method_sections():
+    """``method_sections(name) -> dict`` of run-config sections for ``tiny(name, stage, ...)``."""
+    return lambda name: METHOD_SECTIONS.get(name, {})
+
+
+@pytest.fixture(scope="session")
+def engine_optimizers():
+    """``engine_optimizers(cfg, method) -> main optimiser``, built as the engine builds them;
+    the optimisers a method owns (``Method.optimizers``) are stepped by its ``optimizer_step``."""
+    from segssl.engine import build_optimizer
+    from segssl.engine.loop import optimizer_params
+
+    def make(cfg: RunConfig, method: torch.nn.Module) -> torch.optim.Optimizer:
+        groups = optimizer_params(cfg, method)
+        opts = {k: build_optimizer(s, named) for k, (s, named) in groups.items()}
+
+        def own_step(key: str, loss: torch.Tensor) -> None:
+            opts[key].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[key].step()
+
+        method._stepper = own_step
+        return opts["main"]
+
+    return make

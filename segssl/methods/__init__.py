@@ -13,11 +13,17 @@ from typing import Any, Literal
 from pydantic import create_model
 
 from segssl.config import MethodConfig, did_you_mean
+from segssl.methods.adversarial import Adversarial
 from segssl.methods.base import Method
 from segssl.methods.baseline import Baseline
 from segssl.methods.bim import BIM
+from segssl.methods.consistency import Consistency
 from segssl.methods.contrast_enc_dec import ContrastEncDec
+from segssl.methods.gmi import GMI
+from segssl.methods.ict import ICT
 from segssl.methods.imsat import IMSAT
+from segssl.methods.mixup import MixUp
+from segssl.methods.uamt import UAMT
 
 _CLASS_ATTRS = ("init", "pinned", "uses_labeled", "uses_unlabeled", "predict_with", "carry")
 
@@ -63,6 +69,13 @@ REGISTRY: dict[str, type[Method]] = {
     "contrast_enc": variant(ContrastEncDec, "contrast_enc", w_dec=0.0),
     "contrast_dec": variant(ContrastEncDec, "contrast_dec", w_enc=0.0),
     "contrast_enc_dec": ContrastEncDec,
+    "mixup": MixUp,
+    "consistency": Consistency,
+    "uamt": UAMT,
+    "ict": ICT,
+    "adversarial": Adversarial,
+    "gmi": GMI,
+    "gmi_pretrain": variant(GMI, "gmi_pretrain", uses_labeled=False, w_sup=0.0),
 }
 
 

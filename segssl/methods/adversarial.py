@@ -56,7 +56,7 @@ class Adversarial(Method):
         p_l, p_u = probs[: len(x_l)], probs[len(x_l) :]
         self._maps = (p_l.detach(), p_u.detach())  # the discriminator's inputs in after_step
         parts = {
-            "ce": cross_entropy(logits[: len(x_l)], labeled["label"]),
+            "ce": cross_entropy(logits[: len(x_l)], labeled["label"], check_range=False),
             "adv": adversarial_loss(self.discriminator(p_u)),
         }
         with torch.no_grad():

@@ -52,7 +52,7 @@ class Consistency(Method):
         probs = logits[n_l:].float().softmax(1)
         mask = t.valid_mask(*x.shape[-2:], device=x.device)
         parts = {
-            "ce": cross_entropy(logits[:n_l], labeled["label"]),
+            "ce": cross_entropy(logits[:n_l], labeled["label"], check_range=False),
             "cons": consistency_loss(probs[n:], t.geometry(probs[:n]), mask),
         }
         return self.output({k: v for k, v in parts.items() if k in self.loss_parts()})

@@ -55,7 +55,7 @@ class ICT(Method):
         mixed, target, _, _ = mixup(x_u, p_t, self.cfg.alpha, self.ctx.generator)
         logits = self.model(torch.cat([x_l, mixed]))
         parts = {
-            "ce": cross_entropy(logits[: len(x_l)], labeled["label"]),
+            "ce": cross_entropy(logits[: len(x_l)], labeled["label"], check_range=False),
             "cons": mse_consistency(logits[len(x_l) :].float().softmax(1), target),
         }
         return self.output(

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from segssl.config import MethodConfig
@@ -40,11 +39,12 @@ class MixUp(Method):
 
     def training_step(self, labeled: Batch, unlabeled: None, clock: Clock) -> StepOutput:
         x, y = labeled["image"], labeled["label"]
-        onehot = F.one_hot(y, self.ctx.num_classes).permute(0, 3, 1, 2).to(x.dtype)
+        onehot = torch.zeros(x.shape[0], self.ctx.num_classes, *y.shape[1:], device=x.device)
+        onehot.scatter_(1, y.unsqueeze(1), 1.0)  # (F.one_hot would read the label range back)
         mx, my, _, _ = mixup(x, onehot, self.cfg.alpha, self.ctx.generator)
         logits = self.model(torch.cat([x, mx]))  # one pass: shared BatchNorm statistics
         parts = {
-            "ce": cross_entropy(logits[: len(x)], y),
+            "ce": cross_entropy(logits[: len(x)], y, check_range=False),
             "mixup": soft_cross_entropy(logits[len(x) :], my),
         }
         return self.output({k: v for k, v in parts.items() if k in self.loss_parts()})

@@ -73,7 +73,7 @@ class UAMT(Method):
             mask = uncertainty_mask(predictive_entropy(target), self.threshold(clock))
         student = logits[len(x_l) :].float().softmax(1)
         parts = {
-            "ce": cross_entropy(logits[: len(x_l)], labeled["label"]),
+            "ce": cross_entropy(logits[: len(x_l)], labeled["label"], check_range=False),
             "cons": mse_consistency(student, target, mask),
             "certain": mask.mean(),
         }

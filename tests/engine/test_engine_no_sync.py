@@ -23,7 +23,6 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from segssl.data import build_data
-from segssl.engine import build_optimizer
 from segssl.engine.loop import build_method
 from segssl.methods import REGISTRY, get_method
 from segssl.methods.base import Clock
@@ -160,17 +159,19 @@ def _stage(cls) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_training_step_has_no_host_sync(name: str, tiny, batches) -> None:
+def test_training_step_has_no_host_sync(
+    name: str, tiny, batches, method_sections, engine_optimizers
+) -> None:
     """training_step + backward + optimiser step, twice, with the method's losses."""
     cls = get_method(name)
-    cfg = tiny(name, _stage(cls), train={"init_from": None})
+    cfg = tiny(name, _stage(cls), train={"init_from": None}, **method_sections(name))
     steps, num_classes = batches
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes)
     gen = torch.Generator().manual_seed(0)
     cpu = torch.device("cpu")
     method = build_method(cfg, cls, model, num_classes, ("RV", "Myo", "LV"), cpu, gen).train()
-    opt = build_optimizer(cfg.optim, list(method.named_parameters()))
+    opt = engine_optimizers(cfg, method)
 
     def two_steps() -> None:
         for i, (lab, unl) in enumerate(steps):
