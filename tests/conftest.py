@@ -72,15 +72,30 @@ def tiny_yaml(acdc_root: Path):
     return make
 
 
-# run-config sections a method needs beyond the tiny defaults (registry-wide tests): UA-MT's
-# Monte-Carlo dropout needs dropout layers in the model
+# run-config sections a method needs beyond the tiny defaults: UA-MT's Monte-Carlo dropout
+# needs dropout layers in the model
 METHOD_SECTIONS: dict[str, dict[str, Any]] = {"uamt": {"model": {"dropout": 0.1}}}
 
 
 @pytest.fixture(scope="session")
-def method_sections():
-    """``method_sections(name) -> dict`` of run-config sections for ``tiny(name, stage, ...)``."""
-    return lambda name: METHOD_SECTIONS.get(name, {})
+def tiny_method(tiny):
+    """``tiny_method(name, **sections) -> RunConfig`` for any registered method: the stage its
+    batches imply and every method setting measured in epochs (ramp-up lengths, ``*_epochs``)
+    set to 1 so that it fits a tiny run (derived from the method's config, not listed), plus
+    the sections it needs (``METHOD_SECTIONS``)."""
+    from segssl.methods import get_method
+
+    stages = {(True, False): "finetune", (False, True): "pretrain", (True, True): "semi"}
+
+    def make(name: str, **sections: Any) -> RunConfig:
+        cls = get_method(name)
+        fit = {k: 1 for k in cls.Config.model_fields if k.endswith("_epochs")}
+        sections["method"] = {"name": name, **fit, **sections.get("method", {})}
+        for key, value in METHOD_SECTIONS.get(name, {}).items():
+            sections[key] = {**value, **sections.get(key, {})}
+        return tiny(name, stages[(cls.uses_labeled, cls.uses_unlabeled)], **sections)
+
+    return make
 
 
 @pytest.fixture(scope="session")

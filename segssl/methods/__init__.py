@@ -19,9 +19,11 @@ from segssl.methods.baseline import Baseline
 from segssl.methods.bim import BIM
 from segssl.methods.consistency import Consistency
 from segssl.methods.contrast_enc_dec import ContrastEncDec
+from segssl.methods.entmin import EntMin
 from segssl.methods.gmi import GMI
 from segssl.methods.ict import ICT
 from segssl.methods.imsat import IMSAT
+from segssl.methods.mean_teacher import MeanTeacher
 from segssl.methods.mixup import MixUp
 from segssl.methods.uamt import UAMT
 
@@ -69,6 +71,8 @@ REGISTRY: dict[str, type[Method]] = {
     "contrast_enc": variant(ContrastEncDec, "contrast_enc", w_dec=0.0),
     "contrast_dec": variant(ContrastEncDec, "contrast_dec", w_enc=0.0),
     "contrast_enc_dec": ContrastEncDec,
+    "entmin": EntMin,
+    "mean_teacher": MeanTeacher,
     "mixup": MixUp,
     "consistency": Consistency,
     "uamt": UAMT,

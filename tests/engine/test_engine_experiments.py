@@ -23,13 +23,15 @@ def test_experiment_config_validates_with_app_f_schedule(path: Path) -> None:
     if cfg.train.init_from is None:  # init_from names a pre-training's output, not yet present
         check_run(cfg)
     # App. F (ACDC): 50 epochs of 200 iterations, RAdam, warm-up x N over 10 epochs then cosine;
-    # pre-training lr 5e-7, N 400; fine-tuning (and the supervised baselines) lr 1e-7, N 200
+    # pre-training lr 5e-7, N 400; fine-tuning (and the supervised baselines) lr 1e-7, N 200;
+    # semi-supervised methods "follow exactly the same configuration as ... fine-tune" (App. E)
     assert (cfg.train.epochs, cfg.train.iters_per_epoch) == (50, 200)
     assert (cfg.optim.name, cfg.optim.warmup_epochs) == ("radam", 10)
-    expected = {"pretrain": (5e-7, 400.0), "finetune": (1e-7, 200.0)}[cfg.stage]
+    expected = {"pretrain": (5e-7, 400.0), "finetune": (1e-7, 200.0), "semi": (1e-7, 200.0)}
+    expected = expected[cfg.stage]
     assert (cfg.optim.lr, cfg.optim.warmup_factor) == expected
     assert cfg.augment.crop == 224
-    if cfg.stage == "finetune":
+    if cfg.stage in ("finetune", "semi"):
         assert cfg.data.target in {"lv", "rv", "myo"}  # BIM: one binary task per structure
 
 

@@ -152,19 +152,11 @@ def batches(tiny):
     return out, data.num_classes
 
 
-def _stage(cls) -> str:
-    return {(True, False): "finetune", (False, True): "pretrain", (True, True): "semi"}[
-        (cls.uses_labeled, cls.uses_unlabeled)
-    ]
-
-
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_training_step_has_no_host_sync(
-    name: str, tiny, batches, method_sections, engine_optimizers
-) -> None:
+def test_training_step_has_no_host_sync(name: str, tiny_method, batches, engine_optimizers) -> None:
     """training_step + backward + optimiser step, twice, with the method's losses."""
     cls = get_method(name)
-    cfg = tiny(name, _stage(cls), train={"init_from": None}, **method_sections(name))
+    cfg = tiny_method(name, train={"init_from": None})
     steps, num_classes = batches
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes)

@@ -27,23 +27,9 @@ class _Stop(Exception):
     pass
 
 
-RESUMED = [
-    ("bim", "pretrain", {}),
-    ("baseline", "finetune", {}),
-    # method state beyond the model: EMA teacher, MC dropout, an owned optimiser, mixup draws
-    ("gmi", "semi", {"method": {"name": "gmi", "teacher": True}}),
-    ("uamt", "semi", {"model": {"dropout": 0.1}}),
-    ("adversarial", "semi", {"method": {"name": "adversarial", "disc_widths": [8, 16]}}),
-    ("ict", "semi", {}),
-    ("mixup", "finetune", {}),
-]
-
-
-@pytest.mark.parametrize(("name", "stage", "sections"), RESUMED, ids=[r[0] for r in RESUMED])
-def test_resume_gives_identical_weights(
-    tiny, tmp_path: Path, name: str, stage: str, sections: dict
-) -> None:
-    cfg = tiny(name, stage, train={"epochs": 3, "iters_per_epoch": 2}, **sections)
+@pytest.mark.parametrize(("name", "stage"), [("bim", "pretrain"), ("baseline", "finetune")])
+def test_resume_gives_identical_weights(tiny, tmp_path: Path, name: str, stage: str) -> None:
+    cfg = tiny(name, stage, train={"epochs": 3, "iters_per_epoch": 2})
     full = train(cfg, workdir=tmp_path / "full")
 
     def interrupt(metrics: dict, step: int) -> None:

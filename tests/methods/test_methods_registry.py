@@ -55,17 +55,10 @@ def batches(tiny):
     return out, data.num_classes
 
 
-def _stage(cls) -> str:
-    return {(True, False): "finetune", (False, True): "pretrain", (True, True): "semi"}[
-        (cls.uses_labeled, cls.uses_unlabeled)
-    ]
-
-
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_two_steps(name: str, tiny, batches, method_sections, engine_optimizers) -> None:
+def test_two_steps(name: str, tiny_method, batches, engine_optimizers) -> None:
     cls = get_method(name)
-    extra = {"train": {"init_from": None}, **method_sections(name)}
-    cfg = tiny(name, _stage(cls), **extra)
+    cfg = tiny_method(name, train={"init_from": None})
     (steps, num_classes) = batches
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes)
