@@ -79,7 +79,7 @@ REGISTRY: dict[str, type[Method]] = {
     "ict": ICT,
     "adversarial": Adversarial,
     "gmi": GMI,
-    "gmi_pretrain": variant(GMI, "gmi_pretrain", uses_labeled=False, w_sup=0.0),
+    "gmi_pretrain": variant(GMI, "gmi_pretrain", uses_labeled=False, w_ce=0.0),
 }
 
 

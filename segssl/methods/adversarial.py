@@ -4,7 +4,7 @@ A segmentation network and an image-level discriminator on its softmax maps play
 the discriminator learns to tell predictions of labeled images ("real") from those of unlabeled
 images, the segmenter learns to make them indistinguishable::
 
-    segmenter:      w_sup * CE(labeled) + w_adv * BCE(D(f(x_u)), real)
+    segmenter:      w_ce * CE(labeled) + w_adv * BCE(D(f(x_u)), real)
     discriminator:  (BCE(D(f(x_l)), real) + BCE(D(f(x_u)), fake)) / 2     (its own optimiser)
 
 The discriminator is stepped by the method after the segmenter's step, with the optimiser
@@ -30,7 +30,7 @@ class Config(MethodConfig):
     """Weight of the adversarial term and the discriminator's conv widths."""
 
     name: Literal["adversarial"] = "adversarial"
-    w_sup: float = Field(1.0, ge=0.0)
+    w_ce: float = Field(1.0, ge=0.0)
     w_adv: float = Field(1e-3, ge=0.0)
     disc_widths: tuple[int, ...] = (64, 128, 256, 512)
 
@@ -41,7 +41,7 @@ class Adversarial(Method):
     Config: ClassVar[type[MethodConfig]] = Config
     uses_labeled = True
     uses_unlabeled = True
-    terms = {"ce": "w_sup", "adv": "w_adv", "disc": None}
+    terms = {"ce": "w_ce", "adv": "w_adv", "disc": None}
     optimizers = {"discriminator": ("discriminator",)}
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:

@@ -1,6 +1,6 @@
 """Consistency regularisation: the Pi-model of the GMI paper (eq. 13; Bortsova et al. 2019).
 
-``L = w_sup * CE(labeled) + w_cons * L_cons`` with ``L_cons`` the squared L2 distance between
+``L = w_ce * CE(labeled) + w_cons * L_cons`` with ``L_cons`` the squared L2 distance between
 ``f(T(x))`` and ``T(f(x))`` on unlabeled images, ``T`` the run's paired transform (GMI: random
 horizontal and vertical flips). It is GMI Table 1's "Ours (Consistency only)": the gmi objective
 without its MI terms, so its weight defaults to the paper's lambda_3 per dataset.
@@ -25,7 +25,7 @@ class Config(MethodConfig):
     """Weights of the supervised and the consistency terms (lambda_3 = 5 on ACDC)."""
 
     name: Literal["consistency"] = "consistency"
-    w_sup: float = Field(1.0, ge=0.0)
+    w_ce: float = Field(1.0, ge=0.0)
     w_cons: float = Field(5.0, ge=0.0)
 
 
@@ -38,7 +38,7 @@ class Consistency(Method):
     dataset_defaults: ClassVar[dict[str, dict[str, float]]] = {
         k: {"w_cons": v["w_cons"]} for k, v in DATASET_DEFAULTS.items()
     }
-    terms = {"ce": "w_sup", "cons": "w_cons"}
+    terms = {"ce": "w_ce", "cons": "w_cons"}
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)

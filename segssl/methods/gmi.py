@@ -1,7 +1,7 @@
 """GMI: semi-supervised segmentation with global and local MI regularisation (Peng, Pedersoli,
 Desrosiers; seed 001), eq. 3::
 
-    L = w_sup * L_spv + lambda_1 * L_MI^global + lambda_2 * L_MI^local + lambda_3 * L_cons
+    L = w_ce * L_spv + lambda_1 * L_MI^global + lambda_2 * L_MI^local + lambda_3 * L_cons
 
 * ``L_spv`` (eq. 4): cross-entropy on the labeled batch.
 * ``L_MI^global`` (eqs. 7-9): ``-I`` between the cluster assignments of ``x`` and ``T(x)`` of the
@@ -41,7 +41,7 @@ class Config(MethodConfig):
     """GMI paper defaults (ACDC/MMWHS weights; see ``dataset_defaults`` for the others)."""
 
     name: Literal["gmi"] = "gmi"
-    w_sup: float = Field(1.0, ge=0.0)
+    w_ce: float = Field(1.0, ge=0.0)
     w_global: float = Field(0.1, ge=0.0)  # lambda_1
     w_local: float = Field(0.1, ge=0.0)  # lambda_2
     w_cons: float = Field(5.0, ge=0.0)  # lambda_3
@@ -91,7 +91,7 @@ class GMI(Method):
     uses_unlabeled = True
     dataset_defaults: ClassVar[dict[str, dict[str, float]]] = DATASET_DEFAULTS
     terms = {
-        "ce": "w_sup",
+        "ce": "w_ce",
         "global_mi": ("w_global", "global_on"),
         "local_mi": ("w_local", "local_on"),
         "cons": "w_cons",
@@ -99,8 +99,8 @@ class GMI(Method):
 
     def __init__(self, model: nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
-        if cfg.w_sup > 0 and not self.uses_labeled:
-            raise ValueError(f"{cfg.name} trains without labels: method.w_sup must be 0")
+        if cfg.w_ce > 0 and not self.uses_labeled:
+            raise ValueError(f"{cfg.name} trains without labels: method.w_ce must be 0")
         ch = self.tap_channels(*cfg.global_taps, *cfg.local_taps)
         self.heads["global"] = nn.ModuleDict(
             {r: PooledClusterHeads(ch[r], cfg.k_enc, cfg.heads) for r in cfg.global_taps}
@@ -144,7 +144,7 @@ class GMI(Method):
         if cfg.teacher:  # enhanced: the x side of the MI pairs from the EMA teacher
             f_x = self.teacher(x, taps=self.roles)[1]
         parts: dict[str, Tensor] = {}
-        if cfg.w_sup > 0:
+        if cfg.w_ce > 0:
             parts["ce"] = cross_entropy(logits[:n_l], labeled["label"], check_range=False)
         if cfg.global_taps:
             g = self.heads["global"]

@@ -3,10 +3,10 @@
 Two unlabeled images are mixed with ``lambda ~ Beta(alpha, alpha)`` (alpha = 0.1); the student's
 prediction of the mix must match the same mix of the EMA teacher's predictions of the two images::
 
-    L = w_sup * CE(labeled) + w_cons * ramp(t) * mean (f_s(mix(u1, u2)) - mix(f_t(u1), f_t(u2)))^2
+    L = w_ce * CE(labeled) + w_cons * ramp(t) * mean (f_s(mix(u1, u2)) - mix(f_t(u1), f_t(u2)))^2
 
-The BIM paper grid-searches ``w_cons`` from 1e-5 to 0.1; the teacher is Mean Teacher's (EMA
-decay 0.99).
+The BIM paper grid-searches ``w_cons`` from 1e-5 to 0.1; teacher, ramp-up and evaluation network
+are ``mean_teacher``'s (EMA decay 0.99).
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ class Config(MethodConfig):
     """ICT: mixing alpha 0.1, weight searched in [1e-5, 0.1], Mean Teacher's EMA."""
 
     name: Literal["ict"] = "ict"
-    w_sup: float = Field(1.0, ge=0.0)
+    w_ce: float = Field(1.0, ge=0.0)
     w_cons: float = Field(0.01, ge=0.0)
     alpha: float = Field(0.1, gt=0.0)
     ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
     rampup: Literal["sigmoid", "linear", "cosine"] = "sigmoid"
-    rampup_epochs: float = Field(0.0, ge=0.0)  # 0: the weight is constant
+    rampup_epochs: float = Field(10.0, ge=0.0)  # as mean_teacher; must fit train.epochs
+    evaluate: Literal["teacher", "student"] = "teacher"  # as mean_teacher
 
 
 class ICT(Method):
@@ -41,12 +42,13 @@ class ICT(Method):
     Config: ClassVar[type[MethodConfig]] = Config
     uses_labeled = True
     uses_unlabeled = True
-    terms = {"ce": "w_sup", "cons": "w_cons"}
+    terms = {"ce": "w_ce", "cons": "w_cons"}
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
         self.teacher = EMATeacher(model, cfg.ema_decay)
         self.ramp = RampUp.checked(cfg.rampup, cfg.rampup_epochs, ctx, "method.rampup_epochs")
+        self.predict_with = "teacher" if cfg.evaluate == "teacher" else "model"
 
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
         x_l, x_u = labeled["image"], unlabeled["image"]

@@ -2,7 +2,7 @@
 
 Two labeled images are interpolated with ``lambda ~ Beta(alpha, alpha)`` (alpha = 1) and the
 network must predict the same interpolation of their one-hot label maps:
-``L = w_sup * CE(labeled) + w_mixup * CE_soft(f(mix(x)), mix(y))``; the BIM paper grid-searches
+``L = w_ce * CE(labeled) + w_mixup * CE_soft(f(mix(x)), mix(y))``; the BIM paper grid-searches
 ``w_mixup`` from 1e-5 to 0.1.
 """
 
@@ -25,7 +25,7 @@ class Config(MethodConfig):
 
     name: Literal["mixup"] = "mixup"
     alpha: float = Field(1.0, gt=0.0)
-    w_sup: float = Field(1.0, ge=0.0)
+    w_ce: float = Field(1.0, ge=0.0)
     w_mixup: float = Field(0.01, ge=0.0)
 
 
@@ -35,7 +35,7 @@ class MixUp(Method):
     Config: ClassVar[type[MethodConfig]] = Config
     uses_labeled = True
     init = "optional"
-    terms = {"ce": "w_sup", "mixup": "w_mixup"}
+    terms = {"ce": "w_ce", "mixup": "w_mixup"}
 
     def training_step(self, labeled: Batch, unlabeled: None, clock: Clock) -> StepOutput:
         x, y = labeled["image"], labeled["label"]

@@ -35,8 +35,9 @@ def _method(cfg, seed: int = 0):
     return build_method(cfg, cls, model, 4, NAMES, torch.device("cpu"), torch.Generator())
 
 
-def test_uamt_threshold_ramps_from_three_quarters_log_k_to_log_k(tiny) -> None:
-    cfg = tiny("uamt", "semi", model={"base_width": 4, "dropout": 0.1}, train={"epochs": 4})
+def test_uamt_threshold_ramps_from_three_quarters_log_k_to_log_k(tiny_method) -> None:
+    # threshold_epochs None: the threshold rises over the whole run
+    cfg = tiny_method("uamt", method={"threshold_epochs": None}, train={"epochs": 4})
     m = _method(cfg)
     ipe = cfg.train.iters_per_epoch
     total = 4 * ipe
@@ -47,8 +48,8 @@ def test_uamt_threshold_ramps_from_three_quarters_log_k_to_log_k(tiny) -> None:
     assert end == pytest.approx(math.log(4))
 
 
-def test_uamt_masks_exactly_the_pixels_below_the_threshold(tiny, batch, monkeypatch) -> None:
-    cfg = tiny("uamt", "semi", model={"base_width": 4, "dropout": 0.1})
+def test_uamt_masks_exactly_the_pixels_below_the_threshold(tiny_method, batch, monkeypatch) -> None:
+    cfg = tiny_method("uamt")
     m = _method(cfg)
     seen = {}
     import segssl.methods.uamt as uamt_module
@@ -78,8 +79,10 @@ def test_uamt_masks_exactly_the_pixels_below_the_threshold(tiny, batch, monkeypa
     assert float(out["certain"]) == pytest.approx(float(seen["mask"].mean()))
 
 
-def test_ict_mixes_inputs_and_targets_with_the_same_coefficient(tiny, batch, monkeypatch) -> None:
-    cfg = tiny("ict", "semi")
+def test_ict_mixes_inputs_and_targets_with_the_same_coefficient(
+    tiny_method, batch, monkeypatch
+) -> None:
+    cfg = tiny_method("ict")
     m = _method(cfg)
     lab, unl = batch
     rec = {}
@@ -227,7 +230,7 @@ def test_bad_configs_fail_validation(method: dict, match: str) -> None:
         # decoder1 (Up_conv5) is 4x4 at a 32 px crop: a 7x7 window does not fit
         ("gmi", {"method": {"name": "gmi", "local_taps": {"decoder1": 3}}}, "does not fit"),
         ("uamt", {}, "model.dropout"),
-        ("gmi_pretrain", {"method": {"name": "gmi_pretrain", "w_sup": 1.0}}, "w_sup must be 0"),
+        ("gmi_pretrain", {"method": {"name": "gmi_pretrain", "w_ce": 1.0}}, "w_ce must be 0"),
     ],
 )
 def test_bad_input_is_refused_when_the_method_is_built(tiny, name, sections, match) -> None:
