@@ -213,7 +213,8 @@ class SweepSpec(_Strict):
     tables: list[TableSpec] = Field(default_factory=list)
     # set by segssl.orchestrate.profiles from the file's 'profiles:' section and --profile
     profile: Literal["smoke", "paper"] = "paper"
-    phantoms: dict[str, Any] | None = None  # smoke: the phantom set written on first use
+    # smoke: the phantom set (or one per dataset) written on first use
+    phantoms: dict[str, Any] | list[dict[str, Any]] | None = None
 
     @field_validator("seeds")
     @classmethod
