@@ -458,8 +458,10 @@ def _sweep_summary(out: Any) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    uri = redact(out.tracking_uri)
-    console.print(f"MLflow UI: mlflow ui --backend-store-uri {uri}", highlight=False)
+    from segssl.orchestrate.mlflow_ui import ui_command
+
+    ui = ui_command(redact(out.tracking_uri), out.experiment_id)
+    console.print(f"MLflow UI: {ui}", highlight=False)
     if out.interrupted is not None:
         unfinished = sum(so.planned - so.skipped - so.finished for so in out.stages.values())
         fail(

@@ -168,6 +168,7 @@ def run_demo(
     from rich.console import Console
 
     from segssl.data import synthesize
+    from segssl.orchestrate.mlflow_ui import ui_command
     from segssl.orchestrate.runner import run_sweep
     from segssl.orchestrate.spec import parse_sweep
     from segssl.report import ReportError, render_tables
@@ -198,7 +199,7 @@ def run_demo(
     )
     report = wd / "report"
     report.mkdir(exist_ok=True)
-    ui = f"mlflow ui --backend-store-uri {outcome.tracking_uri}"
+    ui = ui_command(outcome.tracking_uri, outcome.experiment_id)
     try:
         table = render_tables(spec, outcome.tracking_uri, "md", curves_dir=report)
     except ReportError:

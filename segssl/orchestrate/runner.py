@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segssl.config import flatten
-from segssl.orchestrate import tracking
+from segssl.orchestrate import mlflow_ui, tracking
 from segssl.orchestrate.claim import ClaimKeeper, SweepClaim, claim_sweep
 from segssl.orchestrate.datacheck import check_plan_data
 from segssl.orchestrate.interrupt import Interrupt, SweepInterrupted, catch_signals, make_stopper
@@ -409,6 +409,8 @@ def _open_tracking(
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     exp_id = tracking.ensure_experiment(uri, spec.name, spec_hash(spec), extend=extend)
     outcome.experiment_id = exp_id
+    client = tracking._client(uri)  # the UI opens the study as an ML experiment on its runs
+    mlflow_ui.tag_experiment(client, exp_id, client.get_experiment(exp_id).tags)
     outcome.stale_marked = tracking.mark_stale_runs(uri, exp_id, everyone=takeover)
     other_drivers = tracking.live_sweep_runs(uri, exp_id)
     if other_drivers:  # a driver on another storage, logging into the same experiment

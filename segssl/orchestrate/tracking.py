@@ -394,7 +394,7 @@ def start_sweep_run(uri: str, exp_id: str, name: str, spec_hash: str, source: st
     client = _client(uri)
     run = client.create_run(
         exp_id,
-        run_name=f"{name} sweep {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        run_name=f"sweep {time.strftime('%m-%d %H:%M')}",  # short: the UI cuts long names
         tags={
             TAG_KIND: KIND_SWEEP,
             TAG_ROLE: ROLE_PARENT,
