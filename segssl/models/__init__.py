@@ -26,11 +26,13 @@ from torch import nn
 
 from segssl.config import ModelConfig, did_you_mean
 from segssl.models.heads import ClusterHeads, DenseProjector, GlobalProjector
+from segssl.models.resnet_unet import ResNetUNet
 from segssl.models.unet import UNet, apply_freeze, decoder_names, encoder_names
 
 # name -> architecture class (with ``Config`` and ``from_config``)
 MODELS: dict[str, Any] = {
     "unet": UNet,
+    "resnet50_unet": ResNetUNet,
 }
 
 
@@ -62,6 +64,7 @@ __all__ = [
     "ClusterHeads",
     "DenseProjector",
     "GlobalProjector",
+    "ResNetUNet",
     "UNet",
     "apply_freeze",
     "build_model",

@@ -28,8 +28,9 @@ Rules (each checked before any work, with the file and key path in the message):
   never mix with the paper's (their keys differ too: the configs differ);
 * ``phantoms`` sets ``base.data.root`` to ``segssl-runs/phantoms/<dataset>-<scans>x<size>-s<seed>``
   (relative, resolved like every data path); :func:`ensure_phantoms` writes them on first use.
-  A sweep over several datasets lists one set per dataset (the first becomes ``base.data.root``;
-  its stages point ``data.root`` at the others' folders).
+  ``also: [msd-prostate, mmwhs-mr]`` writes phantoms of further datasets (same scans, size and
+  seed) beside it, for sweeps over several datasets: their stages point ``data.root`` at
+  ``segssl-runs/phantoms/<dataset>-<scans>x<size>-s<seed>``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ _TOP_KEYS = (
     "phantoms",
 )
 _STAGE_KEYS = ("config", "grid", "zip", "variants", "seeds", "resources", "search")
-_PHANTOM_KEYS = ("dataset", "scans", "size", "seed")
+_PHANTOM_KEYS = ("dataset", "scans", "size", "seed", "also")
 
 
 class ProfileError(SpecError):
@@ -195,30 +196,21 @@ def phantom_dir(ph: Mapping[str, Any]) -> str:
     return f"segssl-runs/phantoms/{ph['dataset']}-{ph['scans']}x{ph['size']}-s{ph['seed']}"
 
 
-def _phantom_set(one: Any, dataset: str, source: str, where: str) -> dict[str, Any]:
-    one = dict(_check_mapping(one, where, source))
-    bad = [k for k in one if k not in _PHANTOM_KEYS]
+def _apply_phantoms(raw: dict[str, Any], over: Any, source: str, where: str) -> None:
+    over = dict(_check_mapping(over, where, source))
+    bad = [k for k in over if k not in _PHANTOM_KEYS]
     if bad:
         raise ProfileError(f"{source}: {where}: unknown key(s) {bad}; expected {_PHANTOM_KEYS}")
-    ph = {"dataset": dataset, "scans": 20, "size": 64, "seed": 0, **one}
+    data = (raw.get("base") or {}).get("data") or {}
+    ph = {"dataset": data.get("dataset", "acdc"), "scans": 20, "size": 64, "seed": 0, **over}
     for key in ("scans", "size", "seed"):
         if not isinstance(ph[key], int) or isinstance(ph[key], bool) or ph[key] < 0:
             raise ProfileError(f"{source}: {where}.{key}: expected a non-negative integer")
-    return ph
-
-
-def _apply_phantoms(raw: dict[str, Any], over: Any, source: str, where: str) -> None:
-    data = (raw.get("base") or {}).get("data") or {}
-    dataset = data.get("dataset", "acdc")
-    if isinstance(over, list):  # several datasets: one set each, the first is base.data.root
-        if not over:
-            raise ProfileError(f"{source}: {where}: an empty list; give at least one set")
-        sets = [_phantom_set(o, dataset, source, f"{where}[{i}]") for i, o in enumerate(over)]
-        raw["phantoms"] = sets
-    else:
-        sets = [_phantom_set(over, dataset, source, where)]
-        raw["phantoms"] = sets[0]
-    raw["base"] = _merge(raw.get("base") or {}, {"data": {"root": phantom_dir(sets[0])}})
+    also = ph.get("also", [])
+    if not isinstance(also, list) or not all(isinstance(d, str) for d in also):
+        raise ProfileError(f"{source}: {where}.also: expected a list of dataset names")
+    raw["phantoms"] = ph
+    raw["base"] = _merge(raw.get("base") or {}, {"data": {"root": phantom_dir(ph)}})
 
 
 def apply_profile(raw: Any, profile: str | None, source: str = "<sweep>") -> Any:
@@ -282,20 +274,18 @@ def _apply(
     return out
 
 
-def ensure_phantoms(
-    phantoms: Mapping[str, Any] | list[Mapping[str, Any]] | None, root: str | Path | None = None
-) -> Path:
-    """Synthesise the profile's phantom archive(s) unless already there; return the (first) path.
+def ensure_phantoms(phantoms: Mapping[str, Any] | None, root: str | Path | None = None) -> Path:
+    """Synthesise the profile's phantom archive unless it is already there; return its path.
 
     Written to a temporary sibling folder and renamed, so an interrupted or concurrent first
     use never leaves a half-written archive that a later run would take for complete.
     """
-    if phantoms is None:
-        raise ValueError("the sweep has no phantoms (profile smoke sets them)")
-    if isinstance(phantoms, list):
-        return [ensure_phantoms(one, root) for one in phantoms][0]
     from segssl.data import synthesize
 
+    if phantoms is None:
+        raise ValueError("the sweep has no phantoms (profile smoke sets them)")
+    for other in phantoms.get("also", []):
+        ensure_phantoms({**phantoms, "dataset": other, "also": []}, root)
     out = Path(root or Path.cwd()) / phantom_dir(phantoms)
     if (out / ".complete").is_file():
         return out

@@ -1,4 +1,5 @@
-"""Every run config under experiments/ validates and carries the BIM paper's App. F settings."""
+"""Every run config under experiments/ validates and carries its paper's settings: the BIM
+paper's App. F, or Chaitanya et al.'s / IDEAL's / GMI's for their methods."""
 
 from __future__ import annotations
 
@@ -10,6 +11,19 @@ from segssl.config import load_run_config
 from segssl.engine.loop import check_run
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml"))
+# examples of methods from other papers than BIM, checked against their own paper's settings
+CHAITANYA = {
+    "contrast_global",
+    "contrast_local",
+    "contrast_joint",
+    "rotation",
+    "inpainting",
+    "context_restoration",
+    "self_training",
+}
+IDEAL = {"ideal_pretrain", "ideal_finetune"}
+GMI = {"gmi", "gmi_pretrain", "consistency"}  # the GMI paper's protocol (Sec. 4.2)
+BIM = [p for p in EXPERIMENTS if p.stem not in CHAITANYA | IDEAL | GMI]
 
 
 def test_the_example_configs_exist() -> None:
@@ -17,17 +31,11 @@ def test_the_example_configs_exist() -> None:
     assert {"bim_pretrain", "bim_finetune", "baseline"} <= names
 
 
-# the GMI paper's methods follow its own protocol (Sec. 4.2), not BIM's App. F
-GMI = {"gmi", "gmi_pretrain", "consistency"}
-
-
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", BIM, ids=lambda p: p.stem)
 def test_experiment_config_validates_with_app_f_schedule(path: Path) -> None:
     cfg = load_run_config(path)
     if cfg.train.init_from is None:  # init_from names a pre-training's output, not yet present
         check_run(cfg)
-    if cfg.method.name in GMI:
-        return  # test_gmi_experiment_configs_follow_the_gmi_protocol
     # App. F (ACDC): 50 epochs of 200 iterations, RAdam, warm-up x N over 10 epochs then cosine;
     # pre-training lr 5e-7, N 400; fine-tuning (and the supervised baselines) lr 1e-7, N 200;
     # semi-supervised methods "follow exactly the same configuration as ... fine-tune" (App. E)
@@ -54,6 +62,7 @@ def test_gmi_experiment_configs_follow_the_gmi_protocol(path: Path) -> None:
     300 iterations, batches of 4 labeled and 10 unlabeled slices, crop 224, all classes at once,
     T = random horizontal and vertical flips, 8 labeled scans (5 %), no test set."""
     cfg = load_run_config(path)
+    check_run(cfg)
     assert (cfg.train.epochs, cfg.train.iters_per_epoch) == (100, 300)
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.warmup_factor) == ("adam", 1e-7, 400.0)
     assert cfg.optim.warmup_epochs == 10 and cfg.augment.crop == 224
@@ -65,3 +74,24 @@ def test_gmi_experiment_configs_follow_the_gmi_protocol(path: Path) -> None:
     assert a.scale == (1.0, 1.0) and a.gamma == (1.0, 1.0)
     if cfg.method.name != "consistency":
         assert (cfg.method.w_global, cfg.method.w_local, cfg.method.w_cons) == (0.1, 0.1, 5.0)
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in EXPERIMENTS if p.stem in CHAITANYA | IDEAL], ids=lambda p: p.stem
+)
+def test_contrastive_family_configs_carry_their_papers_settings(path: Path) -> None:
+    cfg = load_run_config(path)
+    if cfg.train.init_from is None:
+        check_run(cfg)
+    assert cfg.method.name == path.stem
+    # 10,000 iterations per stage, Adam without warm-up (Chaitanya App. 7.2; IDEAL: Adam)
+    assert cfg.train.epochs * cfg.train.iters_per_epoch == 10_000
+    assert (cfg.optim.name, cfg.optim.warmup_factor) == ("adam", 1.0)
+    assert cfg.data.preprocess.size == (192, 192) and cfg.augment.crop == 0
+    if path.stem in IDEAL:
+        assert (cfg.model.name, cfg.optim.lr) == ("resnet50_unet", 1e-5)
+        assert cfg.model.decoders == ("transpose", "bilinear")
+    else:  # the authors' 6-level U-Net, lr 1e-3, batch 40, tau 0.1
+        assert (cfg.model.name, cfg.model.depth, cfg.optim.lr) == ("unet", 6, 1e-3)
+        assert 40 in (cfg.data.batch_size, cfg.data.unlabeled_batch_size)
+        assert getattr(cfg.method, "temperature", 0.1) == 0.1

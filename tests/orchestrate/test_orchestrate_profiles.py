@@ -146,21 +146,13 @@ def _write(tmp_path: Path) -> Path:
     return path
 
 
-def test_one_phantom_set_per_dataset_of_a_multi_dataset_sweep(tmp_path: Path) -> None:
+def test_phantoms_of_further_datasets(tmp_path: Path) -> None:
     raw = sweep()
-    raw["profiles"]["smoke"]["phantoms"] = [
-        {"dataset": "acdc", "scans": 4, "size": 32},
-        {"dataset": "promise12", "scans": 4, "size": 32},
-    ]
-    path = tmp_path / "multi.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    spec = load_sweep(path, profile="smoke")
-    assert [p["dataset"] for p in spec.phantoms] == ["acdc", "promise12"]
-    assert spec.base["data"]["root"] == "segssl-runs/phantoms/acdc-4x32-s0"  # the first set
-    out = ensure_phantoms(spec.phantoms, tmp_path)
-    assert out == tmp_path / "segssl-runs/phantoms/acdc-4x32-s0"
-    assert (tmp_path / "segssl-runs/phantoms/promise12-4x32-s0/.complete").is_file()
-    raw["profiles"]["smoke"]["phantoms"] = [{"dataset": "acdc", "scans": -1}]
-    path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ProfileError, match=r"phantoms\[0\]\.scans: expected a non-negative"):
-        load_sweep(path, profile="smoke")
+    raw["profiles"]["smoke"]["phantoms"]["also"] = ["mmwhs-mr"]
+    spec = parse_sweep(raw, source="s.yaml", profile="smoke")
+    ensure_phantoms(spec.phantoms, tmp_path)
+    other = tmp_path / "segssl-runs/phantoms/mmwhs-mr-4x32-s0"
+    assert (other / ".complete").is_file() and any((other / "mr_train").iterdir())
+    raw["profiles"]["smoke"]["phantoms"]["also"] = "mmwhs-mr"
+    with pytest.raises(ProfileError, match=r"phantoms.also: expected a list of dataset names"):
+        parse_sweep(raw, source="s.yaml", profile="smoke")
