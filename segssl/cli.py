@@ -422,6 +422,11 @@ def sweep_cmd(
     gpu_tflops: float = typer.Option(
         10.0, "--gpu-tflops", help="--dry-run cost: sustained GPU TFLOP/s assumed per trial."
     ),
+    cost: bool = typer.Option(
+        True,
+        "--cost/--no-cost",
+        help="--dry-run: estimate GPU-hours (FLOPs of a short, cached calibration run).",
+    ),
 ) -> None:
     """Plan and run a sweep through Ray Tune; every trial is an MLflow run. Idempotent.
 
@@ -436,6 +441,8 @@ def sweep_cmd(
 
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
+    if not gpu_tflops > 0:
+        fail(f"--gpu-tflops {gpu_tflops}: expected a positive throughput")
     try:
         spec = load_sweep(sweep, profile=profile)
         if spec.phantoms is not None and not dry_run:
@@ -470,6 +477,8 @@ def sweep_cmd(
             raise
         fail(f"the tracking store failed: {str(exc).splitlines()[0]}; the sweep stopped", 1)
     if dry_run:
+        if cost:
+            _print_cost(spec, sweep, storage, root, gpu_tflops)
         return
     _sweep_summary(out)
 
@@ -515,6 +524,26 @@ def _sweep_summary(out: Any) -> None:
             else "fix the reasons above; a rerun alone will fail the same way"
         )
         fail(f"{out.failed} trial(s) did not finish; {hint}", 1)
+
+
+def _print_cost(
+    spec: Any, sweep: Path, storage: str | None, root: Path | None, gpu_tflops: float
+) -> None:
+    """The dry run's cost estimate per stage and in total (see segssl.orchestrate.cost)."""
+    from segssl.orchestrate.cost import estimate_plan, format_costs
+    from segssl.orchestrate.plan import plan_sweep
+
+    base = Path(root) if root is not None else Path.cwd()
+    plan = plan_sweep(spec, source=str(sweep), storage=storage, root=base)
+    cache = base / "segssl-runs" / "cost-cache.json"
+    try:
+        costs = estimate_plan(
+            plan, cache, gpu_tflops, log=lambda m: err_console.print(m, highlight=False)
+        )
+    except Exception as exc:  # noqa: BLE001 - the plan is printed; the estimate is a bonus
+        err_console.print(f"no cost estimate: the calibration run failed: {exc}", highlight=False)
+        return
+    err_console.print(format_costs(costs, gpu_tflops), highlight=False, soft_wrap=True)
 
 
 @app.command("submit")
@@ -718,7 +747,10 @@ def table_cmd(
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the sweep's SQLite file).",
     ),
     curves: Optional[Path] = typer.Option(  # noqa: UP007, UP045
-        None, "--curves", help="Also write <table>_curves.png (val Dice vs epoch) here."
+        None,
+        "--curves",
+        help="Also write figures here: <table>_curves.png|pdf (val Dice vs epoch) and "
+        "<table>_figure.png|pdf (rows over columns, std bands, the paper's points).",
     ),
     no_log: bool = typer.Option(
         False, "--no-log", help="Do not log the table as an artifact of the sweep's parent run."
@@ -782,7 +814,7 @@ def table_cmd(
     else:
         typer.echo(text, nl=False)
     if curves is not None:
-        err_console.print(f"learning curves in {curves}", highlight=False)
+        err_console.print(f"learning curves and table figures in {curves}", highlight=False)
 
 
 def _check_tables_against_plan(spec: Any, storage: Path, sweep: Path) -> None:

@@ -183,9 +183,6 @@ class TableSpec(_Strict):
     select: Selection | None = None
     paper: PaperRef | None = None
     stats: TableStats = TableStats()
-    # what `segssl table --curves` draws: "epochs" (validation Dice per epoch, one panel per
-    # column) or "columns" (the cells as a curve over the columns, e.g. against a labeled ratio)
-    curve: Literal["epochs", "columns"] = "epochs"
 
     @field_validator("select", mode="before")
     @classmethod

@@ -56,7 +56,7 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("demo", artifact_location=str(root / "artifacts"))
     parent = client.create_run(exp, tags={"segssl.kind": "sweep"}).info.run_id
-    cells = [("baseline", 1), ("baseline", 2), ("finetune", 1), ("finetune", 2)]
+    cells = [("baseline", 1), ("baseline", 4), ("finetune", 1), ("finetune", 4)]
     for i, (method, n) in enumerate(cells):
         for seed in (0, 1):
             rid = client.create_run(
@@ -113,7 +113,9 @@ def test_dry_run_table_filter_suggests_the_parent_stage_key(tmp_path):
     raw["tables"][0].update({"stage": "finetune", "filter": {"method.k": 10}})
     sweep = tmp_path / "demo_k.yaml"
     sweep.write_text(yaml.safe_dump(raw))
-    r = runner.invoke(app, ["sweep", str(sweep), "--dry-run", "--storage", str(tmp_path / "s")])
+    r = runner.invoke(
+        app, ["sweep", str(sweep), "--dry-run", "--no-cost", "--storage", str(tmp_path / "s")]
+    )
     assert r.exit_code == 2, r.output
     msg = " ".join(r.output.split())
     assert "filter names param 'method.k'" in msg, msg

@@ -7,14 +7,13 @@ Public API::
     aggregate(df, table_spec, ...) -> DataFrame
     render(agg, table_spec, fmt) -> str
     plot_curves(agg, tracking_uri, out_path) -> Path
-    plot_columns(agg, out_path) -> Path
     check_tables(tables, [(stage, params), ...])   # before a sweep runs
 """
 
 from __future__ import annotations
 
 from segssl.report.aggregate import aggregate
-from segssl.report.curves import plot_columns, plot_curves
+from segssl.report.curves import plot_curves
 from segssl.report.errors import ReportError
 from segssl.report.papers import load_paper_table
 from segssl.report.preflight import check_tables
@@ -31,7 +30,6 @@ __all__ = [
     "load_history",
     "load_paper_table",
     "load_runs",
-    "plot_columns",
     "plot_curves",
     "render",
     "render_sweep_tables",

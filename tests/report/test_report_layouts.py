@@ -353,8 +353,7 @@ def _sweep_table(file: str, name: str) -> TableSpec:
 
 
 def test_gmi_fig4_curve_over_the_labeled_ratio(tmp_path: Path) -> None:
-    from segssl.report import plot_columns
-    from segssl.report.curves import column_series
+    from segssl.report.curves import plot_table_figure
 
     spec = _sweep_table("gmi_fig4_ratio.yaml", "fig4")
     ratios = ["2%", "3%", "4%", "5%", "10%", "20%", "30%", "40%", "50%"]
@@ -379,13 +378,17 @@ def test_gmi_fig4_curve_over_the_labeled_ratio(tmp_path: Path) -> None:
     df = pd.DataFrame(recs)
     spec = spec.model_copy(update={"rows": {k: v for k, v in spec.rows.items() if "Mean" not in k}})
     agg = aggregate(df, spec.model_copy(update={"select": None}), experiment="gmi-fig4")
-    series = column_series(agg)
-    assert list(series) == ["Partial Supervision", "Ours", "Ours (enhanced)"]
-    means, stds, ns = series["Ours (enhanced)"]
-    assert means == pytest.approx([55 + float(r[:-1]) / 2 + 1 for r in ratios])  # column order
-    assert stds == pytest.approx([1.0] * 9) and ns == [3] * 9
-    out = plot_columns(agg, tmp_path / "fig4.png")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r.label for r in agg.attrs["rows"]] == [
+        "Partial Supervision",
+        "Ours",
+        "Ours (enhanced)",
+    ]
+    enh = agg[agg["row"] == "Ours (enhanced)"]
+    assert enh["col"].tolist() == ratios  # the ratios in the figure's order
+    assert enh["mean"].tolist() == pytest.approx([55 + float(r[:-1]) / 2 + 1 for r in ratios])
+    assert enh["std"].tolist() == pytest.approx([1.0] * 9) and enh["n"].tolist() == [3] * 9
+    png = plot_table_figure(agg, tmp_path / "fig4.png")[0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_gmi_table2_rows_in_the_paper_order_with_its_numbers() -> None:
