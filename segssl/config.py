@@ -202,8 +202,15 @@ class AugmentConfig(Section):
     translation: float = Field(0.1, ge=0.0, le=0.5)
     paired_flip: bool = False  # also flip in the paired T (not in the BIM paper's T)
     paired_vflip: bool = False  # vertical flip in T (GMI's T: horizontal and vertical flips)
+    # stronger base augmentation (Chaitanya et al.'s fine-tuning "data augmentation" baseline):
+    # random scaling, and elastic deformation of at most elastic_alpha pixels, smoothed with a
+    # Gaussian of elastic_sigma pixels, applied to a share elastic_p of the images (0: off)
+    base_scale: tuple[float, float] = (1.0, 1.0)
+    elastic_alpha: float = Field(0.0, ge=0.0)
+    elastic_sigma: float = Field(10.0, gt=0.0)
+    elastic_p: float = Field(1.0, ge=0.0, le=1.0)
 
-    @field_validator("gamma", "scale")
+    @field_validator("gamma", "scale", "base_scale")
     @classmethod
     def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0 < v[0] <= v[1]:

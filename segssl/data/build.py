@@ -106,9 +106,11 @@ def _open_dataset(cfg: DataConfig) -> tuple[Any, int | None, list]:
 
 
 def _check_sampler(cfg: DataConfig, unlabeled: bool) -> None:
-    if unlabeled and cfg.partition_sampler and cfg.unlabeled_batch_size % cfg.partitions:
+    """A partition-sampler batch holds at least one slice per partition (a batch that is not a
+    multiple of S takes a random subset of its last volume's partitions)."""
+    if unlabeled and cfg.partition_sampler and cfg.unlabeled_batch_size < cfg.partitions:
         raise DataError(
-            f"data.unlabeled_batch_size={cfg.unlabeled_batch_size} must be a multiple of "
+            f"data.unlabeled_batch_size={cfg.unlabeled_batch_size} must be at least "
             f"data.partitions={cfg.partitions} with data.partition_sampler"
         )
 

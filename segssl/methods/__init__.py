@@ -16,10 +16,19 @@ from segssl.config import MethodConfig, did_you_mean
 from segssl.methods.base import Method
 from segssl.methods.baseline import Baseline
 from segssl.methods.bim import BIM
+from segssl.methods.context_restoration import ContextRestoration
 from segssl.methods.contrast_enc_dec import ContrastEncDec
+from segssl.methods.contrast_global import ContrastGlobal
+from segssl.methods.contrast_joint import ContrastJoint
+from segssl.methods.contrast_local import ContrastLocal
 from segssl.methods.entmin import EntMin
+from segssl.methods.ideal_finetune import IdealFinetune
+from segssl.methods.ideal_pretrain import IdealPretrain
 from segssl.methods.imsat import IMSAT
+from segssl.methods.inpainting import Inpainting
 from segssl.methods.mean_teacher import MeanTeacher
+from segssl.methods.rotation import Rotation
+from segssl.methods.self_training import SelfTraining
 
 _CLASS_ATTRS = ("init", "pinned", "uses_labeled", "uses_unlabeled", "predict_with", "carry")
 
@@ -65,6 +74,15 @@ REGISTRY: dict[str, type[Method]] = {
     "contrast_enc": variant(ContrastEncDec, "contrast_enc", w_dec=0.0),
     "contrast_dec": variant(ContrastEncDec, "contrast_dec", w_enc=0.0),
     "contrast_enc_dec": ContrastEncDec,
+    "contrast_global": ContrastGlobal,
+    "contrast_local": ContrastLocal,
+    "contrast_joint": ContrastJoint,
+    "rotation": Rotation,
+    "inpainting": Inpainting,
+    "context_restoration": ContextRestoration,
+    "self_training": SelfTraining,
+    "ideal_pretrain": IdealPretrain,
+    "ideal_finetune": IdealFinetune,
     "entmin": EntMin,
     "mean_teacher": MeanTeacher,
 }

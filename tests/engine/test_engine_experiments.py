@@ -1,4 +1,5 @@
-"""Every run config under experiments/ validates and carries the BIM paper's App. F settings."""
+"""Every run config under experiments/ validates and carries its paper's settings: the BIM
+paper's App. F, or Chaitanya et al.'s / IDEAL's for their methods."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ from segssl.config import load_run_config
 from segssl.engine.loop import check_run
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml"))
+# examples of methods from other papers than BIM, checked against their own paper's settings
+CHAITANYA = {
+    "contrast_global",
+    "contrast_local",
+    "contrast_joint",
+    "rotation",
+    "inpainting",
+    "context_restoration",
+    "self_training",
+}
+IDEAL = {"ideal_pretrain", "ideal_finetune"}
+BIM = [p for p in EXPERIMENTS if p.stem not in CHAITANYA | IDEAL]
 
 
 def test_the_example_configs_exist() -> None:
@@ -17,7 +30,7 @@ def test_the_example_configs_exist() -> None:
     assert {"bim_pretrain", "bim_finetune", "baseline"} <= names
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", BIM, ids=lambda p: p.stem)
 def test_experiment_config_validates_with_app_f_schedule(path: Path) -> None:
     cfg = load_run_config(path)
     if cfg.train.init_from is None:  # init_from names a pre-training's output, not yet present
@@ -40,3 +53,24 @@ def test_bim_pretrain_carries_the_paper_method_settings() -> None:
     m = cfg.method
     assert (m.k, m.heads, m.alpha, m.lambda_cc, m.temperature) == (40, 3, 0.5, 1.0, 0.07)
     assert (m.dense_tap, m.global_tap, cfg.data.partitions) == ("decoder4", "encoder", 3)
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in EXPERIMENTS if p.stem in CHAITANYA | IDEAL], ids=lambda p: p.stem
+)
+def test_contrastive_family_configs_carry_their_papers_settings(path: Path) -> None:
+    cfg = load_run_config(path)
+    if cfg.train.init_from is None:
+        check_run(cfg)
+    assert cfg.method.name == path.stem
+    # 10,000 iterations per stage, Adam without warm-up (Chaitanya App. 7.2; IDEAL: Adam)
+    assert cfg.train.epochs * cfg.train.iters_per_epoch == 10_000
+    assert (cfg.optim.name, cfg.optim.warmup_factor) == ("adam", 1.0)
+    assert cfg.data.preprocess.size == (192, 192) and cfg.augment.crop == 0
+    if path.stem in IDEAL:
+        assert (cfg.model.name, cfg.optim.lr) == ("resnet50_unet", 1e-5)
+        assert cfg.model.decoders == ("transpose", "bilinear")
+    else:  # the authors' 6-level U-Net, lr 1e-3, batch 40, tau 0.1
+        assert (cfg.model.name, cfg.model.depth, cfg.optim.lr) == ("unet", 6, 1e-3)
+        assert 40 in (cfg.data.batch_size, cfg.data.unlabeled_batch_size)
+        assert getattr(cfg.method, "temperature", 0.1) == 0.1
