@@ -59,7 +59,13 @@ def variant(parent: type[Method], name: str, doc: str = "", **changes: Any) -> t
     config.__doc__ = f"{parent.Config.__doc__} Variant {name!r}: {changes or attrs}."
     cls = type(f"{parent.__name__}_{name}", (parent,), {"Config": config, **attrs})
     cls.__doc__ = doc or f"{parent.__name__} with {changes or attrs}"
-    cls.__module__ = parent.__module__
+    # importable by name from this module, so that pickle (and Ray's cloudpickle, which ships a
+    # trial's RunConfig to its worker) refers to these classes instead of copying them: a copy is
+    # another class, and the method's isinstance check of its config would fail in the worker
+    for made in (config, cls):
+        made.__module__ = __name__
+        made.__qualname__ = made.__name__
+        globals()[made.__name__] = made
     return cls
 
 

@@ -68,12 +68,22 @@ def plot_curves(
         raise ReportError(f"table {spec.name!r}: no run of the table logged {metric!r} per epoch")
     ncol = min(4, len(cols))
     nrow = math.ceil(len(cols) / ncol)
+    drawn = {
+        (r.ident, c.ident)
+        for r in rows
+        for c in cols
+        if not curve_frame(hist, cells[(r.ident, c.ident)]).empty
+    }
+    if not drawn:  # never write an empty figure that looks like a result
+        raise ReportError(
+            f"table {spec.name!r}: none of its cells' runs has a {metric!r} history to draw"
+        )
     fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow), squeeze=False, sharey=True)
     for ax, c in zip(axes.flat, cols, strict=False):
         for r in rows:
-            cf = curve_frame(hist, cells[(r.ident, c.ident)])
-            if cf.empty:
+            if (r.ident, c.ident) not in drawn:
                 continue
+            cf = curve_frame(hist, cells[(r.ident, c.ident)])
             x = cf["step"].to_numpy()
             m = cf["mean"].to_numpy(float) * k
             s = np.nan_to_num(cf["std"].to_numpy(float) * k)

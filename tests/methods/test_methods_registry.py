@@ -165,3 +165,16 @@ def test_unknown_feature_tap_lists_the_valid_roles(name: str, key: str, tiny) ->
         ValueError, match=r"'decoder9' is not a tap role .* valid roles: \['encoder'"
     ):
         build_method(cfg, get_method(name), build_model(cfg.model, 2), 2, ("LV",), "cpu")
+
+
+def test_variant_configs_survive_pickling() -> None:
+    """A trial's RunConfig travels to a Ray worker by (cloud)pickle: a variant's config must come
+    back as the registered class (a copied class failed the method's isinstance check)."""
+    import pickle
+
+    cfg = parse_run_config({"method": {"name": "finetune"}})
+    back = pickle.loads(pickle.dumps(cfg))
+    assert type(back.method) is REGISTRY["finetune"].Config
+    model = build_model(back.model, 2)
+    method = build_method(back, REGISTRY["finetune"], model, 2, ("LV",), torch.device("cpu"))
+    assert method.cfg == cfg.method

@@ -9,6 +9,7 @@ Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them);
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -100,6 +101,8 @@ def finished_sweep(tmp_path: Path) -> dict[str, Any]:
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    # the stand-in trials use no memory; Ray's OOM killer must not act on a busy shared machine
+    os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
     ray.init(
         num_cpus=2,
         include_dashboard=False,
@@ -163,7 +166,11 @@ def test_mlflow_ui_lists_the_sweep_runs(finished_sweep, mlflow_ui, tmp_path: Pat
     url = ui_url(finished_sweep["exp"], port=mlflow_ui)
     driver = _browser()
     try:
-        driver.get(url)
+        from selenium.common.exceptions import TimeoutException
+
+        driver.set_page_load_timeout(180)
+        with contextlib.suppress(TimeoutException):  # the polling below waits for the table
+            driver.get(url)
         expected = len(finished_sweep["names"]) + 1  # the trials and the sweep's parent run
         end, body = time.time() + 120, ""
         while time.time() < end:
