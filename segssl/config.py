@@ -383,13 +383,26 @@ class RunConfig(Section):
     @classmethod
     def _method_pins(cls, raw: Any) -> Any:
         """Apply settings a method pins in other sections (its class attribute ``pinned``,
-        e.g. ``full`` uses every training label: ``{"data.labeled_scans": "100%"}``)."""
+        e.g. ``full`` uses every training label: ``{"data.labeled_scans": "100%"}``) and its
+        per-dataset defaults (class attribute ``dataset_defaults``: dataset name -> method
+        settings, e.g. GMI's lambdas per dataset) for the method keys the config does not give."""
         if not isinstance(raw, Mapping) or not isinstance(raw.get("method"), Mapping):
             return raw
         from segssl.methods import REGISTRY
 
-        pinned = getattr(REGISTRY.get(str(raw["method"].get("name"))), "pinned", None)
-        if not pinned:
+        method_cls = REGISTRY.get(str(raw["method"].get("name")))
+        pinned = getattr(method_cls, "pinned", None) or {}
+        data = raw.get("data")
+        dataset = (
+            data.dataset
+            if isinstance(data, DataConfig)
+            else (data or {}).get("dataset", DataConfig.model_fields["dataset"].default)
+            if isinstance(data, Mapping | type(None))
+            else None
+        )
+        per_dataset = getattr(method_cls, "dataset_defaults", None) or {}
+        defaults = {k: v for k, v in per_dataset.get(dataset, {}).items() if k not in raw["method"]}
+        if not pinned and not defaults:
             return raw
         out = {
             k: v.model_dump() if isinstance(v, BaseModel) else json.loads(json.dumps(v))
@@ -397,6 +410,7 @@ class RunConfig(Section):
         }
         for dotted, value in pinned.items():
             set_path(out, dotted, value)
+        out["method"].update(defaults)
         return out
 
     @model_validator(mode="after")

@@ -294,7 +294,9 @@ def _config_keys(sub: pd.DataFrame, spec: TableSpec) -> list[str]:
     for k in param_keys(sub):
         if k == spec.seed_key or k in SELECT_IGNORE:
             continue
-        if sub[f"params.{k}"].map(norm_value).nunique() > 1:
+        col = sub[f"params.{k}"]
+        # equal texts are equal values: normalise only columns whose raw texts differ
+        if col.nunique(dropna=False) > 1 and col.map(norm_value).nunique() > 1:
             keys.append(k)
     return keys
 

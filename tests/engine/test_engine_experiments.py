@@ -1,5 +1,5 @@
 """Every run config under experiments/ validates and carries its paper's settings: the BIM
-paper's App. F, or Chaitanya et al.'s / IDEAL's for their methods."""
+paper's App. F, or Chaitanya et al.'s / IDEAL's / GMI's for their methods."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ CHAITANYA = {
     "self_training",
 }
 IDEAL = {"ideal_pretrain", "ideal_finetune"}
-BIM = [p for p in EXPERIMENTS if p.stem not in CHAITANYA | IDEAL]
+GMI = {"gmi", "gmi_pretrain", "consistency"}  # the GMI paper's protocol (Sec. 4.2)
+BIM = [p for p in EXPERIMENTS if p.stem not in CHAITANYA | IDEAL | GMI]
 
 
 def test_the_example_configs_exist() -> None:
@@ -53,6 +54,26 @@ def test_bim_pretrain_carries_the_paper_method_settings() -> None:
     m = cfg.method
     assert (m.k, m.heads, m.alpha, m.lambda_cc, m.temperature) == (40, 3, 0.5, 1.0, 0.07)
     assert (m.dense_tap, m.global_tap, cfg.data.partitions) == ("decoder4", "encoder", 3)
+
+
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if p.stem in GMI], ids=lambda p: p.stem)
+def test_gmi_experiment_configs_follow_the_gmi_protocol(path: Path) -> None:
+    """GMI Sec. 4.1-4.2 (ACDC): Adam, lr 1e-7 x400 over 10 epochs then cosine over 90, epochs of
+    300 iterations, batches of 4 labeled and 10 unlabeled slices, crop 224, all classes at once,
+    T = random horizontal and vertical flips, 8 labeled scans (5 %), no test set."""
+    cfg = load_run_config(path)
+    check_run(cfg)
+    assert (cfg.train.epochs, cfg.train.iters_per_epoch) == (100, 300)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.warmup_factor) == ("adam", 1e-7, 400.0)
+    assert cfg.optim.warmup_epochs == 10 and cfg.augment.crop == 224
+    assert (cfg.data.batch_size, cfg.data.unlabeled_batch_size) == (4, 10)
+    assert cfg.data.target == "all" and cfg.data.labeled_scans == 8
+    assert cfg.data.split.sizes == (175, 25, 0)
+    a = cfg.augment
+    assert (a.paired_flip, a.paired_vflip, a.paired_rotation, a.translation) == (True, True, 0, 0)
+    assert a.scale == (1.0, 1.0) and a.gamma == (1.0, 1.0)
+    if cfg.method.name != "consistency":
+        assert (cfg.method.w_global, cfg.method.w_local, cfg.method.w_cons) == (0.1, 0.1, 5.0)
 
 
 @pytest.mark.parametrize(

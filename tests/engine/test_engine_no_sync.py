@@ -23,7 +23,6 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from segssl.data import build_data
-from segssl.engine import build_optimizer
 from segssl.engine.loop import build_method
 from segssl.methods import REGISTRY, get_method
 from segssl.methods.base import Clock
@@ -154,7 +153,7 @@ def batches(tiny):
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_training_step_has_no_host_sync(name: str, tiny_method, batches) -> None:
+def test_training_step_has_no_host_sync(name: str, tiny_method, batches, engine_optimizers) -> None:
     """training_step + backward + optimiser step + after_step, twice, for every method."""
     cls = get_method(name)
     cfg = tiny_method(name, train={"init_from": None})
@@ -165,7 +164,7 @@ def test_training_step_has_no_host_sync(name: str, tiny_method, batches) -> None
     method = build_method(
         cfg, cls, model, num_classes, ("RV", "Myo", "LV"), torch.device("cpu"), gen
     ).train()
-    opt = build_optimizer(cfg.optim, list(method.named_parameters()))
+    opt = engine_optimizers(cfg, method)  # owned optimisers stepped by the method itself
 
     def two_steps() -> None:
         for i, (lab, unl) in enumerate(steps):
