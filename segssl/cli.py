@@ -15,8 +15,6 @@ from typing import Any, Optional  # noqa: F401  (typer options)
 import typer
 from rich.console import Console
 
-from segssl import __version__
-
 
 def _plain_help() -> None:
     """Help as Unix tools write it: ``Usage: segssl train [OPTIONS] CONFIG`` (typer writes a
@@ -62,7 +60,9 @@ def fail(message: str, code: int = 2) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"segssl {__version__}")
+        import segssl
+
+        console.print(f"segssl {segssl.__version__}")
         raise typer.Exit()
 
 
