@@ -355,16 +355,30 @@ class RayCluster:
                 self.stop_node(name, signal.SIGTERM)
 
 
-def start_ray_cluster(cluster: RayCluster) -> RayCluster:
+def start_ray_cluster(cluster: RayCluster, tries: int = 3) -> RayCluster:
     """Start the head (``node_a``) and one worker (``node_b``) of 1 CPU each; wait until both
     are alive and the job server answers. (The caller holds ``cluster`` before this starts
-    anything, so it can always stop what was started.)"""
-    cluster.start_node("node_a", head=True)
-    cluster.wait_nodes({"node_a"})
-    cluster.start_node("node_b", head=False)
-    cluster.wait_nodes({"node_a", "node_b"})
+    anything, so it can always stop what was started.) A node that dies during start-up (Ray
+    waits a fixed 30 s for a raylet to register, too short on a loaded 2-core machine) is
+    started again, up to ``tries`` times."""
+    start_node_retrying(cluster, "node_a", head=True, tries=tries)
+    start_node_retrying(cluster, "node_b", head=False, tries=tries)
     cluster.wait_job_server()
     return cluster
+
+
+def start_node_retrying(cluster: RayCluster, name: str, head: bool, tries: int = 3) -> None:
+    """:meth:`RayCluster.start_node` and wait until it is alive; retry when it died starting."""
+    want = {"node_a", name}
+    for attempt in range(1, tries + 1):
+        cluster.start_node(name, head=head)
+        try:
+            cluster.wait_nodes(want)
+            return
+        except ServiceDied:
+            cluster.stop_node(name)
+            if attempt == tries:
+                raise
 
 
 def new_ray_cluster(base: Path, env: dict[str, str]) -> RayCluster:

@@ -141,8 +141,7 @@ def test_worker_node_stopped_mid_sweep_trial_resumes_on_the_head(cluster_stack: 
         st.ray.stop_node("node_b", signal.SIGKILL)
         _follow(st, path)
     finally:
-        st.ray.start_node("node_b", head=False)  # later tests get both nodes again
-        st.ray.wait_nodes({"node_a", "node_b"})
+        stack.start_node_retrying(st.ray, "node_b", head=False)  # later tests get both again
     finished = finished_once_per_key(trial_runs(st, name), 2)
     (moved,) = [r for r in finished.values() if r.info.run_id == victim_id]
     tags = moved.data.tags
