@@ -7,6 +7,8 @@ only parses arguments and prints.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional  # noqa: F401  (typer options)
 
@@ -50,8 +52,10 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print an error message on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print an error message on stderr and exit with ``code`` (passwords in URIs redacted)."""
+    from segssl.orchestrate.tracking import redact
+
+    err_console.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -221,6 +225,54 @@ def data_info_cmd(
             fail(f"--split {split}: scans {unknown[:5]} are not in cache {cache}")
 
 
+class _Signalled(BaseException):
+    """SIGINT or SIGTERM arrived during ``segssl train``."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signum)
+        self.name = signal.Signals(signum).name
+        self.code = 128 + signum
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`_Signalled` (the run then ends KILLED)."""
+    import signal
+
+    def handler(signum: int, _frame: Any) -> None:
+        for s in (signal.SIGINT, signal.SIGTERM):  # a second signal kills at once
+            signal.signal(s, signal.SIG_DFL)
+        raise _Signalled(signum)
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _finish(recorder: Any, run_dir: Path, result: Any, status: str, reason: str | None) -> None:
+    """End the MLflow run of ``segssl train`` (if any) with ``status`` and ``reason``."""
+    if recorder is None:
+        return
+    from segssl.orchestrate.tracking import finish_single_run
+
+    try:
+        finish_single_run(recorder, run_dir, result, status, reason)
+    except Exception as exc:  # noqa: BLE001 - reported, the run's own outcome stands
+        from segssl.orchestrate.tracking import redact
+
+        err_console.print(
+            f"could not record the end of the MLflow run ({status}): {redact(str(exc))}",
+            highlight=False,
+        )
+
+
 @app.command("train")
 def train_cmd(
     config: Path = typer.Argument(
@@ -262,22 +314,26 @@ def train_cmd(
             fail(f"--tracking-uri {tracking_uri}: cannot start an MLflow run: {exc}")
     from segssl.engine import train
 
-    result, status = None, "FAILED"
+    result, status, reason = None, "FAILED", None
     try:
-        report = recorder.log_metrics if recorder is not None else None
-        result = train(cfg, report, workdir=run_dir, resume=resume)
-        status = "FINISHED"
+        with _signals_raise():
+            report = recorder.log_metrics if recorder is not None else None
+            result = train(cfg, report, workdir=run_dir, resume=resume)
+            status = "FINISHED"
+    except _Signalled as exc:  # SIGINT/SIGTERM: the run is KILLED, last.pt stays for --resume
+        status, reason = "KILLED", f"stopped by {exc.name}"
+        _finish(recorder, run_dir, result, status, reason)
+        fail(f"{reason}; {run_dir / 'checkpoints' / 'last.pt'} is kept: rerun to resume", exc.code)
     except DataError as exc:  # bad data input, found before any training step
+        _finish(recorder, run_dir, result, status, str(exc))
         fail(str(exc))
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, EngineConfigError, CheckpointError, ValueError) as exc:
+        _finish(recorder, run_dir, result, status, str(exc))
         fail(str(exc), code=1)
-    except (EngineConfigError, CheckpointError, ValueError) as exc:
-        fail(str(exc), code=1)
-    finally:
-        if recorder is not None:
-            from segssl.orchestrate.tracking import finish_single_run
-
-            finish_single_run(recorder, run_dir, result, status)
+    except BaseException as exc:
+        _finish(recorder, run_dir, result, status, f"{type(exc).__name__}: {exc}")
+        raise
+    _finish(recorder, run_dir, result, status, None)
     metrics = result["metrics"]
     console.print(f"[bold]result[/] {run_dir / 'result.json'}")
     console.print(json.dumps(metrics, indent=1, sort_keys=True), highlight=False)
@@ -314,17 +370,46 @@ def sweep_cmd(
         "--root",
         help="Directory relative data paths resolve against (default: the current directory).",
     ),
+    takeover: bool = typer.Option(
+        False,
+        "--takeover",
+        help="Take the sweep over from a driver that looks alive but is known to be gone.",
+    ),
+    skip_data_check: bool = typer.Option(
+        False,
+        "--skip-data-check",
+        help="Do not check the data before running (e.g. planning where the data is not).",
+    ),
+    profile: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--profile",
+        help="smoke (phantoms, tiny, minutes on a CPU) | paper (the real protocol; default).",
+    ),
+    gpu_tflops: float = typer.Option(
+        10.0, "--gpu-tflops", help="--dry-run cost: sustained GPU TFLOP/s assumed per trial."
+    ),
 ) -> None:
-    """Plan and run a sweep through Ray Tune; every trial is an MLflow run. Idempotent."""
+    """Plan and run a sweep through Ray Tune; every trial is an MLflow run. Idempotent.
+
+    Ctrl-C (or SIGTERM) stops cleanly: nothing more is launched, running trials stop and keep
+    their last checkpoint, the sweep run is marked KILLED; a second Ctrl-C exits at once.
+    """
     from segssl.config import ConfigError
+    from segssl.orchestrate.profiles import ensure_phantoms
     from segssl.orchestrate.runner import run_sweep
+    from segssl.orchestrate.spec import load_sweep
     from segssl.orchestrate.tracking import TrackingError
 
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
     try:
+        spec = load_sweep(sweep, profile=profile)
+        if spec.phantoms is not None and not dry_run:
+            where = ensure_phantoms(spec.phantoms, root)
+            err_console.print(f"profile {spec.profile}: phantoms in {where}", highlight=False)
         out = run_sweep(
-            sweep,
+            spec,
+            source=str(sweep),
             address=address,
             tracking_uri=tracking_uri,
             storage=storage,
@@ -334,22 +419,64 @@ def sweep_cmd(
             console=err_console,
             live=live,
             root=root,
+            takeover=takeover,
+            # a smoke profile's phantoms are written by the run itself, not by a dry run
+            check_data=not skip_data_check and not (dry_run and spec.phantoms is not None),
         )
     except (ConfigError, TrackingError) as exc:
         fail(str(exc))
     except ConnectionError as exc:
         fail(f"--address {address}: cannot connect to the Ray cluster: {exc}")
+    except OSError as exc:  # e.g. a full disk under the storage or the tracking store
+        fail(f"{exc}; the sweep stopped (a rerun resumes once this is fixed)", 1)
+    except Exception as exc:
+        if type(exc).__name__ != "MlflowException":
+            raise
+        fail(f"the tracking store failed: {str(exc).splitlines()[0]}; the sweep stopped", 1)
     if dry_run:
         return
+    _sweep_summary(out)
+
+
+def _sweep_summary(out: Any) -> None:
+    """Per-stage counts, failures grouped by reason, and the exit status of ``segssl sweep``."""
+    from segssl.orchestrate.tracking import redact
+
     for stage, so in out.stages.items():
         console.print(
             f"{stage}: {so.planned} planned, {so.skipped} already finished, "
-            f"{so.finished} finished now, {so.failed} failed, {so.blocked} blocked",
+            f"{so.finished} finished now, {so.failed} failed, {so.blocked} blocked"
+            + (f", {so.launched - so.finished - so.failed} stopped" if out.interrupted else ""),
             highlight=False,
         )
-    console.print(f"MLflow UI: mlflow ui --backend-store-uri {out.tracking_uri}", highlight=False)
+    for reason, info in out.failures.items():
+        kind = "not retryable" if not info["retryable"] else "retryable"
+        runs = info["runs"]
+        shown = "; ".join(runs[:3]) + (f"; ... {len(runs) - 3} more" if len(runs) > 3 else "")
+        err_console.print(
+            f"[bold red]{len(runs)} trial(s) failed[/] ({kind}): {reason}\n  {shown}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    uri = redact(out.tracking_uri)
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {uri}", highlight=False)
+    if out.interrupted is not None:
+        unfinished = sum(so.planned - so.skipped - so.finished for so in out.stages.values())
+        fail(
+            f"{out.interrupted}: {unfinished} trial(s) unfinished; rerun the same command to "
+            "resume them",
+            out.interrupted.code,
+        )
+    if out.tracking_error:
+        fail(f"the tracking store could not record the sweep's end: {out.tracking_error}", 1)
     if out.failed:
-        fail(f"{out.failed} trial(s) did not finish; rerun the same command to retry them", 1)
+        fixable = [r for r, i in out.failures.items() if i["retryable"]]
+        hint = (
+            "rerun the same command to retry them"
+            if fixable or not out.failures
+            else "fix the reasons above; a rerun alone will fail the same way"
+        )
+        fail(f"{out.failed} trial(s) did not finish; {hint}", 1)
 
 
 @app.command("submit")
@@ -363,6 +490,11 @@ def submit_cmd(
         None, "--storage", help="Absolute storage path shared by every node."
     ),
     extend: bool = typer.Option(False, "--extend", help="Pass --extend to the remote sweep."),
+    profile: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--profile",
+        help="smoke (phantoms, tiny, minutes on a CPU) | paper (the real protocol; default).",
+    ),
     status: bool = typer.Option(False, "--status", help="Print the sweep's job status."),
     logs: bool = typer.Option(False, "--logs", help="Print the sweep's job logs."),
     follow: bool = typer.Option(
@@ -399,7 +531,7 @@ def submit_cmd(
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
     try:
-        spec = load_sweep(sweep)
+        spec = load_sweep(sweep, profile=profile)
     except ConfigError as exc:
         fail(str(exc))
     if actions:
@@ -519,6 +651,19 @@ def table_cmd(
     no_log: bool = typer.Option(
         False, "--no-log", help="Do not log the table as an artifact of the sweep's parent run."
     ),
+    advise_seeds: Optional[float] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--advise-seeds",
+        help="Also print the seeds each cell needs to detect this difference (table units, "
+        "e.g. 2 for 2 Dice points when the table scales Dice by 100).",
+    ),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of --advise-seeds."),
+    power: float = typer.Option(0.8, "--power", help="Power wanted by --advise-seeds."),
+    profile: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--profile",
+        help="smoke (phantoms, tiny, minutes on a CPU) | paper (the real protocol; default).",
+    ),
 ) -> None:
     """Print the sweep's tables from its FINISHED MLflow runs (mean +- std over seeds)."""
     from segssl.config import ConfigError
@@ -533,8 +678,12 @@ def table_cmd(
         fail(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
+    if advise_seeds is not None and not advise_seeds > 0:
+        fail(f"--advise-seeds {advise_seeds}: expected a positive difference (e.g. 2)")
+    if not (0 < alpha < 1 and 0 < power < 1):
+        fail(f"--alpha {alpha} / --power {power}: expected values in (0, 1)")
     try:
-        spec = load_sweep(sweep)
+        spec = load_sweep(sweep, profile=profile)
     except ConfigError as exc:
         fail(str(exc))
     storage = Path(spec.storage) if spec.storage else Path("segssl-runs") / spec.name
@@ -544,6 +693,7 @@ def table_cmd(
             f"no MLflow database at {uri[len('sqlite:///') :]}: run `segssl sweep {sweep}` "
             "first (from the same directory), or pass --tracking-uri"
         )
+    _check_tables_against_plan(spec, storage, sweep)
     try:
         text = render_tables(
             spec,
@@ -552,6 +702,7 @@ def table_cmd(
             base_dirs=[sweep.resolve().parent],
             log_artifact=not no_log,
             curves_dir=curves,
+            advise=(advise_seeds, alpha, power) if advise_seeds is not None else None,
         )
     except ReportError as exc:
         fail(str(exc))
@@ -563,6 +714,28 @@ def table_cmd(
         typer.echo(text, nl=False)
     if curves is not None:
         err_console.print(f"learning curves in {curves}", highlight=False)
+
+
+def _check_tables_against_plan(spec: Any, storage: Path, sweep: Path) -> None:
+    """When the sweep's ``plan.json`` is there, check the tables against its planned trials (a
+    row or column that matches no planned trial is an error, not an empty line)."""
+    from segssl.orchestrate.plan import PLAN_FILE, read_plan
+    from segssl.orchestrate.spec import SpecError
+    from segssl.report import ReportError, check_tables
+
+    if not (storage / PLAN_FILE).is_file():
+        return
+    try:
+        plan = read_plan(storage / PLAN_FILE)
+    except SpecError as exc:
+        fail(str(exc))
+    if plan.get("sweep") != spec.name:
+        return  # another sweep's storage: nothing to compare with
+    trials = [(t["stage"], t["params"]) for t in plan["trials"]]
+    try:
+        check_tables(spec.tables, trials, name=spec.name, base_dirs=[sweep.resolve().parent])
+    except ReportError as exc:
+        fail(f"{sweep}: tables (checked against {storage / PLAN_FILE}): {exc}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -314,6 +314,25 @@ class TrainConfig(Section):
     deterministic: bool = True
 
 
+# ------------------------------------------------------------------------------------ metrics
+class MetricsConfig(Section):
+    """Definitions of the test metrics (see :mod:`segssl.metrics`; every caption states them).
+
+    ``hd95``: ``max`` of the two directed 95th percentiles (MONAI, DeepMind surface-distance,
+    MetricsReloaded; the default) or ``pooled`` (medpy). ``nsd_tolerance``: the tolerance of the
+    normalised surface Dice in mm. ``both_empty``: ``perfect`` (Dice 1, distance 0) or
+    ``exclude``; ``one_empty``: ``exclude`` (HD95/ASD left out, counted) or ``worst`` (the volume
+    diagonal). ``per_scan``: also log each test scan's Dice (``test/scan/dsc/<i>``), the variance
+    unit "over test scans" of a table.
+    """
+
+    hd95: Literal["max", "pooled"] = "max"
+    nsd_tolerance: float = Field(1.0, gt=0)
+    both_empty: Literal["perfect", "exclude"] = "perfect"
+    one_empty: Literal["exclude", "worst"] = "exclude"
+    per_scan: bool = True
+
+
 # ---------------------------------------------------------------------------------------- run
 Stage = Literal["pretrain", "finetune", "semi"]
 
@@ -329,6 +348,7 @@ class RunConfig(Section):
     method: SerializeAsAny[MethodConfig]  # dump the method's own fields, not just the base
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("model", mode="before")
     @classmethod
@@ -480,15 +500,60 @@ def parse_run_config(raw: Mapping[str, Any], source: str = "<config>") -> RunCon
         raise ConfigError(f"{source}: {exc}") from None
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping of a YAML document repeats a key."""
+
+
+class StrictSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (at any depth).
+
+    Plain YAML keeps the last of two equal keys, so ``seeds`` written twice silently plans half
+    the trials; here it is an error naming the line of both occurrences and the key.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):  # own keys only: a merge (<<) may be overridden
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader reports it below
+                    continue
+                if first is not None:
+                    raise DuplicateKeyError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_load(text: str, source: str = "<yaml>") -> Any:
+    """Parse YAML text with :class:`StrictSafeLoader` (safe types only, no duplicate keys).
+
+    Raises:
+        ConfigError: invalid YAML or a duplicated key: ``source``, the line and the key.
+    """
+    try:
+        return yaml.load(text, Loader=StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise ConfigError(f"{source}: line {line}: {exc.problem}; remove one of them") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Read a YAML file with ``yaml.safe_load``; errors name the file."""
+    """Read a YAML file with :func:`yaml_load` (duplicate keys refused); errors name the file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such file")
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    return yaml_load(p.read_text(), str(p))
 
 
 def set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -510,7 +575,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.path=value")
         key, text = item.split("=", 1)
-        set_path(out, key.strip(), yaml.safe_load(text))
+        set_path(out, key.strip(), yaml_load(text, f"override {item!r}"))
     return out
 
 

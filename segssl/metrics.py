@@ -1,34 +1,116 @@
-"""3D segmentation metrics per scan: Dice, HD95 and ASD in millimetres.
+"""3D segmentation metrics per scan: Dice, HD95, ASD and NSD in millimetres.
 
 Predictions of the 2D slices of a scan are stacked back into a volume and compared with the
-ground truth as a whole (the papers' 3D protocol). Conventions:
+ground truth as a whole (the papers' 3D protocol). Definitions (every table caption states the
+ones its numbers use, see :func:`describe`):
 
-* **Dice** ``2 |P & G| / (|P| + |G|)`` over all voxels of the scan; an empty prediction of an
-  empty structure scores 1, a non-empty prediction of an empty structure (or vice versa) 0.
+* **Dice** ``2 |P & G| / (|P| + |G|)`` over all voxels of the scan.
 * **Surfaces** are the voxels of a mask that have at least one 6-connected neighbour outside it
   (``mask & ~binary_erosion(mask)``, the volume border counts as outside).
 * **Surface distances** are Euclidean distances in millimetres, from
   ``scipy.ndimage.distance_transform_edt(..., sampling=spacing)``, from every surface voxel of one
-  mask to the nearest surface voxel of the other.
-* **HD95** is the 95th percentile of the distances of both directions pooled (as medpy's
-  ``hd95``); **ASD** is the average symmetric surface distance, the mean of both directions
-  pooled, ``(sum d(P->G) + sum d(G->P)) / (|dP| + |dG|)``.
-* Both empty: HD95 = ASD = 0 (perfect agreement, as Dice = 1). Exactly one empty: NaN
-  (undefined); :func:`evaluate_volumes` averages over the scans where the value is defined and
-  reports how many were undefined (``"<metric>_undefined/<class>"``), so a reader sees it.
+  mask to the nearest surface voxel of the other (the two *directed* distance sets).
+* **HD95** has two definitions in the field, chosen by ``variant``:
+
+  - ``max`` (default): the larger of the two directed 95th percentiles, as MONAI's
+    ``compute_hausdorff_distance(percentile=95)``, DeepMind's ``surface-distance`` and
+    MetricsReloaded;
+  - ``pooled``: the 95th percentile of both directions' distances pooled, as medpy's ``hd95``.
+
+* **ASD** is the average symmetric surface distance, the mean of both directions pooled,
+  ``(sum d(P->G) + sum d(G->P)) / (|dP| + |dG|)`` (medpy's ``assd`` averages the two directed
+  means instead; both agree when the surfaces have equal size).
+* **NSD** (normalised surface Dice at a tolerance ``tau`` in mm): the fraction of both surfaces'
+  voxels lying within ``tau`` of the other surface,
+  ``(|d(P->G) <= tau| + |d(G->P) <= tau|) / (|dP| + |dG|)`` (surface voxels counted, as MONAI's
+  ``compute_surface_dice`` without sub-voxel areas).
+
+Empty masks (the policy is explicit and every case is counted, never hidden):
+
+* both prediction and ground truth empty (``both_empty``): ``"perfect"`` (default) scores Dice 1,
+  NSD 1, HD95 = ASD = 0; ``"exclude"`` leaves the scan out of every metric of that class;
+* exactly one empty (``one_empty``): Dice 0 and NSD 0 always; HD95 and ASD are undefined, so
+  ``"exclude"`` (default) leaves the scan out of the distance means, ``"worst"`` scores the
+  diagonal of the volume in mm (the largest possible distance, as nnU-Net-style evaluations do).
+
+:func:`evaluate_volumes` reports how many scans fell in each case per class
+(``"empty_both/<class>"``, ``"empty_one/<class>"``, and ``"<metric>_undefined/<class>"`` for the
+scans a distance mean left out).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["asd", "dice", "evaluate_volumes", "hd95", "surface_distances"]
+__all__ = [
+    "HD95_VARIANTS",
+    "MetricDefs",
+    "asd",
+    "describe",
+    "dice",
+    "evaluate_volumes",
+    "hd95",
+    "nsd",
+    "surface_distances",
+]
+
+HD95_VARIANTS = ("max", "pooled")
+BOTH_EMPTY = ("perfect", "exclude")
+ONE_EMPTY = ("exclude", "worst")
 
 _STRUCT_CACHE: dict[int, np.ndarray] = {}
+
+
+@dataclass(frozen=True)
+class MetricDefs:
+    """Which metric definitions an evaluation uses (the run config's ``metrics`` section)."""
+
+    hd95: str = "max"
+    nsd_tolerance: float = 1.0  # mm
+    both_empty: str = "perfect"
+    one_empty: str = "exclude"
+
+    def __post_init__(self) -> None:
+        _check_choice("hd95 variant", self.hd95, HD95_VARIANTS)
+        _check_choice("both_empty policy", self.both_empty, BOTH_EMPTY)
+        _check_choice("one_empty policy", self.one_empty, ONE_EMPTY)
+        if not (math.isfinite(self.nsd_tolerance) and self.nsd_tolerance > 0):
+            raise ValueError(
+                f"nsd_tolerance must be a positive number of mm, got {self.nsd_tolerance}"
+            )
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
+
+
+def describe(defs: MetricDefs) -> str:
+    """One sentence stating the definitions, for table captions."""
+    hd = (
+        "HD95: max of the two directed 95th percentiles (MONAI, surface-distance, MetricsReloaded)"
+        if defs.hd95 == "max"
+        else "HD95: 95th percentile of both directions pooled (medpy)"
+    )
+    both = (
+        "both empty scores Dice 1, distance 0"
+        if defs.both_empty == "perfect"
+        else "scans with both masks empty are left out"
+    )
+    one = (
+        "one empty scores Dice 0 and leaves the scan out of HD95/ASD (counted)"
+        if defs.one_empty == "exclude"
+        else "one empty scores Dice 0 and the volume diagonal as HD95/ASD"
+    )
+    return (
+        f"3D metrics per scan, averaged over scans then classes; {hd}; ASD pooled over both "
+        f"directions; NSD at {defs.nsd_tolerance:g} mm; empty masks: {both}, {one}."
+    )
 
 
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
@@ -109,56 +191,109 @@ def surface_distances(
     return dt_b[sa], dt_a[sb]
 
 
-def _pair_distances(
+def _masks(
     pred: np.ndarray, gt: np.ndarray, label: int, spacing: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray] | float:
-    """Distances, or 0.0 when both masks are empty, or NaN when exactly one is."""
+) -> tuple[np.ndarray, np.ndarray]:
     _check_pair(pred, gt)
     _check_spacing(spacing, np.asarray(pred).ndim)
-    p = np.asarray(pred) == label
-    g = np.asarray(gt) == label
+    return np.asarray(pred) == label, np.asarray(gt) == label
+
+
+def _diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True))))
+
+
+def _hd95_of(d: tuple[np.ndarray, np.ndarray], variant: str) -> float:
+    if variant == "max":
+        return float(max(np.percentile(d[0], 95), np.percentile(d[1], 95)))
+    return float(np.percentile(np.concatenate(d), 95))
+
+
+def _nsd_of(d: tuple[np.ndarray, np.ndarray], tolerance: float) -> float:
+    within = int((d[0] <= tolerance).sum()) + int((d[1] <= tolerance).sum())
+    return within / (d[0].size + d[1].size)
+
+
+def _scan_values(
+    p: np.ndarray, g: np.ndarray, spacing: Sequence[float], defs: MetricDefs, distances: bool
+) -> tuple[dict[str, float], str]:
+    """Every metric of one class in one scan, and its empty case (``none|both|one``)."""
     has_p, has_g = bool(p.any()), bool(g.any())
+    nan = float("nan")
     if not has_p and not has_g:
-        return 0.0
+        if defs.both_empty == "exclude":
+            return {"dsc": nan, "hd95": nan, "asd": nan, "nsd": nan}, "both"
+        return {"dsc": 1.0, "hd95": 0.0, "asd": 0.0, "nsd": 1.0}, "both"
+    inter = float(np.logical_and(p, g).sum())
+    out = {"dsc": 2.0 * inter / (float(p.sum()) + float(g.sum()))}
+    if not distances:
+        return out, ("one" if has_p != has_g else "none")
     if has_p != has_g:
-        return float("nan")
-    return surface_distances(p, g, spacing)
+        worst = _diagonal(p.shape, spacing) if defs.one_empty == "worst" else nan
+        out.update(hd95=worst, asd=worst, nsd=0.0)
+        return out, "one"
+    d = surface_distances(p, g, spacing)
+    out.update(
+        hd95=_hd95_of(d, defs.hd95),
+        asd=float(np.concatenate(d).mean()),
+        nsd=_nsd_of(d, defs.nsd_tolerance),
+    )
+    return out, "none"
 
 
-def hd95(pred: np.ndarray, gt: np.ndarray, label: int, spacing: Sequence[float]) -> float:
-    """95th-percentile Hausdorff distance (mm) of one label, both directions pooled.
+def _distance_metric(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    label: int,
+    spacing: Sequence[float],
+    defs: MetricDefs,
+    name: str,
+) -> float:
+    p, g = _masks(pred, gt, label, spacing)
+    return _scan_values(p, g, spacing, defs, True)[0][name]
+
+
+def hd95(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    label: int,
+    spacing: Sequence[float],
+    variant: str = "max",
+) -> float:
+    """95th-percentile Hausdorff distance (mm) of one label.
 
     Args:
         pred: integer label volume.
         gt: integer label volume of the same shape.
         label: label value to score.
         spacing: voxel size per axis (mm), same axis order as the arrays.
+        variant: ``max`` (of the two directed percentiles; MONAI) or ``pooled`` (medpy).
 
     Returns:
         HD95 >= 0; 0 if both are empty; NaN if exactly one is empty.
     """
-    d = _pair_distances(pred, gt, label, spacing)
-    if isinstance(d, float):
-        return d
-    return float(np.percentile(np.concatenate(d), 95))
+    return _distance_metric(pred, gt, label, spacing, MetricDefs(hd95=variant), "hd95")
 
 
 def asd(pred: np.ndarray, gt: np.ndarray, label: int, spacing: Sequence[float]) -> float:
     """Average symmetric surface distance (mm) of one label.
 
-    Args:
-        pred: integer label volume.
-        gt: integer label volume of the same shape.
-        label: label value to score.
-        spacing: voxel size per axis (mm), same axis order as the arrays.
-
     Returns:
         ASD >= 0; 0 if both are empty; NaN if exactly one is empty.
     """
-    d = _pair_distances(pred, gt, label, spacing)
-    if isinstance(d, float):
-        return d
-    return float(np.concatenate(d).mean())
+    return _distance_metric(pred, gt, label, spacing, MetricDefs(), "asd")
+
+
+def nsd(
+    pred: np.ndarray, gt: np.ndarray, label: int, spacing: Sequence[float], tolerance: float
+) -> float:
+    """Normalised surface Dice of one label at ``tolerance`` mm.
+
+    Returns:
+        NSD in [0, 1]; 1 if both are empty; 0 if exactly one is empty.
+    """
+    defs = MetricDefs(nsd_tolerance=tolerance)
+    return _distance_metric(pred, gt, label, spacing, defs, "nsd")
 
 
 def _class_map(class_names: Mapping[int, str] | Sequence[str]) -> dict[int, str]:
@@ -175,73 +310,91 @@ def _class_map(class_names: Mapping[int, str] | Sequence[str]) -> dict[int, str]
     return out
 
 
-def evaluate_volumes(
-    preds: Sequence[np.ndarray],
-    gts: Sequence[np.ndarray],
-    spacings: Sequence[Sequence[float]],
-    class_names: Mapping[int, str] | Sequence[str],
-    distances: bool = True,
-) -> dict[str, float]:
-    """Per-class means over scans and means over classes of Dice, HD95 and ASD.
+def _nanmean(values: Sequence[float]) -> float:
+    arr = np.asarray(values, dtype=float)
+    defined = arr[~np.isnan(arr)]
+    return float(defined.mean()) if defined.size else float("nan")
 
-    Args:
-        preds: one integer label volume per scan.
-        gts: the ground-truth volumes, same order and shapes.
-        spacings: one spacing (mm per axis) per scan.
-        class_names: ``{label value: name}`` of the foreground classes to score, or a list of
-            names for labels ``1..n`` (e.g. ``["RV", "Myo", "LV"]`` for ACDC, ``["LV"]`` for the
-            binary LV task).
-        distances: also compute HD95 and ASD (the costlier part; Dice only when False).
 
-    Returns:
-        ``{"dsc": mean over classes, "dsc/<name>": mean over scans, "hd95", "hd95/<name>",
-        "asd", "asd/<name>", "hd95_undefined/<name>", "asd_undefined/<name>", "n_scans"}``.
-        Per-class HD95/ASD average the scans where they are defined (NaN if none is); the
-        ``_undefined`` entries count the scans where exactly one of prediction and ground truth
-        is empty. Class means average the classes with a defined value.
-
-    Raises:
-        ValueError: if the sequences differ in length or are empty, or on bad volumes.
-    """
+def _check_inputs(
+    preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], spacings: Sequence[Sequence[float]]
+) -> None:
     n = len(preds)
     if n == 0 or len(gts) != n or len(spacings) != n:
         raise ValueError(
             f"preds, gts and spacings must be non-empty and of equal length, got "
             f"{len(preds)}, {len(gts)} and {len(spacings)}"
         )
-    names = _class_map(class_names)
     for i, (p, g, sp) in enumerate(zip(preds, gts, spacings, strict=True)):
         try:
             _check_pair(p, g)
             _check_spacing(sp, np.asarray(p).ndim)
         except ValueError as exc:
             raise ValueError(f"scan {i}: {exc}") from None
-    out: dict[str, float] = {"n_scans": float(n)}
-    metrics = ("dsc", "hd95", "asd") if distances else ("dsc",)
+
+
+def evaluate_volumes(
+    preds: Sequence[np.ndarray],
+    gts: Sequence[np.ndarray],
+    spacings: Sequence[Sequence[float]],
+    class_names: Mapping[int, str] | Sequence[str],
+    distances: bool = True,
+    defs: MetricDefs | None = None,
+    per_scan: bool = False,
+) -> dict[str, float]:
+    """Per-class means over scans and means over classes of Dice, HD95, ASD and NSD.
+
+    Args:
+        preds: one integer label volume per scan.
+        gts: the ground-truth volumes, same order and shapes.
+        spacings: one spacing (mm per axis) per scan.
+        class_names: ``{label value: name}`` of the foreground classes to score, or a list of
+            names for labels ``1..n`` (e.g. ``["RV", "Myo", "LV"]`` for ACDC).
+        distances: also compute HD95, ASD and NSD (the costlier part; Dice only when False).
+        defs: the metric definitions (default :class:`MetricDefs`: HD95 ``max``, NSD at 1 mm).
+        per_scan: also return each scan's Dice, ``"scan/dsc/<i>"`` (mean over the classes
+            defined in that scan) and ``"scan/dsc/<class>/<i>"`` (the variance unit "over test
+            scans").
+
+    Returns:
+        ``{"dsc": mean over classes, "dsc/<name>": mean over scans, "hd95", "hd95/<name>",
+        "asd", "asd/<name>", "nsd", "nsd/<name>", "hd95_undefined/<name>",
+        "asd_undefined/<name>", "empty_both/<name>", "empty_one/<name>", "n_scans"}``. Means
+        average the scans (classes) where a value is defined (NaN if none is).
+
+    Raises:
+        ValueError: if the sequences differ in length or are empty, or on bad volumes.
+    """
+    defs = defs or MetricDefs()
+    _check_inputs(preds, gts, spacings)
+    names = _class_map(class_names)
+    metrics = ("dsc", "hd95", "asd", "nsd") if distances else ("dsc",)
+    out: dict[str, float] = {"n_scans": float(len(preds))}
     per_metric: dict[str, list[float]] = {m: [] for m in metrics}
+    scan_dsc: list[list[float]] = [[] for _ in preds]
     for label, name in names.items():
         values: dict[str, list[float]] = {m: [] for m in metrics}
-        for p, g, sp in zip(preds, gts, spacings, strict=True):
-            values["dsc"].append(dice(p, g, label))
-            if distances:
-                d = _pair_distances(p, g, label, sp)
-                if isinstance(d, float):
-                    values["hd95"].append(d)
-                    values["asd"].append(d)
-                else:
-                    pooled = np.concatenate(d)
-                    values["hd95"].append(float(np.percentile(pooled, 95)))
-                    values["asd"].append(float(pooled.mean()))
+        cases = {"both": 0, "one": 0}
+        for i, (p, g, sp) in enumerate(zip(preds, gts, spacings, strict=True)):
+            pm, gm = np.asarray(p) == label, np.asarray(g) == label
+            vals, case = _scan_values(pm, gm, sp, defs, distances)
+            cases[case] = cases.get(case, 0) + 1
+            for m in metrics:
+                values[m].append(vals[m])
+            scan_dsc[i].append(vals["dsc"])
+            if per_scan:
+                out[f"scan/dsc/{name}/{i}"] = vals["dsc"]
+        out[f"empty_both/{name}"] = float(cases["both"])
+        out[f"empty_one/{name}"] = float(cases["one"])
         for m in metrics:
-            arr = np.asarray(values[m], dtype=float)
-            defined = arr[~np.isnan(arr)]
-            mean = float(defined.mean()) if defined.size else float("nan")
+            mean = _nanmean(values[m])
             out[f"{m}/{name}"] = mean
-            if m != "dsc":
-                out[f"{m}_undefined/{name}"] = float(arr.size - defined.size)
+            if m in ("hd95", "asd"):
+                out[f"{m}_undefined/{name}"] = float(np.isnan(values[m]).sum())
             per_metric[m].append(mean)
     for m in metrics:
-        arr = np.asarray(per_metric[m], dtype=float)
-        defined = arr[~np.isnan(arr)]
-        out[m] = float(defined.mean()) if defined.size else float("nan")
+        out[m] = _nanmean(per_metric[m])
+    if per_scan:
+        for i, vals in enumerate(scan_dsc):
+            out[f"scan/dsc/{i}"] = _nanmean(vals)
     return out

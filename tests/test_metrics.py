@@ -97,7 +97,9 @@ def test_evaluate_volumes_aggregates_per_class_and_counts_undefined() -> None:
     assert out["hd95/RV"] == 0.0 and out["hd95_undefined/RV"] == 1.0
     assert out["hd95_undefined/LV"] == 0.0
     d_b = _brute_distances(pred_b == 1, gt == 1, (2.0, 1.0, 1.0))  # independent of hd95()
-    expected_lv = (0.0 + float(np.percentile(d_b, 95))) / 2
+    n_pred = len(_brute_surface(pred_b == 1))  # d_b = pred->gt distances, then gt->pred
+    directed = max(np.percentile(d_b[:n_pred], 95), np.percentile(d_b[n_pred:], 95))
+    expected_lv = (0.0 + float(directed)) / 2  # the default variant: max of directed
     assert out["asd/LV"] == pytest.approx((0.0 + float(d_b.mean())) / 2)
     assert out["hd95/LV"] == pytest.approx(expected_lv)
     assert out["hd95/LV"] > 0
@@ -108,6 +110,8 @@ def test_evaluate_volumes_aggregates_per_class_and_counts_undefined() -> None:
         "n_scans": 1.0,
         "dsc/LV": 1.0,
         "dsc": 1.0,
+        "empty_both/LV": 0.0,
+        "empty_one/LV": 0.0,
     }
 
 

@@ -20,7 +20,11 @@ explicit through ``only`` / ``exclude`` prefixes.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import os
+import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "CheckpointError",
+    "CheckpointWriteError",
     "compare_state",
     "load_checkpoint",
     "load_model_weights",
@@ -48,13 +53,55 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used: unreadable, not a segssl checkpoint, or incompatible."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, quota, permissions); ``errno`` is set."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file ``path`` and flush it to the disk (errors are OSError)."""
+    with open(path, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` with the format marker, atomically (temp file then rename)."""
+    """Write ``payload`` with the format marker, atomically (temp file then rename).
+
+    The temporary file is unique per attempt (``<name>.tmp-<pid>-<random>``), so two writers
+    never share one, and it is removed when the write fails. The checkpoint is serialised in
+    memory first and written with plain file I/O, so a full disk surfaces as ``ENOSPC`` (torch's
+    own writer reports it as an opaque ``inline_container`` error).
+
+    Raises:
+        CheckpointWriteError: the file could not be written; names the path and the errno.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, buf)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_bytes(tmp, buf.getbuffer())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise CheckpointWriteError(
+            f"{path}: cannot write the checkpoint: [Errno {exc.errno}] "
+            f"{errno.errorcode.get(exc.errno or 0, '?')} ({what}); the previous checkpoint, if "
+            "any, is unchanged",
+            exc.errno,
+        ) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segssl.config import MetricsConfig
 from segssl.data.types import Volume
 from segssl.engine.runtime import Runtime
 
@@ -60,12 +61,18 @@ def evaluate(
     multiple: int,
     distances: bool,
     prefix: str,
+    defs: MetricsConfig | None = None,
 ) -> dict[str, float]:
     """3D metrics of ``volumes`` by :func:`segssl.metrics.evaluate_volumes`, keys prefixed:
     ``{prefix}/dsc`` (mean over foreground classes), ``{prefix}/dsc/<class>`` (mean over scans);
     with ``distances`` also ``{prefix}/hd95[/<class>]``, ``{prefix}/asd[/<class>]`` in mm with
-    each scan's spacing, and the ``_undefined`` counts; ``{prefix}/n_scans``."""
-    from segssl.metrics import evaluate_volumes
+    each scan's spacing, ``{prefix}/nsd[/<class>]``, the empty-mask counts;
+    ``{prefix}/n_scans``; with ``defs.per_scan`` (and ``distances``) each scan's Dice,
+    ``{prefix}/scan/dsc/<i>``. ``defs``: the metric definitions (the run's ``metrics`` config).
+    """
+    from segssl.metrics import MetricDefs, evaluate_volumes
+
+    defs = defs or MetricsConfig()
 
     preds = [predict_volume(predict, v, runtime, batch_size, multiple) for v in volumes]
     out = evaluate_volumes(
@@ -74,6 +81,13 @@ def evaluate(
         [v.spacing for v in volumes],
         list(class_names),
         distances=distances,
+        defs=MetricDefs(
+            hd95=defs.hd95,
+            nsd_tolerance=defs.nsd_tolerance,
+            both_empty=defs.both_empty,
+            one_empty=defs.one_empty,
+        ),
+        per_scan=distances and defs.per_scan,
     )
     if not distances:
         out.pop("n_scans", None)

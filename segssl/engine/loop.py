@@ -592,6 +592,7 @@ class _Run:
                     self.multiple,
                     True,
                     "test",
+                    cfg.metrics,
                 )
             )
         pictures = _save_pictures(

@@ -19,6 +19,15 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from segssl.record import (
+    TAG_GPU_CAP,
+    TAG_GPU_IDS,
+    TAG_GPU_SHARE,
+    TAG_HOSTNAME,
+    TAG_NODE_ID,
+    TAG_NODE_IP,
+)
+
 __all__ = [
     "GpuGuard",
     "GpuMemoryError",
@@ -28,12 +37,6 @@ __all__ = [
     "placement_tags",
 ]
 
-TAG_NODE_ID = "segssl.node_id"
-TAG_NODE_IP = "segssl.node_ip"
-TAG_HOSTNAME = "segssl.hostname"
-TAG_GPU_IDS = "segssl.gpu_ids"
-TAG_GPU_SHARE = "segssl.gpu_share"
-TAG_GPU_CAP = "segssl.gpu_mem_cap_bytes"
 
 _ALLOC_RE = re.compile(r"Tried to allocate ([0-9.]+) ?([KMGT]i?B|bytes|B)", re.IGNORECASE)
 _UNITS = {"b": 1, "bytes": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

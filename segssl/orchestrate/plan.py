@@ -23,7 +23,11 @@ from segssl.config import ConfigError, RunConfig, config_hash, flatten, parse_ru
 from segssl.orchestrate.spec import Resources, SearchSpec, SpecError, SweepSpec
 
 __all__ = [
+    "PLAN_FILE",
     "Plan",
+    "count_trials",
+    "read_plan",
+    "write_plan",
     "SearchStage",
     "Trial",
     "deep_merge",
@@ -35,6 +39,8 @@ __all__ = [
 ]
 
 _PATH_KEYS = ("data.root", "data.cache")
+PLAN_FILE = "plan.json"
+PLAN_FORMAT = "segssl-plan"
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,48 @@ def _parent_checkpoint(storage: Path, parent_key: str, which: str) -> str:
     return str(storage / "trials" / parent_key / "checkpoints" / f"{which}.pt")
 
 
+def count_trials(spec: SweepSpec) -> dict[str, int]:
+    """Trials per stage, computed from the axis lengths without expanding anything.
+
+    A search stage counts its ``num_samples``. Used to refuse a sweep above ``max_trials``
+    before planning (expanding millions of configs would take minutes and gigabytes).
+    """
+    counts: dict[str, int] = {}
+    for name in spec.stage_order():
+        st = spec.stages[name]
+        if st.search is not None:
+            counts[name] = st.search.num_samples
+            continue
+        combos = max(len(st.variants), 1)
+        for values in st.grid.values():
+            combos *= len(values)
+        for group in st.zip:
+            combos *= len(next(iter(group.values())))
+        own = spec.stage_seeds(name)
+        parents = 1 if st.from_ is None else counts[st.from_]
+        seeds = len(own) if own is not None else 1  # a derived stage inherits its parent's seed
+        counts[name] = parents * combos * seeds
+    return counts
+
+
+def check_trial_count(spec: SweepSpec, source: str) -> dict[str, int]:
+    """:func:`count_trials`, refusing a sweep above ``spec.max_trials``.
+
+    Raises:
+        SpecError: with the count per stage and the limit.
+    """
+    counts = count_trials(spec)
+    total = sum(counts.values())
+    if total > spec.max_trials:
+        per = ", ".join(f"{s}: {n:,}" for s, n in counts.items())
+        raise SpecError(
+            f"{source}: the sweep plans {total:,} trials ({per}), more than max_trials="
+            f"{spec.max_trials:,}; shrink the grid, or raise 'max_trials' in the sweep if you "
+            "mean it"
+        )
+    return counts
+
+
 def plan_sweep(
     spec: SweepSpec,
     source: str = "<sweep>",
@@ -322,3 +370,85 @@ def plan_sweep(
                     )
         plan.trials[name] = trials
     return plan
+
+
+def plan_record(plan: Plan) -> dict[str, Any]:
+    """The plan as plain data: what ``<storage>/plan.json`` holds."""
+    trials = [
+        {
+            "key": t.key,
+            "stage": t.stage,
+            "seed": t.seed,
+            "name": t.name,
+            "variant": t.variant,
+            "overrides": t.overrides,
+            "parent_key": t.parent_key,
+            "parent_stage": t.parent_stage,
+            "params": t.params(),
+            "config": t.config.model_dump(mode="json"),
+        }
+        for t in plan.all_trials()
+    ]
+    searches = {
+        name: {
+            "base": s.base,
+            "space": s.search.model_dump(mode="json"),
+            "seed": s.seed,
+            "epochs": s.epochs,
+        }
+        for name, s in plan.searches.items()
+    }
+    return {
+        "format": PLAN_FORMAT,
+        "version": 1,
+        "sweep": plan.spec.name,
+        "source": plan.source,
+        "storage": str(plan.storage),
+        "order": plan.order,
+        "trials": trials,
+        "searches": searches,
+    }
+
+
+def write_plan(plan: Plan) -> Path:
+    """Write ``<storage>/plan.json`` (atomically): trials, keys, resolved configs, parents.
+
+    It is the hand-off between ``segssl sweep``, ``segssl table`` and ``segssl submit``: what was
+    planned, independent of what has run.
+    """
+    import json
+    import os
+    import uuid
+
+    plan.storage.mkdir(parents=True, exist_ok=True)
+    path = plan.storage / PLAN_FILE
+    tmp = path.with_name(f".{PLAN_FILE}.{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(json.dumps(plan_record(plan), indent=1, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_plan(path: str | Path) -> dict[str, Any]:
+    """Read a ``plan.json`` written by :func:`write_plan`.
+
+    Raises:
+        SpecError: missing, unreadable or not a segssl plan.
+    """
+    import json
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / PLAN_FILE
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{p}: no plan (run `segssl sweep` or `segssl sweep --dry-run`)") from None
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"{p}: unreadable plan ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise SpecError(f"{p}: not a segssl plan (expected format {PLAN_FORMAT!r})")
+    return data

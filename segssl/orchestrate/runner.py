@@ -1,15 +1,18 @@
 """Runner: planned trials -> one Ray Tune ``Tuner`` per stage, in dependency order.
 
-Order of work for ``segssl sweep``:
+Order of work for ``segssl sweep`` (each step refuses bad input before the next spends anything):
 
-1. validate the spec and every trial config (planner);
-2. resolve and check the tracking server (fail fast, before any trial);
-3. get or create the experiment (refuse a name used by a different spec unless ``extend``);
-4. mark RUNNING runs left by a dead driver as KILLED;
-5. skip trials whose key already has a FINISHED run;
+1. count the trials from the axis lengths (refused above ``max_trials``); plan them and validate
+   every trial config; check the sweep's tables against the planned trials;
+2. resolve and check the tracking server;
+3. claim the sweep storage (``driver.lock``, :mod:`segssl.orchestrate.claim`): one driver per
+   sweep, refused drivers are told who owns it;
+4. check the plan's data (:mod:`segssl.orchestrate.datacheck`) and write ``<storage>/plan.json``;
+5. get or create the experiment, mark runs of dead drivers KILLED, skip FINISHED trial keys;
 6. start or join Ray, check that some node can hold one trial of every stage;
 7. per stage, a Tuner over the remaining trial keys (grid) or an Optuna search; a trial whose
-   parent did not finish is not launched (it is reported as blocked).
+   parent did not finish is not launched (it is reported as blocked). SIGINT/SIGTERM stop
+   launching and stop the running trials (:mod:`segssl.orchestrate.interrupt`).
 
 Idempotence lives in MLflow (FINISHED runs by trial key) and in the trial workdirs on the sweep
 storage (``<storage>/trials/<key>``, where the engine resumes from ``checkpoints/last.pt``); each
@@ -21,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,9 +35,23 @@ from rich.table import Table
 
 from segssl.config import flatten
 from segssl.orchestrate import tracking
-from segssl.orchestrate.plan import Plan, plan_sweep, search_probe
+from segssl.orchestrate.claim import ClaimKeeper, SweepClaim, claim_sweep
+from segssl.orchestrate.datacheck import check_plan_data
+from segssl.orchestrate.interrupt import Interrupt, SweepInterrupted, catch_signals, make_stopper
+from segssl.orchestrate.plan import (
+    PLAN_FILE,
+    Plan,
+    SearchStage,
+    check_trial_count,
+    count_trials,
+    plan_sweep,
+    read_plan,
+    search_probe,
+    write_plan,
+)
 from segssl.orchestrate.progress import SweepProgress, make_tune_callback
 from segssl.orchestrate.spec import Resources, SpecError, SweepSpec, load_sweep, spec_hash
+from segssl.orchestrate.tracking import redact
 from segssl.orchestrate.trainable import SweepContext, run_trial, task_from_trial
 
 __all__ = [
@@ -77,6 +93,10 @@ class SweepOutcome:
     sweep_run_id: str | None = None
     stale_marked: int = 0
     dry_run: bool = False
+    interrupted: SweepInterrupted | None = None  # stopped by SIGINT/SIGTERM
+    tracking_error: str | None = None  # the end of the sweep run could not be recorded
+    # FAILED trial runs of this invocation by reason: {reason: {"retryable", "runs"}}
+    failures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def launched(self) -> int:
@@ -162,7 +182,7 @@ def print_plan(
             f"{res.gpu:g}",
         )
     console.print(t)
-    console.print(f"storage: {plan.storage}\ntracking: {tracking_uri}", highlight=False)
+    console.print(f"storage: {plan.storage}\ntracking: {redact(tracking_uri)}", highlight=False)
     return out
 
 
@@ -184,85 +204,380 @@ def _ray_init(
     return True
 
 
-def _tune_stage(
-    *,
-    stage: str,
-    plan: Plan,
-    keys: list[str] | None,
-    ctx: SweepContext,
-    train_fn: Callable[..., dict] | None,
-    progress: SweepProgress,
-    tick: Callable[[], None],
-    run_tag: str,
-) -> Any:
+def local_nodes(spec: SweepSpec, num_cpus: int | None) -> list[dict[str, Any]]:
+    """The one node a local Ray instance would have (``ray.nodes()`` layout), without Ray.
+
+    GPUs are counted as Ray counts them: the devices present, at most as many as
+    ``CUDA_VISIBLE_DEVICES`` lists.
+    """
+    import torch
+
+    cpus = float(num_cpus or spec.num_cpus or os.cpu_count() or 1)
+    gpus = float(torch.cuda.device_count()) if torch.cuda.is_available() else 0.0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = min(gpus, float(len([d for d in visible.split(",") if d.strip()])))
+    return [{"Alive": True, "Resources": {"CPU": cpus, "GPU": gpus}}]
+
+
+def _cluster_nodes(
+    spec: SweepSpec, address: str | None, num_cpus: int | None, init_kwargs: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Nodes of the cluster a run would use, for ``--dry-run``: the local machine's resources
+    for a local Ray instance, the cluster's when ``address`` names one (connected read-only)."""
+    import_ray = address is not None
+    if not import_ray:
+        res = (init_kwargs or {}).get("resources")
+        nodes = local_nodes(spec, num_cpus)
+        if init_kwargs and "num_gpus" in init_kwargs:
+            nodes[0]["Resources"]["GPU"] = float(init_kwargs["num_gpus"])
+        if res:
+            nodes[0]["Resources"].update(res)
+        return nodes
+    import ray
+
+    started = _ray_init(spec, address, num_cpus, init_kwargs)
+    try:
+        return list(ray.nodes())
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# --------------------------------------------------------------------------- one stage in Tune
+@dataclass
+class _StageRun:
+    """What every stage of one invocation shares while Tune runs it."""
+
+    plan: Plan
+    ctx: SweepContext
+    train_fn: Callable[..., dict] | None
+    progress: SweepProgress
+    tick: Callable[[], None]
+    run_tag: str
+    outcome: SweepOutcome
+    stopper: Any = None
+
+
+def _run_config(stage: str, run: _StageRun) -> Any:
     from ray import tune
 
-    spec = plan.spec
-    res = spec.stage_resources(stage)
-    resources = {"cpu": res.cpu, "gpu": res.gpu}
-    callbacks = [make_tune_callback(progress, stage, tick)]
-    run_config = tune.RunConfig(
-        name=f"{stage}-{run_tag}",
-        storage_path=str(plan.storage / "ray"),
+    spec = run.plan.spec
+    return tune.RunConfig(
+        name=f"{stage}-{run.run_tag}",
+        storage_path=str(run.plan.storage / "ray"),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=callbacks,
+        callbacks=[make_tune_callback(run.progress, stage, run.tick)],
+        stop=run.stopper,
         verbose=0,
     )
-    if keys is not None:
-        by_key = plan.by_key()
-        log_ckpt = spec.stages[stage].log_checkpoint
-        tasks = {k: task_from_trial(by_key[k], ctx, log_ckpt) for k in keys}
-        trainable = tune.with_parameters(run_trial, ctx=ctx, tasks=tasks, train_fn=train_fn)
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
-            param_space={"trial_key": tune.grid_search(keys)},
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=spec.max_concurrent, reuse_actors=True
-            ),
-            run_config=run_config,
-        )
-        return tuner.fit()
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
-    search = plan.searches[stage]
-    s = search.search
+
+def _grid_tuner(stage: str, keys: list[str], run: _StageRun) -> Any:
+    """A Tuner over the given trial keys of a grid stage."""
+    from ray import tune
+
+    spec = run.plan.spec
+    res = spec.stage_resources(stage)
+    by_key = run.plan.by_key()
+    log_ckpt = spec.stages[stage].log_checkpoint
+    tasks = {k: task_from_trial(by_key[k], run.ctx, log_ckpt) for k in keys}
+    trainable = tune.with_parameters(run_trial, ctx=run.ctx, tasks=tasks, train_fn=run.train_fn)
+    return tune.Tuner(
+        tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu}),
+        param_space={"trial_key": tune.grid_search(keys)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+        run_config=_run_config(stage, run),
+    )
+
+
+def _search_space(search: SearchStage) -> dict[str, Any]:
+    """The Tune search space of a search stage."""
+    from ray import tune
+
     space: dict[str, Any] = {}
-    for key, dim in s.space.items():
+    for key, dim in search.search.space.items():
         if dim.uniform is not None:
             space[key] = tune.uniform(*dim.uniform)
         elif dim.loguniform is not None:
             space[key] = tune.loguniform(*dim.loguniform)
         else:
             space[key] = tune.choice(list(dim.choice or []))
-    scfg = SweepContext(**{**ctx.__dict__, "search_metric": s.metric, "search_mode": s.mode})
-    trainable = tune.with_parameters(run_trial, ctx=scfg, search=search, train_fn=train_fn)
-    import optuna
+    return space
 
-    sampler = optuna.samplers.TPESampler(seed=s.seed)
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
-        param_space=space,
+
+def _search_tuner(stage: str, run: _StageRun) -> Any:
+    """An Optuna (TPE, seeded) Tuner for a search stage, with ASHA when asked."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    spec = run.plan.spec
+    res = spec.stage_resources(stage)
+    search = run.plan.searches[stage]
+    s = search.search
+    ctx = SweepContext(**{**run.ctx.__dict__, "search_metric": s.metric, "search_mode": s.mode})
+    trainable = tune.with_parameters(run_trial, ctx=ctx, search=search, train_fn=run.train_fn)
+    scheduler = None
+    if s.scheduler == "asha":  # max_t beyond the last epoch: finishing is not an early stop
+        scheduler = ASHAScheduler(
+            grace_period=s.grace_period, max_t=search.epochs + 1, time_attr="segssl/step"
+        )
+    return tune.Tuner(
+        tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu}),
+        param_space=_search_space(search),
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
             num_samples=s.num_samples,
             max_concurrent_trials=spec.max_concurrent,
             reuse_actors=True,
-            search_alg=OptunaSearch(sampler=sampler, seed=s.seed),
-            scheduler=ASHAScheduler(
-                # max_t beyond the last epoch: finishing is not an early stop
-                grace_period=s.grace_period,
-                max_t=search.epochs + 1,
-                time_attr="segssl/step",
-            )
-            if s.scheduler == "asha"
-            else None,
+            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed), seed=s.seed),
+            scheduler=scheduler,
         ),
-        run_config=run_config,
+        run_config=_run_config(stage, run),
     )
+
+
+def _tune_stage(stage: str, keys: list[str] | None, run: _StageRun) -> Any:
+    """Run one stage through Tune: the given keys of a grid stage (``keys``) or a search."""
+    tuner = _search_tuner(stage, run) if keys is None else _grid_tuner(stage, keys, run)
     return tuner.fit()
+
+
+# --------------------------------------------------------------------------- the sweep
+def _load(spec: SweepSpec | str | Path, source: str | None) -> tuple[SweepSpec, str]:
+    if not isinstance(spec, SweepSpec):
+        source = source or str(spec)
+        spec = load_sweep(spec)
+    return spec, source or f"<sweep {spec.name}>"
+
+
+def _check_configs(plan: Plan) -> list[tuple[str, Any]]:
+    """``(stage, config)`` of every planned trial and search probe (for the data checks)."""
+    out: list[tuple[str, Any]] = [(t.stage, t.config) for t in plan.all_trials()]
+    out += [(n, search_probe(s, plan.source)) for n, s in plan.searches.items()]
+    return out
+
+
+def _preflight_data(plan: Plan, console: Console) -> None:
+    n = check_plan_data(_check_configs(plan), plan.source)
+    console.print(f"data: {n} source(s) checked", highlight=False)
+
+
+def _dry_run(
+    plan: Plan,
+    uri: str,
+    extend: bool,
+    outcome: SweepOutcome,
+    console: Console,
+    *,
+    check_data: bool,
+    nodes: Callable[[], list[dict[str, Any]]],
+) -> SweepOutcome:
+    """Print the plan, then check the data and the resources (raising on a problem)."""
+    exp_id, finished = _peek(uri, plan.spec.name, spec_hash(plan.spec), extend)
+    counts = print_plan(plan, finished, console, uri)
+    for stage, (n, todo) in counts.items():
+        outcome.stages[stage] = StageOutcome(planned=n, skipped=n - todo)
+    outcome.experiment_id = exp_id
+    if check_data:
+        _preflight_data(plan, console)
+    launching = [s for s, (_, todo) in counts.items() if todo]
+    check_resources(plan, launching, nodes())
+    return outcome
+
+
+@dataclass
+class _Tracking:
+    """The invocation's view of the tracking store once the sweep is claimed."""
+
+    exp_id: str
+    finished: dict[str, Any]
+    todo: dict[str, list[str]]
+    launching: list[str]
+
+
+def _open_tracking(
+    plan: Plan, uri: str, extend: bool, takeover: bool, outcome: SweepOutcome
+) -> _Tracking:
+    """Experiment, stale runs, live-driver check, and what is left to run."""
+    spec = plan.spec
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    exp_id = tracking.ensure_experiment(uri, spec.name, spec_hash(spec), extend=extend)
+    outcome.experiment_id = exp_id
+    outcome.stale_marked = tracking.mark_stale_runs(uri, exp_id, everyone=takeover)
+    other_drivers = tracking.live_sweep_runs(uri, exp_id)
+    if other_drivers:  # a driver on another storage, logging into the same experiment
+        tags = other_drivers[0].data.tags
+        raise tracking.TrackingError(
+            f"sweep {spec.name!r} is being run right now by another driver ("
+            f"{tags.get(tracking.TAG_HOST)}:{tags.get(tracking.TAG_PID)}, MLflow run "
+            f"{other_drivers[0].info.run_id}); wait for it to end or stop it (or rerun with "
+            "--takeover if you know it is gone), then run this again"
+        )
+    finished = tracking.finished_runs(uri, exp_id)
+    todo = {
+        s: [t.key for t in plan.trials[s] if t.key not in finished]
+        for s in plan.order
+        if s not in plan.searches
+    }
+    for s in plan.order:
+        n = plan.searches[s].search.num_samples if s in plan.searches else len(plan.trials[s])
+        skipped = 0 if s in plan.searches else n - len(todo[s])
+        outcome.stages[s] = StageOutcome(planned=n, skipped=skipped)
+    launching = [s for s in plan.order if s in plan.searches or todo.get(s)]
+    return _Tracking(exp_id, finished, todo, launching)
+
+
+def _quiet_tune() -> None:
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # the sweep's own handler (interrupt.py) decides what Ctrl-C does, not Tune's
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # Tune's own INFO/WARNING chatter (result files, snapshot timing) would drown the live table;
+    # trial errors are still logged at ERROR and reported in the summary.
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+
+
+def _stage_keys(
+    stage: str, plan: Plan, tr: _Tracking, so: StageOutcome, progress: SweepProgress
+) -> list[str] | None:
+    """Keys to launch in a grid stage (children of unfinished parents are blocked); None for a
+    search stage."""
+    if stage in plan.searches:
+        return None
+    parent = plan.spec.stages[stage].from_
+    by_key = plan.by_key()
+    keys = []
+    for k in tr.todo[stage]:
+        if parent is None or by_key[k].parent_key in tr.finished:
+            keys.append(k)
+        else:
+            so.blocked += 1
+    progress.stages[stage].failed += so.blocked
+    return keys
+
+
+def _count_stage(
+    stage: str,
+    grid: Any,
+    keys: list[str] | None,
+    uri: str,
+    tr: _Tracking,
+    run: _StageRun,
+    reason: str | None,
+) -> None:
+    """After a stage's Tuner returned: close its runs and count them in the outcome."""
+    so = run.outcome.stages[stage]
+    by_status = tracking.close_stage_runs(uri, tr.exp_id, run.ctx.sweep_run_id, stage, reason)
+    failed = set(by_status.get("FAILED", set()))
+    errors = [r for r in grid if r.error is not None]
+    if keys is not None:  # a trial that died before its run existed failed too
+        failed |= {str((r.config or {}).get("trial_key")) for r in errors}
+    so.failed = max(len(failed), len(errors))
+    so.finished = len(by_status.get("FINISHED", ()))
+    so.stopped = len(by_status.get("KILLED", ()))
+    tr.finished = tracking.finished_runs(uri, tr.exp_id)
+
+
+def _run_stages(run: _StageRun, tr: _Tracking, uri: str, interrupt: Interrupt) -> None:
+    """Every stage in dependency order; stops launching once the sweep is interrupted."""
+    plan = run.plan
+    outcome = run.outcome
+    with run.progress:
+        for stage in plan.order:
+            interrupt.check()
+            so = outcome.stages[stage]
+            keys = _stage_keys(stage, plan, tr, so, run.progress)
+            if keys is not None and not keys:
+                continue
+            so.launched = len(keys) if keys is not None else so.planned
+            grid = _tune_stage(stage, keys, run)
+            reason = f"sweep stopped by {interrupt.name}" if interrupt.event.is_set() else None
+            _count_stage(stage, grid, keys, uri, tr, run, reason)
+            interrupt.check()
+
+
+def _start_run(
+    plan: Plan, uri: str, tr: _Tracking, source: str, claim: SweepClaim, outcome: SweepOutcome
+) -> SweepContext:
+    run_id = tracking.start_sweep_run(uri, tr.exp_id, plan.spec.name, spec_hash(plan.spec), source)
+    claim.set_run(run_id)
+    outcome.sweep_run_id = run_id
+    return SweepContext(
+        sweep=plan.spec.name,
+        tracking_uri=uri,
+        experiment_id=tr.exp_id,
+        sweep_run_id=run_id,
+        storage=str(plan.storage),
+        git_sha=tracking.git_sha(),
+    )
+
+
+def _launch(
+    plan: Plan,
+    uri: str,
+    tr: _Tracking,
+    outcome: SweepOutcome,
+    claim: SweepClaim,
+    opts: dict[str, Any],
+) -> None:
+    """Start Ray, check resources, run the stages under the sweep run; end the run."""
+    console: Console = opts["console"]
+    _quiet_tune()
+    started_ray = _ray_init(plan.spec, opts["address"], opts["num_cpus"], opts["ray_init_kwargs"])
+    interrupt = Interrupt()
+    interrupt.on_second = claim.release
+    interrupt.notify = lambda msg: console.print(msg, highlight=False)
+    try:
+        import ray
+
+        check_resources(plan, tr.launching, ray.nodes())
+        ctx = _start_run(plan, uri, tr, opts["source"], claim, outcome)
+        assert ctx.sweep_run_id is not None
+        keeper = ClaimKeeper(claim, also=lambda: tracking.touch_sweep_run(uri, ctx.sweep_run_id))
+        progress = SweepProgress(plan.spec.name, plan.spec.max_concurrent, console, opts["live"])
+        for s in plan.order:
+            progress.add_stage(s, outcome.stages[s].planned, outcome.stages[s].skipped)
+        run = _StageRun(
+            plan,
+            ctx,
+            opts["train_fn"],
+            progress,
+            tick=lambda: None,
+            run_tag=time.strftime("%Y%m%d-%H%M%S"),
+            outcome=outcome,
+            stopper=make_stopper(interrupt),
+        )
+        status, reason = "FINISHED", None
+        try:
+            with catch_signals(interrupt):
+                _run_stages(run, tr, uri, interrupt)
+        except SweepInterrupted as exc:
+            status, reason = "KILLED", str(exc)
+            outcome.interrupted = exc
+        except BaseException as exc:
+            status, reason = "KILLED", f"driver error: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if status == "FINISHED" and outcome.failed:
+                status = "FAILED"
+            keeper.stop()
+            _end_sweep_run(uri, ctx.sweep_run_id, outcome, status, reason, console)
+            if outcome.failed:
+                with contextlib.suppress(Exception):  # the summary is a courtesy
+                    outcome.failures = tracking.failure_reasons(uri, tr.exp_id, ctx.sweep_run_id)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
 
 
 def run_sweep(
@@ -280,8 +595,17 @@ def run_sweep(
     live: bool = True,
     ray_init_kwargs: dict[str, Any] | None = None,
     root: str | Path | None = None,
+    takeover: bool = False,
+    check_data: bool | None = None,
 ) -> SweepOutcome:
     """Plan and run a sweep; idempotent (FINISHED trial keys are skipped).
+
+    Order of work: count the trials (refused above ``max_trials``), plan and validate every
+    trial config, check the tables against the plan and the tracking URI; then (not for
+    ``dry_run``) claim the sweep storage (:mod:`segssl.orchestrate.claim`), check the data, write
+    ``<storage>/plan.json``, open the experiment, start Ray, check resources and run the stages.
+    ``dry_run`` prints the plan, then checks the data and the resources of the cluster it would
+    use (raising on a problem), and changes nothing.
 
     Args:
         spec: a validated spec or the path of a sweep YAML file.
@@ -291,156 +615,97 @@ def run_sweep(
         address: an existing Ray cluster (``auto``, ``ray://host:10001``, ``host:6379``);
             default: a local Ray instance (reused when already initialised in this process).
         tracking_uri: MLflow tracking URI (default ``MLFLOW_TRACKING_URI``, else SQLite in the
-            sweep storage).
+            sweep storage); credentials in it are used and never printed.
         storage: where trial workdirs and Ray results live (default ``spec.storage`` or
             ``./segssl-runs/<name>``); on a cluster it must be shared by all nodes.
         extend: log into an experiment created by a different spec.
-        dry_run: print the plan and stop.
+        dry_run: print the plan, check data and resources, and stop.
         num_cpus: CPUs of a local Ray instance (default ``spec.num_cpus``, else all cores).
         console: where the plan and progress go.
         live: draw the live progress table.
         ray_init_kwargs: extra ``ray.init`` keyword arguments (tests).
         root: directory relative paths are resolved against (default: the current directory).
+        takeover: take the sweep over from a driver that looks alive (its owner is known gone).
+        check_data: resolve the plan's data before anything runs (default: when ``train_fn`` is
+            the engine's, whose trials read that data).
 
     Raises:
-        SpecError: invalid spec or trial config, or a stage no node can hold.
+        SpecError: invalid spec, trial config, table or data; a stage no node can hold; the
+            sweep is claimed by another driver (:class:`ClaimError`).
         TrackingError: tracking server unreachable, or the name is used by another spec.
     """
     console = console or Console(stderr=True)
-    if not isinstance(spec, SweepSpec):
-        source = source or str(spec)
-        spec = load_sweep(spec)
-    source = source or f"<sweep {spec.name}>"
+    spec, source = _load(spec, source)
+    if dry_run:  # the count first, even when it is refused
+        n = sum(count_trials(spec).values())
+        console.print(f"sweep {spec.name}: {n:,} trials", highlight=False)
+    check_trial_count(spec, source)
     plan = plan_sweep(spec, source=source, storage=storage, root=root)
     check_plan_tables(plan)
     uri = tracking.resolve_tracking_uri(tracking_uri, plan.storage)
     tracking.check_tracking(uri)
-    shash = spec_hash(spec)
     outcome = SweepOutcome(spec.name, uri, None, plan.storage, dry_run=dry_run)
+    check_data = train_fn is None if check_data is None else check_data
     if dry_run:
-        exp_id, finished = _peek(uri, spec.name, shash, extend)
-        counts = print_plan(plan, finished, console, uri)
-        for stage, (n, todo) in counts.items():
-            outcome.stages[stage] = StageOutcome(planned=n, skipped=n - todo)
-        outcome.experiment_id = exp_id
-        return outcome
-    plan.storage.mkdir(parents=True, exist_ok=True)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    exp_id = tracking.ensure_experiment(uri, spec.name, shash, extend=extend)
-    outcome.experiment_id = exp_id
-    outcome.stale_marked = tracking.mark_stale_runs(uri, exp_id)
-    other_drivers = tracking.live_sweep_runs(uri, exp_id)
-    if other_drivers:  # two drivers on one sweep would train the same trials twice
-        tags = other_drivers[0].data.tags
-        raise tracking.TrackingError(
-            f"sweep {spec.name!r} is being run right now by another driver ("
-            f"{tags.get(tracking.TAG_HOST)}:{tags.get(tracking.TAG_PID)}, MLflow run "
-            f"{other_drivers[0].info.run_id}); wait for it to end or stop it, then run this again"
+        return _dry_run(
+            plan,
+            uri,
+            extend,
+            outcome,
+            console,
+            check_data=check_data,
+            nodes=lambda: _cluster_nodes(spec, address, num_cpus, ray_init_kwargs),
         )
-    finished = tracking.finished_runs(uri, exp_id)
-    todo = {
-        s: [t.key for t in plan.trials[s] if t.key not in finished]
-        for s in plan.order
-        if s not in plan.searches
-    }
-    launching = [s for s in plan.order if s in plan.searches or todo.get(s)]
-    for s in plan.order:
-        n = plan.searches[s].search.num_samples if s in plan.searches else len(plan.trials[s])
-        outcome.stages[s] = StageOutcome(
-            planned=n, skipped=0 if s in plan.searches else n - len(todo[s])
-        )
-    if not launching:
+    claim = claim_sweep(
+        plan.storage,
+        spec.name,
+        takeover=takeover,
+        on_break=lambda msg: console.print(msg, highlight=False),
+    )
+    try:
+        if check_data:
+            _preflight_data(plan, console)
+        _note_plan_change(plan, console)
+        write_plan(plan)
+        tr = _open_tracking(plan, uri, extend, takeover, outcome)
+        if not tr.launching:
+            console.print(
+                f"sweep {spec.name}: all {sum(len(v) for v in plan.trials.values())} "
+                "trials already FINISHED; nothing to run.",
+                highlight=False,
+            )
+            return outcome
+        opts = {
+            "console": console,
+            "address": address,
+            "num_cpus": num_cpus,
+            "ray_init_kwargs": ray_init_kwargs,
+            "source": source,
+            "train_fn": train_fn,
+            "live": live,
+        }
+        _launch(plan, uri, tr, outcome, claim, opts)
+    finally:
+        claim.release()
+    return outcome
+
+
+def _note_plan_change(plan: Plan, console: Console) -> None:
+    """Say how the plan differs from the one the last invocation wrote (``plan.json``)."""
+    path = plan.storage / PLAN_FILE
+    if not path.is_file():
+        return
+    try:
+        before = {t["key"] for t in read_plan(path)["trials"]}
+    except (SpecError, KeyError, TypeError):
+        return
+    now = {t.key for t in plan.all_trials()}
+    added, dropped = len(now - before), len(before - now)
+    if added or dropped:
         console.print(
-            f"sweep {spec.name}: all {sum(len(v) for v in plan.trials.values())} "
-            "trials already FINISHED; nothing to run.",
+            f"plan: {added} trial(s) added and {dropped} no longer planned since {path}",
             highlight=False,
         )
-        return outcome
-
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the old reporter honours verbose=0
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune's own INFO/WARNING chatter (result files, snapshot timing) would drown the live table;
-    # trial errors are still logged at ERROR and reported in the summary.
-    logging.getLogger("ray.tune").setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    started_ray = _ray_init(spec, address, num_cpus, ray_init_kwargs)
-    try:
-        import ray
-
-        check_resources(plan, launching, ray.nodes())
-        run_id = tracking.start_sweep_run(uri, exp_id, spec.name, shash, source)
-        outcome.sweep_run_id = run_id
-        ctx = SweepContext(
-            sweep=spec.name,
-            tracking_uri=uri,
-            experiment_id=exp_id,
-            sweep_run_id=run_id,
-            storage=str(plan.storage),
-            git_sha=tracking.git_sha(),
-        )
-        beat = _Heartbeat(uri, run_id)
-        run_tag = time.strftime("%Y%m%d-%H%M%S")
-        status = "FINISHED"
-        progress = SweepProgress(spec.name, spec.max_concurrent, console, live=live)
-        for s in plan.order:
-            so = outcome.stages[s]
-            progress.add_stage(s, so.planned, so.skipped)
-        by_key = plan.by_key()
-        try:
-            with progress:
-                for stage in plan.order:
-                    so = outcome.stages[stage]
-                    if stage in plan.searches:
-                        keys = None
-                    else:
-                        parent = spec.stages[stage].from_
-                        ok_parents = set(finished)
-                        keys = []
-                        for k in todo[stage]:
-                            tr = by_key[k]
-                            if parent is None or tr.parent_key in ok_parents:
-                                keys.append(k)
-                            else:
-                                so.blocked += 1
-                        progress.stages[stage].failed += so.blocked
-                        if not keys:
-                            continue
-                    so.launched = len(keys) if keys is not None else so.planned
-                    grid = _tune_stage(
-                        stage=stage,
-                        plan=plan,
-                        keys=keys,
-                        ctx=ctx,
-                        train_fn=train_fn,
-                        progress=progress,
-                        tick=beat.tick,
-                        run_tag=run_tag,
-                    )
-                    by_status = tracking.close_stage_runs(uri, exp_id, run_id, stage)
-                    failed = set(by_status.get("FAILED", set()))
-                    errors = [r for r in grid if r.error is not None]
-                    if keys is not None:  # a trial that died before its run existed failed too
-                        failed |= {str((r.config or {}).get("trial_key")) for r in errors}
-                    so.failed = max(len(failed), len(errors))
-                    so.finished = len(by_status.get("FINISHED", ()))
-                    so.stopped = len(by_status.get("KILLED", ()))
-                    finished = tracking.finished_runs(uri, exp_id)
-        except BaseException:
-            status = "KILLED"
-            raise
-        finally:
-            if status != "KILLED" and outcome.failed:
-                status = "FAILED"
-            beat.stop()
-            _end_sweep_run(uri, run_id, outcome, status)
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-    return outcome
 
 
 def _peek(uri: str, name: str, shash: str, extend: bool) -> tuple[str | None, dict[str, Any]]:
@@ -467,44 +732,37 @@ def _peek(uri: str, name: str, shash: str, extend: bool) -> tuple[str | None, di
 def _refuse_other_spec(uri: str, name: str, old: str | None, shash: str, extend: bool) -> None:
     if old not in (None, shash) and not extend:
         raise tracking.TrackingError(
-            f"sweep name {name!r} is already used at {uri} by a different spec (spec hash {old}, "
-            f"this spec {shash}); rename the sweep or pass --extend"
+            f"sweep name {name!r} is already used at {redact(uri)} by a different spec (spec "
+            f"hash {old}, this spec {shash}); rename the sweep or pass --extend"
         )
 
 
-def _end_sweep_run(uri: str, run_id: str, outcome: SweepOutcome, status: str) -> None:
-    from mlflow.entities import Metric
+def _end_sweep_run(
+    uri: str,
+    run_id: str,
+    outcome: SweepOutcome,
+    status: str,
+    reason: str | None,
+    console: Console,
+) -> None:
+    """Log the per-stage counts and end the sweep run; a tracking failure here (a full disk
+    under the store, a server gone) is reported, never raised over the sweep's own outcome."""
+    from mlflow.entities import Metric, RunTag
 
-    client = tracking._client(uri)
     now = int(time.time() * 1000)
     metrics = []
     for stage, so in outcome.stages.items():
         for k in ("planned", "skipped", "launched", "finished", "failed", "blocked", "stopped"):
             metrics.append(Metric(f"sweep/{stage}/{k}", float(getattr(so, k)), now, 0))
-    client.log_batch(run_id, metrics=metrics)
-    client.set_terminated(run_id, status=status)
-
-
-class _Heartbeat:
-    """Refreshes the sweep run's heartbeat tag at most once a minute (from Tune callbacks) and
-    from a daemon thread (so long trials without results keep the driver marked alive)."""
-
-    def __init__(self, uri: str, run_id: str, every: float = 60.0) -> None:
-        self.uri, self.run_id, self.every = uri, run_id, every
-        self.last = time.time()
-        self._stop = threading.Event()
-        t = threading.Thread(target=self._loop, daemon=True, name="segssl-heartbeat")
-        t.start()
-
-    def tick(self) -> None:
-        if time.time() - self.last >= self.every:
-            self.last = time.time()
-            with contextlib.suppress(Exception):  # a missed heartbeat is harmless
-                tracking.touch_sweep_run(self.uri, self.run_id)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self.tick()
+    tags = [RunTag(tracking.TAG_END_REASON, reason[:5000])] if reason else []
+    try:
+        client = tracking._client(uri)
+        client.log_batch(run_id, metrics=metrics, tags=tags)
+        client.set_terminated(run_id, status=status)
+    except Exception as exc:  # noqa: BLE001 - reported; the next run marks the run KILLED
+        outcome.tracking_error = f"{type(exc).__name__}: {redact(str(exc)).splitlines()[0]}"
+        console.print(
+            f"could not record the end of sweep run {run_id} ({status}) at {redact(uri)}: "
+            f"{outcome.tracking_error}; the next `segssl sweep` marks it",
+            highlight=False,
+        )

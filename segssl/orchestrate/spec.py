@@ -19,7 +19,7 @@ a trial of that stage (each parent trial runs once and feeds all the children de
         checkpoint: last                     # which checkpoint of the parent: last | best
         config: {stage: finetune, method: {name: finetune}}
         grid: {data.labeled_scans: [1, 2, 4], data.target: [lv, rv, myo]}
-    tables: [...]                            # see segssl.orchestrate.table_spec
+    tables: [...]                            # see segssl.table_spec
 
 Axes of a stage (all optional, multiplied together):
 
@@ -47,7 +47,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segssl.config import ConfigError, config_hash, format_validation_error, read_yaml
-from segssl.orchestrate.table_spec import TableSpec
+from segssl.table_spec import TableSpec
 
 __all__ = [
     "Resources",
@@ -208,7 +208,12 @@ class SweepSpec(_Strict):
     max_failures: int = Field(2, ge=0)  # retries of a failed trial (from its last checkpoint)
     storage: str | None = None  # trial workdirs and Ray results; None: <cwd>/segssl-runs/<name>
     num_cpus: int | None = Field(None, ge=1)  # local Ray only; None: all cores
+    # planning limit: a sweep planning more trials is refused (counted before expansion)
+    max_trials: int = Field(100_000, ge=1)
     tables: list[TableSpec] = Field(default_factory=list)
+    # set by segssl.orchestrate.profiles from the file's 'profiles:' section and --profile
+    profile: Literal["smoke", "paper"] = "paper"
+    phantoms: dict[str, Any] | None = None  # smoke: the phantom set written on first use
 
     @field_validator("seeds")
     @classmethod
@@ -302,23 +307,31 @@ def _format(exc: ValidationError, source: str) -> str:
     )
 
 
-def parse_sweep(raw: Any, source: str = "<sweep>") -> SweepSpec:
-    """Validate a plain mapping into a :class:`SweepSpec`; raise :class:`SpecError` on failure."""
+def parse_sweep(raw: Any, source: str = "<sweep>", profile: str | None = None) -> SweepSpec:
+    """Validate a plain mapping into a :class:`SweepSpec`; raise :class:`SpecError` on failure.
+
+    ``profile`` (``smoke`` | ``paper``; None: ``paper``) applies the mapping's ``profiles:``
+    section (:func:`segssl.orchestrate.profiles.apply_profile`).
+    """
+    from segssl.orchestrate.profiles import apply_profile
+
     if not isinstance(raw, Mapping):
         raise SpecError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = apply_profile(raw, profile, source)
     try:
         return SweepSpec.model_validate(dict(raw))
     except ValidationError as exc:
         raise SpecError(_format(exc, source)) from None
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep YAML file (every trial config is validated by the planner)."""
+def load_sweep(path: str | Path, profile: str | None = None) -> SweepSpec:
+    """Read and validate a sweep YAML file in ``profile`` (every trial config is validated by
+    the planner)."""
     try:
         raw = read_yaml(path)
     except ConfigError as exc:
         raise SpecError(str(exc)) from None
-    return parse_sweep(raw, source=str(path))
+    return parse_sweep(raw, source=str(path), profile=profile)
 
 
 def spec_hash(spec: SweepSpec) -> str:

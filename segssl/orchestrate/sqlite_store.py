@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segssl.record import KIND_TRIAL, TAG_KEY, TAG_KIND
+
 __all__ = ["StoredRun", "read_runs", "sqlite_path"]
 
 _RUN_COLS = "r.run_uuid, r.name, r.status, r.start_time, r.end_time, r.artifact_uri"
@@ -149,7 +151,7 @@ def finished_trials(uri: str, experiment: str) -> dict[str, StoredRun] | None:
         return None
     out: dict[str, StoredRun] = {}
     for r in sorted(runs, key=lambda r: r.start_time or 0):
-        key = r.tags.get("segssl.trial_key")
-        if key and r.tags.get("segssl.kind") == "trial" and key not in out:
+        key = r.tags.get(TAG_KEY)
+        if key and r.tags.get(TAG_KIND) == KIND_TRIAL and key not in out:
             out[key] = r
     return out

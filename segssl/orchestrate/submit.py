@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from segssl.orchestrate.spec import SpecError, SweepSpec, spec_hash
+from segssl.record import TAG_SPEC, TAG_SWEEP
 
 __all__ = [
     "EXIT_CODES",
@@ -121,6 +122,7 @@ def build_entrypoint(
     storage: str,
     extend: bool = False,
     root: str | None = None,
+    profile: str = "paper",
 ) -> str:
     """The job's shell command: ``segssl sweep`` on the cluster's own Ray instance; ``root`` is
     the directory relative data paths resolve against (``--root``)."""
@@ -140,6 +142,8 @@ def build_entrypoint(
         args.append("--extend")
     if root is not None:
         args += ["--root", root]
+    if profile != "paper":
+        args += ["--profile", profile]
     return shlex.join(args)
 
 
@@ -356,12 +360,14 @@ def submit_sweep(
         runtime_env["excludes"] = ["__pycache__", "*.pyc"]
     try:
         client.submit_job(
-            entrypoint=build_entrypoint(job_file, uri, store, extend, root=root),
+            entrypoint=build_entrypoint(
+                job_file, uri, store, extend, root=root, profile=spec.profile
+            ),
             submission_id=sub_id,
             runtime_env=runtime_env,
             metadata={
-                "segssl.sweep": spec.name,
-                "segssl.spec_hash": spec_hash(spec),
+                TAG_SWEEP: spec.name,
+                TAG_SPEC: spec_hash(spec),
                 "segssl.attempt": str(attempt),
                 "segssl.sweep_file_sha": digest,
             },

@@ -7,8 +7,10 @@ concurrently. Params are the flattened resolved config; metrics are logged in ba
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -19,6 +21,32 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from segssl.record import (
+    KIND_SWEEP,
+    KIND_TRIAL,
+    ROLE_PARENT,
+    ROLE_TRIAL,
+    TAG_ATTEMPTS,
+    TAG_DATA_FP,
+    TAG_END_REASON,
+    TAG_GIT_SHA,
+    TAG_HEARTBEAT,
+    TAG_HOST,
+    TAG_KEY,
+    TAG_KIND,
+    TAG_PARENT_KEY,
+    TAG_PARENT_RUN,
+    TAG_PID,
+    TAG_RETRYABLE,
+    TAG_ROLE,
+    TAG_SPEC,
+    TAG_SPEC_FILE,
+    TAG_SPLIT_FP,
+    TAG_STAGE,
+    TAG_START,
+    TAG_SWEEP,
+)
+
 __all__ = [
     "TrackingError",
     "TrialRecorder",
@@ -28,6 +56,7 @@ __all__ = [
     "git_sha",
     "live_sweep_runs",
     "mark_stale_runs",
+    "redact",
     "resolve_tracking_uri",
     "close_stage_runs",
     "start_sweep_run",
@@ -44,22 +73,37 @@ def _quiet_mlflow_store() -> None:
     warnings.filterwarnings("ignore", message=_NOLOAD)
 
 
-TAG_SWEEP = "segssl.sweep"
-TAG_STAGE = "segssl.stage"
-TAG_KEY = "segssl.trial_key"
-TAG_PARENT_KEY = "segssl.parent_key"
-TAG_SPEC = "segssl.spec_hash"
-TAG_KIND = "segssl.kind"  # "sweep" for the parent run, "trial" for children
-TAG_HOST = "segssl.driver_host"
-TAG_PID = "segssl.driver_pid"
-TAG_HEARTBEAT = "segssl.heartbeat"
-HEARTBEAT_STALE_S = 300.0
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):(?P<pw>[^@/\s]*)@")
 _MAX_PARAMS = 100  # MLflow's log_batch limits
 _MAX_METRICS = 1000
 
 
 class TrackingError(RuntimeError):
     """The tracking server is unreachable or the experiment cannot be used."""
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` replaced by ``***``.
+
+    Every message that may contain a tracking URI goes through it before it is printed, logged
+    or raised.
+    """
+    return _CREDENTIALS.sub(lambda m: f"{m['head']}:***@", text)
+
+
+def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without ``user:password@`` and the Basic-auth header those credentials make."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, {}
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    plain = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return plain, {"Authorization": "Basic " + base64.b64encode(token).decode()}
 
 
 def resolve_tracking_uri(cli_uri: str | None, sweep_dir: str | Path) -> str:
@@ -83,23 +127,30 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         TrackingError: with the URI and the reason.
     """
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
+        shown = redact(uri)
+        base, headers = _split_credentials(uri.rstrip("/"))
+        req = urllib.request.Request(base + "/health", headers=headers)
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
                 if resp.status >= 400:
-                    raise TrackingError(f"tracking server {uri} answered HTTP {resp.status}")
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            reason = getattr(exc, "reason", exc)
+                    raise TrackingError(f"tracking server {shown} answered HTTP {resp.status}")
+        except urllib.error.HTTPError as exc:
             raise TrackingError(
-                f"tracking server {uri} cannot be reached within {timeout:g} s ({reason}); start "
-                "it (`mlflow server ...`) or pass another --tracking-uri"
+                f"tracking server {shown} answered HTTP {exc.code} ({exc.reason}) to /health"
+                + ("; check the user name and password" if exc.code in (401, 403) else "")
+            ) from None
+        except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
+            reason = redact(str(getattr(exc, "reason", exc)))
+            raise TrackingError(
+                f"tracking server {shown} cannot be reached within {timeout:g} s ({reason}); "
+                "start it (`mlflow server ...`) or pass another --tracking-uri"
             ) from None
         return
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///") :])
         if db.exists():
             if not os.access(db, os.W_OK):
-                raise TrackingError(f"tracking URI {uri}: {db} is not writable")
+                raise TrackingError(f"tracking URI {uri}: {db} is not writable")  # no password
             return
         existing = db.parent  # the directory is created later; its nearest ancestor must be
         while not existing.exists():  # writable (checked without creating anything)
@@ -112,17 +163,38 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         return
     if uri.startswith(("file:", "/", ".")) or "://" not in uri:
         raise TrackingError(
-            f"tracking URI {uri!r}: MLflow 3 no longer writes the plain file store; use "
+            f"tracking URI {redact(uri)!r}: MLflow 3 no longer writes the plain file store; use "
             "sqlite:///path/to/mlflow.db or an http(s):// tracking server"
         )
 
 
+_READY: set[str] = set()
+
+
 def _client(uri: str) -> Any:
+    """An ``MlflowClient``; a SQLite store is created (migrated) under a file lock first.
+
+    MLflow migrates a new SQLite database on first use; two processes doing so at once make the
+    second fail (``Online migration expected to match one row``). The first use of a store in a
+    process therefore holds ``<db>.lock`` while MLflow creates or checks the schema.
+    """
     from mlflow import MlflowClient
 
     _quiet_mlflow_store()
+    client = MlflowClient(tracking_uri=uri)
+    if uri.startswith("sqlite:///") and uri not in _READY:
+        import fcntl
 
-    return MlflowClient(tracking_uri=uri)
+        db = Path(uri[len("sqlite:///") :])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                client.search_experiments(max_results=1)
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        _READY.add(uri)
+    return client
 
 
 def git_sha() -> str:
@@ -205,7 +277,7 @@ def finished_runs(uri: str, exp_id: str) -> dict[str, Any]:
     """FINISHED trial runs of the experiment by trial key (the earliest one if several)."""
     client = _client(uri)
     runs = _search(
-        client, exp_id, f"attributes.status = 'FINISHED' and tags.`{TAG_KIND}` = 'trial'"
+        client, exp_id, f"attributes.status = 'FINISHED' and tags.`{TAG_KIND}` = '{KIND_TRIAL}'"
     )
     out: dict[str, Any] = {}
     for r in sorted(runs, key=lambda r: r.info.start_time or 0):
@@ -215,91 +287,125 @@ def finished_runs(uri: str, exp_id: str) -> dict[str, Any]:
     return out
 
 
-def _driver_alive(run: Any, now: float) -> bool:
+def _driver_alive(run: Any) -> bool:
+    """The sweep run's driver is alive: heartbeat within the lease and, on this host, the same
+    process (pid and start time) still running (see :func:`segssl.orchestrate.claim.owner_alive`).
+    """
+    from segssl.orchestrate.claim import owner_alive
+
     tags = run.data.tags
-    host, pid = tags.get(TAG_HOST), tags.get(TAG_PID)
-    if host == socket.gethostname() and pid and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    beat = float(tags.get(TAG_HEARTBEAT, "0") or 0)
-    return now - beat < HEARTBEAT_STALE_S
+    try:
+        beat = float(tags.get(TAG_HEARTBEAT, "0") or 0)
+    except ValueError:
+        beat = 0.0
+    return owner_alive(tags.get(TAG_HOST), tags.get(TAG_PID), tags.get(TAG_START), beat)
 
 
-def mark_stale_runs(uri: str, exp_id: str) -> int:
+def mark_stale_runs(uri: str, exp_id: str, everyone: bool = False) -> int:
     """Mark RUNNING runs of a dead sweep driver as KILLED; return how many were marked.
 
-    A sweep run is stale when its driver process is gone (same host) or its heartbeat is older
-    than five minutes (another host). Trial runs are stale when their sweep run is stale or
-    missing. Runs of a live driver (a sweep running elsewhere right now) are left alone.
+    A sweep run is stale when its heartbeat is older than the lease, or its driver process is
+    gone or replaced by another with the same pid (same host). Trial runs are stale when their
+    sweep run is stale or missing. Runs of a live driver (a sweep running elsewhere right now)
+    are left alone unless ``everyone`` (``--takeover``: the operator knows it is gone).
     """
     client = _client(uri)
     running = _search(client, exp_id, "attributes.status = 'RUNNING'")
-    now = time.time()
-    sweeps = {r.info.run_id: r for r in running if r.data.tags.get(TAG_KIND) == "sweep"}
-    alive = {rid for rid, r in sweeps.items() if _driver_alive(r, now)}
+    sweeps = {r.info.run_id: r for r in running if r.data.tags.get(TAG_KIND) == KIND_SWEEP}
+    alive = set() if everyone else {rid for rid, r in sweeps.items() if _driver_alive(r)}
     n = 0
     for r in running:
         kind = r.data.tags.get(TAG_KIND)
-        if kind == "sweep":
+        if kind == KIND_SWEEP:
             stale = r.info.run_id not in alive
         else:
-            stale = r.data.tags.get("mlflow.parentRunId") not in alive
+            stale = r.data.tags.get(TAG_PARENT_RUN) not in alive
         if stale:
+            reason = "taken over (--takeover)" if everyone else "driver gone; marked at restart"
+            client.set_tag(r.info.run_id, TAG_END_REASON, reason)
             client.set_terminated(r.info.run_id, status="KILLED")
-            client.set_tag(r.info.run_id, "segssl.end_reason", "driver gone; marked at restart")
             n += 1
     return n
 
 
-def close_stage_runs(uri: str, exp_id: str, sweep_run_id: str, stage: str) -> dict[str, set[str]]:
+def close_stage_runs(
+    uri: str, exp_id: str, sweep_run_id: str | None, stage: str, interrupted: str | None = None
+) -> dict[str, set[str]]:
     """After a stage's Tuner returned: end its trial runs still RUNNING as KILLED, and count the
     stage's runs of this sweep invocation by status.
 
     Runs still RUNNING belong to trials Ray stopped from outside (an early stop by ASHA, an actor
-    that died); none can still be running once the stage is over. Returns the trial keys of
-    the stage's runs of this invocation by status.
+    that died); none can still be running once the stage is over. When the sweep was
+    ``interrupted`` (the reason, e.g. "sweep stopped by SIGINT"), that is the reason of every
+    run it stopped. Returns the trial keys of the stage's runs of this invocation by status.
     """
     client = _client(uri)
-    base = f"tags.`mlflow.parentRunId` = '{sweep_run_id}' and tags.`{TAG_STAGE}` = '{stage}'"
-    for r in _search(client, exp_id, f"attributes.status = 'RUNNING' and {base}"):
-        client.set_tag(r.info.run_id, "segssl.end_reason", "stopped by Ray Tune (early stop)")
-        client.set_terminated(r.info.run_id, status="KILLED")
+    base = f"tags.`{TAG_PARENT_RUN}` = '{sweep_run_id}' and tags.`{TAG_STAGE}` = '{stage}'"
+    stopped = ("RUNNING", "KILLED") if interrupted else ("RUNNING",)
+    for r in _search(client, exp_id, base):
+        if r.info.status not in stopped:
+            continue
+        reason = interrupted or "stopped by Ray Tune (early stop)"
+        client.set_tag(r.info.run_id, TAG_END_REASON, reason)
+        if r.info.status == "RUNNING":
+            client.set_terminated(r.info.run_id, status="KILLED")
     keys: dict[str, set[str]] = {}
     for r in _search(client, exp_id, base):
         keys.setdefault(r.info.status, set()).add(r.data.tags.get(TAG_KEY, r.info.run_id))
     return keys
 
 
+def failure_reasons(uri: str, exp_id: str, sweep_run_id: str) -> dict[str, dict[str, Any]]:
+    """FAILED trial runs of one sweep invocation grouped by their end reason.
+
+    Returns:
+        ``{reason: {"retryable": bool, "runs": [run names]}}``; a reason is non-retryable when
+        the trial said so (bad config or data, incompatible checkpoint, a full disk...).
+    """
+    client = _client(uri)
+    runs = _search(
+        client,
+        exp_id,
+        f"attributes.status = 'FAILED' and tags.`{TAG_PARENT_RUN}` = '{sweep_run_id}'",
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for r in sorted(runs, key=lambda r: r.info.run_name or ""):
+        tags = r.data.tags
+        reason = redact(tags.get(TAG_END_REASON) or "no reason recorded").strip()
+        entry = out.setdefault(reason, {"retryable": True, "runs": []})
+        entry["retryable"] = entry["retryable"] and tags.get(TAG_RETRYABLE) != "false"
+        entry["runs"].append(r.info.run_name or r.info.run_id)
+    return out
+
+
 def live_sweep_runs(uri: str, exp_id: str) -> list[Any]:
     """RUNNING sweep runs of the experiment whose driver is alive (see :func:`mark_stale_runs`)."""
     client = _client(uri)
     running = _search(
-        client, exp_id, f"attributes.status = 'RUNNING' and tags.`{TAG_KIND}` = 'sweep'"
+        client, exp_id, f"attributes.status = 'RUNNING' and tags.`{TAG_KIND}` = '{KIND_SWEEP}'"
     )
-    now = time.time()
-    return [r for r in running if _driver_alive(r, now)]
+    return [r for r in running if _driver_alive(r)]
 
 
 def start_sweep_run(uri: str, exp_id: str, name: str, spec_hash: str, source: str) -> str:
     """Create the parent run of this sweep invocation; return its id."""
+    from segssl.orchestrate.claim import process_start
+
     client = _client(uri)
     run = client.create_run(
         exp_id,
         run_name=f"{name} sweep {time.strftime('%Y-%m-%d %H:%M:%S')}",
         tags={
-            TAG_KIND: "sweep",
+            TAG_KIND: KIND_SWEEP,
+            TAG_ROLE: ROLE_PARENT,
             TAG_SWEEP: name,
             TAG_SPEC: spec_hash,
             TAG_HOST: socket.gethostname(),
             TAG_PID: str(os.getpid()),
+            TAG_START: process_start(os.getpid()) or "",
             TAG_HEARTBEAT: f"{time.time():.0f}",
-            "segssl.git_sha": git_sha(),
-            "segssl.spec_file": source,
+            TAG_GIT_SHA: git_sha(),
+            TAG_SPEC_FILE: source,
         },
     )
     return str(run.info.run_id)
@@ -362,18 +468,21 @@ class TrialRecorder:
         attempts = 1
         all_tags = dict(tags)
         if self.sweep_run_id:
-            all_tags["mlflow.parentRunId"] = self.sweep_run_id
-        all_tags[TAG_KIND] = "trial"
+            all_tags[TAG_PARENT_RUN] = self.sweep_run_id
+        all_tags[TAG_KIND] = KIND_TRIAL
+        all_tags[TAG_ROLE] = ROLE_TRIAL
         if run is None:
             run = self.client.create_run(self.exp_id, run_name=name, tags=all_tags)
             self.run_id = str(run.info.run_id)
             self._log(params=params)
         else:
             self.run_id = str(run.info.run_id)
-            attempts = int(run.data.tags.get("segssl.attempts", "1")) + 1
+            attempts = int(run.data.tags.get(TAG_ATTEMPTS, "1")) + 1
             self.client.update_run(self.run_id, status="RUNNING")
+            if TAG_END_REASON in run.data.tags:  # why the earlier attempt ended: no longer true
+                self.client.delete_tag(self.run_id, TAG_END_REASON)
             self._log(tags=all_tags)
-        self._log(tags={"segssl.attempts": str(attempts)})
+        self._log(tags={TAG_ATTEMPTS: str(attempts)})
         idf.parent.mkdir(parents=True, exist_ok=True)
         idf.write_text(self.run_id)
         return self.run_id
@@ -429,7 +538,7 @@ class TrialRecorder:
         if self.run_id is None:
             return
         if reason:
-            self._log(tags={"segssl.end_reason": reason[:5000]})
+            self._log(tags={TAG_END_REASON: reason[:5000]})
         self.client.set_terminated(self.run_id, status=status)
 
 
@@ -448,11 +557,11 @@ def fingerprint_tags(workdir: Path, result: Mapping[str, Any]) -> dict[str, str]
             if isinstance(data, Mapping):
                 sources.append(data)
                 if fname == "split.json" and "fingerprint" in data:
-                    tags.setdefault("segssl.split_fingerprint", str(data["fingerprint"]))
+                    tags.setdefault(TAG_SPLIT_FP, str(data["fingerprint"]))
     for src in sources:
-        for name in ("data_fingerprint", "split_fingerprint"):
+        for name, tag in (("data_fingerprint", TAG_DATA_FP), ("split_fingerprint", TAG_SPLIT_FP)):
             if src.get(name):
-                tags.setdefault(f"segssl.{name}", str(src[name]))
+                tags.setdefault(tag, str(src[name]))
     return tags
 
 
@@ -478,9 +587,9 @@ def start_single_run(
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     tags = {
-        "segssl.stage": cfg.stage,
-        "segssl.trial_key": trial_key(cfg, None),
-        "segssl.git_sha": git_sha(),
+        TAG_STAGE: cfg.stage,
+        TAG_KEY: trial_key(cfg, None),
+        TAG_GIT_SHA: git_sha(),
     }
     if cfg.train.init_from:
         from segssl.engine import load_checkpoint
@@ -488,19 +597,24 @@ def start_single_run(
         stored = load_checkpoint(cfg.train.init_from).get("config")
         if isinstance(stored, str):
             parent_cfg = parse_run_config(json.loads(stored), source=cfg.train.init_from)
-            tags["segssl.parent_key"] = trial_key(parent_cfg, None)
+            tags[TAG_PARENT_KEY] = trial_key(parent_cfg, None)
     recorder = TrialRecorder(uri, exp_id, None, Path(workdir))
     recorder.start(name, tags, flatten(cfg))
     return recorder
 
 
 def finish_single_run(
-    recorder: TrialRecorder, workdir: Path, result: Mapping[str, Any] | None, status: str
+    recorder: TrialRecorder,
+    workdir: Path,
+    result: Mapping[str, Any] | None,
+    status: str,
+    reason: str | None = None,
 ) -> None:
-    """Fingerprint tags and artifacts of a finished ``segssl train`` run, then its status."""
+    """Fingerprint tags and artifacts of a finished ``segssl train`` run, then its status (and
+    why it ended, for a FAILED or KILLED run)."""
     if result:
         recorder.set_tags(fingerprint_tags(Path(workdir), result))
         recorder.log_outputs(
             Path(workdir), log_checkpoint=False, split_path=result.get("split_path")
         )
-    recorder.end(status)
+    recorder.end(status, reason)

@@ -28,6 +28,17 @@ from segssl.orchestrate.plan import (
     run_name,
     trial_key,
 )
+from segssl.record import (
+    TAG_GIT_SHA,
+    TAG_KEY,
+    TAG_PARENT_KEY,
+    TAG_RESUMED,
+    TAG_RETRYABLE,
+    TAG_SEED,
+    TAG_STAGE,
+    TAG_SWEEP,
+    TAG_VARIANT,
+)
 
 __all__ = ["SweepContext", "TrialTask", "run_trial", "task_from_trial"]
 
@@ -66,17 +77,17 @@ class SweepContext:
 def task_from_trial(trial: Any, ctx: SweepContext, log_checkpoint: bool = False) -> TrialTask:
     """Build the worker task of a planned :class:`segssl.orchestrate.plan.Trial`."""
     tags = {
-        "segssl.sweep": ctx.sweep,
-        "segssl.stage": trial.stage,
-        "segssl.trial_key": trial.key,
-        "segssl.git_sha": ctx.git_sha,
-        "segssl.seed": str(trial.seed),
+        TAG_SWEEP: ctx.sweep,
+        TAG_STAGE: trial.stage,
+        TAG_KEY: trial.key,
+        TAG_GIT_SHA: ctx.git_sha,
+        TAG_SEED: str(trial.seed),
         **ctx.extra_tags,
     }
     if trial.parent_key:
-        tags["segssl.parent_key"] = trial.parent_key
+        tags[TAG_PARENT_KEY] = trial.parent_key
     if trial.variant:
-        tags["segssl.variant"] = trial.variant
+        tags[TAG_VARIANT] = trial.variant
     return TrialTask(
         key=trial.key,
         stage=trial.stage,
@@ -95,11 +106,11 @@ def _search_task(sampled: Mapping[str, Any], search: SearchStage, ctx: SweepCont
     cfg = resolve_trial_config(raw, f"stages.{search.stage} search sample ({desc})")
     key = trial_key(cfg, None)
     tags = {
-        "segssl.sweep": ctx.sweep,
-        "segssl.stage": search.stage,
-        "segssl.trial_key": key,
-        "segssl.git_sha": ctx.git_sha,
-        "segssl.seed": str(search.seed),
+        TAG_SWEEP: ctx.sweep,
+        TAG_STAGE: search.stage,
+        TAG_KEY: key,
+        TAG_GIT_SHA: ctx.git_sha,
+        TAG_SEED: str(search.seed),
         **ctx.extra_tags,
     }
     return TrialTask(
@@ -131,6 +142,110 @@ def _release_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
+def _report_finished_sample(task: TrialTask, ctx: SweepContext) -> bool:
+    """A search sample that FINISHED in an earlier invocation: report its result to the searcher
+    (its best epoch, as for a trained sample) instead of training it again; True if it did."""
+    from mlflow import MlflowClient
+    from ray import tune
+
+    from segssl.orchestrate.tracking import finished_runs
+
+    done = finished_runs(ctx.tracking_uri, ctx.experiment_id).get(task.key)
+    if done is None:
+        return False
+    out = {**done.data.metrics, "segssl/skipped": 1.0}
+    metric = ctx.search_metric
+    if metric:
+        client = MlflowClient(ctx.tracking_uri)
+        hist = [m.value for m in client.get_metric_history(done.info.run_id, metric)]
+        if hist:
+            out[metric] = max(hist) if ctx.search_mode == "max" else min(hist)
+    tune.report(out)
+    return True
+
+
+class _TuneReporter:
+    """The engine's ``report(metrics, step)``: one MLflow batch and one ``tune.report`` each, with
+    a pointer checkpoint to the trial's workdir; tracks the best value of the search metric."""
+
+    def __init__(self, task: TrialTask, ctx: SweepContext, recorder: Any) -> None:
+        self.task, self.ctx, self.recorder = task, ctx, recorder
+        self.seen: dict[str, float] = {}
+        self.best: float | None = None
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        from ray import tune
+        from ray.tune import Checkpoint
+
+        self.recorder.log_metrics(metrics, step)
+        self.seen.update({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        out = dict(self.seen)
+        metric = self.ctx.search_metric
+        if metric and metric in metrics:
+            v = float(metrics[metric])
+            better = self.best is None or (
+                v > self.best if self.ctx.search_mode == "max" else v < self.best
+            )
+            self.best = v if better else self.best
+            out[metric] = self.best  # the searcher and ASHA see the best epoch so far
+        out["segssl/step"] = float(step)
+        with tempfile.TemporaryDirectory() as tmp:
+            pointer = {"trial_key": self.task.key, "workdir": self.task.workdir, "step": step}
+            (Path(tmp) / "pointer.json").write_text(json.dumps(pointer))
+            tune.report(out, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _end_failed(exc: BaseException, recorder: Any, seen: Mapping[str, float]) -> bool:
+    """Record how an attempt ended with ``exc``; True when the failure is final (not retried).
+
+    A non-retryable error (bad config or data, incompatible checkpoint, a full disk, NaN loss,
+    out of GPU memory) ends the run FAILED with ``segssl.retryable=false`` and is reported to
+    Tune as a result, so Tune does not retry it; anything else ends the attempt (KILLED when
+    stopped) and is re-raised.
+    """
+    from ray import tune
+
+    killed = isinstance(exc, KeyboardInterrupt | SystemExit) or "Stop" in type(exc).__name__
+    reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    if isinstance(exc, SystemExit):  # how Ray Tune ends a function trial it stops
+        reason = "stopped by Ray Tune (early stop)"
+    if not killed and isinstance(exc, (*_non_retryable(), gpu_guard.GpuMemoryError)):
+        recorder.set_tags({TAG_RETRYABLE: "false"})
+        recorder.end("FAILED", reason)
+        tune.report({**seen, "segssl/failed": 1.0})
+        return True
+    recorder.end("KILLED" if killed else "FAILED", reason)
+    return False
+
+
+def _end_finished(
+    task: TrialTask,
+    result: Mapping[str, Any] | None,
+    reporter: _TuneReporter,
+    t0: float,
+) -> None:
+    """Log what the engine did not report, the fingerprints and the files; end FINISHED and
+    give Tune the final result."""
+    from ray import tune
+
+    from segssl.orchestrate.tracking import fingerprint_tags
+
+    recorder, seen, workdir = reporter.recorder, reporter.seen, Path(task.workdir)
+    result = dict(result or {})
+    metrics = result.get("metrics")
+    metrics = metrics if isinstance(metrics, Mapping) else result
+    final = {k: v for k, v in metrics.items() if k not in seen}  # not yet reported by the engine
+    final["cost/trial_wall_s"] = time.time() - t0
+    recorder.log_metrics(final, int(result.get("best_epoch", 0) or 0))
+    recorder.set_tags(fingerprint_tags(workdir, result))
+    recorder.log_outputs(workdir, task.log_checkpoint, result.get("split_path"))
+    recorder.end("FINISHED")
+    out = {**seen, **{k: float(v) for k, v in final.items() if isinstance(v, int | float)}}
+    if reporter.ctx.search_metric and reporter.best is not None:
+        out[reporter.ctx.search_metric] = reporter.best
+    tune.report({**out, "segssl/done": 1.0})
+
+
 def run_trial(
     param_config: dict[str, Any],
     *,
@@ -149,11 +264,9 @@ def run_trial(
         search: the search stage (when ``tasks`` is None).
         train_fn: ``engine.train`` (default) or a replacement with the same signature.
     """
-    from mlflow import MlflowClient
     from ray import tune
-    from ray.tune import Checkpoint
 
-    from segssl.orchestrate.tracking import TrialRecorder, fingerprint_tags, finished_runs
+    from segssl.orchestrate.tracking import TrialRecorder
 
     if train_fn is None:
         from segssl.engine import train as train_fn  # noqa: PLC0415
@@ -162,20 +275,7 @@ def run_trial(
     else:
         assert search is not None
         task = _search_task(param_config, search, ctx)
-        done = finished_runs(ctx.tracking_uri, ctx.experiment_id).get(task.key)
-        if done is not None:  # the same sample finished in an earlier invocation
-            out = {**done.data.metrics, "segssl/skipped": 1.0}
-            metric = ctx.search_metric
-            if metric:  # the searcher learns the run's best epoch, as for a trained sample
-                hist = [
-                    m.value
-                    for m in MlflowClient(ctx.tracking_uri).get_metric_history(
-                        done.info.run_id, metric
-                    )
-                ]
-                if hist:
-                    out[metric] = max(hist) if ctx.search_mode == "max" else min(hist)
-            tune.report(out)
+        if _report_finished_sample(task, ctx):
             return
     workdir = Path(task.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -183,58 +283,17 @@ def run_trial(
     recorder.start(task.name, task.tags, task.params)
     guard = gpu_guard.guard_from_ray()  # a fractional GPU share caps this process's memory
     recorder.set_tags(gpu_guard.placement_tags(guard))
-    seen: dict[str, float] = {}
-    best: float | None = None
+    reporter = _TuneReporter(task, ctx, recorder)
     t0 = time.time()
-
-    def report(metrics: dict[str, float], step: int) -> None:
-        nonlocal best
-        recorder.log_metrics(metrics, step)
-        seen.update({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
-        out = dict(seen)
-        metric = ctx.search_metric
-        if metric and metric in metrics:
-            v = float(metrics[metric])
-            better = best is None or (v > best if ctx.search_mode == "max" else v < best)
-            best = v if better else best
-            out[metric] = best  # the searcher and ASHA see the best epoch so far
-        out["segssl/step"] = float(step)
-        with tempfile.TemporaryDirectory() as tmp:
-            pointer = {"trial_key": task.key, "workdir": task.workdir, "step": step}
-            (Path(tmp) / "pointer.json").write_text(json.dumps(pointer))
-            tune.report(out, checkpoint=Checkpoint.from_directory(tmp))
-
-    resumed = tune.get_checkpoint() is not None
-    if resumed:
-        recorder.set_tags({"segssl.resumed_from_tune_checkpoint": "true"})
+    if tune.get_checkpoint() is not None:
+        recorder.set_tags({TAG_RESUMED: "true"})
     try:
-        result = train_fn(task.config, report, workdir=workdir, resume=True)
+        result = train_fn(task.config, reporter, workdir=workdir, resume=True)
     except BaseException as exc:
         if gpu_guard.is_oom(exc):  # the same trial asks for the same memory again: no retry
             exc = gpu_guard.oom_report(exc, task.key, guard)
             _release_cuda_cache()
-        killed = isinstance(exc, KeyboardInterrupt | SystemExit) or "Stop" in type(exc).__name__
-        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        if isinstance(exc, SystemExit):  # how Ray Tune ends a function trial it stops
-            reason = "stopped by Ray Tune (early stop)"
-        if not killed and isinstance(exc, (*_non_retryable(), gpu_guard.GpuMemoryError)):
-            # the same config fails the same way again: no retry; the run says why
-            recorder.set_tags({"segssl.retryable": "false"})
-            recorder.end("FAILED", reason)
-            tune.report({**seen, "segssl/failed": 1.0})
+        if _end_failed(exc, recorder, reporter.seen):
             return
-        recorder.end("KILLED" if killed else "FAILED", reason)
         raise
-    result = dict(result or {})
-    metrics = result.get("metrics")
-    metrics = metrics if isinstance(metrics, Mapping) else result
-    final = {k: v for k, v in metrics.items() if k not in seen}  # not yet reported by the engine
-    final["cost/trial_wall_s"] = time.time() - t0
-    recorder.log_metrics(final, int(result.get("best_epoch", 0) or 0))
-    recorder.set_tags(fingerprint_tags(workdir, result))
-    recorder.log_outputs(workdir, task.log_checkpoint, result.get("split_path"))
-    recorder.end("FINISHED")
-    out = {**seen, **{k: float(v) for k, v in final.items() if isinstance(v, int | float)}}
-    if ctx.search_metric and best is not None:
-        out[ctx.search_metric] = best
-    tune.report({**out, "segssl/done": 1.0})
+    _end_finished(task, result, reporter, t0)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from segssl.config import did_you_mean
-from segssl.orchestrate.table_spec import AxisGroup, TableSpec
+from segssl.metrics import HD95_VARIANTS, MetricDefs, describe
 from segssl.report.errors import ReportError
 from segssl.report.papers import (
     PaperTable,
@@ -36,6 +36,15 @@ from segssl.report.runs import (
     param_keys,
     sorted_values,
 )
+from segssl.report.stats import (
+    BCA_MIN_N,
+    MIN_N,
+    adjust_pvalues,
+    bootstrap_ci,
+    bootstrap_method,
+    prob_improvement,
+)
+from segssl.table_spec import AxisGroup, TableSpec
 
 CELL_COLUMNS = [
     "row_group",
@@ -51,6 +60,13 @@ CELL_COLUMNS = [
     "run_ids",
     "mark",
     "p_value",
+    "p_raw",
+    "ci_low",
+    "ci_high",
+    "p_improve",
+    "p_improve_low",
+    "p_improve_high",
+    "cost_s",
     "paper_mean",
     "paper_std",
     "selected",
@@ -388,11 +404,87 @@ def _epoch_rule(runs: pd.DataFrame) -> str:
     )
 
 
+def _unit_text(spec: TableSpec, ns: list[int]) -> str:
+    n_txt = "n = " + (str(ns[0]) if len(set(ns)) == 1 else f"{min(ns)}-{max(ns)}") if ns else ""
+    if spec.stats.variance == "scans":
+        seed = spec.stats.variance_seed
+        which = f"seed {seed}" if seed is not None else "the smallest seed"
+        return (
+            f"mean ± std over the test scans of one run per cell ({which}; std with "
+            f"ddof={spec.ddof}), {n_txt} scans per cell (shown in parentheses); this is the "
+            "spread of scans, not of training runs, and is never mixed with seeds"
+        )
+    return (
+        f"mean ± std over seeds (std with ddof={spec.ddof}), "
+        f"{n_txt} seeds per cell (shown in parentheses)"
+    )
+
+
+def _stats_text(spec: TableSpec, ns: list[int]) -> list[str]:
+    parts = []
+    st = spec.stats
+    unit = "seeds" if st.variance == "seeds" else "test scans"
+    if st.interval == "bootstrap":
+        methods = sorted({bootstrap_method(n, st.method) for n in ns if n >= MIN_N["bootstrap"]})
+        auto = f"; BCa from {BCA_MIN_N} values on" if st.method == "auto" else ""
+        parts.append(
+            f"[low, high]: {st.level:.0%} bootstrap interval of the mean over {unit} "
+            f"(scipy.stats.bootstrap, {' / '.join(methods) or st.method}, {st.resamples} "
+            f"resamples{auto})."
+        )
+    if spec.paired_test is not None:
+        pt = spec.paired_test
+        corr = {
+            "holm": "Holm-corrected across the rows of each column",
+            "bonferroni": "Bonferroni-corrected across the rows of each column",
+            "none": "not corrected for multiple comparisons",
+        }[pt.correction]
+        parts.append(
+            f"p: paired {pt.test} ({pt.alternative}) against '{pt.reference}' over {unit} "
+            f"matched by {'seed' if st.variance == 'seeds' else 'scan'}, {corr}; * marks "
+            f"p < {pt.alpha:g}."
+        )
+        if st.prob_improvement:
+            parts.append(
+                f"P(>ref): fraction of paired {unit} in which the row beats '{pt.reference}' "
+                f"(ties count half), with a {st.level:.0%} Wilson interval."
+            )
+    if st.cost:
+        parts.append("cost: mean seconds per run (cost/gpu_s; cost/wall_s where runs used no GPU).")
+    return parts
+
+
+def _definitions(runs: pd.DataFrame, spec: TableSpec) -> str:
+    """The metric definitions the runs used (their ``metrics.*`` params), as a sentence."""
+    name = spec.metric.split("/")[1] if "/" in spec.metric else spec.metric
+    if name == "dsc":
+        return (
+            "Dice: 3D per scan (all slices), averaged over scans then classes; an empty "
+            "prediction of an empty structure scores 1."
+        )
+
+    def seen(key: str) -> list[str]:
+        col = f"params.metrics.{key}"
+        return sorted(set(runs[col].dropna().map(norm_value))) if col in runs else []
+
+    hd = seen("hd95") or ["pooled (runs from before metrics.hd95 existed)"]
+    if len(hd) > 1:
+        return f"Warning: the runs mix HD95 definitions ({', '.join(hd)})."
+    defs = MetricDefs(
+        hd95=hd[0] if hd[0] in HD95_VARIANTS else "pooled",
+        nsd_tolerance=float((seen("nsd_tolerance") or ["1.0"])[0]),
+        both_empty=(seen("both_empty") or ["perfect"])[0],
+        one_empty=(seen("one_empty") or ["exclude"])[0],
+    )
+    return describe(defs)
+
+
 def _caption(
     spec: TableSpec,
     ns: list[int],
     paper: PaperTable | None,
     epoch_rule: str = "",
+    definitions: str = "",
     ranked: int = 3,
 ) -> str:
     parts = []
@@ -400,11 +492,9 @@ def _caption(
         parts.append(spec.title.rstrip(".") + ".")
     scale = f" x {spec.scale:g}" if spec.scale != 1 else ""
     stage = f" of stage '{spec.stage}'" if spec.stage else ""
-    n_txt = "n = " + (str(ns[0]) if len(set(ns)) == 1 else f"{min(ns)}-{max(ns)}") if ns else ""
-    parts.append(
-        f"{spec.metric}{scale}{stage}: mean ± std over seeds (std with ddof={spec.ddof}), "
-        f"{n_txt} seeds per cell (shown in parentheses)."
-    )
+    parts.append(f"{spec.metric}{scale}{stage}: {_unit_text(spec, ns)}.")
+    if definitions:
+        parts.append(definitions)
     parts.append(epoch_rule or _epoch_rule(pd.DataFrame()))
     if spec.select is not None:
         scope = "cell" if spec.select.scope == "cell" else "row (over all its columns)"
@@ -424,12 +514,7 @@ def _caption(
         excl = f" (not ranked: {', '.join(spec.rank_exclude)})" if spec.rank_exclude else ""
         second = ", underlined: second best" if ranked > 2 else ""
         parts.append(f"Per column, bold: best ({spec.bold}){second}{excl}.")
-    if spec.paired_test is not None:
-        pt = spec.paired_test
-        parts.append(
-            f"p: paired {pt.test} ({pt.alternative}) against '{pt.reference}' over seeds matched "
-            f"by seed; * marks p < {pt.alpha:g}."
-        )
+    parts += _stats_text(spec, ns)
     if paper is not None:
         assert spec.paper is not None
         parts.append(f"Paper: published numbers from {spec.paper.file}:{spec.paper.table}.")
@@ -446,6 +531,11 @@ def aggregate(
 ) -> pd.DataFrame:
     """Aggregate the runs of ``df`` (from :func:`~segssl.report.runs.load_runs`) into a table.
 
+    The steps: the stage's runs (:func:`_stage_runs`), key and metric checks, filter and the
+    selection metric (:func:`_table_runs`), the paper's table (:func:`_paper_for`), one value
+    per seed (or per test scan) per cell (:func:`_collect_cells`), the per-cell statistics
+    (:func:`_column_records`), the layout and caption (:func:`_attach_layout`).
+
     Args:
         df: the sweep's FINISHED child runs.
         spec: the table spec.
@@ -461,24 +551,45 @@ def aggregate(
 
     Raises:
         ReportError: a key that is no param, a metric no run has, a missing stage, a paper
-            file/table/row/column that does not exist, several runs for one seed in a cell.
+            file/table/row/column that does not exist, several runs for one seed in a cell, a
+            statistic that needs more seeds than a cell has.
     """
     exp = experiment or "?"
+    base = _stage_runs(df, spec, exp)
+    base, rows, cols = _table_runs(base, spec, exp, tracking_uri)
+    paper = _paper_for(spec, rows, cols, base_dirs)
+    per_seed, cells = _collect_cells(base, spec, rows, cols)
+    ref = _reference_row(spec, rows)
+    _check_counts(spec, rows, cols, per_seed, ref)
+    partial_means = _partial_means(paper, cols) if paper is not None else set()
+    records = []
+    for c in cols:
+        records += _column_records(spec, rows, c, per_seed, cells, ref, paper, partial_means)
+    out = pd.DataFrame.from_records(records, columns=CELL_COLUMNS)
+    for key in ("row_group", "col_group"):  # keep None (pandas would turn it into NaN)
+        out[key] = pd.Series([rec[key] for rec in records], dtype=object, index=out.index)
+    _attach_layout(out, spec, rows, cols, paper, base, partial_means)
+    return out
+
+
+def _stage_runs(df: pd.DataFrame, spec: TableSpec, exp: str) -> pd.DataFrame:
+    """The FINISHED runs of the table's stage (all runs when it names none)."""
     if df.empty:
         raise ReportError(f"table {spec.name!r}: experiment {exp!r} has no FINISHED child runs")
-    base = df
-    if spec.stage is not None:
-        col = f"tags.{STAGE_TAG}"
-        stages = sorted(df[col].dropna().unique()) if col in df else []
-        base = df[df[col] == spec.stage] if col in df else df.iloc[0:0]
-        if base.empty:
-            raise ReportError(
-                f"table {spec.name!r}: stage {spec.stage!r} has no FINISHED runs in experiment "
-                f"{exp!r} (stages with runs: {', '.join(stages) or 'none'})"
-            )
-    _check_keys(base, spec, exp)
-    rows = expand_rows(spec, base)
-    cols = expand_columns(spec, base)
+    if spec.stage is None:
+        return df
+    col = f"tags.{STAGE_TAG}"
+    stages = sorted(df[col].dropna().unique()) if col in df else []
+    base = df[df[col] == spec.stage] if col in df else df.iloc[0:0]
+    if base.empty:
+        raise ReportError(
+            f"table {spec.name!r}: stage {spec.stage!r} has no FINISHED runs in experiment "
+            f"{exp!r} (stages with runs: {', '.join(stages) or 'none'})"
+        )
+    return base
+
+
+def _check_default_metric(base: pd.DataFrame, spec: TableSpec, rows: list, cols: list) -> None:
     uses_default = any(not r.metric for r in rows) and any(
         not c.metric for c in cols if not c.is_mean
     )
@@ -491,6 +602,26 @@ def aggregate(
             f"{did_you_mean(spec.metric, known)}"
             f" (metrics: {', '.join(known)})"
         )
+
+
+def _check_leaf_metrics(base: pd.DataFrame, spec: TableSpec, leaves: list[Leaf]) -> None:
+    for leaf in leaves:
+        col = f"metrics.{leaf.metric}"
+        if leaf.metric and (col not in base or base[col].isna().all()):
+            known = metric_keys(base)
+            raise ReportError(
+                f"table {spec.name!r}: {leaf.display!r} asks for metric {leaf.metric!r}, which "
+                f"no FINISHED run logged{did_you_mean(leaf.metric, known)} "
+                f"(metrics: {', '.join(known)})"
+            )
+
+
+def _table_runs(
+    base: pd.DataFrame, spec: TableSpec, exp: str, tracking_uri: str | None
+) -> tuple[pd.DataFrame, list[Leaf], list[Leaf]]:
+    """Check keys and metrics, apply the filter, add the selection metric; expand the axes."""
+    _check_keys(base, spec, exp)
+    _check_default_metric(base, spec, expand_rows(spec, base), expand_columns(spec, base))
     base = base[filter_mask(base, spec.filter)]
     if base.empty:
         raise ReportError(f"table {spec.name!r}: no run matches filter {spec.filter}")
@@ -501,36 +632,42 @@ def aggregate(
                 "pass tracking_uri"
             )
         base = add_best_metric(base, tracking_uri, spec.select.metric, spec.select.mode)
-
-    rows = expand_rows(spec, base)  # again: values observed under the table's filter
+    rows = expand_rows(spec, base)  # the values observed under the table's filter
     cols = expand_columns(spec, base)
-    for leaf in [*rows, *cols]:
-        col = f"metrics.{leaf.metric}"
-        if leaf.metric and (col not in base or base[col].isna().all()):
-            known = metric_keys(base)
-            raise ReportError(
-                f"table {spec.name!r}: {leaf.display!r} asks for metric {leaf.metric!r}, which "
-                f"no FINISHED run logged{did_you_mean(leaf.metric, known)} "
-                f"(metrics: {', '.join(known)})"
-            )
+    _check_leaf_metrics(base, spec, [*rows, *cols])
     if not rows:
         raise ReportError(f"table {spec.name!r}: the rows select no runs")
-    paper = None
-    if spec.paper is not None:
-        path = resolve_paper_path(spec.paper.file, base_dirs or [])
-        paper = load_paper_table(path, spec.paper.table)
-        for r in rows:  # fail early, naming the first row/column the paper lacks
-            paper.find_row(r.ident)
-        for c in cols:
-            paper.find_col(c.ident)
+    return base, rows, cols
 
+
+def _paper_for(
+    spec: TableSpec, rows: list[Leaf], cols: list[Leaf], base_dirs: list[Path] | None
+) -> PaperTable | None:
+    """The paper's table, checked to hold every row and column (fails on the first missing)."""
+    if spec.paper is None:
+        return None
+    path = resolve_paper_path(spec.paper.file, base_dirs or [])
+    paper = load_paper_table(path, spec.paper.table)
+    for r in rows:
+        paper.find_row(r.ident)
+    for c in cols:
+        paper.find_col(c.ident)
+    return paper
+
+
+CellKey = tuple[tuple[str | None, str], tuple[str | None, str]]
+
+
+def _collect_cells(
+    base: pd.DataFrame, spec: TableSpec, rows: list[Leaf], cols: list[Leaf]
+) -> tuple[dict[CellKey, pd.Series], dict[CellKey, dict[str, Any]]]:
+    """Per cell: the values (one per seed, or per test scan) and the runs behind them."""
     row_sel: dict[tuple[str | None, str], tuple[pd.DataFrame, str]] = {}
     if spec.select is not None and spec.select.scope == "row":
         for r in rows:
             row_sel[r.ident] = _select(base[filter_mask(base, r.filter)], spec, r.display)
-
-    cells: dict[tuple[Any, Any], dict[str, Any]] = {}
-    per_seed: dict[tuple[Any, Any], pd.Series] = {}
+    cells: dict[CellKey, dict[str, Any]] = {}
+    per_seed: dict[CellKey, pd.Series] = {}
     for r, c in product(rows, [c for c in cols if not c.is_mean]):
         where = f"({r.display!r}, {c.display!r})"
         src, chosen = row_sel.get(r.ident, (base, ""))
@@ -543,9 +680,16 @@ def aggregate(
                 f"table {spec.name!r}: cell {where}: the row asks for metric {r.metric!r} and "
                 f"the column for {c.metric!r}; give 'metrics' on rows or on columns, not both"
             )
-        sv = _seed_values(sub, spec, where, r.metric or c.metric or spec.metric)
+        metric = r.metric or c.metric or spec.metric
+        sv = _seed_values(sub, spec, where, metric)
+        if spec.stats.variance == "scans":
+            sv = _scan_values(sub, sv, spec, where, metric)
         per_seed[(r.ident, c.ident)] = sv["value"]
-        cells[(r.ident, c.ident)] = {"run_ids": sv["run_id"].tolist(), "selected": chosen}
+        cells[(r.ident, c.ident)] = {
+            "run_ids": sv["run_id"].tolist(),
+            "selected": chosen,
+            "cost_s": _cost(sub[sub["run_id"].isin(sv["run_id"])]),
+        }
     for r, c in product(rows, [c for c in cols if c.is_mean]):
         leaves = [x for x in cols if x.group == c.group and not x.is_mean]
         parts = [per_seed[(r.ident, x.ident)] for x in leaves]
@@ -554,83 +698,231 @@ def aggregate(
             joined.mean(axis=1) if not joined.empty else pd.Series(dtype=float)
         )
         runs = sum((cells[(r.ident, x.ident)]["run_ids"] for x in leaves), [])
-        cells[(r.ident, c.ident)] = {"run_ids": runs, "selected": ""}
+        cells[(r.ident, c.ident)] = {"run_ids": runs, "selected": "", "cost_s": math.nan}
+    return per_seed, cells
 
-    ref = None
+
+def _cost(runs: pd.DataFrame) -> float:
+    """Mean cost per run in seconds: ``cost/gpu_s``, else ``cost/wall_s`` (CPU runs)."""
+    for key in ("metrics.cost/gpu_s", "metrics.cost/wall_s"):
+        if key in runs:
+            v = runs[key].dropna().astype(float)
+            if not v.empty and (v > 0).any():
+                return float(v.mean())
+    return math.nan
+
+
+def scan_metric(metric: str) -> str:
+    """The per-scan metric prefix of a test metric (``test/dsc/LV`` -> ``test/scan/dsc/LV``)."""
+    head, _, rest = metric.partition("/")
+    return f"{head}/scan/{rest}"
+
+
+def _scan_values(
+    sub: pd.DataFrame, sv: pd.DataFrame, spec: TableSpec, where: str, metric: str
+) -> pd.DataFrame:
+    """Variance over test scans: the per-scan values of one run (seed) of the cell."""
+    if sv.empty:
+        return sv
+    want = spec.stats.variance_seed
+    seed = norm_value(want) if want is not None else sorted_values(sv["seed"].tolist())[0]
+    if seed not in sv.index:
+        raise ReportError(
+            f"table {spec.name!r}: cell {where} has no run with seed {want} "
+            f"(stats.variance_seed); seeds: {', '.join(sv.index)}"
+        )
+    run_id = sv.loc[seed, "run_id"]
+    run = sub[sub["run_id"] == run_id].iloc[0]
+    prefix = f"metrics.{scan_metric(metric)}/"
+    cols = [k for k in run.index if k.startswith(prefix) and k[len(prefix) :].isdigit()]
+    vals = {int(k[len(prefix) :]): run[k] for k in cols if not pd.isna(run[k])}
+    if not vals:
+        raise ReportError(
+            f"table {spec.name!r}: stats.variance 'scans' needs the per-scan values of "
+            f"{metric!r} ({scan_metric(metric)}/<i>, logged with metrics.per_scan for test/dsc "
+            f"and test/dsc/<class>); cell {where} (seed {seed}) has none"
+        )
+    idx = [str(i) for i in sorted(vals)]
+    return pd.DataFrame(
+        {
+            "seed": idx,
+            "value": [float(vals[int(i)]) * spec.scale for i in idx],
+            "run_id": [run_id] * len(idx),
+        },
+        index=idx,
+    )
+
+
+def _reference_row(spec: TableSpec, rows: list[Leaf]) -> Leaf | None:
+    if spec.paired_test is None:
+        return None
+    want = norm_label(spec.paired_test.reference)
+    hits = [r for r in rows if want in (norm_label(r.label), norm_label(r.display))]
+    if len(hits) != 1:
+        raise ReportError(
+            f"table {spec.name!r}: paired_test.reference {spec.paired_test.reference!r} "
+            f"is not one row label (rows: {', '.join(repr(r.display) for r in rows)})"
+        )
+    return hits[0]
+
+
+def _needs(spec: TableSpec) -> list[tuple[str, int]]:
+    """(statistic, fewest values per cell) of every statistic the table asks for."""
+    out = []
+    if spec.stats.interval == "bootstrap":
+        out.append(("stats.interval: bootstrap", MIN_N["bootstrap"]))
     if spec.paired_test is not None:
-        want = norm_label(spec.paired_test.reference)
-        hits = [r for r in rows if want in (norm_label(r.label), norm_label(r.display))]
-        if len(hits) != 1:
-            raise ReportError(
-                f"table {spec.name!r}: paired_test.reference {spec.paired_test.reference!r} "
-                f"is not one row label (rows: {', '.join(repr(r.display) for r in rows)})"
-            )
-        ref = hits[0]
+        out.append(("paired_test", MIN_N["paired_test"]))
+    return out
 
-    partial_means = _partial_means(paper, cols) if paper is not None else set()
-    records = []
+
+def _check_counts(
+    spec: TableSpec,
+    rows: list[Leaf],
+    cols: list[Leaf],
+    per_seed: dict[CellKey, pd.Series],
+    ref: Leaf | None,
+) -> None:
+    """A statistic that needs more values than a (non-empty) cell has: name the cell."""
+    unit = "seeds" if spec.stats.variance == "seeds" else "test scans"
+    for what, need in _needs(spec):
+        for r, c in product(rows, cols):
+            if what == "paired_test" and ref is not None and r.ident == ref.ident:
+                continue
+            n = int(per_seed[(r.ident, c.ident)].dropna().size)
+            if 0 < n < need:
+                raise ReportError(
+                    f"table {spec.name!r}: {what} needs at least {need} {unit} per cell; cell "
+                    f"({r.display!r}, {c.display!r}) has {n}; run more seeds or drop the "
+                    "statistic"
+                )
+
+
+def _paired(
+    per_seed: dict[CellKey, pd.Series], r: Leaf, ref: Leaf, c: Leaf
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row's and the reference's values over the seeds (scans) both have."""
+    a = per_seed[(r.ident, c.ident)].dropna()
+    b = per_seed[(ref.ident, c.ident)].dropna()
+    common = [s for s in a.index if s in b.index]
+    return a.loc[common].to_numpy(float), b.loc[common].to_numpy(float)
+
+
+def _column_records(
+    spec: TableSpec,
+    rows: list[Leaf],
+    c: Leaf,
+    per_seed: dict[CellKey, pd.Series],
+    cells: dict[CellKey, dict[str, Any]],
+    ref: Leaf | None,
+    paper: PaperTable | None,
+    partial_means: set[tuple[str | None, str]],
+) -> list[dict[str, Any]]:
+    """The cell records of one column: summary, interval, marks, corrected tests, paper."""
     ranked = [
         r for r in rows if r.label not in spec.rank_exclude and r.display not in spec.rank_exclude
     ]
-    for c in cols:
-        means = {}
-        for r in rows:
-            vals = per_seed[(r.ident, c.ident)]
-            mean, std, n = _summary(vals, spec.ddof)
-            cell = cells[(r.ident, c.ident)]
-            cell.update(mean=mean, std=std, n=n)
-            cell["seeds"] = ",".join(str(s) for s in vals.dropna().index)
-            cell["values"] = [float(v) for v in vals.dropna().values]
-            if r in ranked:
-                means[r.ident] = mean
-        marks = _ranks(means, spec.digits, spec.bold) if spec.bold != "none" else {}
-        for r in rows:
-            cell = cells[(r.ident, c.ident)]
-            p = math.nan
-            if ref is not None and r.ident != ref.ident:
-                a = per_seed[(r.ident, c.ident)].dropna()
-                b = per_seed[(ref.ident, c.ident)].dropna()
-                common = [s for s in a.index if s in b.index]
-                pt = spec.paired_test
-                assert pt is not None
-                p = _paired_p(
-                    a.loc[common].to_numpy(float),
-                    b.loc[common].to_numpy(float),
-                    pt.test,
-                    pt.alternative,
-                )
-            pm = ps = math.nan
-            if paper is not None and c.ident not in partial_means:
-                pc = paper.cell(r.ident, c.ident)
-                if pc is not None:
-                    pm, ps = pc[0], (pc[1] if pc[1] is not None else math.nan)
-            records.append(
-                {
-                    "row_group": r.group,
-                    "row": r.label,
-                    "col_group": c.group,
-                    "col": c.label,
-                    "is_mean": c.is_mean,
-                    "mean": cell["mean"],
-                    "std": cell["std"],
-                    "n": cell["n"],
-                    "seeds": cell["seeds"],
-                    "values": cell["values"],
-                    "run_ids": cell["run_ids"],
-                    "mark": marks.get(r.ident, ""),
-                    "p_value": p,
-                    "paper_mean": pm,
-                    "paper_std": ps,
-                    "selected": cell["selected"],
-                }
-            )
-    out = pd.DataFrame.from_records(records, columns=CELL_COLUMNS)
-    for key in ("row_group", "col_group"):  # keep None (pandas would turn it into NaN)
-        out[key] = pd.Series([rec[key] for rec in records], dtype=object, index=out.index)
+    means = {}
+    for r in rows:
+        vals = per_seed[(r.ident, c.ident)].dropna()
+        mean, std, n = _summary(vals, spec.ddof)
+        cell = cells[(r.ident, c.ident)]
+        cell.update(mean=mean, std=std, n=n, seeds=",".join(str(s) for s in vals.index))
+        cell["values"] = [float(v) for v in vals.values]
+        cell["ci"] = _interval(spec, cell["values"])
+        if r in ranked:
+            means[r.ident] = mean
+    marks = _ranks(means, spec.digits, spec.bold) if spec.bold != "none" else {}
+    tests = _column_tests(spec, rows, c, per_seed, ref)
+    records = []
+    for r in rows:
+        cell = cells[(r.ident, c.ident)]
+        pm = ps = math.nan
+        if paper is not None and c.ident not in partial_means:
+            pc = paper.cell(r.ident, c.ident)
+            if pc is not None:
+                pm, ps = pc[0], (pc[1] if pc[1] is not None else math.nan)
+        raw, adj, poi = tests.get(r.ident, (math.nan, math.nan, (math.nan,) * 3))
+        records.append(
+            {
+                "row_group": r.group,
+                "row": r.label,
+                "col_group": c.group,
+                "col": c.label,
+                "is_mean": c.is_mean,
+                "mean": cell["mean"],
+                "std": cell["std"],
+                "n": cell["n"],
+                "seeds": cell["seeds"],
+                "values": cell["values"],
+                "run_ids": cell["run_ids"],
+                "mark": marks.get(r.ident, ""),
+                "p_value": adj,
+                "p_raw": raw,
+                "ci_low": cell["ci"][0],
+                "ci_high": cell["ci"][1],
+                "p_improve": poi[0],
+                "p_improve_low": poi[1],
+                "p_improve_high": poi[2],
+                "cost_s": cell["cost_s"],
+                "paper_mean": pm,
+                "paper_std": ps,
+                "selected": cell["selected"],
+            }
+        )
+    return records
+
+
+def _interval(spec: TableSpec, values: list[float]) -> tuple[float, float]:
+    st = spec.stats
+    if st.interval != "bootstrap" or len(values) < MIN_N["bootstrap"]:
+        return math.nan, math.nan
+    return bootstrap_ci(values, st.level, st.method, st.resamples)
+
+
+def _column_tests(
+    spec: TableSpec,
+    rows: list[Leaf],
+    c: Leaf,
+    per_seed: dict[CellKey, pd.Series],
+    ref: Leaf | None,
+) -> dict[Any, tuple[float, float, tuple[float, float, float]]]:
+    """Per row of one column: raw p, corrected p (across the column's rows), improvement."""
+    pt = spec.paired_test
+    if pt is None or ref is None:
+        return {}
+    others = [r for r in rows if r.ident != ref.ident]
+    raw, poi = [], []
+    for r in others:
+        a, b = _paired(per_seed, r, ref, c)
+        raw.append(_paired_p(a, b, pt.test, pt.alternative))
+        if spec.stats.prob_improvement and a.size:
+            frac, lo, hi, _ = prob_improvement(a, b, spec.bold != "min", spec.stats.level)
+            poi.append((frac, lo, hi))
+        else:
+            poi.append((math.nan, math.nan, math.nan))
+    adj = adjust_pvalues(raw, pt.correction)
+    return {r.ident: (raw[i], adj[i], poi[i]) for i, r in enumerate(others)}
+
+
+def _attach_layout(
+    out: pd.DataFrame,
+    spec: TableSpec,
+    rows: list[Leaf],
+    cols: list[Leaf],
+    paper: PaperTable | None,
+    base: pd.DataFrame,
+    partial_means: set[tuple[str | None, str]],
+) -> None:
+    """Put the layout, caption and notes into ``out.attrs``."""
     ns = [int(n) for n in out["n"] if n > 0]
     used = [rid for ids in out["run_ids"] for rid in ids]
+    runs = base[base["run_id"].isin(used)]
+    ranked = [
+        r for r in rows if r.label not in spec.rank_exclude and r.display not in spec.rank_exclude
+    ]
     caption = _caption(
-        spec, ns, paper, _epoch_rule(base[base["run_id"].isin(used)]), ranked=len(ranked)
+        spec, ns, paper, _epoch_rule(runs), _definitions(runs, spec), ranked=len(ranked)
     )
     if partial_means:
         caption += (
@@ -647,7 +939,6 @@ def aggregate(
         empty=empty,
         row_header=_row_header(spec),
     )
-    return out
 
 
 def _partial_means(paper: PaperTable, cols: list[Leaf]) -> set[tuple[str | None, str]]:

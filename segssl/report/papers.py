@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from segssl.report.errors import ReportError
 
 Cell = tuple[float, float | None] | None  # (mean, std) or not reported
@@ -253,10 +251,12 @@ def load_paper_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ReportError(f"paper numbers file {str(path)!r} does not exist")
+    from segssl.config import ConfigError, yaml_load
+
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ReportError(f"{path}: invalid YAML: {exc}") from exc
+        raw = yaml_load(p.read_text(), str(path))
+    except ConfigError as exc:
+        raise ReportError(str(exc)) from None
     if not isinstance(raw, dict) or not isinstance(raw.get("tables"), dict):
         raise ReportError(f"{path}: expected a mapping with 'tables'")
     return raw

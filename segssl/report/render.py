@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from segssl.orchestrate.table_spec import TableSpec
 from segssl.report.errors import ReportError
+from segssl.table_spec import TableSpec
 
 FORMATS = ("md", "latex", "csv", "html")
 CSV_COLUMNS = [
@@ -34,6 +34,13 @@ CSV_COLUMNS = [
     "values",
     "mark",
     "p_value",
+    "p_raw",
+    "ci_low",
+    "ci_high",
+    "p_improve",
+    "p_improve_low",
+    "p_improve_high",
+    "cost_s",
     "paper_mean",
     "paper_std",
     "selected",
@@ -92,11 +99,27 @@ class _Layout:
         return notes
 
     def p_text(self, rec: dict[str, Any]) -> str:
+        """Everything after mean +- std (n): the interval, the corrected p, P(>ref)."""
+        d = self.spec.digits
+        out = ""
+        if not _isnan(rec.get("ci_low")):
+            out += f" [{_num(rec['ci_low'], d)}, {_num(rec['ci_high'], d)}]"
         pt = self.spec.paired_test
-        if pt is None or _isnan(rec["p_value"]):
-            return ""
-        star = "*" if rec["p_value"] < pt.alpha else ""
-        return f" p={rec['p_value']:.3g}{star}"
+        if pt is not None and not _isnan(rec["p_value"]):
+            star = "*" if rec["p_value"] < pt.alpha else ""
+            out += f" p={rec['p_value']:.3g}{star}"
+        if not _isnan(rec.get("p_improve")):
+            out += (
+                f" P(>ref)={rec['p_improve']:.2f} "
+                f"[{rec['p_improve_low']:.2f}, {rec['p_improve_high']:.2f}]"
+            )
+        return out
+
+    def cost_text(self, r: Any) -> str:
+        """The row's mean cost per run (s), over its non-mean cells; '' without cost column."""
+        vals = [self.cell(r, c).get("cost_s") for c in self.cols if not c.is_mean]
+        vals = [v for v in vals if not _isnan(v)]
+        return f"{sum(vals) / len(vals):.0f}" if vals else "–"
 
 
 def _plain_cell(rec: dict[str, Any], d: int, pm: str = "±") -> str:
@@ -128,16 +151,19 @@ def render_md(agg: pd.DataFrame, spec: TableSpec) -> str:
     """GitHub-flavoured Markdown (bold ``**``, underline ``<u>``)."""
     lay = _Layout(agg, spec)
     d = spec.digits
+    cost = spec.stats.cost
     head = [lay.row_header or " "] + [
         c.label if c.group is None else f"{c.group} {c.label}" for c in lay.cols
     ]
+    head += ["cost (s/run)"] if cost else []
+    ncols = len(head) - 1
     lines = [f"**{spec.name}**" + (f": {spec.title}" if spec.title else ""), ""]
     lines.append("| " + " | ".join(_md_escape(h) for h in head) + " |")
-    lines.append("|" + "|".join([":---"] + ["---:"] * len(lay.cols)) + "|")
+    lines.append("|" + "|".join([":---"] + ["---:"] * ncols) + "|")
     group = None
     for r in lay.rows:
         if r.group is not None and r.group != group:
-            lines.append(f"| *{_md_escape(r.group)}* |" + " |" * len(lay.cols))
+            lines.append(f"| *{_md_escape(r.group)}* |" + " |" * ncols)
         group = r.group
         cells = []
         for c in lay.cols:
@@ -148,9 +174,10 @@ def render_md(agg: pd.DataFrame, spec: TableSpec) -> str:
             elif rec["mark"] == "second":
                 text = f"<u>{text}</u>"
             cells.append(text + lay.p_text(rec))
+        cells += [lay.cost_text(r)] if cost else []
         lines.append(f"| {_md_escape(r.label)} | " + " | ".join(cells) + " |")
         if lay.has_paper:
-            paper = [_paper_cell(lay.cell(r, c), d) for c in lay.cols]
+            paper = [_paper_cell(lay.cell(r, c), d) for c in lay.cols] + ([""] if cost else [])
             lines.append("| ↳ paper | " + " | ".join(paper) + " |")
     lines += ["", _without_title(lay.caption, spec)]
     notes = lay.selected_notes()

@@ -14,13 +14,13 @@ from typing import Any
 
 import pandas as pd
 
+from segssl.record import KIND_SWEEP, ROLE_PARENT
+from segssl.record import TAG_KEY as KEY_TAG
+from segssl.record import TAG_KIND as KIND_TAG
+from segssl.record import TAG_PARENT_RUN as PARENT_TAG
+from segssl.record import TAG_ROLE as ROLE_TAG
+from segssl.record import TAG_STAGE as STAGE_TAG  # noqa: F401 - used by the report
 from segssl.report.errors import ReportError
-
-PARENT_TAG = "mlflow.parentRunId"
-ROLE_TAG = "segssl.role"  # "parent" on a sweep invocation's run (the brief's contract)
-KIND_TAG = "segssl.kind"  # "sweep" on the parent run, "trial" on children (the runner's tags)
-STAGE_TAG = "segssl.stage"
-KEY_TAG = "segssl.trial_key"
 
 
 def _client(tracking_uri: str) -> Any:
@@ -65,7 +65,9 @@ def load_runs(tracking_uri: str, experiment: str, page_size: int = 1000) -> pd.D
         for run_id, status, start, end, params, metrics, tags in _finished(
             tracking_uri, experiment, page_size
         )
-        if PARENT_TAG in tags and tags.get(ROLE_TAG) != "parent" and tags.get(KIND_TAG) != "sweep"
+        if PARENT_TAG in tags
+        and tags.get(ROLE_TAG) != ROLE_PARENT
+        and tags.get(KIND_TAG) != KIND_SWEEP
     ]
     df = pd.DataFrame.from_records(records)
     if df.empty:
@@ -183,12 +185,12 @@ def parent_runs(tracking_uri: str, experiment: str) -> list[tuple[str, int | Non
         return [
             (r.run_id, r.start_time, r.artifact_uri)
             for r in stored
-            if r.tags.get(ROLE_TAG) == "parent" or r.tags.get(KIND_TAG) == "sweep"
+            if r.tags.get(ROLE_TAG) == ROLE_PARENT or r.tags.get(KIND_TAG) == KIND_SWEEP
         ]
     client = _client(tracking_uri)
     exp_id = get_experiment_id(tracking_uri, experiment)
     found = []
-    for tag, value in ((ROLE_TAG, "parent"), (KIND_TAG, "sweep")):
+    for tag, value in ((ROLE_TAG, ROLE_PARENT), (KIND_TAG, KIND_SWEEP)):
         found += client.search_runs(
             [exp_id],
             filter_string=f"tags.`{tag}` = '{value}'",

@@ -8,12 +8,13 @@ from typing import Any
 
 import pandas as pd
 
-from segssl.orchestrate.table_spec import TableSpec
 from segssl.report.aggregate import aggregate
 from segssl.report.curves import plot_curves
 from segssl.report.errors import ReportError
 from segssl.report.render import FORMATS, csv_frame, render
 from segssl.report.runs import load_runs, parent_runs
+from segssl.report.stats import advise_seeds
+from segssl.table_spec import TableSpec
 
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +51,7 @@ def render_sweep_tables(
     base_dirs: Sequence[Path] = (),
     log_artifact: bool = True,
     curves_dir: str | Path | None = None,
+    advise: tuple[float, float, float] | None = None,
 ) -> str:
     """Render every table of a sweep in ``fmt``; optionally log it and draw learning curves.
 
@@ -62,6 +64,8 @@ def render_sweep_tables(
         log_artifact: log the rendered text as ``tables/<sweep>.<ext>`` of the sweep's latest
             parent run, when there is one.
         curves_dir: when given, write ``<table>_curves.png`` there for every table.
+        advise: ``(delta, alpha, power)``: append, per table, the seeds each cell needs to
+            detect ``delta`` (:func:`segssl.report.stats.advise_seeds`).
 
     Returns:
         The rendered text (tables separated by a blank line; CSV: one header, all tables).
@@ -73,12 +77,38 @@ def render_sweep_tables(
         text = pd.concat([csv_frame(agg, t) for t, agg in built]).to_csv(index=False)
     else:
         text = "\n".join(render(agg, t, fmt) for t, agg in built)
+    if advise is not None:
+        text += "\n" + "\n".join(advice_text(agg, *advise) for _, agg in built)
     if curves_dir is not None:
         for t, agg in built:
             plot_curves(agg, tracking_uri, Path(curves_dir) / f"{t.name}_curves.png")
     if log_artifact:
         log_table_artifact(tracking_uri, name, text, f"tables/{name}.{EXTENSIONS[fmt]}")
     return text
+
+
+def advice_text(agg: pd.DataFrame, delta: float, alpha: float, power: float) -> str:
+    """The seed-count advice of one table as Markdown (see :func:`advise_seeds`)."""
+    spec = agg.attrs["spec"]
+    try:
+        rows = advise_seeds(agg, delta, alpha, power, spec.ddof)
+    except ValueError as exc:
+        raise ReportError(f"table {spec.name!r}: {exc}") from None
+    unit = f" x {spec.scale:g}" if spec.scale != 1 else ""
+    lines = [
+        f"**{spec.name}: seeds needed** to detect a difference of {delta:g} ({spec.metric}"
+        f"{unit}) with a two-sided paired t-test at alpha {alpha:g}, power {power:g}:",
+        "",
+        "| row | column | seeds now | std | std of | seeds needed |",
+        "|:---|:---|---:|---:|:---|---:|",
+    ]
+    for a in rows:
+        needed = str(a["needed"]) if a["needed"] <= 10_000 else "> 10000"
+        lines.append(
+            f"| {a['row']} | {a['col']} | {a['n']} | {a['std']:.{spec.digits}f} | "
+            f"{a['std_of']} | {needed} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def log_table_artifact(tracking_uri: str, name: str, text: str, artifact_file: str) -> None:

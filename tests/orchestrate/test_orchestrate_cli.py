@@ -49,10 +49,20 @@ def sweep_file(tmp_path: Path, **extra: Any) -> Path:
     return p
 
 
+def one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dry run checks resources against the local machine: give it one GPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
 def test_dry_run_prints_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one_gpu(monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    res = runner.invoke(app, ["sweep", str(sweep_file(tmp_path)), "--dry-run"])
+    res = runner.invoke(app, ["sweep", str(sweep_file(tmp_path)), "--dry-run", "--skip-data-check"])
     assert res.exit_code == 0, res.output
     out = res.output
     assert "pretrain" in out and "finetune" in out
@@ -179,9 +189,20 @@ def test_submitted_job_sees_the_sweep_as_a_local_run(
     assert remote.trials["pretrain"][0].config.data.root == str(here / "data" / "acdc")
     assert [t.key for t in remote.all_trials()] == [t.key for t in local.all_trials()]
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    one_gpu(monkeypatch)
     store = str(tmp_path / "store")
     res = runner.invoke(
-        app, ["sweep", args[2], "--dry-run", "--storage", store, "--root", args[-1]]
+        app,
+        [
+            "sweep",
+            args[2],
+            "--dry-run",
+            "--skip-data-check",
+            "--storage",
+            store,
+            "--root",
+            args[-1],
+        ],
     )
     assert res.exit_code == 0, res.output  # the job's command line: `segssl sweep --root` exists
     assert "135" in res.output

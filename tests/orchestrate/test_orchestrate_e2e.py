@@ -39,7 +39,7 @@ def test_demo_end_to_end_real_engine(ray_local: Any, tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
     table, ui = run_demo(
-        tmp_path / "demo", console=Console(quiet=True), live=False, epochs=2, iters=2
+        tmp_path / "demo", console=Console(quiet=True), live=False, epochs=2, iters=2, seeds=2
     )
     store = tmp_path / "demo" / "segssl-runs" / "demo"
     uri = f"sqlite:///{store / 'mlflow.db'}"
@@ -48,7 +48,7 @@ def test_demo_end_to_end_real_engine(ray_local: Any, tmp_path: Path) -> None:
     exp = client.get_experiment_by_name("demo")
     runs = client.search_runs([exp.experiment_id], "tags.`segssl.kind` = 'trial'")
     by_stage = Counter(r.data.tags["segssl.stage"] for r in runs)
-    assert by_stage == {"baseline": 4, "pretrain": 2, "finetune": 4}
+    assert by_stage == {"baseline": 4, "full": 2, "pretrain": 2, "finetune": 4}
     assert all(r.info.status == "FINISHED" for r in runs)
 
     pre = {
@@ -84,9 +84,11 @@ def test_demo_end_to_end_real_engine(ray_local: Any, tmp_path: Path) -> None:
     assert {"config.yaml", "result.json"} <= {
         a.path for a in client.list_artifacts(some_pre.info.run_id)
     }
-    # the table from the FINISHED runs: both rows, n = 2 seeds per cell
+    # the table from the FINISHED runs: three rows, n = 2 seeds per cell, the reading under it
     assert "| Baseline |" in table and "| bim (pre-train) + fine-tune |" in table
+    assert "| Full supervision |" in table
     assert table.count("(2)") >= 6
+    assert "Reading: 'bim (pre-train) + fine-tune' minus 'Baseline', paired over seeds" in table
     for r in (r for r in runs if r.data.tags["segssl.stage"] == "baseline"):
         assert r.data.params["method.name"] == "baseline"
 
@@ -95,7 +97,7 @@ def test_demo_end_to_end_real_engine(ray_local: Any, tmp_path: Path) -> None:
     assert list(report.glob("*.png"))  # learning curves
     # running the demo again launches nothing and prints the same table
     table2, _ = run_demo(
-        tmp_path / "demo", console=Console(quiet=True), live=False, epochs=2, iters=2
+        tmp_path / "demo", console=Console(quiet=True), live=False, epochs=2, iters=2, seeds=2
     )
     assert table2.split("\n")[:6] == table.split("\n")[:6]
     runs2 = client.search_runs([exp.experiment_id], "tags.`segssl.kind` = 'trial'")

@@ -1,5 +1,6 @@
 """Every shipped sweep under experiments/sweeps/ loads, plans (every trial config validated), passes
-the table preflight against its own plan, and plans the trial counts its README states."""
+the table preflight against its own plan, and plans the trial counts its README states, in both
+profiles (paper and smoke)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,12 @@ def test_readme_lists_every_shipped_sweep() -> None:
     assert sorted(readme_counts()) == [f.name for f in FILES]
 
 
+@pytest.mark.parametrize("profile", ["paper", "smoke"])
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
-def test_shipped_sweep_plans_with_readme_counts(path: Path, tmp_path: Path) -> None:
-    spec = load_sweep(path)
+def test_shipped_sweep_plans_with_readme_counts(path: Path, profile: str, tmp_path: Path) -> None:
+    """Both profiles plan the paper's trial counts (smoke shrinks each trial, not the study)."""
+    spec = load_sweep(path, profile=profile)
+    assert spec.profile == profile and (spec.phantoms is not None) == (profile == "smoke")
     plan = plan_sweep(spec, source=str(path), storage=tmp_path / "store", root=tmp_path)
     check_plan_tables(plan)  # tables: keys are params of the trials, paper rows/columns exist
     pre_want, rest_want = readme_counts()[path.name]

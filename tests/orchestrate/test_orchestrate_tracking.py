@@ -127,5 +127,6 @@ def test_refuses_to_run_a_sweep_a_live_driver_is_running(
             root=tmp_path,
             console=Console(quiet=True),
             live=False,
+            check_data=False,
         )
     assert client.get_run(other).info.status == "RUNNING"  # left alone

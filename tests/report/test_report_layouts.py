@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from segssl.orchestrate.table_spec import TableSpec
 from segssl.report import ReportError, aggregate, check_tables, render
+from segssl.table_spec import TableSpec
 
 REPO = Path(__file__).resolve().parents[2]
 SCANS = "labels: {1: 1 scan, 2: 2 scans, 4: 4 scans}"

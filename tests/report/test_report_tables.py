@@ -14,7 +14,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from scipy import stats
 
-from segssl.orchestrate.table_spec import TableSpec
 from segssl.report import (
     ReportError,
     aggregate,
@@ -25,6 +24,7 @@ from segssl.report import (
 )
 from segssl.report.curves import curve_frame
 from segssl.report.runs import load_history
+from segssl.table_spec import TableSpec
 
 EXP = "tsweep"
 SEEDS = (0, 1, 2)
@@ -325,12 +325,28 @@ def test_paired_test_matches_scipy(store: dict, test: str) -> None:
     spec = _spec(paired_test={"reference": "Baseline", "test": test, "alternative": "greater"})
     agg = aggregate(store["df"], spec, experiment=EXP)
     fn = stats.ttest_rel if test == "ttest_rel" else stats.wilcoxon
-    want = fn(_vals("iic", "lv", 2), _vals("baseline", "lv", 2), alternative="greater").pvalue
-    assert _cell(agg, "IIC", "ACDC-LV", "2 scans")["p_value"] == pytest.approx(want)
+    iic = fn(_vals("iic", "lv", 2), _vals("baseline", "lv", 2), alternative="greater").pvalue
+    ours = fn(_vals("bim", "lv", 2), _vals("baseline", "lv", 2), alternative="greater").pvalue
+    assert _cell(agg, "IIC", "ACDC-LV", "2 scans")["p_raw"] == pytest.approx(iic)
+    # Holm across the column's two compared rows (Ours, IIC), written out
+    lo, hi = sorted([iic, ours])
+    holm = {lo: min(2 * lo, 1.0), hi: min(max(2 * lo, hi), 1.0)}
+    assert _cell(agg, "IIC", "ACDC-LV", "2 scans")["p_value"] == pytest.approx(holm[iic])
+    assert _cell(agg, "Ours", "ACDC-LV", "2 scans")["p_value"] == pytest.approx(holm[ours])
     # matched by seed: Ours/RV/2 scans has seeds 0, 1 only
     want = fn(_vals("bim", "rv", 2), _vals("baseline", "rv", 2)[:2], alternative="greater")
-    assert _cell(agg, "Ours", "ACDC-RV", "2 scans")["p_value"] == pytest.approx(want.pvalue)
+    assert _cell(agg, "Ours", "ACDC-RV", "2 scans")["p_raw"] == pytest.approx(want.pvalue)
     assert math.isnan(_cell(agg, "Baseline", "ACDC-LV", "1 scan")["p_value"])
+    plain = _spec(
+        paired_test={
+            "reference": "Baseline",
+            "test": test,
+            "alternative": "greater",
+            "correction": "none",
+        }
+    )
+    agg = aggregate(store["df"], plain, experiment=EXP)
+    assert _cell(agg, "IIC", "ACDC-LV", "2 scans")["p_value"] == pytest.approx(iic)
 
 
 def test_best_val_selection_picks_config_by_validation(store: dict) -> None:
@@ -493,7 +509,7 @@ def test_every_format_contains_the_values(store: dict) -> None:
     ].iloc[0]
     assert row["mean"] == pytest.approx(75.0) and row["n"] == 2
     assert row["values"] == "72.0;78.0" and row["seeds"] == "0,1"
-    assert row["p_value"] == pytest.approx(
+    assert row["p_raw"] == pytest.approx(
         stats.ttest_rel(_vals("bim", "rv", 2), _vals("baseline", "rv", 2)[:2]).pvalue
     )
     with pytest.raises(ReportError, match="unknown table format 'pdf'"):

@@ -1,0 +1,153 @@
+"""Ctrl-C and SIGTERM: ``segssl sweep`` stops cleanly and says so; ``segssl train`` ends its
+MLflow run KILLED (issue 8). Real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from segssl.orchestrate.interrupt import Interrupt, SweepInterrupted
+from segssl.record import TAG_END_REASON, TAG_KIND, TAG_STAGE
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+SWEEP = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    import ray, typer
+    from rich.console import Console
+    import orch_helpers
+    from segssl.cli import _sweep_summary
+    from segssl.orchestrate.runner import run_sweep
+    from segssl.orchestrate.spec import parse_sweep
+
+    tmp, uri = Path(sys.argv[1]), sys.argv[2]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"],
+                                       "SEGSSL_TEST_EPOCH_S": "1", "RAY_AUTH_MODE": "disabled"}})
+    spec = parse_sweep({
+        "name": "ctrlc", "seeds": [0], "max_concurrent": 1,
+        "base": {"train": {"epochs": 120}},
+        "stages": {
+            "pretrain": {"config": {"stage": "pretrain", "method": {"name": "bim"}}},
+            "finetune": {"from": "pretrain",
+                         "config": {"stage": "finetune", "method": {"name": "finetune"}}},
+        },
+    })
+    out = run_sweep(spec, tracking_uri=uri, train_fn=orch_helpers.quick_train,
+                    storage=tmp / "store", root=tmp, live=False, console=Console(stderr=True))
+    try:
+        _sweep_summary(out)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    """
+)
+
+
+def _wait_for(predicate: Any, timeout: float, what: str, proc: subprocess.Popen) -> None:
+    t0 = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.returncode}) before {what}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_two_stage_sweep_and_exits_130(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    script = tmp_path / "sweep.py"
+    script.write_text(SWEEP)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": f"{HERE}:{ROOT}", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path), uri],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    trials = tmp_path / "store" / "trials"
+    _wait_for(lambda: any(trials.glob("*/epochs_run.json")), 240, "a trial's first epoch", proc)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 130, out
+    assert "stopped by SIGINT" in out and "unfinished" in out, out
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ctrlc").experiment_id
+    runs = client.search_runs([exp])
+    sweep = [r for r in runs if r.data.tags.get(TAG_KIND) == "sweep"]
+    assert [r.info.status for r in sweep] == ["KILLED"]
+    assert sweep[0].data.tags[TAG_END_REASON] == "sweep stopped by SIGINT"
+    stages = [r.data.tags.get(TAG_STAGE) for r in runs if r.data.tags.get(TAG_KIND) == "trial"]
+    assert stages == ["pretrain"]  # the second stage never started
+    trial = [r for r in runs if r.data.tags.get(TAG_KIND) == "trial"][0]
+    assert trial.info.status == "KILLED"
+    assert trial.data.tags[TAG_END_REASON] == "sweep stopped by SIGINT"
+    (wd,) = list(trials.iterdir())
+    assert (wd / "checkpoints" / "last.pt").is_file()  # kept: a rerun resumes from it
+    assert not (tmp_path / "store" / "driver.lock").exists()
+
+
+def test_a_second_signal_exits_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    exits: list[int] = []
+    released: list[bool] = []
+    monkeypatch.setattr(os, "_exit", exits.append)
+    it = Interrupt()
+    it.on_second = lambda: released.append(True)
+    it.handle(signal.SIGINT)
+    assert it.event.is_set() and exits == []
+    with pytest.raises(SweepInterrupted) as exc:
+        it.check()
+    assert exc.value.code == 130
+    it.handle(signal.SIGINT)
+    assert exits == [130] and released == [True]
+
+
+@pytest.mark.slow
+def test_train_sigterm_ends_the_mlflow_run_killed(tiny_yaml: Any, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    raw = tiny_yaml("baseline", "finetune")
+    raw["train"].update(epochs=500, iters_per_epoch=2)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    wd = tmp_path / "w"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segssl.cli", "train", str(cfg), "--workdir", str(wd)]
+        + ["--tracking-uri", uri, "--experiment", "t"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    last = wd / "checkpoints" / "last.pt"
+    _wait_for(last.is_file, 240, "last.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    assert "stopped by SIGTERM" in out
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert run.info.status == "KILLED"
+    assert run.data.tags[TAG_END_REASON] == "stopped by SIGTERM"
+    assert last.is_file() and not list(last.parent.glob("*.tmp*"))

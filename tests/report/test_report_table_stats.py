@@ -1,0 +1,196 @@
+"""Statistics in tables on hand-built runs: intervals, corrected p, P(>ref), variance unit,
+seed advice, and the errors for cells with too few seeds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from segssl.report import ReportError, aggregate, render
+from segssl.report.tables import advice_text
+from segssl.table_spec import TableSpec
+
+pytest.importorskip("statsmodels")
+from statsmodels.stats.multitest import multipletests  # noqa: E402
+from statsmodels.stats.power import TTestPower  # noqa: E402
+from statsmodels.stats.proportion import proportion_confint  # noqa: E402
+
+SEEDS = [0, 1, 2, 3, 4]
+# test/dsc per seed for (method, labeled scans)
+DSC = {
+    ("baseline", 1): [0.60, 0.66, 0.58, 0.70, 0.63],
+    ("baseline", 4): [0.90, 0.92, 0.91, 0.93, 0.90],
+    ("bim", 1): [0.68, 0.65, 0.69, 0.74, 0.70],
+    ("bim", 4): [0.91, 0.91, 0.92, 0.94, 0.89],
+    ("iic", 1): [0.61, 0.67, 0.60, 0.69, 0.66],
+    ("iic", 4): [0.90, 0.93, 0.90, 0.92, 0.91],
+}
+SCANS = 4  # per-scan test Dice: the run's value shifted by a known pattern (mean unchanged)
+PATTERN = np.array([-0.06, 0.02, 0.05, -0.01])
+
+
+def _runs() -> pd.DataFrame:
+    recs = []
+    for (method, ls), vals in DSC.items():
+        for seed, v in zip(SEEDS, vals, strict=True):
+            rec = {
+                "run_id": f"{method}-{ls}-{seed}",
+                "tags.segssl.stage": "finetune",
+                "params.method.name": method,
+                "params.data.labeled_scans": str(ls),
+                "params.seed": str(seed),
+                "params.train.save_best": "true",
+                "metrics.test/dsc": v,
+                "metrics.test/hd95": 5.0 - v,
+                "metrics.cost/gpu_s": 100.0 + ls,
+            }
+            for i, d in enumerate(PATTERN):
+                rec[f"metrics.test/scan/dsc/{i}"] = v + d + 0.01 * seed * (i % 2)
+            recs.append(rec)
+    return pd.DataFrame.from_records(recs)
+
+
+def _spec(**kw) -> TableSpec:
+    raw = {
+        "name": "t",
+        "stage": "finetune",
+        "scale": 100,
+        "rows": {
+            "Baseline": {"method.name": "baseline"},
+            "bim": {"method.name": "bim"},
+            "IIC": {"method.name": "iic"},
+        },
+        "columns": [{"label": "LV", "by": "data.labeled_scans"}],
+        "paired_test": {"reference": "Baseline"},
+    }
+    raw.update(kw)
+    return TableSpec.model_validate(raw)
+
+
+def _cell(agg: pd.DataFrame, row: str, col: str) -> dict:
+    hit = agg[(agg["row"] == row) & (agg["col"] == col)]
+    assert len(hit) == 1
+    return hit.iloc[0].to_dict()
+
+
+def _v(method: str, ls: int) -> np.ndarray:
+    return np.array(DSC[(method, ls)]) * 100
+
+
+def test_bootstrap_interval_per_cell_equals_scipy_percentile() -> None:
+    spec = _spec(stats={"interval": "bootstrap", "resamples": 2000})
+    agg = aggregate(_runs(), spec, experiment="x")
+    c = _cell(agg, "bim", "1")
+    ref = stats.bootstrap(
+        (_v("bim", 1),),
+        np.mean,
+        method="percentile",
+        n_resamples=2000,
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    assert (c["ci_low"], c["ci_high"]) == pytest.approx((ref.low, ref.high))
+    md = render(agg, spec, "md")
+    assert f"[{ref.low:.2f}, {ref.high:.2f}]" in md
+    assert "95% bootstrap interval of the mean over seeds" in md and "percentile" in md
+
+
+def test_holm_corrected_p_and_probability_of_improvement() -> None:
+    spec = _spec(stats={"prob_improvement": True})
+    agg = aggregate(_runs(), spec, experiment="x")
+    raw = [stats.ttest_rel(_v(m, 1), _v("baseline", 1)).pvalue for m in ("bim", "iic")]
+    holm = multipletests(raw, method="holm")[1]
+    assert _cell(agg, "bim", "1")["p_value"] == pytest.approx(holm[0])
+    assert _cell(agg, "IIC", "1")["p_value"] == pytest.approx(holm[1])
+    bonf = aggregate(
+        _runs(),
+        _spec(paired_test={"reference": "Baseline", "correction": "bonferroni"}),
+        experiment="x",
+    )
+    assert _cell(bonf, "IIC", "1")["p_value"] == pytest.approx(
+        multipletests(raw, method="bonferroni")[1][1]
+    )
+    wins = int((_v("bim", 1) > _v("baseline", 1)).sum())
+    c = _cell(agg, "bim", "1")
+    assert c["p_improve"] == pytest.approx(wins / 5)
+    lo, hi = proportion_confint(wins, 5, method="wilson")
+    assert (c["p_improve_low"], c["p_improve_high"]) == pytest.approx((lo, hi))
+    md = render(agg, spec, "md")
+    assert "Holm-corrected across the rows of each column" in md
+    assert f"P(>ref)={wins / 5:.2f}" in md
+
+
+def test_variance_over_test_scans_is_one_runs_scans_and_stated() -> None:
+    spec = _spec(stats={"variance": "scans", "variance_seed": 3})
+    agg = aggregate(_runs(), spec, experiment="x")
+    c = _cell(agg, "bim", "4")
+    per_scan = (DSC[("bim", 4)][3] + PATTERN + 0.03 * (np.arange(SCANS) % 2)) * 100
+    assert c["n"] == SCANS and c["seeds"] == "0,1,2,3"
+    assert c["mean"] == pytest.approx(per_scan.mean())
+    assert c["std"] == pytest.approx(per_scan.std(ddof=1))
+    md = render(agg, spec, "md")
+    assert "over the test scans of one run per cell (seed 3" in md
+    assert "never mixed with seeds" in md and "over seeds (std" not in md
+    with pytest.raises(ReportError, match="per-scan values of 'test/hd95'"):
+        aggregate(_runs(), _spec(metric="test/hd95", stats={"variance": "scans"}), experiment="x")
+
+
+def test_statistics_needing_more_seeds_name_the_cell_and_count() -> None:
+    runs = _runs()
+    runs = runs[~((runs["run_id"].str.startswith("iic-4-")) & (runs["params.seed"] != "0"))]
+    with pytest.raises(
+        ReportError,
+        match=r"paired_test needs at least 2 seeds per cell; cell "
+        r"\('IIC', 'LV / 4'\) has 1",
+    ):
+        aggregate(runs, _spec(), experiment="x")
+    few = runs[runs["params.seed"].isin(["0", "1"])]
+    with pytest.raises(ReportError, match=r"bootstrap needs at least 3 seeds.*has 2"):
+        aggregate(few, _spec(paired_test=None, stats={"interval": "bootstrap"}), experiment="x")
+
+
+def test_seed_advice_equals_statsmodels_power_on_paired_differences() -> None:
+    spec = _spec()
+    agg = aggregate(_runs(), spec, experiment="x")
+    text = advice_text(agg, 2.0, 0.05, 0.8)
+    diff = _v("bim", 1) - _v("baseline", 1)
+    sd = diff.std(ddof=1)
+    n = math.ceil(TTestPower().solve_power(effect_size=2.0 / sd, alpha=0.05, power=0.8))
+    n = max(n, 2)
+    assert f"| bim | LV / 1 | 5 | {sd:.2f} | paired differences to 'Baseline' | {n} |" in text
+    base = _v("baseline", 4)
+    nb = math.ceil(
+        TTestPower().solve_power(effect_size=2.0 / base.std(ddof=1), alpha=0.05, power=0.8)
+    )
+    assert (
+        f"| Baseline | LV / 4 | 5 | {base.std(ddof=1):.2f} | the cell over seeds | {nb} |" in text
+    )
+
+
+def test_cost_column_is_the_rows_mean_seconds_per_run() -> None:
+    spec = _spec(stats={"cost": True}, paired_test=None)
+    md = render(aggregate(_runs(), spec, experiment="x"), spec, "md")
+    assert "| cost (s/run) |" in md.splitlines()[2]
+    assert md.splitlines()[4].endswith("| 102 |")  # (101 + 104) / 2 = 102.5 -> '102'
+
+
+def test_reading_states_paired_differences_and_never_claims_an_unsupported_gain() -> None:
+    from segssl.report.reading import paired_reading
+
+    agg = aggregate(_runs(), _spec(), experiment="x")
+    text = paired_reading(agg, "IIC", "Baseline")
+    d1 = (_v("iic", 1) - _v("baseline", 1)).mean()
+    ahead = int((_v("iic", 1) > _v("baseline", 1)).sum())
+    assert f"{d1:+.1f} at 1 (ahead in {ahead} of 5" in text
+    p = _cell(agg, "IIC", "1")["p_value"]
+    assert p > 0.05 and "No difference here is significant after correction" in text
+    assert "paired seeds (segssl table --advise-seeds)" in text
+    # a large, consistent gain reads as one
+    runs = _runs()
+    bim = runs["params.method.name"] == "bim"
+    runs.loc[bim, "metrics.test/dsc"] += 0.1 + 0.001 * runs.loc[bim, "params.seed"].astype(int)
+    strong = paired_reading(aggregate(runs, _spec(), experiment="x"), "bim", "Baseline")
+    assert "A gain in every column that survives the corrected test" in strong
