@@ -81,6 +81,9 @@ def cluster_stack() -> Iterator[Stack]:
             },
             "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # Ray's memory monitor kills the newest workers when the *machine* is at 95 %:
+            # on a shared CI box that is other jobs' memory, not these tiny trials'
+            "RAY_memory_monitor_refresh_ms": "0",
             "OMP_NUM_THREADS": "1",
             "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
         }

@@ -46,10 +46,15 @@ def _steps(st: Stack, run: Any, metric: str = "val/dsc") -> list[int]:
     return [m.step for m in mlflow_client(st).get_metric_history(run.info.run_id, metric)]
 
 
-def _not_over(runs: list[Any], n: int) -> None:
-    """Stop waiting (fail) when every trial finished before the fault could be injected."""
+def _not_over(st: Stack, name: str, runs: list[Any], n: int) -> None:
+    """Stop waiting (fail) when every trial finished before the fault could be injected, or
+    the sweep's job ended."""
     if _n_finished(runs) >= n:
         raise stack.ServiceDied("the sweep finished before the fault was injected: lengthen it")
+    for job in job_client(st).list_jobs():
+        status = str(job.status)
+        if job.metadata.get("segssl.sweep") == name and status in ("FAILED", "STOPPED"):
+            raise stack.ServiceDied(f"job {job.submission_id} {status}: {job.message}")
 
 
 def _n_finished(runs: list[Any]) -> int:
@@ -101,7 +106,7 @@ def test_mlflow_server_restarted_mid_sweep(cluster_stack: Stack) -> None:
     _submit(st, path)
 
     def logging_now(runs: list[Any]) -> bool:
-        _not_over(runs, 2)
+        _not_over(st, name, runs, 2)
         return any(r.info.status == "RUNNING" and "val/dsc" in r.data.metrics for r in runs)
 
     wait_runs(st, name, logging_now, 600, "a trial logging epochs")
@@ -126,7 +131,7 @@ def test_worker_node_stopped_mid_sweep_trial_resumes_on_the_head(cluster_stack: 
     _submit(st, path)
 
     def on_b_with_checkpoint(runs: list[Any]) -> list[Any]:
-        _not_over(runs, 2)
+        _not_over(st, name, runs, 2)
         return [
             r
             for r in runs
