@@ -320,7 +320,13 @@ class RayCluster:
         from ray.util.state import list_nodes
 
         out = {}
-        for n in list_nodes(address=self.address, filters=[("state", "=", "ALIVE")]):
+        alive = list_nodes(
+            address=self.address,
+            filters=[("state", "=", "ALIVE")],
+            limit=1000,
+            raise_on_missing_output=False,  # a dead node's record must not fail the query
+        )
+        for n in alive:
             for res in n.resources_total:
                 if res.startswith("node_"):
                     out[res] = n.node_id

@@ -64,10 +64,15 @@ def _n_finished(runs: list[Any]) -> int:
 def test_driver_killed_then_resubmitted_runs_only_the_missing_trials(cluster_stack: Stack) -> None:
     st = cluster_stack
     name = "cl-driver"
-    path = sweep_yaml(st, name, epochs=3)  # 4 trials, 2 at a time
+    path = sweep_yaml(st, name, epochs=10)  # 4 trials, 2 at a time: a wide window to kill in
     out = _submit(st, path)
     assert "attempt 1" in out
-    wait_runs(st, name, lambda rs: _n_finished(rs) >= 1, 600, "a first FINISHED trial")
+
+    def some_finished(runs: list[Any]) -> bool:
+        _not_over(st, name, runs, 4)
+        return _n_finished(runs) >= 1
+
+    wait_runs(st, name, some_finished, 600, "a first FINISHED trial")
     client = job_client(st)
     (job,) = [j for j in client.list_jobs() if j.metadata.get("segssl.sweep") == name]
     pid = job.driver_info.pid
