@@ -18,12 +18,13 @@ Besides wall time the script prints process CPU time (less sensitive to other jo
 machine) and the minor page faults of one step: on CPU, glibc serves every allocation above
 32 MB with a fresh ``mmap`` and unmaps it on free, so each large tensor (the ``(B, heads*K, H,
 W)`` cluster maps are 63 MB at 128 px, 190 MB at 224 px) is paid again in page faults at its
-first write, step after step. ``--malloc keep`` calls ``mallopt`` (no mmap, no trimming) before
-any tensor exists, so freed memory is reused as a caching allocator would; it shows how much of
-the overhead is the allocator and not arithmetic.
+first write, step after step. ``--malloc keep`` (the default, as the engine's
+``train.cpu_allocator: keep``) calls ``mallopt`` (no mmap, no trimming) before any tensor
+exists, so freed memory is reused as a caching allocator would; ``--malloc default`` shows how
+much of the overhead the allocator adds without it.
 
 Usage: ``python bench/bench_bim_step.py [--size 128] [--width 16] [--batch 8] [--threads 1]
-[--malloc default|keep]``; ``--size 224 128 64`` measures several slice sizes in one run.
+[--malloc keep|default]``; ``--size 224 128 64`` measures several slice sizes in one run.
 """
 
 from __future__ import annotations
@@ -229,8 +230,9 @@ def main() -> None:
     ap.add_argument(
         "--malloc",
         choices=["default", "keep"],
-        default="default",
-        help="keep: glibc keeps freed memory for reuse (see the module docstring)",
+        default="keep",
+        help="keep (the engine's train.cpu_allocator default): glibc keeps freed memory for "
+        "reuse; default: glibc's own setting (see the module docstring)",
     )
     args = ap.parse_args()
     if args.malloc == "keep":

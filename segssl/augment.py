@@ -47,6 +47,8 @@ __all__ = [
     "PairedTransform",
     "TransformState",
     "affine_theta",
+    "dense_correspondence",
+    "elastic_grid",
     "make_generator",
 ]
 
@@ -207,6 +209,55 @@ class TransformState:
         return (self.geometry(ones) > 0.5).to(ones.dtype)
 
 
+def _homogeneous(theta: Tensor) -> Tensor:
+    """``(B, 3, 3)`` from ``(B, 2, 3)`` affine matrices."""
+    last = torch.zeros(theta.shape[0], 1, 3, dtype=theta.dtype, device=theta.device)
+    last[:, 0, 2] = 1.0
+    return torch.cat([theta, last], dim=1)
+
+
+def dense_correspondence(
+    theta_q: Tensor, theta_k: Tensor, height: int, width: int
+) -> tuple[Tensor, Tensor]:
+    """Which location of view k shows the same point as each location of view q.
+
+    The views are ``q(p) = x(theta_q p)`` and ``k(p) = x(theta_k p)`` (``affine_grid``
+    convention: ``theta`` maps normalised output coordinates to input coordinates, pixel centres
+    at ``align_corners=False``), so location ``p`` of view q corresponds to
+    ``theta_k^-1 theta_q p`` in view k; it is rounded to the nearest location of the
+    ``height x width`` grid (feature maps of any resolution with the image's aspect ratio).
+
+    Args:
+        theta_q: ``(B, 2, 3)`` sampling matrices of view q (e.g. ``TransformState.theta``).
+        theta_k: ``(B, 2, 3)`` of view k (identity rows ``[[1, 0, 0], [0, 1, 0]]`` for a view
+            without geometric change).
+        height: rows of the grid.
+        width: columns of the grid.
+
+    Returns:
+        ``(match, valid)``: ``(B, H*W)`` int64 flat index into view k's grid (0 where invalid),
+        ``(B, H*W)`` bool, true where the corresponding point lies inside view k's grid; on
+        the device of the thetas.
+    """
+    if theta_q.shape != theta_k.shape or theta_q.ndim != 3 or tuple(theta_q.shape[1:]) != (2, 3):
+        raise ValueError(
+            f"theta_q and theta_k must both be (B, 2, 3), got {tuple(theta_q.shape)} and "
+            f"{tuple(theta_k.shape)}"
+        )
+    t = torch.linalg.inv(_homogeneous(theta_k.double())) @ _homogeneous(theta_q.double())
+    dev = t.device
+    ys = (2 * torch.arange(height, dtype=torch.float64, device=dev) + 1) / height - 1
+    xs = (2 * torch.arange(width, dtype=torch.float64, device=dev) + 1) / width - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    ones = torch.ones(height * width, dtype=torch.float64, device=dev)
+    mapped = t @ torch.stack([gx.flatten(), gy.flatten(), ones])  # (B, 3, P): (x, y, 1) in k
+    col = torch.round(((mapped[:, 0] + 1) * width - 1) / 2)
+    row = torch.round(((mapped[:, 1] + 1) * height - 1) / 2)
+    valid = (col >= 0) & (col <= width - 1) & (row >= 0) & (row <= height - 1)
+    match = torch.where(valid, row * width + col, torch.zeros_like(col)).long()
+    return match, valid
+
+
 class PairedTransform:
     """Sampler of the paired transform T (BIM App. F): gamma correction and a random affine map.
 
@@ -274,11 +325,48 @@ class PairedTransform:
         return TransformState(gamma, scale, angle, shift, flip, vflip)
 
 
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian smoothing of ``(N, 1, H, W)`` maps (zero padding), std in pixels."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1), padding=(0, radius))
+    return torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1), padding=(radius, 0))
+
+
+def elastic_grid(
+    b: int,
+    height: int,
+    width: int,
+    alpha: float,
+    sigma: float,
+    p: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Sampling grid ``(B, H, W, 2)`` of a random elastic deformation (Simard et al., 2003).
+
+    Uniform noise in [-1, 1] per pixel and axis, smoothed by a Gaussian of ``sigma`` pixels,
+    scaled so that its largest displacement is ``alpha`` pixels; each image is deformed with
+    probability ``p`` (identity otherwise). Drawn on the CPU from ``generator``.
+    """
+    noise = torch.rand(b * 2, 1, height, width, generator=generator, dtype=torch.float64) * 2 - 1
+    field = _gaussian_blur(noise, sigma).view(b, 2, height, width)
+    field = field / field.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+    on = (torch.rand(b, generator=generator, dtype=torch.float64) < p).view(b, 1, 1, 1)
+    disp = alpha * field * on  # pixels, (dx, dy)
+    scale = torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float64).view(1, 2, 1, 1)
+    eye = torch.eye(2, 3, dtype=torch.float64).expand(b, 2, 3)
+    base = torch.nn.functional.affine_grid(eye, [b, 1, height, width], align_corners=False)
+    return base + (disp * scale).permute(0, 2, 3, 1)
+
+
 class BaseAugment:
     """The papers' base training augmentations, applied jointly to images and labels.
 
-    Order: rotation in ``+-cfg.rotation`` degrees and horizontal flip (``cfg.flip``) on the full
-    slice (bilinear for images, nearest for labels, zero / background padding), then a random
+    Order: rotation in ``+-cfg.rotation`` degrees, scaling in ``cfg.base_scale`` and horizontal
+    flip (``cfg.flip``) on the full slice (bilinear for images, nearest for labels, zero /
+    background padding), an elastic deformation when ``cfg.elastic_alpha > 0``, then a random
     ``cfg.crop`` x ``cfg.crop`` crop (0 keeps the full slice), then brightness and contrast
     jitter on the image: ``x -> b * ((x - mean) * c + mean)`` with ``b, c`` uniform in
     ``[1 - j, 1 + j]``, ``j = cfg.intensity_jitter`` (Pillow's ColorJitter semantics on tensors).
@@ -322,10 +410,13 @@ class BaseAugment:
                 f"augment.crop={crop} is larger than the image {h}x{w} (shape {tuple(image.shape)})"
             )
         rot = self.cfg.rotation
-        if rot > 0 or self.cfg.flip:
+        lo, hi = self.cfg.base_scale
+        if rot > 0 or self.cfg.flip or (lo, hi) != (1.0, 1.0):
             state = TransformState(
                 gamma=torch.ones(b, dtype=torch.float64),
-                scale=torch.ones(b, dtype=torch.float64),
+                scale=torch.ones(b, dtype=torch.float64)
+                if (lo, hi) == (1.0, 1.0)
+                else _uniform(b, lo, hi, generator),
                 angle=_uniform(b, -rot, rot, generator) * (math.pi / 180.0),
                 shift=torch.zeros(b, 2, dtype=torch.float64),
                 flip=(torch.rand(b, generator=generator) < 0.5)
@@ -335,6 +426,8 @@ class BaseAugment:
             image = state.geometry(image)
             if label is not None:
                 label = state.labels(label)
+        if self.cfg.elastic_alpha > 0:
+            image, label = self._elastic(image, label, generator)
         if crop:
             ys = torch.randint(0, h - crop + 1, (b,), generator=generator).tolist()
             xs = torch.randint(0, w - crop + 1, (b,), generator=generator).tolist()
@@ -351,3 +444,17 @@ class BaseAugment:
             # with the mean: b * ((x - mean) * c + mean)
             image = bright * ((image - mean) * contrast + mean)
         return image.contiguous(), None if label is None else label.contiguous()
+
+    def _elastic(
+        self, image: Tensor, label: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor | None]:
+        cfg = self.cfg
+        b, _, h, w = image.shape
+        grid = elastic_grid(b, h, w, cfg.elastic_alpha, cfg.elastic_sigma, cfg.elastic_p, generator)
+        grid = grid.to(device=image.device, dtype=image.dtype)
+        gs = torch.nn.functional.grid_sample
+        image = gs(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if label is not None:
+            lab = gs(label[:, None].to(image.dtype), grid, mode="nearest", align_corners=False)
+            label = lab[:, 0].round().to(label.dtype)
+        return image, label

@@ -15,8 +15,6 @@ from typing import Any, Optional  # noqa: F401  (typer options)
 import typer
 from rich.console import Console
 
-from segssl import __version__
-
 
 def _plain_help() -> None:
     """Help as Unix tools write it: ``Usage: segssl train [OPTIONS] CONFIG`` (typer writes a
@@ -47,8 +45,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Synthesise, prepare and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: long lines (paths, the MLflow UI link) are never broken at 80 columns in a log file
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -61,8 +60,13 @@ def fail(message: str, code: int = 2) -> None:
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"segssl {__version__}")
+        import segssl
+
+        console.print(f"segssl {segssl.__version__}")
         raise typer.Exit()
+
+
+_OPTIONS: dict[str, bool] = {"verbose": False}
 
 
 @app.callback()
@@ -70,8 +74,37 @@ def main(
     version: Optional[bool] = typer.Option(  # noqa: UP007, UP045 - typer needs Optional
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(
+        False,
+        "-v",
+        "--verbose",
+        help="Also show Ray's and MLflow's log lines and the trials' own output on the console "
+        "(by default they go to a log file in the sweep's storage).",
+    ),
 ) -> None:
     """segssl command line."""
+    _OPTIONS["verbose"] = verbose
+
+
+def _library_logs(storage: Path) -> dict[str, bool]:
+    """Route Ray's and MLflow's logs to a file in ``storage`` (printed); the ``ray.init``
+    arguments that keep trial output off the console unless ``-v``."""
+    from segssl.orchestrate.logs import route_library_logs
+
+    verbose = _OPTIONS["verbose"]
+    path = route_library_logs(storage, verbose=verbose)
+    err_console.print(f"Ray and MLflow logs: {path}", highlight=False)
+    return {"log_to_driver": verbose}
+
+
+def _sweep_storage(spec: Any, storage: str | None, root: Path | None) -> Path:
+    """The storage folder ``run_sweep`` will use (see ``plan_sweep``)."""
+    base = (root or Path.cwd()).resolve()
+    where = storage or spec.storage
+    if where and "://" in str(where):  # a remote storage: the log file stays local
+        return base / "segssl-runs" / spec.name
+    path = Path(where) if where else base / "segssl-runs" / spec.name
+    return path if path.is_absolute() else base / path
 
 
 @app.command("methods")
@@ -305,8 +338,9 @@ def train_cmd(
     run_dir = workdir or Path("runs") / f"{cfg.method.name}-{cfg.stage}-{config_hash(cfg)}"
     recorder = None
     if tracking_uri:
-        from segssl.orchestrate.tracking import start_single_run
+        from segssl.orchestrate.tracking import redact_logging, start_single_run
 
+        redact_logging()
         name = f"{cfg.method.name} {cfg.stage} | {cfg.data.labeled_scans} | seed {cfg.seed}"
         try:
             recorder = start_single_run(tracking_uri, experiment, cfg, name, run_dir)
@@ -388,6 +422,11 @@ def sweep_cmd(
     gpu_tflops: float = typer.Option(
         10.0, "--gpu-tflops", help="--dry-run cost: sustained GPU TFLOP/s assumed per trial."
     ),
+    cost: bool = typer.Option(
+        True,
+        "--cost/--no-cost",
+        help="--dry-run: estimate GPU-hours (FLOPs of a short, cached calibration run).",
+    ),
 ) -> None:
     """Plan and run a sweep through Ray Tune; every trial is an MLflow run. Idempotent.
 
@@ -402,14 +441,18 @@ def sweep_cmd(
 
     if not sweep.is_file():
         fail(f"{sweep}: no such sweep file")
+    if not gpu_tflops > 0:
+        fail(f"--gpu-tflops {gpu_tflops}: expected a positive throughput")
     try:
         spec = load_sweep(sweep, profile=profile)
         if spec.phantoms is not None and not dry_run:
             where = ensure_phantoms(spec.phantoms, root)
             err_console.print(f"profile {spec.profile}: phantoms in {where}", highlight=False)
+        ray_kwargs = None if dry_run else _library_logs(_sweep_storage(spec, storage, root))
         out = run_sweep(
             spec,
             source=str(sweep),
+            ray_init_kwargs=ray_kwargs,
             address=address,
             tracking_uri=tracking_uri,
             storage=storage,
@@ -434,6 +477,8 @@ def sweep_cmd(
             raise
         fail(f"the tracking store failed: {str(exc).splitlines()[0]}; the sweep stopped", 1)
     if dry_run:
+        if cost:
+            _print_cost(spec, sweep, storage, root, gpu_tflops)
         return
     _sweep_summary(out)
 
@@ -458,8 +503,10 @@ def _sweep_summary(out: Any) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    uri = redact(out.tracking_uri)
-    console.print(f"MLflow UI: mlflow ui --backend-store-uri {uri}", highlight=False)
+    from segssl.orchestrate.mlflow_ui import ui_command
+
+    ui = ui_command(redact(out.tracking_uri), out.experiment_id)
+    console.print(f"MLflow UI: {ui}", highlight=False)
     if out.interrupted is not None:
         unfinished = sum(so.planned - so.skipped - so.finished for so in out.stages.values())
         fail(
@@ -477,6 +524,26 @@ def _sweep_summary(out: Any) -> None:
             else "fix the reasons above; a rerun alone will fail the same way"
         )
         fail(f"{out.failed} trial(s) did not finish; {hint}", 1)
+
+
+def _print_cost(
+    spec: Any, sweep: Path, storage: str | None, root: Path | None, gpu_tflops: float
+) -> None:
+    """The dry run's cost estimate per stage and in total (see segssl.orchestrate.cost)."""
+    from segssl.orchestrate.cost import estimate_plan, format_costs
+    from segssl.orchestrate.plan import plan_sweep
+
+    base = Path(root) if root is not None else Path.cwd()
+    plan = plan_sweep(spec, source=str(sweep), storage=storage, root=base)
+    cache = base / "segssl-runs" / "cost-cache.json"
+    try:
+        costs = estimate_plan(
+            plan, cache, gpu_tflops, log=lambda m: err_console.print(m, highlight=False)
+        )
+    except Exception as exc:  # noqa: BLE001 - the plan is printed; the estimate is a bonus
+        err_console.print(f"no cost estimate: the calibration run failed: {exc}", highlight=False)
+        return
+    err_console.print(format_costs(costs, gpu_tflops), highlight=False, soft_wrap=True)
 
 
 @app.command("submit")
@@ -614,7 +681,14 @@ def demo_cmd(
     from segssl.report import ReportError
 
     try:
-        table, ui = run_demo(workdir, num_cpus=num_cpus, live=live, console=err_console)
+        ray_kwargs = _library_logs(workdir.resolve() / "segssl-runs" / "demo")
+        table, ui = run_demo(
+            workdir,
+            num_cpus=num_cpus,
+            live=live,
+            console=err_console,
+            ray_init_kwargs=ray_kwargs,
+        )
     except (ConfigError, TrackingError, DataError, ReportError) as exc:
         fail(str(exc))
     except DemoIncomplete as exc:
@@ -624,6 +698,33 @@ def demo_cmd(
         fail(str(exc), 1)
     typer.echo(table)
     typer.echo(f"Open the runs in the MLflow UI:\n  {ui}")
+
+
+def _missing_store(db: Path, name: str, sweep: Path) -> str:
+    """The error for a missing SQLite store: where the sweep's runs are, when a store of that
+    sweep lies nearby (``segssl demo`` keeps it in ``segssl-demo/``), and the exact command."""
+    found = _stores_of(name, [Path.cwd(), *list(sweep.resolve().parents)[:4]])
+    if found:
+        where = "\n".join(f"  segssl table {sweep} --tracking-uri sqlite:///{f}" for f in found[:3])
+        return (
+            f"no MLflow database at {db} (the default for sweep {name!r} run from here); its "
+            f"runs are in {found[0]}. Show them with:\n{where}"
+        )
+    return (
+        f"no MLflow database at {db} (the default for sweep {name!r} run from here): run the "
+        "table from the directory `segssl sweep` ran in, or pass --tracking-uri (the URI "
+        f"`segssl sweep` printed); if the sweep has not run yet: segssl sweep {sweep}"
+    )
+
+
+def _stores_of(name: str, bases: list[Path]) -> list[Path]:
+    """``segssl-runs/<name>/mlflow.db`` in each base folder or one level below it."""
+    found: dict[Path, None] = {}
+    for base in dict.fromkeys(b.resolve() for b in bases):
+        for pattern in (f"segssl-runs/{name}/mlflow.db", f"*/segssl-runs/{name}/mlflow.db"):
+            for db in sorted(base.glob(pattern)):
+                found.setdefault(db.resolve())
+    return list(found)
 
 
 @app.command("table")
@@ -646,7 +747,10 @@ def table_cmd(
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else the sweep's SQLite file).",
     ),
     curves: Optional[Path] = typer.Option(  # noqa: UP007, UP045
-        None, "--curves", help="Also write <table>_curves.png (val Dice vs epoch) here."
+        None,
+        "--curves",
+        help="Also write figures here: <table>_curves.png|pdf (val Dice vs epoch) and "
+        "<table>_figure.png|pdf (rows over columns, std bands, the paper's points).",
     ),
     no_log: bool = typer.Option(
         False, "--no-log", help="Do not log the table as an artifact of the sweep's parent run."
@@ -689,10 +793,7 @@ def table_cmd(
     storage = Path(spec.storage) if spec.storage else Path("segssl-runs") / spec.name
     uri = resolve_tracking_uri(tracking_uri, storage.resolve())
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        fail(
-            f"no MLflow database at {uri[len('sqlite:///') :]}: run `segssl sweep {sweep}` "
-            "first (from the same directory), or pass --tracking-uri"
-        )
+        fail(_missing_store(Path(uri[len("sqlite:///") :]), spec.name, sweep))
     _check_tables_against_plan(spec, storage, sweep)
     try:
         text = render_tables(
@@ -713,7 +814,7 @@ def table_cmd(
     else:
         typer.echo(text, nl=False)
     if curves is not None:
-        err_console.print(f"learning curves in {curves}", highlight=False)
+        err_console.print(f"learning curves and table figures in {curves}", highlight=False)
 
 
 def _check_tables_against_plan(spec: Any, storage: Path, sweep: Path) -> None:

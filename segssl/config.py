@@ -202,8 +202,15 @@ class AugmentConfig(Section):
     translation: float = Field(0.1, ge=0.0, le=0.5)
     paired_flip: bool = False  # also flip in the paired T (not in the BIM paper's T)
     paired_vflip: bool = False  # vertical flip in T (GMI's T: horizontal and vertical flips)
+    # stronger base augmentation (Chaitanya et al.'s fine-tuning "data augmentation" baseline):
+    # random scaling, and elastic deformation of at most elastic_alpha pixels, smoothed with a
+    # Gaussian of elastic_sigma pixels, applied to a share elastic_p of the images (0: off)
+    base_scale: tuple[float, float] = (1.0, 1.0)
+    elastic_alpha: float = Field(0.0, ge=0.0)
+    elastic_sigma: float = Field(10.0, gt=0.0)
+    elastic_p: float = Field(1.0, ge=0.0, le=1.0)
 
-    @field_validator("gamma", "scale")
+    @field_validator("gamma", "scale", "base_scale")
     @classmethod
     def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0 < v[0] <= v[1]:
@@ -376,13 +383,26 @@ class RunConfig(Section):
     @classmethod
     def _method_pins(cls, raw: Any) -> Any:
         """Apply settings a method pins in other sections (its class attribute ``pinned``,
-        e.g. ``full`` uses every training label: ``{"data.labeled_scans": "100%"}``)."""
+        e.g. ``full`` uses every training label: ``{"data.labeled_scans": "100%"}``) and its
+        per-dataset defaults (class attribute ``dataset_defaults``: dataset name -> method
+        settings, e.g. GMI's lambdas per dataset) for the method keys the config does not give."""
         if not isinstance(raw, Mapping) or not isinstance(raw.get("method"), Mapping):
             return raw
         from segssl.methods import REGISTRY
 
-        pinned = getattr(REGISTRY.get(str(raw["method"].get("name"))), "pinned", None)
-        if not pinned:
+        method_cls = REGISTRY.get(str(raw["method"].get("name")))
+        pinned = getattr(method_cls, "pinned", None) or {}
+        data = raw.get("data")
+        dataset = (
+            data.dataset
+            if isinstance(data, DataConfig)
+            else (data or {}).get("dataset", DataConfig.model_fields["dataset"].default)
+            if isinstance(data, Mapping | type(None))
+            else None
+        )
+        per_dataset = getattr(method_cls, "dataset_defaults", None) or {}
+        defaults = {k: v for k, v in per_dataset.get(dataset, {}).items() if k not in raw["method"]}
+        if not pinned and not defaults:
             return raw
         out = {
             k: v.model_dump() if isinstance(v, BaseModel) else json.loads(json.dumps(v))
@@ -390,6 +410,7 @@ class RunConfig(Section):
         }
         for dotted, value in pinned.items():
             set_path(out, dotted, value)
+        out["method"].update(defaults)
         return out
 
     @model_validator(mode="after")

@@ -140,6 +140,18 @@ def _reading(spec: Any, tracking_uri: str) -> str:
     return paired_reading(agg, "bim (pre-train) + fine-tune", "Baseline")
 
 
+def table_command(tracking_uri: str) -> str | None:
+    """The ``segssl table`` command that prints the demo's table again from the current
+    directory (the shipped ``experiments/sweeps/demo.yaml`` with the demo's own store), or None
+    when the sweep file is not beside the installed package."""
+    sweep = Path(__file__).resolve().parents[1] / "experiments" / "sweeps" / "demo.yaml"
+    if not sweep.is_file():
+        return None
+    rel = Path(os.path.relpath(sweep))
+    shown = rel if not str(rel).startswith("..") else sweep
+    return f"segssl table {shown} --tracking-uri {tracking_uri}"
+
+
 class DemoIncomplete(RuntimeError):
     """Some demo trials did not finish; ``table`` holds what the finished ones give (or "")."""
 
@@ -158,6 +170,7 @@ def run_demo(
     epochs: int = 10,
     iters: int = 50,
     seeds: int = 3,
+    ray_init_kwargs: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """Run the demo in ``workdir``; return ``(table_markdown, mlflow_ui_command)``.
 
@@ -168,6 +181,7 @@ def run_demo(
     from rich.console import Console
 
     from segssl.data import synthesize
+    from segssl.orchestrate.mlflow_ui import ui_command
     from segssl.orchestrate.runner import run_sweep
     from segssl.orchestrate.spec import parse_sweep
     from segssl.report import ReportError, render_tables
@@ -194,11 +208,11 @@ def run_demo(
         console=console,
         live=live,
         root=wd,
-        ray_init_kwargs={"log_to_driver": False},
+        ray_init_kwargs=ray_init_kwargs or {"log_to_driver": False},
     )
     report = wd / "report"
     report.mkdir(exist_ok=True)
-    ui = f"mlflow ui --backend-store-uri {outcome.tracking_uri}"
+    ui = ui_command(outcome.tracking_uri, outcome.experiment_id)
     try:
         table = render_tables(spec, outcome.tracking_uri, "md", curves_dir=report)
     except ReportError:
@@ -210,6 +224,9 @@ def run_demo(
     if table:
         (report / "demo.md").write_text(table)
         console.print(f"table and learning curves (val Dice vs epoch) in {report}", highlight=False)
+        again = table_command(outcome.tracking_uri)
+        if again:
+            console.print(f"the table again, from this directory: {again}", highlight=False)
     if outcome.failed:
         raise DemoIncomplete(
             f"{outcome.failed} demo trial(s) did not finish (their MLflow runs say why); "

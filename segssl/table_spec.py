@@ -176,6 +176,9 @@ class TableSpec(_Strict):
     ddof: int = Field(1, ge=0)  # std over seeds with this ddof
     bold: Literal["max", "min", "none"] = "max"  # best bold, second underlined, per column
     rank_exclude: list[str] = Field(default_factory=list)  # row labels not ranked (upper bounds)
+    # rows shown from the paper's numbers only (methods segssl does not implement): they select
+    # no runs, are not ranked, and are marked "(paper only)"; labels or "group / label"
+    paper_only: list[str] = Field(default_factory=list)
     paired_test: PairedTest | None = None
     select: Selection | None = None
     paper: PaperRef | None = None
@@ -209,6 +212,8 @@ class TableSpec(_Strict):
     def _checks(self) -> TableSpec:
         if any(isinstance(g, AxisGroup) and g.mean for g in _as_groups(self.rows)):
             raise ValueError("rows: 'mean' is only meaningful for column groups")
+        if self.paper_only and self.paper is None:
+            raise ValueError("paper_only rows need 'paper' (the published numbers they show)")
         if self.stats.prob_improvement and self.paired_test is None:
             raise ValueError(
                 "stats.prob_improvement compares each row with a reference row: give "

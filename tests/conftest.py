@@ -72,11 +72,17 @@ def tiny_yaml(acdc_root: Path):
     return make
 
 
+# run-config sections a method needs beyond the tiny defaults: UA-MT's Monte-Carlo dropout
+# needs dropout layers in the model
+METHOD_SECTIONS: dict[str, dict[str, Any]] = {"uamt": {"model": {"dropout": 0.1}}}
+
+
 @pytest.fixture(scope="session")
 def tiny_method(tiny):
     """``tiny_method(name, **sections) -> RunConfig`` for any registered method: the stage its
     batches imply and every method setting measured in epochs (ramp-up lengths, ``*_epochs``)
-    set to 1 so that it fits a tiny run (derived from the method's config, not listed)."""
+    set to 1 so that it fits a tiny run (derived from the method's config, not listed), plus
+    the sections it needs (``METHOD_SECTIONS``)."""
     from segssl.methods import get_method
 
     stages = {(True, False): "finetune", (False, True): "pretrain", (True, True): "semi"}
@@ -85,6 +91,30 @@ def tiny_method(tiny):
         cls = get_method(name)
         fit = {k: 1 for k in cls.Config.model_fields if k.endswith("_epochs")}
         sections["method"] = {"name": name, **fit, **sections.get("method", {})}
+        for key, value in METHOD_SECTIONS.get(name, {}).items():
+            sections[key] = {**value, **sections.get(key, {})}
         return tiny(name, stages[(cls.uses_labeled, cls.uses_unlabeled)], **sections)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def engine_optimizers():
+    """``engine_optimizers(cfg, method) -> main optimiser``, built as the engine builds them;
+    the optimisers a method owns (``Method.optimizers``) are stepped by its ``optimizer_step``."""
+    from segssl.engine import build_optimizer
+    from segssl.engine.loop import optimizer_params
+
+    def make(cfg: RunConfig, method: torch.nn.Module) -> torch.optim.Optimizer:
+        groups = optimizer_params(cfg, method)
+        opts = {k: build_optimizer(s, named) for k, (s, named) in groups.items()}
+
+        def own_step(key: str, loss: torch.Tensor) -> None:
+            opts[key].zero_grad(set_to_none=True)
+            loss.backward()
+            opts[key].step()
+
+        method._stepper = own_step
+        return opts["main"]
 
     return make

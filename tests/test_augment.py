@@ -206,3 +206,41 @@ def test_gmi_flip_transform_is_exact_horizontal_and_vertical_mirroring() -> None
     torch.testing.assert_close(state.geometry(x), want, atol=1e-5, rtol=0)
     torch.testing.assert_close(state.image(x), want, atol=1e-5, rtol=0)  # gamma 1: identity
     assert PairedTransform().sample(2, make_generator(7)).vflip is None  # BIM's T: no vflip
+
+
+def test_elastic_grid_displacement_bounded_by_alpha() -> None:
+    from segssl.augment import elastic_grid
+
+    g = torch.Generator().manual_seed(0)
+    grid = elastic_grid(3, 40, 50, alpha=4.0, sigma=5.0, p=1.0, generator=g)
+    eye = torch.eye(2, 3, dtype=torch.float64).expand(3, 2, 3)
+    base = torch.nn.functional.affine_grid(eye, [3, 1, 40, 50], align_corners=False)
+    px = (grid - base) * torch.tensor([50 / 2, 40 / 2], dtype=torch.float64)
+    peak = px.abs().flatten(1).amax(1)
+    assert torch.allclose(peak, torch.full((3,), 4.0, dtype=torch.float64))
+    # smooth: neighbouring pixels move almost alike
+    assert float((px[:, 1:] - px[:, :-1]).abs().max()) < 1.0
+    off = elastic_grid(2, 8, 8, alpha=4.0, sigma=2.0, p=0.0, generator=g)
+    base8 = torch.nn.functional.affine_grid(eye[:2], [2, 1, 8, 8], align_corners=False)
+    torch.testing.assert_close(off, base8)
+
+
+def test_strong_augmentation_keeps_labels_aligned() -> None:
+    from segssl.config import AugmentConfig
+
+    cfg = AugmentConfig(
+        crop=0,
+        rotation=15,
+        base_scale=(0.9, 1.1),
+        elastic_alpha=3.0,
+        elastic_sigma=4.0,
+        intensity_jitter=0.0,
+    )
+    label = torch.zeros(2, 32, 32, dtype=torch.long)
+    label[:, 8:24, 10:20] = 2
+    image = label[:, None].float()  # the image is the label map: they must stay identical
+    out, lab = BaseAugment(cfg)(image, label, generator=torch.Generator().manual_seed(1))
+    assert set(lab.unique().tolist()) <= {0, 2}
+    assert not torch.equal(lab, label)
+    agree = ((out[:, 0] > 1.0) == (lab == 2)).float().mean()
+    assert float(agree) > 0.97  # bilinear image and nearest label differ only on the border

@@ -48,7 +48,7 @@ def _imports(args: list[str], cwd: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A SQLite store holding a finished demo study (one parent, four fine-tuning runs)."""
+    """A SQLite store holding a finished demo study (one parent, two seeds per table cell)."""
     from mlflow import MlflowClient
 
     root = tmp_path_factory.mktemp("store")
@@ -56,15 +56,21 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     client = MlflowClient(tracking_uri=uri)
     exp = client.create_experiment("demo", artifact_location=str(root / "artifacts"))
     parent = client.create_run(exp, tags={"segssl.kind": "sweep"}).info.run_id
-    for i, (method, n) in enumerate([("baseline", 1), ("baseline", 2), ("finetune", 1)]):
-        rid = client.create_run(
-            exp,
-            tags={"mlflow.parentRunId": parent, "segssl.kind": "trial", "segssl.trial_key": f"{i}"},
-        ).info.run_id
-        for k, v in {"method.name": method, "data.labeled_scans": n, "seed": 0}.items():
-            client.log_param(rid, k, v)
-        client.log_metric(rid, "test/dsc", 0.5 + 0.1 * i)
-        client.set_terminated(rid, "FINISHED")
+    cells = [("baseline", 1), ("baseline", 4), ("finetune", 1), ("finetune", 4)]
+    for i, (method, n) in enumerate(cells):
+        for seed in (0, 1):
+            rid = client.create_run(
+                exp,
+                tags={
+                    "mlflow.parentRunId": parent,
+                    "segssl.kind": "trial",
+                    "segssl.trial_key": f"{i}-{seed}",
+                },
+            ).info.run_id
+            for k, v in {"method.name": method, "data.labeled_scans": n, "seed": seed}.items():
+                client.log_param(rid, k, v)
+            client.log_metric(rid, "test/dsc", 0.5 + 0.1 * i + 0.01 * seed)
+            client.set_terminated(rid, "FINISHED")
     client.set_terminated(parent, "FINISHED")
     return uri
 
@@ -76,7 +82,7 @@ def test_table_and_help_do_not_import_ray_torch_or_mlflow(demo_store, tmp_path):
     assert helped["code"] == 0 and helped["heavy"] == [], helped
     table = _imports(["table", str(DEMO), "--tracking-uri", demo_store], tmp_path)
     assert table["code"] in (0, None), table["err"]
-    assert "| Baseline" in table["out"] and "60.00" in table["out"], table["out"]
+    assert "| Baseline | 50.50" in table["out"], table["out"]
     assert table["heavy"] == [], table
 
 
@@ -107,9 +113,97 @@ def test_dry_run_table_filter_suggests_the_parent_stage_key(tmp_path):
     raw["tables"][0].update({"stage": "finetune", "filter": {"method.k": 10}})
     sweep = tmp_path / "demo_k.yaml"
     sweep.write_text(yaml.safe_dump(raw))
-    r = runner.invoke(app, ["sweep", str(sweep), "--dry-run", "--storage", str(tmp_path / "s")])
+    r = runner.invoke(
+        app, ["sweep", str(sweep), "--dry-run", "--no-cost", "--storage", str(tmp_path / "s")]
+    )
     assert r.exit_code == 2, r.output
     msg = " ".join(r.output.split())
     assert "filter names param 'method.k'" in msg, msg
     assert "did you mean 'pretrain.method.k'" in msg, msg
     assert "FINISHED" not in msg and "planned trial of stage 'finetune'" in msg, msg
+
+
+def test_table_finds_the_demo_store_and_prints_the_command_that_works(demo_store, tmp_path):
+    """After `segssl demo`, `segssl table experiments/sweeps/demo.yaml` from the folder holding
+    segssl-demo/ does not find ./segssl-runs/demo: the error names the demo's store and the exact
+    command (which then works), and does not suggest rerunning the sweep."""
+    import os
+    import shlex
+    import shutil
+
+    from segssl.demo import table_command
+
+    store = tmp_path / "segssl-demo" / "segssl-runs" / "demo"
+    store.mkdir(parents=True)
+    shutil.copy(demo_store[len("sqlite:///") :], store / "mlflow.db")
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        r = runner.invoke(app, ["table", str(DEMO)])
+        assert r.exit_code == 2, r.output
+        msg = " ".join(r.output.split())
+        assert f"its runs are in {store / 'mlflow.db'}" in msg, msg
+        assert "segssl sweep" not in msg, msg
+        command = f"segssl table {DEMO} --tracking-uri sqlite:///{store / 'mlflow.db'}"
+        assert command in msg, msg
+        again = runner.invoke(app, shlex.split(command)[1:] + ["--no-log"])
+        assert again.exit_code == 0 and "| Baseline | 50.50" in again.output, again.output
+        # what `segssl demo` prints after its table
+        printed = table_command(f"sqlite:///{store / 'mlflow.db'}")
+        assert printed is not None and printed.startswith("segssl table ")
+        shown = runner.invoke(app, shlex.split(printed)[1:] + ["--no-log"])
+        assert shown.exit_code == 0 and "| Baseline | 50.50" in shown.output, shown.output
+    finally:
+        os.chdir(here)
+    r = runner.invoke(app, ["table", str(DEMO), "--tracking-uri", f"sqlite:///{tmp_path}/x.db"])
+    assert r.exit_code == 2 and "if the sweep has not run yet: segssl sweep" in r.output
+
+
+def test_library_logs_go_to_a_file_in_the_storage(tmp_path, capfd):
+    """Ray's and MLflow's log lines (and Python warnings) land in <storage>/logs/*.log, not on
+    the console; -v keeps them on the console too."""
+    import logging
+    import warnings
+
+    from segssl.orchestrate.logs import LIBRARY_LOGGERS, route_library_logs
+
+    saved = {
+        n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate)
+        for n in LIBRARY_LOGGERS
+    }
+    try:
+        path = route_library_logs(tmp_path / "store")
+        assert path.parent == tmp_path / "store" / "logs"
+        logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables")
+        logging.getLogger("ray").info("Started a local Ray instance.")
+        warnings.warn("a library deprecation", UserWarning, stacklevel=1)
+        err = capfd.readouterr().err
+        assert "Creating initial" not in err and "Started a local Ray" not in err, err
+        text = path.read_text()
+        assert "Creating initial MLflow database tables" in text
+        assert "Started a local Ray instance." in text and "a library deprecation" in text
+    finally:
+        logging.captureWarnings(False)
+        for n, (handlers, propagate) in saved.items():
+            logging.getLogger(n).handlers[:] = handlers
+            logging.getLogger(n).propagate = propagate
+
+
+def test_sweep_keeps_trial_output_off_the_console_unless_verbose(tmp_path, monkeypatch):
+    import segssl.orchestrate.logs as logs_mod
+    import segssl.orchestrate.runner as runner_mod
+
+    seen: list[dict] = []
+
+    def fake_sweep(*a, **kw):
+        seen.append(kw)
+        raise runner_mod.SpecError("stop here")
+
+    monkeypatch.setattr(runner_mod, "run_sweep", fake_sweep)
+    monkeypatch.setattr(logs_mod, "route_library_logs", lambda s, verbose: s / "logs" / "x.log")
+    args = ["sweep", str(DEMO), "--storage", str(tmp_path / "st"), "--skip-data-check"]
+    quiet = runner.invoke(app, args)
+    loud = runner.invoke(app, ["-v", *args])
+    assert seen[0]["ray_init_kwargs"] == {"log_to_driver": False}, quiet.output
+    assert seen[1]["ray_init_kwargs"] == {"log_to_driver": True}, loud.output
+    assert f"Ray and MLflow logs: {tmp_path / 'st' / 'logs' / 'x.log'}" in quiet.output

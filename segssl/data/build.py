@@ -95,6 +95,74 @@ def _lut(num_classes: int, target: int | None) -> np.ndarray:
     return lut
 
 
+def _open_dataset(cfg: DataConfig) -> tuple[Any, int | None, list]:
+    """The adapter, resolved target and scan records of ``cfg`` (root, dataset, target checked)."""
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise DataError(f"data.root={cfg.root!r}: no such directory (dataset {cfg.dataset!r})")
+    adapter = get_adapter(cfg.dataset, root, modality=cfg.modality)
+    target = resolve_target(cfg.target, adapter.class_names)
+    return adapter, target, adapter.list_scans()
+
+
+def _check_sampler(cfg: DataConfig, unlabeled: bool) -> None:
+    """A partition-sampler batch holds at least one slice per partition (a batch that is not a
+    multiple of S takes a random subset of its last volume's partitions)."""
+    if unlabeled and cfg.partition_sampler and cfg.unlabeled_batch_size < cfg.partitions:
+        raise DataError(
+            f"data.unlabeled_batch_size={cfg.unlabeled_batch_size} must be at least "
+            f"data.partitions={cfg.partitions} with data.partition_sampler"
+        )
+
+
+def _stream(
+    cfg: DataConfig,
+    cache: Path,
+    entries: dict[str, dict],
+    lut: np.ndarray,
+    ids: list[str],
+    *,
+    with_labels: bool,
+    batch: int,
+    partition: bool,
+    seed: int,
+    which: int,
+) -> tuple[Any, Any]:
+    """An endless batch iterator over the slices of ``ids``, and its ``close``."""
+    ds = SliceDataset(
+        [cache / entries[i]["file"] for i in ids],
+        ids,
+        [entries[i]["slices"] for i in ids],
+        cfg.partitions,
+        lut,
+        with_labels,
+    )
+    if partition:
+        sampler: Any = PartitionBatchSampler(ds, batch, cfg.partitions, seed, which)
+    else:
+        sampler = RandomBatchSampler(len(ds), batch, seed, which)
+    return make_loader(ds, sampler, cfg.num_workers)
+
+
+def _volumes(
+    cache: Path, entries: dict[str, dict], lut: np.ndarray, ids: list[str]
+) -> list[Volume]:
+    """Whole validation/test volumes (float32 images, labels through the class table)."""
+    out = []
+    for i in ids:
+        arr = open_scan(cache, entries[i], mmap=True)
+        out.append(
+            Volume(
+                scan_id=i,
+                subject=entries[i]["subject"],
+                image=torch.from_numpy(np.array(arr["image"])).float().numpy(),
+                label=np.take(lut, np.asarray(arr["label"])),
+                spacing=tuple(entries[i]["spacing"]),
+            )
+        )
+    return out
+
+
 def build_data(
     cfg: DataConfig,
     *,
@@ -123,20 +191,11 @@ def build_data(
     Raises:
         DataError: any bad input, with the file/key/value and what was expected.
     """
-    root = Path(cfg.root)
-    if not root.is_dir():
-        raise DataError(f"data.root={cfg.root!r}: no such directory (dataset {cfg.dataset!r})")
-    adapter = get_adapter(cfg.dataset, root, modality=cfg.modality)
-    target = resolve_target(cfg.target, adapter.class_names)
-    records = adapter.list_scans()
+    adapter, target, records = _open_dataset(cfg)
     split = make_split(
         [(r.scan_id, r.subject) for r in records], cfg.split, cfg.labeled_scans, cfg.dataset
     )
-    if unlabeled and cfg.partition_sampler and cfg.unlabeled_batch_size % cfg.partitions:
-        raise DataError(
-            f"data.unlabeled_batch_size={cfg.unlabeled_batch_size} must be a multiple of "
-            f"data.partitions={cfg.partitions} with data.partition_sampler"
-        )
+    _check_sampler(cfg, unlabeled)
     cache = cache_dir_for(cfg)
     _check_prepared_cache(cfg, cache, adapter.options().get("channel"))
     manifest = prepare_records(adapter, records, cache, cfg.preprocess)
@@ -150,46 +209,33 @@ def build_data(
     lut = _lut(len(adapter.class_names), target)
     closers: list[Any] = []
 
-    def stream(ids: list[str], with_labels: bool, batch: int, partition: bool, which: int):
-        ds = SliceDataset(
-            [cache / entries[i]["file"] for i in ids],
-            ids,
-            [entries[i]["slices"] for i in ids],
-            cfg.partitions,
-            lut,
-            with_labels,
-        )
-        if partition:
-            sampler: Any = PartitionBatchSampler(ds, batch, cfg.partitions, seed, which)
-        else:
-            sampler = RandomBatchSampler(len(ds), batch, seed, which)
-        it, close = make_loader(ds, sampler, cfg.num_workers)
+    def stream(ids: list[str], **kw: Any) -> Any:
+        it, close = _stream(cfg, cache, entries, lut, ids, seed=seed, **kw)
         closers.append(close)
         return it
 
-    lab_it = stream(split["labeled"], True, cfg.batch_size, False, _LABELED) if labeled else None
+    lab_it = (
+        stream(
+            split["labeled"],
+            with_labels=True,
+            batch=cfg.batch_size,
+            partition=False,
+            which=_LABELED,
+        )
+        if labeled
+        else None
+    )
     unl_it = (
         stream(
-            split["unlabeled"], False, cfg.unlabeled_batch_size, cfg.partition_sampler, _UNLABELED
+            split["unlabeled"],
+            with_labels=False,
+            batch=cfg.unlabeled_batch_size,
+            partition=cfg.partition_sampler,
+            which=_UNLABELED,
         )
         if unlabeled
         else None
     )
-
-    def volumes(ids: list[str]) -> list[Volume]:
-        out = []
-        for i in ids:
-            arr = open_scan(cache, entries[i], mmap=True)
-            out.append(
-                Volume(
-                    scan_id=i,
-                    subject=entries[i]["subject"],
-                    image=torch.from_numpy(np.array(arr["image"])).float().numpy(),
-                    label=np.take(lut, np.asarray(arr["label"])),
-                    spacing=tuple(entries[i]["spacing"]),
-                )
-            )
-        return out
 
     def close() -> None:
         for c in closers:
@@ -199,8 +245,8 @@ def build_data(
         class_names=class_names,
         labeled=lab_it,
         unlabeled=unl_it,
-        val=volumes(split["val"]),
-        test=volumes(split["test"]),
+        val=_volumes(cache, entries, lut, split["val"]),
+        test=_volumes(cache, entries, lut, split["test"]),
         split=split,
         data_fingerprint=manifest["fingerprint"],
         split_fingerprint=split["fingerprint"],

@@ -119,30 +119,37 @@ class RandomBatchSampler:
 class PartitionBatchSampler:
     """Chaitanya's G^D batches: m volumes, one slice drawn from each of their S partitions.
 
-    A batch of ``batch_size = m * S`` indices is ordered volume by volume, partition 0..S-1
-    within each volume. Volumes are drawn without replacement within a batch when there are at
-    least m of them (with replacement otherwise); batches are independent (with replacement
-    across batches).
+    A batch of ``batch_size`` indices is ordered volume by volume, partition 0..S-1 within each
+    volume; ``m = ceil(batch_size / S)``. When ``batch_size`` is not a multiple of S (the paper's
+    batch of 40 with S = 3 or 6, Table 5; batches of 250 and 450 with S = 4, Table 4), the last
+    volume contributes ``batch_size - (m - 1) * S`` of its partitions, drawn at random. Volumes
+    are drawn without replacement within a batch when there are at least m of them (with
+    replacement otherwise); batches are independent (with replacement across batches).
 
     Raises:
-        DataError: ``batch_size`` not a multiple of S, or a volume with fewer than S slices.
+        DataError: a volume with fewer than S slices (named), or a batch smaller than S.
     """
 
     def __init__(
         self, dataset: SliceDataset, batch_size: int, partitions: int, seed: int, stream: int
     ) -> None:
-        if batch_size % partitions:
+        if batch_size < partitions:
             raise DataError(
-                f"data.unlabeled_batch_size={batch_size} must be a multiple of "
+                f"data.unlabeled_batch_size={batch_size} must be at least "
                 f"data.partitions={partitions} with data.partition_sampler"
             )
-        short = [s for s, n in zip(dataset.scan_ids, dataset.slices, strict=True) if n < partitions]
+        short = [
+            f"{s} ({n} slices)"
+            for s, n in zip(dataset.scan_ids, dataset.slices, strict=True)
+            if n < partitions
+        ]
         if short:
             raise DataError(
                 f"data.partitions={partitions}: scans {short[:5]} have fewer slices than "
                 "partitions, so some partitions would be empty"
             )
-        self.m = batch_size // partitions
+        self.m = -(-batch_size // partitions)
+        self.last = batch_size - (self.m - 1) * partitions
         self.partitions = partitions
         self.ds = dataset
         self.rng = np.random.default_rng([seed, stream])
@@ -160,8 +167,11 @@ class PartitionBatchSampler:
         while True:
             vols = self.rng.choice(n_vol, self.m, replace=self.m > n_vol)
             batch = []
-            for v in vols:
-                for s in range(self.partitions):
+            for i, v in enumerate(vols):
+                parts = range(self.partitions)
+                if i == self.m - 1 and self.last < self.partitions:
+                    parts = sorted(self.rng.choice(self.partitions, self.last, replace=False))
+                for s in parts:
                     idx = self.members[v][s]
                     batch.append(int(idx[self.rng.integers(0, len(idx))]))
             yield batch

@@ -84,6 +84,71 @@ def _default_sizes(n: int) -> tuple[int, int, int]:
     return n - n_val - n_test, n_val, n_test
 
 
+def _units(scans: Sequence[tuple[str, str]], unit: str) -> dict[str, list[str]]:
+    """Split unit (subject or scan id) -> its sorted scan ids."""
+    subject_of = dict(scans)
+    unit_scans: dict[str, list[str]] = {}
+    for sid in sorted(s for s, _ in scans):
+        unit_scans.setdefault(subject_of[sid] if unit == "subject" else sid, []).append(sid)
+    return unit_scans
+
+
+def _sets_from_files(
+    files: dict[str, Any], unit_scans: dict[str, list[str]], unit: str, noun: str
+) -> dict[str, list[str]]:
+    """Units per set read from the list files (train required; ids known; sets disjoint)."""
+    if "train" not in files:
+        raise DataError("data.split.files: a 'train' list file is required with list files")
+    units = sorted(unit_scans)
+    sets: dict[str, list[str]] = {}
+    for key in _SETS:
+        ids = read_id_file(files[key], key) if key in files else []
+        for i in ids:
+            if i not in unit_scans:
+                raise DataError(
+                    f"{files[key]}: unknown {unit} id {i!r}{did_you_mean(i, units)} "
+                    f"(split unit is {unit!r}; the dataset has {len(units)} {noun})"
+                )
+        sets[key] = ids
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = sorted(set(sets[a]) & set(sets[b]))
+        if both:
+            raise DataError(f"data.split.files: {both[:5]} listed in both {a} and {b}")
+    return sets
+
+
+def _seeded_sets(units: list[str], cfg: SplitConfig, noun: str) -> dict[str, list[str]]:
+    """Units shuffled by ``split.seed`` and cut by ``split.sizes`` (default 70/10/20 %)."""
+    n = len(units)
+    sizes = cfg.sizes if cfg.sizes is not None else _default_sizes(n)
+    if any(s < 0 for s in sizes):
+        raise DataError(f"data.split.sizes={tuple(sizes)}: sizes must be >= 0")
+    if sum(sizes) > n:
+        raise DataError(
+            f"data.split.sizes={tuple(sizes)} needs {sum(sizes)} {noun} but the dataset has "
+            f"only {n} {noun} (split unit {cfg.unit!r})"
+        )
+    order = [units[i] for i in np.random.default_rng(cfg.seed).permutation(n)]
+    a, b, c = sizes
+    return {"train": order[:a], "val": order[a : a + b], "test": order[a + b : a + b + c]}
+
+
+def _labeled_order(train: list[str], seed: int, files: dict[str, Any]) -> list[str]:
+    """The seeded ordering of the training scans, led by the ``labeled`` list file if any."""
+    rng = np.random.default_rng([seed, 1])
+    order = [train[i] for i in rng.permutation(len(train))]
+    if "labeled" not in files:
+        return order
+    head = read_id_file(files["labeled"], "labeled")
+    for i in head:
+        if i not in train:
+            raise DataError(
+                f"{files['labeled']}: {i!r} is not a training scan"
+                f"{did_you_mean(i, train)} (labeled scans must come from the training set)"
+            )
+    return head + [s for s in order if s not in set(head)]
+
+
 def make_split(
     scans: Sequence[tuple[str, str]],
     cfg: SplitConfig,
@@ -107,72 +172,31 @@ def make_split(
         DataError: sizes that cannot be made, list files naming unknown ids or overlapping,
             a labeled count larger than the training set.
     """
-    scan_ids = sorted(s for s, _ in scans)
-    subject_of = dict(scans)
-    unit_scans: dict[str, list[str]] = {}
-    for sid in scan_ids:
-        unit = subject_of[sid] if cfg.unit == "subject" else sid
-        unit_scans.setdefault(unit, []).append(sid)
+    unit_scans = _units(scans, cfg.unit)
     units = sorted(unit_scans)
-    n = len(units)
     noun = "subjects" if cfg.unit == "subject" else "scans"
     files = dict(cfg.files or {})
-    sets: dict[str, list[str]] = {}
-    if any(k in files for k in _SETS):
-        if "train" not in files:
-            raise DataError("data.split.files: a 'train' list file is required with list files")
-        for key in _SETS:
-            ids = read_id_file(files[key], key) if key in files else []
-            for i in ids:
-                if i not in unit_scans:
-                    raise DataError(
-                        f"{files[key]}: unknown {cfg.unit} id {i!r}{did_you_mean(i, units)} "
-                        f"(split unit is {cfg.unit!r}; the dataset has {n} {noun})"
-                    )
-            sets[key] = ids
-        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-            both = sorted(set(sets[a]) & set(sets[b]))
-            if both:
-                raise DataError(f"data.split.files: {both[:5]} listed in both {a} and {b}")
-        source = "files"
+    from_files = any(k in files for k in _SETS)
+    if from_files:
+        sets = _sets_from_files(files, unit_scans, cfg.unit, noun)
     else:
-        sizes = cfg.sizes if cfg.sizes is not None else _default_sizes(n)
-        if any(s < 0 for s in sizes):
-            raise DataError(f"data.split.sizes={tuple(sizes)}: sizes must be >= 0")
-        if sum(sizes) > n:
-            raise DataError(
-                f"data.split.sizes={tuple(sizes)} needs {sum(sizes)} {noun} but the dataset has "
-                f"only {n} {noun} (split unit {cfg.unit!r})"
-            )
-        order = [units[i] for i in np.random.default_rng(cfg.seed).permutation(n)]
-        a, b, c = sizes
-        sets = {"train": order[:a], "val": order[a : a + b], "test": order[a + b : a + b + c]}
-        source = "seeded"
+        sets = _seeded_sets(units, cfg, noun)
     if not sets["train"]:
         raise DataError(
-            f"data.split: the training set is empty ({n} {noun}, sizes {cfg.sizes}); "
+            f"data.split: the training set is empty ({len(units)} {noun}, sizes {cfg.sizes}); "
             "at least one training unit is needed"
         )
     used = set().union(*(set(v) for v in sets.values()))
     scans_of = {k: sorted(s for u in v for s in unit_scans[u]) for k, v in sets.items()}
     train = scans_of["train"]
-    rng = np.random.default_rng([cfg.seed, 1])
-    labeled_order = [train[i] for i in rng.permutation(len(train))]
-    if "labeled" in files:
-        head = read_id_file(files["labeled"], "labeled")
-        for i in head:
-            if i not in train:
-                raise DataError(
-                    f"{files['labeled']}: {i!r} is not a training scan"
-                    f"{did_you_mean(i, train)} (labeled scans must come from the training set)"
-                )
-        labeled_order = head + [s for s in labeled_order if s not in set(head)]
+    labeled_order = _labeled_order(train, cfg.seed, files)
     n_lab = labeled_count(labeled, len(train))
+    subject_of = dict(scans)
     manifest: dict[str, Any] = {
         "dataset": dataset,
         "unit": cfg.unit,
         "seed": cfg.seed,
-        "source": source,
+        "source": "files" if from_files else "seeded",
         "files": {k: str(v) for k, v in files.items()},
         "sizes": [len(sets[k]) for k in _SETS],
         "train": train,

@@ -13,13 +13,28 @@ from typing import Any, Literal
 from pydantic import create_model
 
 from segssl.config import MethodConfig, did_you_mean
+from segssl.methods.adversarial import Adversarial
 from segssl.methods.base import Method
 from segssl.methods.baseline import Baseline
 from segssl.methods.bim import BIM
+from segssl.methods.consistency import Consistency
+from segssl.methods.context_restoration import ContextRestoration
 from segssl.methods.contrast_enc_dec import ContrastEncDec
+from segssl.methods.contrast_global import ContrastGlobal
+from segssl.methods.contrast_joint import ContrastJoint
+from segssl.methods.contrast_local import ContrastLocal
 from segssl.methods.entmin import EntMin
+from segssl.methods.gmi import GMI
+from segssl.methods.ict import ICT
+from segssl.methods.ideal_finetune import IdealFinetune
+from segssl.methods.ideal_pretrain import IdealPretrain
 from segssl.methods.imsat import IMSAT
+from segssl.methods.inpainting import Inpainting
 from segssl.methods.mean_teacher import MeanTeacher
+from segssl.methods.mixup import MixUp
+from segssl.methods.rotation import Rotation
+from segssl.methods.self_training import SelfTraining
+from segssl.methods.uamt import UAMT
 
 _CLASS_ATTRS = ("init", "pinned", "uses_labeled", "uses_unlabeled", "predict_with", "carry")
 
@@ -50,7 +65,13 @@ def variant(parent: type[Method], name: str, doc: str = "", **changes: Any) -> t
     config.__doc__ = f"{parent.Config.__doc__} Variant {name!r}: {changes or attrs}."
     cls = type(f"{parent.__name__}_{name}", (parent,), {"Config": config, **attrs})
     cls.__doc__ = doc or f"{parent.__name__} with {changes or attrs}"
-    cls.__module__ = parent.__module__
+    # importable by name from this module, so that pickle (and Ray's cloudpickle, which ships a
+    # trial's RunConfig to its worker) refers to these classes instead of copying them: a copy is
+    # another class, and the method's isinstance check of its config would fail in the worker
+    for made in (config, cls):
+        made.__module__ = __name__
+        made.__qualname__ = made.__name__
+        globals()[made.__name__] = made
     return cls
 
 
@@ -65,8 +86,24 @@ REGISTRY: dict[str, type[Method]] = {
     "contrast_enc": variant(ContrastEncDec, "contrast_enc", w_dec=0.0),
     "contrast_dec": variant(ContrastEncDec, "contrast_dec", w_enc=0.0),
     "contrast_enc_dec": ContrastEncDec,
+    "contrast_global": ContrastGlobal,
+    "contrast_local": ContrastLocal,
+    "contrast_joint": ContrastJoint,
+    "rotation": Rotation,
+    "inpainting": Inpainting,
+    "context_restoration": ContextRestoration,
+    "self_training": SelfTraining,
+    "ideal_pretrain": IdealPretrain,
+    "ideal_finetune": IdealFinetune,
     "entmin": EntMin,
     "mean_teacher": MeanTeacher,
+    "mixup": MixUp,
+    "consistency": Consistency,
+    "uamt": UAMT,
+    "ict": ICT,
+    "adversarial": Adversarial,
+    "gmi": GMI,
+    "gmi_pretrain": variant(GMI, "gmi_pretrain", uses_labeled=False, w_ce=0.0),
 }
 
 

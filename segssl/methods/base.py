@@ -152,6 +152,7 @@ class Method(nn.Module):
 
     def validate(self) -> None:
         """Check the declarations against what was built (engine: before any work)."""
+        self.weights()  # every weight names a config field
         self.network(self.predict_with)
         net, _ = self.network(self.carry)
         if net.state_dict().keys() != self.model.state_dict().keys():

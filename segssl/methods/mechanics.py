@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -152,12 +151,13 @@ def check_dropout(net: nn.Module) -> None:
 
 def mixup(
     x: Tensor, y: Tensor, alpha: float, generator: torch.Generator
-) -> tuple[Tensor, Tensor, float, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Mix a batch with a permutation of itself: ``lam * a + (1 - lam) * a[perm]`` for the images
     ``x (B, C, H, W)`` and the targets ``y`` (soft targets or one-hot, ``(B, K, H, W)``).
 
-    ``lam ~ Beta(alpha, alpha)`` (one per batch) and ``perm`` are drawn from ``generator`` (numpy's
-    Beta sampler seeded from it), so the mix is reproducible and resumable.
+    ``lam ~ Beta(alpha, alpha)`` (one per batch, as ``G1 / (G1 + G2)`` of two Gamma(alpha)
+    draws) and ``perm`` are drawn from ``generator`` (CPU), so the mix is reproducible and
+    resumable; nothing is read back to the host (``lam`` stays a 0-dim CPU tensor).
 
     Returns:
         ``(mixed_x, mixed_y, lam, perm)``.
@@ -166,8 +166,10 @@ def mixup(
         raise ValueError(f"mixup alpha must be > 0, got {alpha}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"mixup: images {tuple(x.shape)} and targets {tuple(y.shape)} differ in B")
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    gammas = torch._standard_gamma(
+        torch.full((2,), float(alpha), dtype=torch.float64), generator=generator
+    )
+    lam = (gammas[0] / gammas.sum()).to(torch.float32)
     perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
     return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm], lam, perm
 

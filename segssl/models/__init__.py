@@ -10,6 +10,12 @@ and this interface, which methods rely on instead of block names:
   (validated per architecture: an unknown role is an error listing the valid ones);
 * ``parts: dict[str, tuple[str, ...]]``: named parts (``encoder``, ``decoder``, ``head``, ...) as
   parameter-name prefixes (a method may carry only a part to the next stage).
+
+Roles and parts are per architecture: a ResNet-50-encoder U-Net names its own encoder stages
+(e.g. ``encoder1..encoder5`` for the stem and the four residual stages, ``encoder`` the last),
+a two-decoder network adds a second decoder's roles and part (e.g. ``aux_decoder1..``,
+``aux_decoder``) and whatever extra output its methods call; ``model.freeze`` and ``carry``
+work on any of them unchanged.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ from torch import nn
 
 from segssl.config import ModelConfig, did_you_mean
 from segssl.models.heads import ClusterHeads, DenseProjector, GlobalProjector
+from segssl.models.resnet_unet import ResNetUNet
 from segssl.models.unet import UNet, apply_freeze, decoder_names, encoder_names
 
 # name -> architecture class (with ``Config`` and ``from_config``)
 MODELS: dict[str, Any] = {
     "unet": UNet,
+    "resnet50_unet": ResNetUNet,
 }
 
 
@@ -56,6 +64,7 @@ __all__ = [
     "ClusterHeads",
     "DenseProjector",
     "GlobalProjector",
+    "ResNetUNet",
     "UNet",
     "apply_freeze",
     "build_model",

@@ -7,6 +7,9 @@
 * :class:`DenseProjector` - the dense projector of Contrast(Dec) (BIM App. E, Chaitanya g2):
   adaptive average pooling to a ``grid x grid`` map (20 x 20), 1x1 conv, LeakyReLU, 1x1 conv,
   L2 normalisation over channels.
+* :class:`PooledClusterHeads` - GMI's global projectors: max pooling, ``n_heads`` linear layers to
+  K clusters, softmax (GMI Sec. 4.2: K = 10, 5 heads).
+* :class:`MapDiscriminator` - adversarial training's image-level discriminator on softmax maps.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ClusterHeads", "DenseProjector", "GlobalProjector"]
+__all__ = [
+    "ClusterHeads",
+    "DenseProjector",
+    "GlobalProjector",
+    "MapDiscriminator",
+    "PooledClusterHeads",
+]
 
 
 def _check_positive_int(value: int, name: str, minimum: int = 1) -> None:
@@ -196,3 +205,61 @@ class DenseProjector(nn.Module):
         """Pool to the grid, project and L2-normalise every position."""
         _check_input(x, self.in_ch, "DenseProjector")
         return F.normalize(self.mlp(self.pool(x)), dim=1)
+
+
+class PooledClusterHeads(nn.Module):
+    """GMI's global projectors: max-pool the map, then ``n_heads`` linear layers to K clusters.
+
+    The GMI paper (Sec. 4.2): "for the encoder, the projector head consists of a max-pooling layer
+    to summarize context information, a linear layer and a softmax activation layer"; 5 heads,
+    K = 10. All heads are one ``Linear(in_ch, n_heads * K)``.
+
+    Shapes:
+        input ``(B, in_ch, H, W)`` -> ``(B, n_heads, K)``, softmax over K (float32).
+    """
+
+    def __init__(self, in_ch: int, k: int = 10, n_heads: int = 5) -> None:
+        super().__init__()
+        _check_positive_int(in_ch, "in_ch")
+        _check_positive_int(k, "K", minimum=2)
+        _check_positive_int(n_heads, "n_heads")
+        self.in_ch, self.k, self.n_heads = in_ch, k, n_heads
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.linear = nn.Linear(in_ch, n_heads * k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Cluster probabilities of every head."""
+        _check_input(x, self.in_ch, "PooledClusterHeads")
+        z = self.linear(self.pool(x).flatten(1)).view(x.shape[0], self.n_heads, self.k)
+        return z.float().softmax(-1)
+
+
+class MapDiscriminator(nn.Module):
+    """Image-level discriminator on segmentation maps (adversarial training, Zhang et al. 2017):
+    strided 4x4 convolutions with LeakyReLU (``widths`` channels, each halving the side), global
+    average pooling and a linear layer to one "labeled image" logit.
+
+    Shapes:
+        input ``(B, C, H, W)`` class probabilities -> ``(B, 1)`` logits.
+    """
+
+    def __init__(self, in_ch: int, widths: tuple[int, ...] = (64, 128, 256, 512)) -> None:
+        super().__init__()
+        _check_positive_int(in_ch, "in_ch")
+        if not widths:
+            raise ValueError("the discriminator needs at least one conv layer (widths)")
+        for w in widths:
+            _check_positive_int(w, "discriminator width")
+        self.in_ch = in_ch
+        layers: list[nn.Module] = []
+        c = in_ch
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.out = nn.Linear(c, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """One logit per image: high for maps the discriminator takes for labeled ones."""
+        _check_input(x, self.in_ch, "MapDiscriminator")
+        return self.out(self.features(x).mean(dim=(2, 3)))

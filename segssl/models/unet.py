@@ -105,6 +105,7 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         self.depth = depth
+        self.in_channels = in_channels
         self.num_classes = num_classes
         self.widths = [base_width * 2**i for i in range(depth)]
         self.pool = nn.MaxPool2d(2)
@@ -137,7 +138,16 @@ class UNet(nn.Module):
     def parts(self) -> dict[str, tuple[str, ...]]:
         """Named parts (for ``carry`` and partial loading) -> parameter-name prefixes."""
         dec = tuple(n for lv in range(self.depth, 1, -1) for n in (f"Up{lv}", f"Up_conv{lv}"))
-        return {"encoder": tuple(encoder_names(self.depth)), "decoder": dec, "head": ("Conv_1x1",)}
+        blocks = {
+            f"decoder{i}": (f"Up{lv}", f"Up_conv{lv}")
+            for i, lv in enumerate(range(self.depth, 1, -1), start=1)
+        }
+        return {
+            "encoder": tuple(encoder_names(self.depth)),
+            "decoder": dec,
+            **blocks,
+            "head": ("Conv_1x1",),
+        }
 
     def _check_taps(self, taps: Iterable[str]) -> dict[str, str]:
         roles = self.tap_blocks
@@ -175,9 +185,13 @@ class UNet(nn.Module):
         if all(r.startswith("encoder") for r in wanted):
             by_block = dict(zip(encoder_names(self.depth), enc, strict=True))
             return {r: by_block[b] for r, b in wanted.items()}
-        return self._decode(enc, wanted)[1]
+        return self._decode(enc, wanted, stop=True)[1]
 
-    def _decode(self, enc: list[Tensor], wanted: dict[str, str]) -> tuple[Tensor, dict]:
+    def _decode(
+        self, enc: list[Tensor], wanted: dict[str, str], stop: bool = False
+    ) -> tuple[Tensor | None, dict]:
+        """Logits and the wanted features; ``stop``: return (no logits) as soon as every wanted
+        block ran, so later blocks are neither computed nor updated (BatchNorm statistics)."""
         blocks = {b: r for r, b in wanted.items()}
         out = {
             r: f
@@ -191,6 +205,8 @@ class UNet(nn.Module):
             d = getattr(self, f"Up_conv{level}")(torch.cat([enc[level - 2], d], dim=1))
             if f"Up_conv{level}" in blocks:
                 out[blocks[f"Up_conv{level}"]] = d
+                if stop and len(out) == len(wanted):
+                    return None, out
         return self.Conv_1x1(d), out
 
     def decode_head(self, features: Tensor) -> Tensor:

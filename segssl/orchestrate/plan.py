@@ -237,6 +237,27 @@ def search_probe(stage: SearchStage, source: str = "<sweep>") -> RunConfig:
     return resolve_trial_config(probe, f"{source}: stages.{stage.stage} (search space probe)")
 
 
+def _inherited(parent: Trial, keys: list[str], where: str) -> dict[str, Any]:
+    """``{dotted key: value}`` of ``keys`` in the parent trial's resolved config.
+
+    Raises:
+        SpecError: a key the parent's config does not have.
+    """
+    data = parent.config.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for key in keys:
+        node: Any = data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise SpecError(
+                    f"{where}: {key!r} is not a key of the parent trial's config "
+                    f"(stage {parent.stage!r}); keys look like 'data.dataset'"
+                )
+            node = node[part]
+        out[key] = node
+    return out
+
+
 def _parent_checkpoint(storage: Path, parent_key: str, which: str) -> str:
     return str(storage / "trials" / parent_key / "checkpoints" / f"{which}.pt")
 
@@ -330,9 +351,14 @@ def plan_sweep(
         seen: set[str] = set()
         for parent in parents:
             seeds = spec.stage_seeds(name) or ([parent.seed] if parent else spec.seeds)
+            parent_raw = stage_raw
+            if parent is not None and st.inherit:
+                own = _absolutise(deep_merge({}, st.config), root_dir)
+                taken = _inherited(parent, st.inherit, f"{source}: stages.{name}.inherit")
+                parent_raw = deep_merge(deep_merge(base, taken), own)
             for values, variant in _combinations(st):
                 for seed in seeds:
-                    raw = stage_raw
+                    raw = parent_raw
                     if variant is not None:
                         raw = deep_merge(raw, st.variants[variant])
                     raw = deep_merge(raw, {**values, "seed": seed})

@@ -28,6 +28,9 @@ Rules (each checked before any work, with the file and key path in the message):
   never mix with the paper's (their keys differ too: the configs differ);
 * ``phantoms`` sets ``base.data.root`` to ``segssl-runs/phantoms/<dataset>-<scans>x<size>-s<seed>``
   (relative, resolved like every data path); :func:`ensure_phantoms` writes them on first use.
+  ``also: [msd-prostate, mmwhs-mr]`` writes phantoms of further datasets (same scans, size and
+  seed) beside it, for sweeps over several datasets: their stages point ``data.root`` at
+  ``segssl-runs/phantoms/<dataset>-<scans>x<size>-s<seed>``.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ _TOP_KEYS = (
     "phantoms",
 )
 _STAGE_KEYS = ("config", "grid", "zip", "variants", "seeds", "resources", "search")
-_PHANTOM_KEYS = ("dataset", "scans", "size", "seed")
+_PHANTOM_KEYS = ("dataset", "scans", "size", "seed", "also")
 
 
 class ProfileError(SpecError):
@@ -203,6 +206,9 @@ def _apply_phantoms(raw: dict[str, Any], over: Any, source: str, where: str) -> 
     for key in ("scans", "size", "seed"):
         if not isinstance(ph[key], int) or isinstance(ph[key], bool) or ph[key] < 0:
             raise ProfileError(f"{source}: {where}.{key}: expected a non-negative integer")
+    also = ph.get("also", [])
+    if not isinstance(also, list) or not all(isinstance(d, str) for d in also):
+        raise ProfileError(f"{source}: {where}.also: expected a list of dataset names")
     raw["phantoms"] = ph
     raw["base"] = _merge(raw.get("base") or {}, {"data": {"root": phantom_dir(ph)}})
 
@@ -278,6 +284,8 @@ def ensure_phantoms(phantoms: Mapping[str, Any] | None, root: str | Path | None 
 
     if phantoms is None:
         raise ValueError("the sweep has no phantoms (profile smoke sets them)")
+    for other in phantoms.get("also", []):
+        ensure_phantoms({**phantoms, "dataset": other, "also": []}, root)
     out = Path(root or Path.cwd()) / phantom_dir(phantoms)
     if (out / ".complete").is_file():
         return out

@@ -54,8 +54,10 @@ class SweepProgress:
         self.stages: dict[str, StageCounts] = {}
         self.console = console or Console(stderr=True)
         self._live: Live | None = None
-        self._enabled = live
+        # without a terminal (a log file, a Ray job) a live table cannot redraw: one line a trial
+        self._enabled = live and self.console.is_terminal
         self._starts: dict[str, float] = {}
+        self.names: dict[str, str] = {}  # trial key -> readable run name, for progress lines
         self.t0 = time.time()
 
     def add_stage(self, stage: str, total: int, skipped: int) -> None:
@@ -103,6 +105,7 @@ class SweepProgress:
             self._live.update(self.table(), refresh=True)
             self._live.stop()
             self._live = None
+            self.console.print()  # what follows starts on its own line
 
     def refresh(self) -> None:
         """Redraw (no-op when not live)."""
@@ -110,33 +113,55 @@ class SweepProgress:
             self._live.update(self.table(), refresh=True)
 
     # ---- events
-    def started(self, stage: str, trial_id: str) -> None:
+    def started(self, stage: str, trial_id: str, label: str = "") -> None:
         """A trial started (or restarted after a failure)."""
-        if trial_id not in self._starts:
-            self.stages[stage].running += 1
+        c = self.stages[stage]
+        first = trial_id not in self._starts
+        if first:
+            c.running += 1
         self._starts[trial_id] = self._starts.get(trial_id, time.time())
+        if first:
+            self._line(stage, f"started {label or trial_id}")
         self.refresh()
 
-    def ended(self, stage: str, trial_id: str, ok: bool) -> None:
+    def ended(
+        self,
+        stage: str,
+        trial_id: str,
+        ok: bool,
+        label: str = "",
+        metric: tuple[str, float] | None = None,
+    ) -> None:
         """A trial ended for good (finished, or failed after its retries)."""
         c = self.stages[stage]
         start = self._starts.pop(trial_id, None)
+        took = ""
         if start is not None:
             c.running = max(0, c.running - 1)
             c.durations.append(time.time() - start)
+            took = f" in {_fmt_eta(c.durations[-1])}"
         if ok:
             c.finished += 1
         else:
             c.failed += 1
-        if self._live is None and self._enabled is False:  # logs / Ray jobs: one line per trial
-            self.console.print(
-                f"[{self.name}/{stage}] {'finished' if ok else 'FAILED'}: "
-                f"{c.finished + c.skipped}/{c.total} done, {c.failed} failed, {c.running} running, "
-                f"{c.pending} pending; ETA {_fmt_eta(self.eta())}",
-                highlight=False,
-                markup=False,
-            )
+        value = f", {metric[0]} {metric[1]:.4f}" if metric is not None else ""
+        self._line(stage, f"{'finished' if ok else 'FAILED'} {label or trial_id}{took}{value}")
         self.refresh()
+
+    def _line(self, stage: str, event: str) -> None:
+        """Without a live table (log files, Ray jobs): one line per trial event with the counts,
+        the time elapsed and the ETA."""
+        if self._enabled:
+            return
+        c = self.stages[stage]
+        self.console.print(
+            f"[{self.name}/{stage}] {event}: {c.finished + c.skipped}/{c.total} done, "
+            f"{c.failed} failed, {c.running} running, {c.pending} pending; elapsed "
+            f"{_fmt_eta(time.time() - self.t0)}, ETA {_fmt_eta(self.eta())}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 class _TuneProgress:
@@ -154,7 +179,7 @@ class _TuneProgress:
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress is not None:
-            self.progress.started(self.stage, trial.trial_id)
+            self.progress.started(self.stage, trial.trial_id, _label(self.progress, trial))
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -166,12 +191,29 @@ class _TuneProgress:
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress is not None:  # a non-retryable failure ends the trial normally
-            failed = bool((trial.last_result or {}).get("segssl/failed"))
-            self.progress.ended(self.stage, trial.trial_id, ok=not failed)
+            result = trial.last_result or {}
+            failed = bool(result.get("segssl/failed"))
+            metric = next(
+                ((k, float(result[k])) for k in _SHOWN if isinstance(result.get(k), int | float)),
+                None,
+            )
+            label = _label(self.progress, trial)
+            self.progress.ended(self.stage, trial.trial_id, not failed, label, metric)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress is not None:
-            self.progress.ended(self.stage, trial.trial_id, ok=False)
+            self.progress.ended(self.stage, trial.trial_id, False, _label(self.progress, trial))
+
+
+_SHOWN = ("test/dsc", "best_val/dsc")  # the metric a finished trial's line shows, if logged
+
+
+def _label(progress: SweepProgress, trial: Any) -> str:
+    """A trial's name in progress lines: its run name (grid) or Tune's trial id (search)."""
+    key = (getattr(trial, "config", None) or {}).get("trial_key")
+    if key:
+        return progress.names.get(key, f"trial {key}")
+    return f"trial {trial.trial_id}"
 
 
 _CALLBACK_CLASS: type | None = None

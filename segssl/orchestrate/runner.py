@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segssl.config import flatten
-from segssl.orchestrate import tracking
+from segssl.orchestrate import mlflow_ui, tracking
 from segssl.orchestrate.claim import ClaimKeeper, SweepClaim, claim_sweep
 from segssl.orchestrate.datacheck import check_plan_data
 from segssl.orchestrate.interrupt import Interrupt, SweepInterrupted, catch_signals, make_stopper
@@ -223,16 +224,14 @@ def local_nodes(spec: SweepSpec, num_cpus: int | None) -> list[dict[str, Any]]:
 def _cluster_nodes(
     spec: SweepSpec, address: str | None, num_cpus: int | None, init_kwargs: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
-    """Nodes of the cluster a run would use, for ``--dry-run``: the local machine's resources
-    for a local Ray instance, the cluster's when ``address`` names one (connected read-only)."""
-    import_ray = address is not None
-    if not import_ray:
-        res = (init_kwargs or {}).get("resources")
+    """Nodes of the cluster a run would use, for ``--dry-run``: the cluster's when ``address``
+    names one or Ray already runs in this process, else the local machine's resources (what a
+    local Ray instance would get), without starting Ray."""
+    ray = sys.modules.get("ray")
+    if address is None and not (ray is not None and ray.is_initialized()):
         nodes = local_nodes(spec, num_cpus)
         if init_kwargs and "num_gpus" in init_kwargs:
             nodes[0]["Resources"]["GPU"] = float(init_kwargs["num_gpus"])
-        if res:
-            nodes[0]["Resources"].update(res)
         return nodes
     import ray
 
@@ -409,6 +408,8 @@ def _open_tracking(
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     exp_id = tracking.ensure_experiment(uri, spec.name, spec_hash(spec), extend=extend)
     outcome.experiment_id = exp_id
+    client = tracking._client(uri)  # the UI opens the study as an ML experiment on its runs
+    mlflow_ui.tag_experiment(client, exp_id, client.get_experiment(exp_id).tags)
     outcome.stale_marked = tracking.mark_stale_runs(uri, exp_id, everyone=takeover)
     other_drivers = tracking.live_sweep_runs(uri, exp_id)
     if other_drivers:  # a driver on another storage, logging into the same experiment
@@ -543,6 +544,7 @@ def _launch(
         assert ctx.sweep_run_id is not None
         keeper = ClaimKeeper(claim, also=lambda: tracking.touch_sweep_run(uri, ctx.sweep_run_id))
         progress = SweepProgress(plan.spec.name, plan.spec.max_concurrent, console, opts["live"])
+        progress.names = {t.key: t.name for t in plan.all_trials()}
         for s in plan.order:
             progress.add_stage(s, outcome.stages[s].planned, outcome.stages[s].skipped)
         run = _StageRun(
@@ -643,6 +645,8 @@ def run_sweep(
     plan = plan_sweep(spec, source=source, storage=storage, root=root)
     check_plan_tables(plan)
     uri = tracking.resolve_tracking_uri(tracking_uri, plan.storage)
+    if redact(uri) != uri:
+        tracking.redact_logging()
     tracking.check_tracking(uri)
     outcome = SweepOutcome(spec.name, uri, None, plan.storage, dry_run=dry_run)
     check_data = train_fn is None if check_data is None else check_data

@@ -33,6 +33,10 @@ Axes of a stage (all optional, multiplied together):
   ``num_samples`` trials on the validation metric; a search stage has no other axes and cannot
   feed another stage (its trials are only known while it runs).
 
+``inherit: [data.dataset, data.root, ...]`` (a derived stage): each trial takes these keys from
+its parent trial's resolved config (above ``base``, below the stage's own config and axes), so a
+stage that follows a stage sweeping datasets fine-tunes each pre-training on its own dataset.
+
 Seeds: a root stage (no ``from``) runs every combination for each seed in its ``seeds`` (default:
 the sweep's ``seeds``); a derived stage inherits its parent trial's seed, unless it lists its own
 ``seeds`` (then each parent trial is fanned out over them).
@@ -135,6 +139,10 @@ class StageSpec(_Strict):
 
     from_: str | None = Field(None, alias="from")
     checkpoint: Literal["last", "best"] = "last"
+    # dotted config keys (or whole sections) each trial takes from its parent trial's resolved
+    # config, e.g. [data.dataset, data.root] when the parent stage sweeps datasets; they sit
+    # between ``base`` and this stage's own config and axes
+    inherit: list[str] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     zip: list[dict[str, list[Any]]] = Field(default_factory=list)
@@ -192,6 +200,10 @@ class StageSpec(_Strict):
             raise ValueError(f"keys {dup} appear in more than one axis")
         if "seed" in keys:
             raise ValueError("'seed' is not an axis; use the 'seeds' list")
+        for key in self.inherit:
+            _check_key(key)
+        if self.inherit and self.from_ is None:
+            raise ValueError("'inherit' takes keys from the parent trial: it needs 'from'")
         return self
 
 
@@ -345,6 +357,7 @@ def spec_hash(spec: SweepSpec) -> str:
     stages = {}
     for name, st in spec.stages.items():
         stages[name] = {
+            **({"inherit": st.inherit} if st.inherit else {}),
             "from": st.from_,
             "checkpoint": st.checkpoint,
             "config": st.config,

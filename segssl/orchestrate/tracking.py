@@ -57,6 +57,7 @@ __all__ = [
     "live_sweep_runs",
     "mark_stale_runs",
     "redact",
+    "redact_logging",
     "resolve_tracking_uri",
     "close_stage_runs",
     "start_sweep_run",
@@ -89,6 +90,29 @@ def redact(text: str) -> str:
     or raised.
     """
     return _CREDENTIALS.sub(lambda m: f"{m['head']}:***@", text)
+
+
+def redact_logging() -> None:
+    """Redact passwords in URIs from every log record of this process from now on (MLflow and
+    its HTTP stack may log a request URL); idempotent."""
+    import logging
+
+    old = logging.getLogRecordFactory()
+    if getattr(old, "_segssl_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = old(*args, **kwargs)
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is logging's to report
+            return record
+        if "@" in text and "://" in text:
+            record.msg, record.args = redact(text), None
+        return record
+
+    factory._segssl_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def _split_credentials(url: str) -> tuple[str, dict[str, str]]:
@@ -394,7 +418,7 @@ def start_sweep_run(uri: str, exp_id: str, name: str, spec_hash: str, source: st
     client = _client(uri)
     run = client.create_run(
         exp_id,
-        run_name=f"{name} sweep {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        run_name=f"sweep {time.strftime('%m-%d %H:%M')}",  # short: the UI cuts long names
         tags={
             TAG_KIND: KIND_SWEEP,
             TAG_ROLE: ROLE_PARENT,

@@ -266,8 +266,10 @@ def run_trial(
     """
     from ray import tune
 
-    from segssl.orchestrate.tracking import TrialRecorder
+    from segssl.orchestrate.tracking import TrialRecorder, redact, redact_logging
 
+    if redact(ctx.tracking_uri) != ctx.tracking_uri:
+        redact_logging()
     if train_fn is None:
         from segssl.engine import train as train_fn  # noqa: PLC0415
     if tasks is not None:

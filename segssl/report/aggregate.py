@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,7 @@ class Leaf:
     filter: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     is_mean: bool = False
     metric: str | None = field(default=None, compare=False)
+    paper_only: bool = field(default=False, compare=False)  # the paper's numbers only
 
     @property
     def ident(self) -> tuple[str | None, str]:
@@ -93,6 +94,11 @@ class Leaf:
     @property
     def display(self) -> str:
         return self.label if self.group is None else f"{self.group} / {self.label}"
+
+    @property
+    def shown(self) -> str:
+        """The label as printed: ``(paper only)`` appended for a row without runs of ours."""
+        return f"{self.label} (paper only)" if self.paper_only else self.label
 
 
 # ---------------------------------------------------------------------------- key validation
@@ -288,7 +294,9 @@ def _config_keys(sub: pd.DataFrame, spec: TableSpec) -> list[str]:
     for k in param_keys(sub):
         if k == spec.seed_key or k in SELECT_IGNORE:
             continue
-        if sub[f"params.{k}"].map(norm_value).nunique() > 1:
+        col = sub[f"params.{k}"]
+        # equal texts are equal values: normalise only columns whose raw texts differ
+        if col.nunique(dropna=False) > 1 and col.map(norm_value).nunique() > 1:
             keys.append(k)
     return keys
 
@@ -632,7 +640,7 @@ def _table_runs(
                 "pass tracking_uri"
             )
         base = add_best_metric(base, tracking_uri, spec.select.metric, spec.select.mode)
-    rows = expand_rows(spec, base)  # the values observed under the table's filter
+    rows = _mark_paper_only(spec, expand_rows(spec, base))  # values under the table's filter
     cols = expand_columns(spec, base)
     _check_leaf_metrics(base, spec, [*rows, *cols])
     if not rows:
@@ -672,7 +680,7 @@ def _collect_cells(
         where = f"({r.display!r}, {c.display!r})"
         src, chosen = row_sel.get(r.ident, (base, ""))
         flt = {**c.filter, **r.filter}  # a row fixing a column key spans those columns
-        sub = src[filter_mask(src, flt)]
+        sub = src.iloc[0:0] if r.paper_only else src[filter_mask(src, flt)]
         if spec.select is not None and spec.select.scope == "cell":
             sub, chosen = _select(sub, spec, where)
         if r.metric and c.metric and r.metric != c.metric:
@@ -820,7 +828,11 @@ def _column_records(
 ) -> list[dict[str, Any]]:
     """The cell records of one column: summary, interval, marks, corrected tests, paper."""
     ranked = [
-        r for r in rows if r.label not in spec.rank_exclude and r.display not in spec.rank_exclude
+        r
+        for r in rows
+        if r.label not in spec.rank_exclude
+        and r.display not in spec.rank_exclude
+        and not r.paper_only
     ]
     means = {}
     for r in rows:
@@ -919,11 +931,20 @@ def _attach_layout(
     used = [rid for ids in out["run_ids"] for rid in ids]
     runs = base[base["run_id"].isin(used)]
     ranked = [
-        r for r in rows if r.label not in spec.rank_exclude and r.display not in spec.rank_exclude
+        r
+        for r in rows
+        if r.label not in spec.rank_exclude
+        and r.display not in spec.rank_exclude
+        and not r.paper_only
     ]
     caption = _caption(
         spec, ns, paper, _epoch_rule(runs), _definitions(runs, spec), ranked=len(ranked)
     )
+    if any(r.paper_only for r in rows):
+        caption += (
+            " Rows marked (paper only) are methods segssl does not implement: the paper's "
+            "numbers only."
+        )
     if partial_means:
         caption += (
             " The paper's 'mean' is left out where our group averages other columns than "
@@ -939,6 +960,29 @@ def _attach_layout(
         empty=empty,
         row_header=_row_header(spec),
     )
+
+
+def _mark_paper_only(spec: TableSpec, rows: list[Leaf]) -> list[Leaf]:
+    """Flag the rows named by ``spec.paper_only`` (by label or ``group / label``).
+
+    Raises:
+        ReportError: a name that is no row label.
+    """
+    if not spec.paper_only:
+        return rows
+    names = {norm_label(n) for n in spec.paper_only}
+    out = [
+        replace(r, paper_only=True) if {norm_label(r.label), norm_label(r.display)} & names else r
+        for r in rows
+    ]
+    known = {norm_label(x) for r in rows for x in (r.label, r.display)}
+    for n in spec.paper_only:
+        if norm_label(n) not in known:
+            raise ReportError(
+                f"table {spec.name!r}: paper_only names {n!r}, which is no row (rows: "
+                f"{', '.join(repr(r.display) for r in rows)})"
+            )
+    return out
 
 
 def _partial_means(paper: PaperTable, cols: list[Leaf]) -> set[tuple[str | None, str]]:
@@ -967,7 +1011,7 @@ def _empty_note(out: pd.DataFrame, rows: list[Leaf], cols: list[Leaf], base: pd.
     records = out.to_dict("records")
     for kind, leaves, key in (("row", rows, "row"), ("column", cols, "col")):
         for leaf in leaves:
-            if leaf.is_mean:
+            if leaf.is_mean or leaf.paper_only:
                 continue
             n = sum(
                 rec["n"]

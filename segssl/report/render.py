@@ -175,7 +175,7 @@ def render_md(agg: pd.DataFrame, spec: TableSpec) -> str:
                 text = f"<u>{text}</u>"
             cells.append(text + lay.p_text(rec))
         cells += [lay.cost_text(r)] if cost else []
-        lines.append(f"| {_md_escape(r.label)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_md_escape(r.shown)} | " + " | ".join(cells) + " |")
         if lay.has_paper:
             paper = [_paper_cell(lay.cell(r, c), d) for c in lay.cols] + ([""] if cost else [])
             lines.append("| ↳ paper | " + " | ".join(paper) + " |")
@@ -257,7 +257,7 @@ def render_latex(agg: pd.DataFrame, spec: TableSpec) -> str:
             if p:
                 text += f"\\,{{\\scriptsize {tex_escape(p.strip())}}}"
             cells.append(text)
-        out.append(" & ".join([tex_escape(r.label)] + cells) + " \\\\")
+        out.append(" & ".join([tex_escape(r.shown)] + cells) + " \\\\")
         if lay.has_paper:
             paper = [_paper_cell(lay.cell(r, c), d, "$\\pm$", "--") for c in lay.cols]
             out.append(
@@ -326,7 +326,7 @@ def render_html(agg: pd.DataFrame, spec: TableSpec) -> str:
             elif rec["mark"] == "second":
                 text = f"<u>{text}</u>"
             cells.append(f"<td>{text}{e(lay.p_text(rec))}</td>")
-        out.append(f"<tr><th>{e(r.label)}</th>" + "".join(cells) + "</tr>")
+        out.append(f"<tr><th>{e(r.shown)}</th>" + "".join(cells) + "</tr>")
         if lay.has_paper:
             paper = "".join(f"<td>{e(_paper_cell(lay.cell(r, c), d))}</td>" for c in lay.cols)
             out.append(f'<tr class="paper"><th><i>paper</i></th>{paper}</tr>')

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from segssl.report.aggregate import aggregate
-from segssl.report.curves import plot_curves
+from segssl.report.curves import plot_curves, plot_table_figure
 from segssl.report.errors import ReportError
 from segssl.report.render import FORMATS, csv_frame, render
 from segssl.report.runs import load_runs, parent_runs
@@ -63,7 +63,9 @@ def render_sweep_tables(
         base_dirs: folders where relative paper files are looked for (the sweep's folder).
         log_artifact: log the rendered text as ``tables/<sweep>.<ext>`` of the sweep's latest
             parent run, when there is one.
-        curves_dir: when given, write ``<table>_curves.png`` there for every table.
+        curves_dir: when given, write there for every table ``<table>_curves.png|pdf``
+            (validation Dice per epoch) and ``<table>_figure.png|pdf`` (the table's rows over
+            its columns, std bands, the paper's points).
         advise: ``(delta, alpha, power)``: append, per table, the seeds each cell needs to
             detect ``delta`` (:func:`segssl.report.stats.advise_seeds`).
 
@@ -82,6 +84,7 @@ def render_sweep_tables(
     if curves_dir is not None:
         for t, agg in built:
             plot_curves(agg, tracking_uri, Path(curves_dir) / f"{t.name}_curves.png")
+            plot_table_figure(agg, Path(curves_dir) / f"{t.name}_figure.png")
     if log_artifact:
         log_table_artifact(tracking_uri, name, text, f"tables/{name}.{EXTENSIONS[fmt]}")
     return text

@@ -178,6 +178,33 @@ def test_partition_sampler_structure(archives, tmp_path):
     assert len(seen_volumes) > 4  # drawn across the training volumes
 
 
+def test_more_partitions_than_slices_names_the_volume(archives, tmp_path):
+    cfg = _cfg(
+        archives["acdc"], tmp_path, partition_sampler=True, partitions=100, unlabeled_batch_size=100
+    )
+    with pytest.raises(
+        DataError, match=r"data.partitions=100: scans \['patient\d+_E[DS] \(\d+ slices\)'"
+    ):
+        build_data(cfg, seed=0, labeled=False, unlabeled=True)
+
+
+def test_partition_sampler_batch_not_a_multiple_of_s(archives, tmp_path):
+    # Chaitanya Table 5: a batch of 40 with S = 3 or 6; here 8 with S = 3: 3 volumes, the last
+    # one gives 2 of its 3 partitions (a random pair)
+    cfg = _cfg(
+        archives["acdc"], tmp_path, partition_sampler=True, partitions=3, unlabeled_batch_size=8
+    )
+    b = build_data(cfg, seed=0, labeled=False, unlabeled=True)
+    tails = set()
+    for batch in islice(b.unlabeled, 30):
+        parts = batch["partition"].tolist()
+        assert len(parts) == 8 and parts[:6] == [0, 1, 2, 0, 1, 2]
+        assert parts[6] < parts[7]
+        assert len(set(batch["scan"][6:])) == 1 and batch["scan"][6] not in batch["scan"][:6]
+        tails.add(tuple(parts[6:]))
+    assert tails == {(0, 1), (0, 2), (1, 2)}
+
+
 @pytest.mark.parametrize(
     "kw,pattern",
     [
@@ -187,8 +214,8 @@ def test_partition_sampler_structure(archives, tmp_path):
         (dict(labeled_scans=9), r"asks for 9 labeled scans but the training set has only 8"),
         (dict(split={"sizes": (5, 1, 1)}), r"needs 7 subjects but the dataset has only 6"),
         (
-            dict(partition_sampler=True, unlabeled_batch_size=8),
-            r"unlabeled_batch_size=8 must be a multiple of data.partitions=3",
+            dict(partition_sampler=True, unlabeled_batch_size=2),
+            r"unlabeled_batch_size=2 must be at least data.partitions=3",
         ),
     ],
 )

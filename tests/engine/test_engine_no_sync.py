@@ -23,7 +23,6 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from segssl.data import build_data
-from segssl.engine import build_optimizer
 from segssl.engine.loop import build_method
 from segssl.methods import REGISTRY, get_method
 from segssl.methods.base import Clock
@@ -154,17 +153,18 @@ def batches(tiny):
 
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_training_step_has_no_host_sync(name: str, tiny_method, batches) -> None:
-    """training_step + backward + optimiser step, twice, with the method's losses."""
+def test_training_step_has_no_host_sync(name: str, tiny_method, batches, engine_optimizers) -> None:
+    """training_step + backward + optimiser step + after_step, twice, for every method."""
     cls = get_method(name)
     cfg = tiny_method(name, train={"init_from": None})
     steps, num_classes = batches
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes)
     gen = torch.Generator().manual_seed(0)
-    cpu = torch.device("cpu")
-    method = build_method(cfg, cls, model, num_classes, ("RV", "Myo", "LV"), cpu, gen).train()
-    opt = build_optimizer(cfg.optim, list(method.named_parameters()))
+    method = build_method(
+        cfg, cls, model, num_classes, ("RV", "Myo", "LV"), torch.device("cpu"), gen
+    ).train()
+    opt = engine_optimizers(cfg, method)  # owned optimisers stepped by the method itself
 
     def two_steps() -> None:
         for i, (lab, unl) in enumerate(steps):
@@ -181,8 +181,8 @@ def test_training_step_has_no_host_sync(name: str, tiny_method, batches) -> None
     assert found == [], f"{name}: host synchronisation in the training step: {sorted(set(found))}"
 
 
-@pytest.mark.parametrize(("name", "stage"), [("baseline", "finetune"), ("bim", "pretrain")])
-def test_engine_step_has_no_host_sync(name: str, stage: str, tiny, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("name", sorted(n for n, cls in REGISTRY.items() if cls.init != "required"))
+def test_engine_step_has_no_host_sync(name: str, tiny_method, tmp_path, monkeypatch) -> None:
     """The engine's step (autocast, training_step, value logging, backward, clipping, scaler,
     optimiser, after_step) and the per-step bookkeeping of the epoch loop read nothing back;
     the batch drawing (host-side data pipeline) is not recorded."""
@@ -206,7 +206,7 @@ def test_engine_step_has_no_host_sync(name: str, stage: str, tiny, tmp_path, mon
 
     monkeypatch.setattr(loop._Batches, "draw", paused_draw)
     monkeypatch.setattr(loop._Run, "_step", recorded_step)
-    cfg = tiny(name, stage, train={"epochs": 1, "iters_per_epoch": 2}, optim={"grad_clip": 1.0})
+    cfg = tiny_method(name, train={"epochs": 1, "iters_per_epoch": 2}, optim={"grad_clip": 1.0})
     train(cfg, workdir=tmp_path)
     assert steps[0] == 2
     assert found == [], f"host synchronisation in the engine step: {sorted(set(found))}"

@@ -145,8 +145,8 @@ def test_test_metrics_come_from_the_best_validation_epoch(tiny, tmp_path: Path, 
     evaluate, tested = loop.evaluate, {}
     val_dsc = iter([0.9, 0.5, 0.4])
 
-    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix):
-        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix)
+    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest):
+        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest)
         if prefix == "val":
             out["val/dsc"] = next(val_dsc)
         else:
@@ -202,3 +202,35 @@ def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(tiny, tmp_path
     assert scalers == [("cpu", True)]
     assert seen == [(True, True, True)]
     assert result["runtime"] == {"device": "cpu", "amp": True, "channels_last": True}
+
+
+def test_best_validation_dice_and_epoch_are_reported(tiny, tmp_path: Path, monkeypatch):
+    """The last report carries best_val/dsc and best_epoch (the best validation Dice and the
+    epoch the test metrics come from), also when the best epoch was before an interruption: the
+    UI can sort on the number the table selects by."""
+    evaluate = loop.evaluate
+    val_dsc = iter([0.9, 0.5, 0.4, 0.3])
+
+    def spy(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest):
+        out = evaluate(predict, volumes, names, runtime, bs, multiple, distances, prefix, *rest)
+        if prefix == "val":
+            out["val/dsc"] = next(val_dsc)
+        return out
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    cfg = tiny("baseline", "finetune", train={"epochs": 3, "iters_per_epoch": 1})
+    reports: list[dict] = []
+
+    def stop_after_2(metrics: dict, step: int) -> None:
+        reports.append(metrics)
+        if step == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(cfg, stop_after_2, workdir=tmp_path)
+    result = train(cfg, lambda m, s: reports.append(m), workdir=tmp_path)
+    final = reports[-1]
+    assert final["best_val/dsc"] == pytest.approx(0.9) and final["best_epoch"] == 1.0
+    assert "test/dsc" in final and reports[-2]["val/dsc"] == pytest.approx(0.4)
+    assert result["metrics"]["best_val/dsc"] == pytest.approx(0.9)
+    assert all("best_val/dsc" not in r for r in reports[:-1])  # per epoch: val/dsc only

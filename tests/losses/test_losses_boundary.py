@@ -201,3 +201,47 @@ def test_local_ncc_multi_channel_b_equals_channel_by_channel() -> None:
         torch.testing.assert_close(out[:, c : c + 1], local_ncc(a, b[:, c : c + 1], 5))
     with pytest.raises(ValueError, match=r"a must be \(B, 1, H, W\).*got a \(2, 2, 9, 11\)"):
         local_ncc(b[:, :2], b, 5)
+
+
+@pytest.mark.parametrize("window", [3, 5, 7])
+def test_box_sum_equals_pooling_with_gradients(window: int) -> None:
+    """The shifted-add box filter is n * avg_pool2d (zero padding), its backward the pooling's."""
+    from segssl.losses.boundary import box_sum
+
+    g = torch.Generator().manual_seed(window)
+    x = torch.rand(2, 3, 9, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(2, 3, 9, 6, generator=g, dtype=torch.float64)
+    ref = window**2 * F.avg_pool2d(x, window, stride=1, padding=window // 2)
+    new = box_sum(x, window)
+    torch.testing.assert_close(new, ref)
+    (g_new,) = torch.autograd.grad((new * up).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * up).sum(), x)
+    torch.testing.assert_close(g_new, g_ref)
+    assert torch.autograd.gradcheck(
+        lambda t: box_sum(t, window), (x[:1, :1, :5, :4].detach().clone().requires_grad_(),)
+    )
+
+
+def test_local_ncc_with_pooled_box_sums_equals_shifted_adds() -> None:
+    """local_ncc (values and gradients) as it was written with avg_pool2d box sums."""
+    a = _texture(2, 20, 24, 1)
+    b = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(2), requires_grad=True)
+
+    def pooled(a: torch.Tensor, b: torch.Tensor, window: int = 5) -> torch.Tensor:
+        n, c = float(window * window), b.shape[1]
+        stacked = torch.cat([a, a * a, b, b * b, a * b], dim=1)
+        sums = n * F.avg_pool2d(stacked, window, stride=1, padding=window // 2)
+        s_a, s_aa = sums[:, :1], sums[:, 1:2]
+        s_b, s_bb, s_ab = sums[:, 2:].split(c, dim=1)
+        mean_a, mean_b = s_a / n, s_b / n
+        cross = s_ab - mean_b * s_a - mean_a * s_b + mean_a * mean_b * n
+        var_a = (s_aa - 2 * mean_a * s_a + mean_a * mean_a * n).clamp_min(0.0)
+        var_b = (s_bb - 2 * mean_b * s_b + mean_b * mean_b * n).clamp_min(0.0)
+        return cross * cross / (var_a * var_b + 1e-5)
+
+    up = torch.rand(2, 3, 20, 24, generator=torch.Generator().manual_seed(3))
+    new, ref = local_ncc(a, b), pooled(a, b)
+    torch.testing.assert_close(new, ref, rtol=1e-4, atol=1e-5)
+    (g_new,) = torch.autograd.grad((new * up).sum(), b)
+    (g_ref,) = torch.autograd.grad((ref * up).sum(), b)
+    torch.testing.assert_close(g_new, g_ref, rtol=1e-3, atol=1e-4)

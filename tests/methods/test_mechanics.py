@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -105,10 +104,15 @@ def test_mixup_is_the_convex_combination_drawn_from_the_generator() -> None:
     x, y = torch.rand(5, 1, 4, 4), torch.rand(5, 3, 4, 4)
     mx, my, lam, perm = mixup(x, y, 0.4, g)
     replay = torch.Generator().manual_seed(7)
-    seed = int(torch.randint(0, 2**62, (1,), generator=replay))
-    want_lam = float(np.random.default_rng(seed).beta(0.4, 0.4))
+    gammas = torch._standard_gamma(torch.full((2,), 0.4, dtype=torch.float64), generator=replay)
+    want_lam = (gammas[0] / gammas.sum()).float()
     want_perm = torch.randperm(5, generator=replay)
-    assert lam == want_lam and torch.equal(perm, want_perm)
+    assert torch.equal(lam, want_lam) and torch.equal(perm, want_perm)
+    assert lam.device.type == "cpu" and lam.ndim == 0
+    # Beta(alpha, alpha) moments: mean 1/2, variance 1 / (4 (2 alpha + 1))
+    draws = torch.stack([mixup(x, y, 0.4, g)[2] for _ in range(4000)]).double()
+    assert float(draws.mean()) == pytest.approx(0.5, abs=0.02)
+    assert float(draws.var()) == pytest.approx(1 / (4 * 1.8), abs=0.01)
     torch.testing.assert_close(mx, lam * x + (1 - lam) * x[perm])
     torch.testing.assert_close(my, lam * y + (1 - lam) * y[perm])
     with pytest.raises(ValueError, match="alpha must be > 0"):

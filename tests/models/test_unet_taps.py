@@ -69,7 +69,9 @@ def test_model_registry_selects_the_architecture_and_refuses_unknown_names():
     cfg = parse_run_config({"method": {"name": "baseline"}, "model": {"base_width": 4}})
     assert isinstance(cfg.model, UNetConfig) and cfg.model.input_multiple == 16
     assert all(cls.Config().name == key for key, cls in MODELS.items())
-    with pytest.raises(ValueError, match="unknown model 'unet50'.*known models: unet"):
+    with pytest.raises(
+        ValueError, match="unknown model .unet50..*known models: resnet50_unet, unet"
+    ):
         parse_run_config({"method": {"name": "baseline"}, "model": {"name": "unet50"}})
 
 

@@ -25,6 +25,23 @@ def expected_dsc(cfg: Any) -> float:
     return round(0.5 + 0.01 * n + 0.001 * cfg.seed + min(cfg.optim.lr, 0.1), 6)
 
 
+def _save_on_a_full_disk(path: Path) -> None:
+    """``save_checkpoint`` as the engine calls it, on a disk that fills up mid-write."""
+    from segssl.engine import checkpoint
+
+    def full(tmp: Path, data: bytes) -> None:
+        with open(tmp, "xb") as fh:
+            fh.write(bytes(data)[:16])
+        raise OSError(28, "No space left on device")
+
+    real = checkpoint._write_bytes
+    checkpoint._write_bytes = full
+    try:
+        checkpoint.save_checkpoint(path, {"epoch": 1})
+    finally:
+        checkpoint._write_bytes = real
+
+
 def quick_train(
     cfg: Any,
     report: Callable[[dict[str, float], int], None] | None = None,
@@ -48,6 +65,8 @@ def quick_train(
         from segssl.data.errors import DataError
 
         raise DataError("scan patient001 is unreadable")
+    if cfg.train.device == "disk-full":  # the disk fills up while the engine saves last.pt
+        _save_on_a_full_disk(wd / "checkpoints" / "last.pt")
     fail_marker = wd / "failed_once"
     epoch_s = float(os.environ.get("SEGSSL_TEST_EPOCH_S", "0"))
     dsc = expected_dsc(cfg)

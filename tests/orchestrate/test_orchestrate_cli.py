@@ -62,7 +62,9 @@ def test_dry_run_prints_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     one_gpu(monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    res = runner.invoke(app, ["sweep", str(sweep_file(tmp_path)), "--dry-run", "--skip-data-check"])
+    res = runner.invoke(
+        app, ["sweep", str(sweep_file(tmp_path)), "--dry-run", "--skip-data-check", "--no-cost"]
+    )
     assert res.exit_code == 0, res.output
     out = res.output
     assert "pretrain" in out and "finetune" in out
@@ -198,6 +200,7 @@ def test_submitted_job_sees_the_sweep_as_a_local_run(
             args[2],
             "--dry-run",
             "--skip-data-check",
+            "--no-cost",
             "--storage",
             store,
             "--root",

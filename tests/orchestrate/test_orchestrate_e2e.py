@@ -43,9 +43,13 @@ def test_demo_end_to_end_real_engine(ray_local: Any, tmp_path: Path) -> None:
     )
     store = tmp_path / "demo" / "segssl-runs" / "demo"
     uri = f"sqlite:///{store / 'mlflow.db'}"
-    assert ui == f"mlflow ui --backend-store-uri {uri}"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("demo")
+    assert ui == (
+        f"mlflow ui --backend-store-uri {uri}\n  then open http://127.0.0.1:5000/#/experiments/"
+        f"{exp.experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=segssl"
+    )
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([exp.experiment_id], "tags.`segssl.kind` = 'trial'")
     by_stage = Counter(r.data.tags["segssl.stage"] for r in runs)
     assert by_stage == {"baseline": 4, "full": 2, "pretrain": 2, "finetune": 4}

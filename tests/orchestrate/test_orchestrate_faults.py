@@ -435,6 +435,22 @@ def test_credentials_in_the_tracking_uri_are_used_and_never_shown(tmp_path: Path
     assert "s3cret" not in text and "ann:***@mlflow.example" in text
 
 
+def test_log_records_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    old = logging.getLogRecordFactory()
+    try:
+        tracking.redact_logging()
+        tracking.redact_logging()  # idempotent
+        with caplog.at_level(logging.INFO):
+            logging.getLogger("mlflow.x").info(
+                "API request to %s failed", "http://ann:pw@h:5000/api"
+            )
+        assert "ann:***@h:5000" in caplog.text and ":pw@" not in caplog.text
+    finally:
+        logging.setLogRecordFactory(old)
+
+
 def io_plan(uri: str) -> str:
     import io
 

@@ -133,3 +133,35 @@ def test_relative_data_root_resolved_against_root(tmp_path: Path) -> None:
     plan = plan_sweep(parse_sweep(raw), root=tmp_path)
     assert plan.trials["pretrain"][0].config.data.root == str(tmp_path / "data" / "acdc")
     assert plan.storage == tmp_path / "segssl-runs" / "t3"
+
+
+def test_inherit_takes_the_parents_dataset(tmp_path: Path) -> None:
+    import pytest
+
+    from segssl.orchestrate.spec import SpecError
+
+    raw = table3_like()
+    raw["stages"]["pretrain"]["grid"] = {}
+    raw["stages"]["pretrain"]["zip"] = [
+        {"data.dataset": ["acdc", "mmwhs-mr"], "data.root": ["d/acdc", "d/mmwhs"]}
+    ]
+    raw["stages"]["finetune"]["grid"] = {"data.labeled_scans": [1, 2]}
+    raw["stages"]["finetune"]["inherit"] = ["data.dataset", "data.root"]
+    plan = plan_sweep(parse_sweep(raw), storage=tmp_path / "s", root=tmp_path)
+    parents = {t.key: t for t in plan.trials["pretrain"]}
+    ft = plan.trials["finetune"]
+    assert len(ft) == 2 * 3 * 2  # each parent fine-tuned on its own dataset only
+    for t in ft:
+        p = parents[t.parent_key]
+        assert (t.config.data.dataset, t.config.data.root) == (
+            p.config.data.dataset,
+            p.config.data.root,
+        )
+        assert t.config.stage == "finetune"  # the stage's own config still applies
+    assert {t.config.data.dataset for t in ft} == {"acdc", "mmwhs-mr"}
+    raw["stages"]["finetune"]["inherit"] = ["data.datset"]
+    with pytest.raises(SpecError, match="'data.datset' is not a key of the parent trial's config"):
+        plan_sweep(parse_sweep(raw), storage=tmp_path / "s", root=tmp_path)
+    raw["stages"]["pretrain"]["inherit"] = ["data.dataset"]
+    with pytest.raises(SpecError, match="'inherit' takes keys from the parent trial: it needs"):
+        parse_sweep(raw)

@@ -144,3 +144,15 @@ def _write(tmp_path: Path) -> Path:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(sweep()))
     return path
+
+
+def test_phantoms_of_further_datasets(tmp_path: Path) -> None:
+    raw = sweep()
+    raw["profiles"]["smoke"]["phantoms"]["also"] = ["mmwhs-mr"]
+    spec = parse_sweep(raw, source="s.yaml", profile="smoke")
+    ensure_phantoms(spec.phantoms, tmp_path)
+    other = tmp_path / "segssl-runs/phantoms/mmwhs-mr-4x32-s0"
+    assert (other / ".complete").is_file() and any((other / "mr_train").iterdir())
+    raw["profiles"]["smoke"]["phantoms"]["also"] = "mmwhs-mr"
+    with pytest.raises(ProfileError, match=r"phantoms.also: expected a list of dataset names"):
+        parse_sweep(raw, source="s.yaml", profile="smoke")

@@ -351,3 +351,20 @@ def test_non_retryable_error_fails_once_with_its_reason(
     assert r.info.status == "FAILED" and r.data.tags["segssl.attempts"] == "1"  # not retried
     assert r.data.tags["segssl.retryable"] == "false"
     assert "DataError: scan patient001 is unreadable" in r.data.tags["segssl.end_reason"]
+
+
+def test_disk_full_fails_the_trial_with_path_and_errno(
+    ray_local: Any, tmp_path: Path, uri: str
+) -> None:
+    raw = spec_raw([0], name="diskfull")
+    raw["stages"]["pretrain"]["config"]["train"] = {"device": "disk-full"}
+    out = run(raw, tmp_path, uri)
+    assert out.stages["pretrain"].failed == 1 and out.stages["finetune"].blocked == 2
+    (r,) = trial_runs(uri, "diskfull")
+    reason = r.data.tags["segssl.end_reason"]
+    assert r.info.status == "FAILED" and r.data.tags["segssl.retryable"] == "false"
+    assert "last.pt: cannot write the checkpoint: [Errno 28] ENOSPC (disk full)" in reason
+    (why,) = out.failures  # the console summary groups by this reason
+    assert "Errno 28" in why and out.failures[why]["retryable"] is False
+    ckpts = list((tmp_path / "store" / "trials").glob("*/checkpoints/*"))
+    assert not [p for p in ckpts if ".tmp" in p.name]  # no temporary left behind

@@ -130,3 +130,23 @@ def test_refuses_to_run_a_sweep_a_live_driver_is_running(
             check_data=False,
         )
     assert client.get_run(other).info.status == "RUNNING"  # left alone
+
+
+def test_progress_without_a_terminal_prints_one_line_per_trial_event() -> None:
+    """`segssl sweep > log` (no TTY) with the default --live: per-trial lines are chosen
+    automatically (a live table cannot redraw in a file) with name, metric, elapsed and ETA."""
+    import io
+
+    out = io.StringIO()
+    p = SweepProgress("s", concurrency=1, console=Console(file=out, width=80), live=True)
+    p.names = {"k1": "baseline | lv | 1 scan | seed 0"}
+    with p:
+        p.add_stage("ft", total=2, skipped=0)
+        p.started("ft", "t1", "baseline | lv | 1 scan | seed 0")
+        p.ended("ft", "t1", True, "baseline | lv | 1 scan | seed 0", ("test/dsc", 0.8123))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[s/ft] started baseline | lv | 1 scan | seed 0: 0/2 done")
+    assert "finished baseline | lv | 1 scan | seed 0 in 0:00, test/dsc 0.8123: 1/2 done" in lines[1]
+    assert "elapsed 0:00, ETA 0:00" in lines[1] and len(lines) == 2
+    assert all(len(line) > 80 for line in lines)  # never wrapped at the console's width
+    assert "\x1b[" not in out.getvalue()  # no colour codes in a file

@@ -343,3 +343,75 @@ def test_caption_states_the_epoch_the_runs_were_tested_at(
     df["params.train.save_best"] = [flags[i % len(flags)] for i in range(len(df))]
     caption = aggregate(df, spec).attrs["caption"]
     assert expected in caption and absent not in caption
+
+
+def _sweep_table(file: str, name: str) -> TableSpec:
+    spec = yaml.safe_load((REPO / "experiments" / "sweeps" / file).read_text())
+    raw = next(t for t in spec["tables"] if t["name"] == name)
+    raw["paper"] = raw.get("paper") and {**raw["paper"], "file": "experiments/papers/gmi.yaml"}
+    return TableSpec.model_validate({k: v for k, v in raw.items() if v is not None})
+
+
+def test_gmi_fig4_curve_over_the_labeled_ratio(tmp_path: Path) -> None:
+    from segssl.report.curves import plot_table_figure
+
+    spec = _sweep_table("gmi_fig4_ratio.yaml", "fig4")
+    ratios = ["2%", "3%", "4%", "5%", "10%", "20%", "30%", "40%", "50%"]
+    recs = []
+    for i, (m, teacher, r, seed) in enumerate(
+        itertools.product(["baseline", "gmi"], ["false", "true"], ratios, [0, 1, 2])
+    ):
+        if m == "baseline" and teacher == "true":
+            continue
+        value = 0.5 + float(r[:-1]) / 200 + (0.05 if teacher == "true" else 0) + seed / 100
+        recs.append(
+            {
+                "run_id": f"r{i}",
+                "tags.segssl.stage": "gmi",
+                "params.method.name": m,
+                "params.method.teacher": teacher if m == "gmi" else None,
+                "params.data.labeled_scans": r,
+                "params.seed": str(seed),
+                "metrics.best_val/dsc": value,
+            }
+        )
+    df = pd.DataFrame(recs)
+    spec = spec.model_copy(update={"rows": {k: v for k, v in spec.rows.items() if "Mean" not in k}})
+    agg = aggregate(df, spec.model_copy(update={"select": None}), experiment="gmi-fig4")
+    assert [r.label for r in agg.attrs["rows"]] == [
+        "Partial Supervision",
+        "Ours",
+        "Ours (enhanced)",
+    ]
+    enh = agg[agg["row"] == "Ours (enhanced)"]
+    assert enh["col"].tolist() == ratios  # the ratios in the figure's order
+    assert enh["mean"].tolist() == pytest.approx([55 + float(r[:-1]) / 2 + 1 for r in ratios])
+    assert enh["std"].tolist() == pytest.approx([1.0] * 9) and enh["n"].tolist() == [3] * 9
+    png = plot_table_figure(agg, tmp_path / "fig4.png")[0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gmi_table2_rows_in_the_paper_order_with_its_numbers() -> None:
+    spec = _sweep_table("gmi_table2_layers.yaml", "table2")
+    labels = list(spec.rows)
+    df = pd.DataFrame(
+        [
+            {
+                "run_id": f"r{i}{s}",
+                "tags.segssl.stage": "gmi",
+                "params.variant": lab,
+                "params.seed": str(s),
+                "metrics.best_val/dsc": 0.8,
+                "metrics.best_val/dsc/RV": 0.7,
+                "metrics.best_val/dsc/Myo": 0.8,
+                "metrics.best_val/dsc/LV": 0.9,
+            }
+            for i, lab in enumerate(labels)
+            for s in range(3)
+        ]
+    )
+    agg = aggregate(df, spec, experiment="gmi-table2", base_dirs=[REPO])
+    assert [r.label for r in agg.attrs["rows"]][:3] == ["Conv5", "Upconv5", "Upconv4"]
+    last = agg[(agg["row"] == "Conv5 + Upconv3 + Upconv2") & (agg["col"] == "Mean")].iloc[0]
+    assert last["mean"] == pytest.approx(80.0) and last["paper_mean"] == 85.76
+    assert "| Conv5 + Upconv3 + Upconv2 |" in render(agg, spec, "md")

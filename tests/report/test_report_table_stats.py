@@ -194,3 +194,34 @@ def test_reading_states_paired_differences_and_never_claims_an_unsupported_gain(
     runs.loc[bim, "metrics.test/dsc"] += 0.1 + 0.001 * runs.loc[bim, "params.seed"].astype(int)
     strong = paired_reading(aggregate(runs, _spec(), experiment="x"), "bim", "Baseline")
     assert "A gain in every column that survives the corrected test" in strong
+
+
+def test_table_figure_png_and_pdf_with_std_bands_and_paper_points(tmp_path) -> None:
+    from matplotlib import pyplot as plt
+
+    import segssl.report.curves as curves
+
+    agg = aggregate(_runs(), _spec(paired_test=None), experiment="x")
+    agg.loc[agg["row"] == "bim", "paper_mean"] = [70.0, 90.0]
+    drawn: dict = {}
+    real = plt.Axes.fill_between, plt.Axes.errorbar
+
+    def fill(ax, x, lo, hi, **kw):  # record the std bands
+        drawn.setdefault("bands", []).append((np.asarray(lo), np.asarray(hi)))
+        return real[0](ax, x, lo, hi, **kw)
+
+    def err(ax, x, y, **kw):
+        drawn.setdefault("paper", []).append(np.asarray(y))
+        return real[1](ax, x, y, **kw)
+
+    plt.Axes.fill_between, plt.Axes.errorbar = fill, err
+    try:
+        png, pdf = curves.plot_table_figure(agg, tmp_path / "t_figure.png")
+    finally:
+        plt.Axes.fill_between, plt.Axes.errorbar = real
+    assert png.stat().st_size > 0 and pdf.read_bytes()[:4] == b"%PDF"
+    base = _v("baseline", 1)
+    lo, hi = drawn["bands"][0]
+    assert lo[0] == pytest.approx(base.mean() - base.std(ddof=1))
+    assert hi[0] == pytest.approx(base.mean() + base.std(ddof=1))
+    assert len(drawn["bands"]) == 3 and [list(p) for p in drawn["paper"]] == [[70.0, 90.0]]

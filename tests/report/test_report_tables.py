@@ -539,7 +539,30 @@ def test_curve_frame_mean_and_std_over_seeds(store: dict) -> None:
     assert cf.loc[2, "std"] == pytest.approx(want.std(ddof=1))
     assert cf.loc[2, "n"] == 3
     out = plot_curves(agg, store["uri"], Path(store["uri"][10:]).parent / "c.png")
-    assert out.stat().st_size > 1000
+    # every row's series is drawn: pixels of its line colour (matplotlib's C0, C1, C2) in each
+    # of the figure's panels, not an empty set of axes
+    from matplotlib import colors
+    from matplotlib import image as mpimg
+
+    png = mpimg.imread(out)[..., :3]
+    panels = np.array_split(png, len([c for c in agg.attrs["columns"] if not c.is_mean]), axis=1)
+    for i, row in enumerate(["Baseline", "Ours", "IIC"]):
+        rgb = np.array(colors.to_rgb(f"C{i}"))
+        for j, panel in enumerate(panels):
+            hits = int((np.abs(panel - rgb).max(axis=-1) < 0.08).sum())
+            assert hits > 30, (row, j, hits)
+
+
+def test_curves_refuse_an_empty_figure(store: dict, monkeypatch, tmp_path: Path) -> None:
+    """Histories that belong to none of the table's runs would give blank panels: an error."""
+    import segssl.report.curves as curves_mod
+
+    agg = aggregate(store["df"], _spec(), experiment=EXP)
+    other = pd.DataFrame({"run_id": ["nobody"] * 3, "step": [0, 1, 2], "value": [0.1, 0.2, 0.3]})
+    monkeypatch.setattr(curves_mod, "load_history", lambda *a, **k: other)
+    with pytest.raises(ReportError, match=r"none of its cells' runs has a 'val/dsc' history"):
+        plot_curves(agg, store["uri"], tmp_path / "empty.png")
+    assert not (tmp_path / "empty.png").exists()
 
 
 # -------------------------------------------------------------------------------- errors

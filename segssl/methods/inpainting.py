@@ -1,0 +1,58 @@
+"""Inpainting pre-training (Pathak et al., 2016, context encoder; a pretext task of Chaitanya
+Table 2).
+
+Random square regions of each unlabeled image are removed (set to 0); the whole U-Net, with a 1x1
+reconstruction convolution on its last decoder block, restores the image, with the squared error
+on the removed pixels (the context encoder's reconstruction term; its small adversarial term,
+weight 0.001 in the paper, is left out). Defaults: one square of half the image side (a quarter
+of the image, Pathak et al.'s region size). The network is carried; the reconstruction
+convolution is not (the segmentation layer is never trained here).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from torch import nn
+
+from segssl.config import MethodConfig
+from segssl.data.types import Batch
+from segssl.losses.pretext import inpainting_mask, masked_mse
+from segssl.methods.base import Clock, Method, MethodContext, StepOutput
+
+
+class Config(MethodConfig):
+    """Removed regions: ``regions`` squares of side ``size`` x the image side."""
+
+    name: Literal["inpainting"] = "inpainting"
+    size: float = Field(0.5, gt=0.0, lt=1.0)
+    regions: int = Field(1, ge=1)
+
+
+def last_decoder_role(model: nn.Module) -> str:
+    """The tap role of the model's last (full-resolution) decoder block."""
+    n = sum(1 for r in model.tap_channels if r.startswith("decoder"))
+    return f"decoder{n}"
+
+
+class Inpainting(Method):
+    """Reconstruct removed regions from their context."""
+
+    Config: ClassVar[type[MethodConfig]] = Config
+    uses_unlabeled = True
+    terms = {"inpainting": 1.0}
+
+    def __init__(self, model: nn.Module, cfg: Config, ctx: MethodContext) -> None:
+        super().__init__(model, cfg, ctx)
+        self.role = last_decoder_role(model)
+        ch = self.tap_channels(self.role)[self.role]
+        self.heads["reconstruction"] = nn.Conv2d(ch, model.in_channels, 1)
+
+    def training_step(self, labeled: None, unlabeled: Batch, clock: Clock) -> StepOutput:
+        x = unlabeled["image"]
+        mask = inpainting_mask(tuple(x.shape), self.cfg.size, self.cfg.regions, self.ctx.generator)
+        mask = mask.to(x.device, x.dtype)
+        feats = self.model.features(x * (1 - mask), [self.role])[self.role]
+        recon = self.heads["reconstruction"](feats)
+        return self.output({"inpainting": masked_mse(recon, x, mask)})

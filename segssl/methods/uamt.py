@@ -1,0 +1,92 @@
+"""Uncertainty-aware Mean Teacher (Yu et al. 2019; BIM paper, App. E).
+
+Mean Teacher whose consistency term keeps only the pixels where the teacher is certain: the
+teacher (EMA of the student, decay ``ema_decay``) runs ``passes`` Monte-Carlo dropout passes on
+the unlabeled batch (4 in the BIM paper; the model needs ``model.dropout > 0``) with
+``mean_teacher``'s input noise; their mean is the target and its pixel-wise entropy the
+uncertainty. Ramp-up, noise and evaluation network are ``mean_teacher``'s ("other settings the
+same as our Mean Teacher"). Pixels whose entropy is below a threshold that
+rises linearly from ``threshold_start * log K`` to ``log K`` over ``threshold_epochs`` (default:
+the whole run) enter ``L_MT``::
+
+    L = w_ce * CE(labeled) + w_cons * ramp(t) * mean_{certain pixels} (p^s - p^t)^2
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from segssl.config import MethodConfig
+from segssl.data.types import Batch
+from segssl.losses import (
+    cross_entropy,
+    mse_consistency,
+    predictive_entropy,
+    uncertainty_mask,
+    uncertainty_threshold,
+)
+from segssl.methods.base import Clock, Method, MethodContext, StepOutput
+from segssl.methods.mechanics import EMATeacher, RampUp, check_dropout, mc_dropout
+
+
+class Config(MethodConfig):
+    """Mean Teacher's settings (BIM: decay 0.99) plus the uncertainty mask's."""
+
+    name: Literal["uamt"] = "uamt"
+    w_ce: float = Field(1.0, ge=0.0)
+    w_cons: float = Field(1.0, ge=0.0)
+    ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
+    rampup: Literal["sigmoid", "linear", "cosine"] = "sigmoid"
+    rampup_epochs: float = Field(10.0, ge=0.0)  # as mean_teacher; must fit train.epochs
+    teacher_noise: float = Field(0.1, ge=0.0)  # as mean_teacher
+    evaluate: Literal["teacher", "student"] = "teacher"  # as mean_teacher
+    passes: int = Field(4, ge=1)
+    threshold_start: float = Field(0.75, ge=0.0, le=1.0)  # fraction of log K at the start
+    threshold_epochs: float | None = Field(None, ge=0.0)  # None: the whole run
+
+
+class UAMT(Method):
+    """Cross-entropy plus masked consistency with an MC-dropout EMA teacher."""
+
+    Config: ClassVar[type[MethodConfig]] = Config
+    uses_labeled = True
+    uses_unlabeled = True
+    terms = {"ce": "w_ce", "cons": "w_cons", "certain": None}
+
+    def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
+        super().__init__(model, cfg, ctx)
+        check_dropout(model)  # before any training: MC dropout needs dropout layers
+        self.teacher = EMATeacher(model, cfg.ema_decay)
+        self.ramp = RampUp.checked(cfg.rampup, cfg.rampup_epochs, ctx, "method.rampup_epochs")
+        span = ctx.epochs if cfg.threshold_epochs is None else cfg.threshold_epochs
+        self.threshold_ramp = RampUp.checked("linear", span, ctx, "method.threshold_epochs")
+        self.predict_with = "teacher" if cfg.evaluate == "teacher" else "model"
+
+    def threshold(self, clock: Clock) -> float:
+        """The entropy threshold (nats) at this step."""
+        k = self.ctx.num_classes
+        return uncertainty_threshold(k, self.threshold_ramp(clock), self.cfg.threshold_start)
+
+    def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
+        x_l, x_u, sigma = labeled["image"], unlabeled["image"], self.cfg.teacher_noise
+        logits = self.model(torch.cat([x_l, x_u]))
+        noise = (torch.randn_like(x_u) * sigma).clamp(-2 * sigma, 2 * sigma)
+        with torch.no_grad():
+            passes = mc_dropout(self.teacher.net, x_u + noise, self.cfg.passes)
+            target = passes.float().softmax(2).mean(0)
+            mask = uncertainty_mask(predictive_entropy(target), self.threshold(clock))
+        student = logits[len(x_l) :].float().softmax(1)
+        parts = {
+            "ce": cross_entropy(logits[: len(x_l)], labeled["label"], check_range=False),
+            "cons": mse_consistency(student, target, mask),
+            "certain": mask.mean(),
+        }
+        return self.output(
+            {k: v for k, v in parts.items() if k in self.loss_parts()}, {"cons": self.ramp(clock)}
+        )
+
+    def after_step(self, clock: Clock) -> None:
+        self.teacher.update(self.model)

@@ -1,0 +1,54 @@
+"""Where the libraries' log lines go during a sweep: a file in the sweep's storage.
+
+By default only segssl's own lines reach the console (the plan, the progress, the summary, the
+MLflow UI link). Ray's and MLflow's loggers (Ray's start-up notices, MLflow's database
+migrations, Python warnings) are written to ``<storage>/logs/segssl-<time>.log`` instead, whose
+path the command prints; ``-v`` keeps them on the console as well. Trial workers' output stays
+in Ray's session logs unless ``-v`` forwards it to the driver (``ray.init(log_to_driver=...)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+__all__ = ["LIBRARY_LOGGERS", "route_library_logs"]
+
+LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "sqlalchemy", "py.warnings", "filelock", "urllib3")
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    """A handler writing to a terminal stream (MLflow wraps stderr in its own stream object)."""
+    return isinstance(handler, logging.StreamHandler) and not isinstance(
+        handler, logging.FileHandler
+    )
+
+
+def route_library_logs(storage: Path, verbose: bool = False) -> Path:
+    """Send the libraries' log records to a new file under ``storage/logs``; return its path.
+
+    Ray and MLflow attach their console handlers when first imported, so they are imported
+    here (a sweep imports both anyway) before their handlers are replaced.
+
+    Args:
+        storage: the sweep's storage folder (created if missing).
+        verbose: also keep the libraries' own console output.
+    """
+    import mlflow  # noqa: F401 - attaches its handlers now, so that they can be replaced
+    import ray  # noqa: F401
+
+    log_dir = Path(storage) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"segssl-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.captureWarnings(True)
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not verbose:
+            for h in [h for h in logger.handlers if _is_console(h)]:
+                logger.removeHandler(h)
+            logger.propagate = False
+        logger.addHandler(handler)
+    return path

@@ -1,0 +1,73 @@
+"""The bench scripts keep working: gpu_check.py's CPU smoke mode produces every field of the GPU
+check; bench_methods.py records and replays the network passes of a method's step."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_mode_reports_every_field(tmp_path: Path) -> None:
+    gpu_check = _load("gpu_check")
+    out = tmp_path / "check.json"
+    args = ["--cpu", "--json", str(out), "--start-delay", "4", "--pack-steps", "1"]
+    result = gpu_check.main([*args, "--procs", "1", "2"])  # the GPU check runs 1, 2 and 4
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    rows = {(r["step"], r["precision"], r["channels_last"]): r for r in result["variants"]}
+    assert set(rows) == {
+        (k, p, c)
+        for k in ("bare", "baseline", "bim")
+        for p in ("fp32", "bf16", "fp16")
+        for c in (False, True)
+    }
+    for (kind, prec, cl), r in rows.items():
+        assert r["ms_per_step"] > 0 and r["peak_mem_mb"] > 0
+        fp32 = rows[(kind, "fp32", False)]["ms_per_step"]
+        assert math.isclose(r["vs_fp32"], r["ms_per_step"] / fp32, rel_tol=1e-9)
+        if kind == "bim":
+            bare = rows[("bare", prec, cl)]["ms_per_step"]
+            assert math.isclose(r["bim_over_bare"], r["ms_per_step"] / bare, rel_tol=1e-9)
+        else:
+            assert "bim_over_bare" not in r
+    packing = result["packing"]
+    assert [r["processes"] for r in packing] == [1, 2]
+    assert packing[0]["vs_one_process"] == 1.0
+    assert all(r["steps_per_s"] > 0 for r in packing)
+    base = packing[0]["steps_per_s"]
+    assert all(math.isclose(r["vs_one_process"], r["steps_per_s"] / base) for r in packing)
+    assert result["device"] == "cpu"
+
+
+def test_gpu_check_without_cuda_asks_for_cpu_mode(monkeypatch) -> None:
+    gpu_check = _load("gpu_check")
+    monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device: run with --cpu"):
+        gpu_check.main([])
+
+
+def test_bench_methods_replays_every_network_pass(acdc_root: Path, monkeypatch) -> None:
+    """bench_methods records the passes a step makes (a teacher's too) and times both sides."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    bench = _load("bench_methods")
+    args = argparse.Namespace(size=32, width=4, batch=3, repeats=1, warmup=0)
+    bim = bench.bench_method("bim", args, acdc_root)
+    assert bim["passes"] == 2  # s(x) and s(T(x))
+    assert bim["bare_ms"] > 0 and bim["step_ms"] > 0
+    assert math.isclose(bim["cpu_ratio"], bim["step_ms"] / bim["bare_ms"], rel_tol=1e-9)
+    assert bench.bench_method("mean_teacher", args, acdc_root)["passes"] == 2  # + the teacher

@@ -1,0 +1,103 @@
+"""Dry-run cost: FLOPs per iteration from a calibration run equal an independent count, the
+estimate's arithmetic, the cache, and the printout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from segssl.models import UNet
+from segssl.orchestrate.cost import cost_signature, estimate_plan, format_costs
+from segssl.orchestrate.plan import plan_sweep
+from segssl.orchestrate.spec import parse_sweep
+
+
+def _spec() -> dict:
+    return {
+        "name": "c",
+        "seeds": [0, 1],
+        "base": {
+            "data": {
+                "preprocess": {"size": [32, 32], "spacing": None, "fit": "resize"},
+                "batch_size": 2,
+                "target": "lv",
+            },
+            "augment": {"crop": 32},
+            "model": {"base_width": 4},
+            "train": {"epochs": 3, "iters_per_epoch": 7, "progress": False},
+        },
+        "stages": {
+            "base": {
+                "config": {"stage": "finetune", "method": {"name": "baseline"}},
+                "grid": {"data.labeled_scans": [1, 2], "optim.lr": [1.0e-3, 1.0e-2]},
+            }
+        },
+    }
+
+
+def _unet_step_flops(batch: int, size: int, width: int) -> float:
+    """Forward and backward of the bare U-Net on one batch (the bulk of a baseline step)."""
+    model = UNet(1, 2, base_width=width)
+    x = torch.randn(batch, 1, size, size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x).sum().backward()
+    return float(counter.get_total_flops())
+
+
+def test_calibrated_flops_match_the_networks_and_the_estimate_adds_up(tmp_path: Path) -> None:
+    spec = parse_sweep(_spec())
+    plan = plan_sweep(spec, source="c.yaml", storage=tmp_path / "s", root=tmp_path)
+    sigs = {str(cost_signature(t.config)) for t in plan.trials["base"]}
+    assert len(sigs) == 1  # labeled scans, seed and learning rate do not change the arithmetic
+    calls: list[str] = []
+    cache = tmp_path / "cost.json"
+    (c,) = estimate_plan(plan, cache, gpu_tflops=2.0, log=calls.append)
+    assert len(calls) == 1 and cache.is_file()
+    want = _unet_step_flops(2, 32, 4)
+    assert c.flops_per_iter == pytest.approx(want, rel=0.05)
+    assert (c.trials, c.iters) == (8, 21)
+    assert c.gpu_hours == pytest.approx(c.flops_per_iter * 21 * 8 / 2e12 / 3600)
+    calls.clear()
+    (again,) = estimate_plan(plan, cache, gpu_tflops=4.0, log=calls.append)
+    assert calls == [] and again.gpu_hours == pytest.approx(c.gpu_hours / 2)  # cached
+    text = format_costs([c], 2.0)
+    assert "assumed 2 TFLOP/s sustained" in text and "total" in text.splitlines()[-1]
+    with pytest.raises(ValueError, match="--gpu-tflops must be positive"):
+        estimate_plan(plan, cache, gpu_tflops=0)
+
+
+def test_dry_run_prints_the_cost_per_stage_and_total(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from segssl.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_spec()))
+    res = CliRunner().invoke(
+        app, ["sweep", str(path), "--dry-run", "--skip-data-check", "--gpu-tflops", "5"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "assumed 5 TFLOP/s sustained" in res.output
+    row = next(ln for ln in res.output.splitlines() if ln.strip().startswith("base "))
+    assert row.split()[1:3] == ["8", "21"]  # trials, iterations per trial
+    assert (tmp_path / "segssl-runs" / "cost-cache.json").is_file()
+    bad = CliRunner().invoke(app, ["sweep", str(path), "--dry-run", "--gpu-tflops", "0"])
+    assert bad.exit_code == 2 and "--gpu-tflops 0.0: expected a positive" in bad.output
+
+
+def test_large_slices_are_measured_small_and_scaled_by_pixels(tmp_path: Path) -> None:
+    raw = _spec()
+    raw["base"]["data"]["preprocess"]["size"] = [160, 160]
+    raw["base"]["augment"]["crop"] = 128
+    plan = plan_sweep(parse_sweep(raw), source="c.yaml", storage=tmp_path / "s", root=tmp_path)
+    (c,) = estimate_plan(plan, tmp_path / "cost.json", gpu_tflops=1.0)
+    assert c.flops_per_iter == pytest.approx(_unet_step_flops(2, 128, 4), rel=0.05)
