@@ -139,8 +139,9 @@ def optimizer_params(cfg: RunConfig, method: Method) -> dict[str, tuple[Optimize
     method does not step itself (``Method.optimizers``); every group prefix is checked.
 
     Raises:
-        ValueError: ``optim.extra`` names an optimiser the method does not own, a group prefix
-            matches no parameter, or an optimiser has nothing to train.
+        ValueError: ``optim.extra`` names an optimiser the method does not own, a parameter is
+            under the prefixes of two owned optimisers, a group prefix matches no parameter, or
+            an optimiser has nothing to train.
     """
     owned = method.optimizers
     unknown = sorted(set(cfg.optim.extra) - set(owned))
@@ -153,7 +154,18 @@ def optimizer_params(cfg: RunConfig, method: Method) -> dict[str, tuple[Optimize
     for name, p in method.named_parameters():
         if p.requires_grad:
             hit = [o for o, pre in owned.items() if any(_under(name, q) for q in pre)]
+            if len(hit) > 1:
+                raise ValueError(
+                    f"parameter {name!r} is under the prefixes of several owned optimisers "
+                    f"{hit}; each parameter belongs to one optimiser"
+                )
             named[hit[0] if hit else MAIN].append((name, p))
+    for key, prefixes in owned.items():
+        if not named[key]:
+            raise ValueError(
+                f"owned optimiser {key!r}: its prefixes {list(prefixes)} hold no trainable "
+                "parameter (frozen, or a teacher)"
+            )
     plain = cfg.optim.model_copy(update={"groups": {}})
     out = {}
     for key, params in named.items():
@@ -469,6 +481,7 @@ class _Run:
         cfg, rt = self.cfg, self.runtime
         ipe = cfg.train.iters_per_epoch
         clock = Clock(epoch * ipe + it + 1, epoch, ipe, cfg.train.epochs * ipe)
+        self._stepped: tuple[int, set[str]] = (clock.step, set())
         lab, unl = self.batches.draw(self.method_cls.uses_labeled, self.method_cls.uses_unlabeled)
         with torch.autocast(rt.device.type, enabled=rt.amp):
             out = self.method.training_step(lab, unl, clock)
@@ -479,7 +492,20 @@ class _Run:
         return _step_values({**out, **extra} if extra else out)
 
     def _own_step(self, key: str, loss: torch.Tensor) -> None:
-        """Backward ``loss`` and step optimiser ``key`` (GradScaler, clipping)."""
+        """Backward ``loss`` and step optimiser ``key`` (GradScaler, clipping).
+
+        Raises:
+            RuntimeError: ``key`` was already stepped in this training step (GradScaler allows
+                one step per optimiser between updates; refused on every device alike).
+        """
+        step, done = self._stepped
+        if key in done:
+            raise RuntimeError(
+                f"optimiser {key!r} was stepped twice in step {step}: each optimiser steps at most "
+                "once per training step (AMP's GradScaler updates its scale once per step); "
+                "take several updates over consecutive steps instead"
+            )
+        done.add(key)
         opt, clip = self.optimizers[key], self.settings[key].grad_clip
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
