@@ -6,7 +6,11 @@ their inputs), then measures side by side, interleaved as in ``bench_bim_step.py
 
 * ``bare``: the same network calls on the same inputs with a trivial loss (the mean of every
   output), backward and the optimiser step: what the step costs without the method's own work;
-* ``step``: the method's full step: ``training_step``, backward, optimiser step.
+* ``step``: the method's full step: ``training_step``, backward, optimiser step,
+  ``after_step`` (e.g. an EMA teacher's update).
+
+Networks are every module of the model's class in the method (the student and, e.g., an EMA
+teacher); a call made without gradients (a teacher's pass) is replayed without them.
 
 The ratio step / bare (median of per-repeat ratios, in wall time and in process CPU time) is the
 method's overhead over the passes it needs; the target is <= 1.5 (bim: <= 1.3). Methods are
@@ -19,7 +23,6 @@ Usage: ``python bench/bench_methods.py [--size 128] [--width 16] [--batch 8] [--
 from __future__ import annotations
 
 import argparse
-import inspect
 import statistics
 import tempfile
 import time
@@ -38,16 +41,17 @@ def _stage(cls: Any) -> str:
 
 
 class _Recorder:
-    """Records the top-level network calls (forward with taps, encode) a step makes."""
+    """Records the top-level calls (forward with taps, encode) a step makes to every network of
+    the method's model class (the student and, e.g., an EMA teacher), with the grad mode."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model, self.calls, self.depth = model, [], 0
-        self.forward, self.encode = model.forward, model.encode
+    def __init__(self, networks: list[torch.nn.Module]) -> None:
+        self.networks, self.calls, self.depth = networks, [], 0
 
-    def _wrap(self, kind: str, fn: Callable) -> Callable:
+    def _wrap(self, net: torch.nn.Module, kind: str, fn: Callable) -> Callable:
         def call(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             if self.depth == 0:
-                self.calls.append((kind, x.detach(), args, kwargs))
+                grad = torch.is_grad_enabled()
+                self.calls.append((net, kind, x.detach(), args, kwargs, grad))
             self.depth += 1
             try:
                 return fn(x, *args, **kwargs)
@@ -57,12 +61,14 @@ class _Recorder:
         return call
 
     def __enter__(self) -> _Recorder:
-        self.model.forward = self._wrap("forward", self.forward)
-        self.model.encode = self._wrap("encode", self.encode)
+        for net in self.networks:
+            net.forward = self._wrap(net, "forward", net.forward)
+            net.encode = self._wrap(net, "encode", net.encode)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        del self.model.forward, self.model.encode  # back to the class methods
+        for net in self.networks:
+            del net.forward, net.encode  # back to the class methods
 
 
 def _outputs(out: Any) -> list[torch.Tensor]:
@@ -73,20 +79,13 @@ def _outputs(out: Any) -> list[torch.Tensor]:
     return [t for v in out for t in _outputs(v)]
 
 
-def _step_fn(method: Any) -> Callable[[Any, Any], dict]:
-    """``training_step`` called with the arguments its signature takes (a ``clock`` if any)."""
-    params = inspect.signature(method.training_step).parameters
-    if "clock" not in params:
-        return method.training_step
-    from segssl.methods import base
+def _mid_run_clock(cfg: Any) -> Any:
+    """A clock half-way through the run (ramp-ups under way)."""
+    from segssl.methods.base import Clock
 
-    clock_cls = getattr(base, "Clock", None) or getattr(base, "StepClock", None)
-    if clock_cls is None:
-        raise SystemExit("training_step takes a clock but segssl.methods.base has no Clock")
-    fields = inspect.signature(clock_cls).parameters
-    values = {"step": 1, "epoch": 0, "iters_per_epoch": 100, "total_steps": 10000, "epochs": 100}
-    clock = clock_cls(**{k: v for k, v in values.items() if k in fields})
-    return lambda lab, unl: method.training_step(lab, unl, clock=clock)
+    ipe = cfg.train.iters_per_epoch
+    total = cfg.train.epochs * ipe
+    return Clock(total // 2, cfg.train.epochs // 2, ipe, total)
 
 
 def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, float]:
@@ -95,8 +94,8 @@ def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, f
     from segssl.config import parse_run_config
     from segssl.data import build_data
     from segssl.engine import build_optimizer
+    from segssl.engine.loop import build_method
     from segssl.methods import get_method
-    from segssl.methods.base import MethodContext
     from segssl.models import build_model
 
     cls = get_method(name)
@@ -134,26 +133,28 @@ def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, f
     data.close()
     torch.manual_seed(0)
     model = build_model(cfg.model, data.num_classes)
-    ctx = MethodContext(
-        data.num_classes,
-        tuple(data.class_names),
-        torch.device("cpu"),
-        cfg.augment,
-        cfg.data.partitions,
-        torch.Generator().manual_seed(1),
-    )
-    method = cls(model, cfg.method, ctx).train()
-    opt = build_optimizer(cfg.optim, [p for p in method.parameters() if p.requires_grad])
-    training_step = _step_fn(method)
-    with _Recorder(model) as rec:
+    gen = torch.Generator().manual_seed(1)
+    method = build_method(
+        cfg, cls, model, data.num_classes, tuple(data.class_names), torch.device("cpu"), gen
+    ).train()
+    opt = build_optimizer(cfg.optim, [(k, p) for k, p in method.named_parameters()])
+    clock = _mid_run_clock(cfg)
+
+    def training_step(lab: dict | None, unl: dict | None) -> dict:
+        return method.training_step(lab, unl, clock)
+
+    networks = list({id(m): m for m in method.modules() if isinstance(m, type(model))}.values())
+    with _Recorder(networks) as rec:
         training_step(lab, unl)
     calls = rec.calls
 
     def bare() -> None:
         opt.zero_grad(set_to_none=True)
         outs = []
-        for kind, x, a, kw in calls:
-            outs += _outputs(model(x, *a, **kw) if kind == "forward" else model.encode(x))
+        for net, kind, x, a, kw, grad in calls:
+            with torch.set_grad_enabled(grad):
+                out = _outputs(net(x, *a, **kw) if kind == "forward" else net.encode(x))
+            outs += [o for o in out if o.requires_grad]
         sum(o.float().mean() for o in outs).backward()
         opt.step()
 
@@ -161,6 +162,7 @@ def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, f
         opt.zero_grad(set_to_none=True)
         training_step(lab, unl)["loss"].backward()
         opt.step()
+        method.after_step(clock)
 
     fns = {"bare": bare, "step": step}
     wall = _interleaved_times(fns, args.repeats, args.warmup)

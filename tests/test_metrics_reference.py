@@ -127,3 +127,12 @@ def test_unknown_definitions_are_refused() -> None:
         MetricDefs(hd95="mean")
     with pytest.raises(ValueError, match="nsd_tolerance must be a positive"):
         MetricDefs(nsd_tolerance=0)
+
+
+def test_unknown_hd95_variant_in_a_run_config_is_refused_before_work() -> None:
+    from segssl.config import ConfigError, parse_run_config
+
+    with pytest.raises(ConfigError, match=r"metrics.hd95.*'max' or 'pooled'"):
+        parse_run_config({"method": {"name": "baseline"}, "metrics": {"hd95": "mean"}}, "r.yaml")
+    cfg = parse_run_config({"method": {"name": "baseline"}}, "r.yaml")
+    assert cfg.metrics.hd95 == "max" and cfg.metrics.nsd_tolerance == 1.0

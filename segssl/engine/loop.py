@@ -139,8 +139,9 @@ def optimizer_params(cfg: RunConfig, method: Method) -> dict[str, tuple[Optimize
     method does not step itself (``Method.optimizers``); every group prefix is checked.
 
     Raises:
-        ValueError: ``optim.extra`` names an optimiser the method does not own, a group prefix
-            matches no parameter, or an optimiser has nothing to train.
+        ValueError: ``optim.extra`` names an optimiser the method does not own, a parameter is
+            under the prefixes of two owned optimisers, a group prefix matches no parameter, or
+            an optimiser has nothing to train.
     """
     owned = method.optimizers
     unknown = sorted(set(cfg.optim.extra) - set(owned))
@@ -153,7 +154,18 @@ def optimizer_params(cfg: RunConfig, method: Method) -> dict[str, tuple[Optimize
     for name, p in method.named_parameters():
         if p.requires_grad:
             hit = [o for o, pre in owned.items() if any(_under(name, q) for q in pre)]
+            if len(hit) > 1:
+                raise ValueError(
+                    f"parameter {name!r} is under the prefixes of several owned optimisers "
+                    f"{hit}; each parameter belongs to one optimiser"
+                )
             named[hit[0] if hit else MAIN].append((name, p))
+    for key, prefixes in owned.items():
+        if not named[key]:
+            raise ValueError(
+                f"owned optimiser {key!r}: its prefixes {list(prefixes)} hold no trainable "
+                "parameter (frozen, or a teacher)"
+            )
     plain = cfg.optim.model_copy(update={"groups": {}})
     out = {}
     for key, params in named.items():

@@ -121,10 +121,20 @@ class Method(nn.Module):
 
     def output(self, parts: dict[str, Tensor], scale: dict[str, Any] | None = None) -> StepOutput:
         """``{"loss": sum(weight * scale * part), **parts detached}``; ``scale`` holds
-        time-varying factors (ramp-ups). The parts must be exactly :meth:`loss_parts`."""
+        time-varying factors (ramp-ups) by term name. The parts must be exactly :meth:`loss_parts`;
+        every ``scale`` key must be a weighted term of ``terms`` (one switched off included).
+
+        Raises:
+            KeyError: the parts differ from :meth:`loss_parts`, or a ``scale`` key names no
+                weighted term.
+        """
         if set(parts) != set(self.loss_parts()):
             raise KeyError(f"parts {sorted(parts)} differ from loss_parts {self.loss_parts()}")
         scale = scale or {}
+        weighted = [t for t, w in self.terms.items() if w is not None]
+        stray = sorted(set(scale) - set(weighted))
+        if stray:  # a misspelt ramp-up key would leave its term at full weight
+            raise KeyError(f"scale {stray} names no weighted term; weighted terms {weighted}")
         total = sum(w * scale.get(k, 1.0) * parts[k] for k, w in self.weights().items())
         return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
 

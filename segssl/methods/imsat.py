@@ -17,7 +17,7 @@ from pydantic import Field
 from segssl.augment import PairedTransform
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
-from segssl.losses.imsat import imsat_loss, imsat_terms
+from segssl.losses.imsat import imsat_objective, imsat_terms
 from segssl.methods.base import Clock, Method, MethodContext, StepOutput
 from segssl.methods.pictures import cluster_figures
 from segssl.models.heads import ClusterHeads
@@ -59,11 +59,10 @@ class IMSAT(Method):
             state.geometry(p, padding_mode="border")
             for p in self.heads["cluster"](f_x[cfg.dense_tap])
         ]
-        pairs = list(zip(p_aug, p_ref, strict=True))
-        total = torch.stack([imsat_loss(a, r, cfg.lamda, cfg.mu, cfg.sat_weight) for a, r in pairs])
-        with torch.no_grad():
-            terms = [imsat_terms(a, r) for a, r in pairs]
-        parts = {k: torch.stack([t[k] for t in terms]).mean() for k in terms[0]}
+        # each head's terms once: the loss is formed from them and they are logged as well
+        terms = [imsat_terms(a, r) for a, r in zip(p_aug, p_ref, strict=True)]
+        total = torch.stack([imsat_objective(t, cfg.lamda, cfg.mu, cfg.sat_weight) for t in terms])
+        parts = {k: torch.stack([t[k].detach() for t in terms]).mean() for k in terms[0]}
         parts["imsat"] = total.mean()
         return self.output(parts)
 

@@ -36,10 +36,13 @@ class EMATeacher(nn.Module):
     * ``"train"`` (default, as Tarvainen & Valpola's code): the teacher runs in the method's
       mode, its BatchNorms use batch statistics while training and update their own running
       statistics from the teacher's forward passes; dropout is active (the teacher's noise).
-    * ``"eval"``: the teacher always runs in eval mode (running statistics, no dropout).
+    * ``"eval"``: the teacher always runs in eval mode (running statistics, no dropout). Its
+      forward passes never update its running statistics, so they follow the student's: floating
+      buffers are averaged with the same decay as the weights, the others (``num_batches_tracked``)
+      copied.
 
-    Buffers are never averaged. ``teacher(x)`` runs the teacher without gradients. In the
-    method's ``state_dict`` the teacher's tensors are ``<attribute>.net.*``.
+    In ``"train"`` mode buffers are not averaged. ``teacher(x)`` runs the teacher without
+    gradients. In the method's ``state_dict`` the teacher's tensors are ``<attribute>.net.*``.
     """
 
     def __init__(
@@ -69,10 +72,17 @@ class EMATeacher(nn.Module):
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
-        """One EMA step over the parameters (``lerp`` towards the student by ``1 - decay``)."""
+        """One EMA step over the parameters (``lerp`` towards the student by ``1 - decay``); in
+        ``"eval"`` mode over the buffers too (see the class docstring)."""
         t = [p for p in self.net.parameters()]
         s = [p.detach() for p in student.parameters()]
         torch._foreach_lerp_(t, s, 1.0 - self.decay)
+        if self.bn == "eval":
+            for tb, sb in zip(self.net.buffers(), student.buffers(), strict=True):
+                if tb.is_floating_point():
+                    tb.lerp_(sb, 1.0 - self.decay)
+                else:
+                    tb.copy_(sb)
 
     @torch.no_grad()
     def forward(self, x: Tensor, **kwargs) -> Tensor:  # noqa: ANN003 - the network's taps etc.

@@ -270,3 +270,37 @@ def test_a_checkpoint_from_before_contract_v2_is_not_resumed_and_not_touched(tin
     ft = {"train": {"epochs": 1, "iters_per_epoch": 1, "pictures": 0, "init_from": str(last)}}
     out = train(tiny("finetune", "finetune", **ft), workdir=tmp_path / "ft")
     assert "Conv1.0.weight" in out["init"]["loaded"]
+
+
+class _TwoOwned(_AdvProbe):
+    """The probe with a frozen module besides its discriminator (the test sets ``optimizers``)."""
+
+    optimizers = {"disc": ("disc",), "frozen": ("frozen",)}
+
+    def __init__(self, model, cfg, ctx) -> None:
+        super().__init__(model, cfg, ctx)
+        self.frozen = nn.Conv2d(1, 1, 1).requires_grad_(False)
+
+
+@pytest.mark.parametrize(
+    ("optimizers", "match"),
+    [
+        (
+            {"disc": ("disc",), "disc_w": ("disc",)},
+            r"'disc.weight' is under the prefixes of several owned optimisers \['disc', 'disc_w'\]",
+        ),
+        (
+            {"disc": ("disc",), "frozen": ("frozen",)},
+            r"owned optimiser 'frozen': its prefixes \['frozen'\] hold no trainable parameter",
+        ),
+    ],
+)
+def test_owned_optimisers_hold_each_parameter_once(
+    optimizers, match, tiny, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setitem(REGISTRY, "adv_probe", _TwoOwned)
+    monkeypatch.setattr(_TwoOwned, "optimizers", optimizers)
+    cfg = tiny("adv_probe", "finetune", train={"epochs": 1, "iters_per_epoch": 1, "pictures": 0})
+    with pytest.raises(EngineConfigError, match=match):
+        train(cfg, workdir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()

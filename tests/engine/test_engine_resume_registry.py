@@ -9,9 +9,12 @@ import pytest
 import torch
 
 import segssl.engine.loop as loop
+from segssl.config import MethodConfig
 from segssl.engine import save_checkpoint, train
 from segssl.engine.checkpoint import load_checkpoint
+from segssl.losses import cross_entropy
 from segssl.methods import REGISTRY
+from segssl.methods.base import Method
 from segssl.models import build_model
 
 
@@ -89,3 +92,39 @@ def test_the_comparison_catches_a_resume_that_drops_the_teacher(tiny_method, tmp
     monkeypatch.setattr(loop._Run, "_restore", old_restore)
     diff = _resumed_differences(_config("mean_teacher", tiny_method, tmp_path), tmp_path)
     assert any(d.startswith(".method.teacher.") for d in diff)
+
+
+class _DiscConfig(MethodConfig):
+    name: str = "disc_probe"
+
+
+class _DiscProbe(Method):
+    """CE through the model and a discriminator on its predictions, stepped with its own
+    optimiser (Adam state, warm-up schedule, clipping) in ``after_step``."""
+
+    Config = _DiscConfig
+    uses_labeled = True
+    terms = {"ce": 1.0}
+    optimizers = {"disc": ("disc",)}
+
+    def __init__(self, model, cfg, ctx) -> None:
+        super().__init__(model, cfg, ctx)
+        self.disc = torch.nn.Sequential(torch.nn.Conv2d(ctx.num_classes, 4, 1), torch.nn.Dropout())
+
+    def training_step(self, labeled, unlabeled, clock):
+        logits = self.model(labeled["image"])
+        self._fake = logits.detach().softmax(1)
+        return self.output({"ce": cross_entropy(logits, labeled["label"])})
+
+    def after_step(self, clock):
+        self.optimizer_step("disc", self.disc(self._fake).pow(2).mean())
+
+
+def test_an_owned_optimiser_resumes_bit_exact(tiny_method, tiny, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(REGISTRY, "disc_probe", _DiscProbe)
+    disc = {"name": "adam", "lr": 1e-2, "warmup_factor": 4, "warmup_epochs": 1, "grad_clip": 0.1}
+    cfg = tiny("disc_probe", "finetune", optim={"extra": {"disc": disc}})
+    cfg = cfg.model_copy(update={"train": _config("baseline", tiny_method, tmp_path).train})
+    assert _resumed_differences(cfg, tmp_path) == []
+    last = load_checkpoint(tmp_path / "cut/checkpoints/last.pt")
+    assert last["optimizers"]["disc"]["state"]  # Adam moments of the discriminator

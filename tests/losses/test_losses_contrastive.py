@@ -259,3 +259,39 @@ def test_negatives_check_from_grid_size_equals_the_mask(rule: str) -> None:
                 mask = negative_mask((gh, gw), d, rule)
                 want = bool(mask.any(1).all())
                 assert _every_anchor_has_negatives((gh, gw), d, rule) == want, (gh, gw, d)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 4, 6, 7)])
+def test_imsat_terms_equal_the_concatenated_formulation_with_gradients(shape) -> None:
+    """imsat_terms (each log once, no concatenated copy) equals the formulas written on the
+    concatenation of both views, in values and in the gradients of both inputs."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(shape, generator=g).softmax(1).requires_grad_()
+    r = torch.randn(shape, generator=g).softmax(1)
+    r[0, 0] = 0.0  # an exact zero (masked pixel, border)
+    r = r.requires_grad_()
+
+    def reference(a: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
+        both = torch.cat([a, r])
+        dims = [0] + list(range(2, both.ndim))
+        m = both.mean(dim=dims)
+        t = r.detach()
+        return {
+            "marginal_entropy": -(m * torch.log(m.clamp_min(1e-10))).sum(),
+            "conditional_entropy": -(both * torch.log(both.clamp_min(1e-10))).sum(1).mean(),
+            "sat": (t * (torch.log(t.clamp_min(1e-10)) - torch.log(a.clamp_min(1e-10))))
+            .sum(1)
+            .mean(),
+        }
+
+    new, ref = imsat_terms(a, r), reference(a, r)
+    for key in ref:
+        torch.testing.assert_close(new[key], ref[key])
+        g_new = torch.autograd.grad(new[key], (a, r), retain_graph=True, allow_unused=True)
+        g_ref = torch.autograd.grad(ref[key], (a, r), retain_graph=True, allow_unused=True)
+        for x, y in zip(g_new, g_ref, strict=True):
+            if y is None or x is None:
+                assert (x is None or not x.any()) and (y is None or not y.any()), key
+            else:
+                torch.testing.assert_close(x, y)
+    torch.testing.assert_close(imsat_loss(a, r, 0.1, 4.0, 1.0), imsat_loss(a, r))

@@ -127,3 +127,21 @@ def test_two_stream_is_one_pass_with_shared_batch_statistics() -> None:
     joint = net(torch.cat([lab, unl]))
     assert torch.equal(out_l, joint[:2]) and torch.equal(out_u, joint[2:])
     assert not torch.allclose(out_l, net(lab))  # separate passes would normalise differently
+
+
+def test_an_eval_mode_teacher_s_batchnorm_statistics_follow_the_student() -> None:
+    """A teacher that always runs in eval mode never updates its own running statistics: they
+    are averaged from the student's like its weights (else they stay the initial ones)."""
+    torch.manual_seed(0)
+    student = UNet(1, 2, base_width=4, depth=3).train()
+    teacher = EMATeacher(student, decay=0.9, bn="eval")
+    t0 = {k: v.clone() for k, v in teacher.net.named_buffers()}
+    student(torch.randn(4, 1, 32, 32) * 3 + 2)  # moves the student's running statistics
+    teacher.update(student)
+    for name, s in student.named_buffers():
+        got = dict(teacher.net.named_buffers())[name]
+        if s.is_floating_point():
+            torch.testing.assert_close(got, 0.9 * t0[name] + 0.1 * s)
+        else:  # num_batches_tracked
+            assert torch.equal(got, s)
+    assert any(not torch.equal(t0[n], b) for n, b in teacher.net.named_buffers())

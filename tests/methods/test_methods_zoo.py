@@ -238,3 +238,33 @@ def test_bad_input_is_refused_when_the_method_is_built(tiny, name, sections, mat
     stage = "pretrain" if name == "gmi_pretrain" else "semi"
     with pytest.raises(ValueError, match=match):
         _method(tiny(name, stage, **sections))
+
+
+@pytest.mark.parametrize("name", ["mean_teacher", "gmi"])
+def test_a_semi_method_starts_from_pretrained_weights_teacher_included(
+    name, tiny, tiny_method, tmp_path, monkeypatch
+) -> None:
+    """Table 6's "MT + pre-training" rows: a semi method initialised by a pre-training stage
+    (train.init_from, its 1x1 head excluded) starts, EMA teacher included, from those weights."""
+    import segssl.engine.loop as loop
+    from segssl.engine import train
+    from segssl.engine.checkpoint import load_checkpoint
+
+    short = {"epochs": 1, "iters_per_epoch": 1}
+    pre = train(tiny("bim", "pretrain", train=short), workdir=tmp_path / "p")
+    weights = load_checkpoint(pre["checkpoints"]["last"])["model"]
+    snap: dict = {}
+    real = loop.build_method
+
+    def spy(*args, **kwargs):
+        method = real(*args, **kwargs)
+        snap.update({k: v.clone() for k, v in method.teacher.net.state_dict().items()})
+        return method
+
+    monkeypatch.setattr(loop, "build_method", spy)
+    init = {"init_from": pre["checkpoints"]["last"], "init_exclude": ["Conv_1x1"]}
+    method = {"teacher": True} if name == "gmi" else {}
+    train(tiny_method(name, method=method, train={**short, **init}), workdir=tmp_path / "s")
+    assert snap, "the method was not built"
+    body = [k for k in weights if not k.startswith("Conv_1x1")]
+    assert body and all(torch.equal(snap[k], weights[k]) for k in body)

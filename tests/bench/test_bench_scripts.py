@@ -1,4 +1,5 @@
-"""bench/gpu_check.py keeps working: its CPU smoke mode produces every field of the GPU check."""
+"""The bench scripts keep working: gpu_check.py's CPU smoke mode produces every field of the GPU
+check; bench_methods.py records and replays the network passes of a method's step."""
 
 from __future__ import annotations
 
@@ -56,3 +57,17 @@ def test_gpu_check_without_cuda_asks_for_cpu_mode(monkeypatch) -> None:
     monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device: run with --cpu"):
         gpu_check.main([])
+
+
+def test_bench_methods_replays_every_network_pass(acdc_root: Path, monkeypatch) -> None:
+    """bench_methods records the passes a step makes (a teacher's too) and times both sides."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    bench = _load("bench_methods")
+    args = argparse.Namespace(size=32, width=4, batch=3, repeats=1, warmup=0)
+    bim = bench.bench_method("bim", args, acdc_root)
+    assert bim["passes"] == 2  # s(x) and s(T(x))
+    assert bim["bare_ms"] > 0 and bim["step_ms"] > 0
+    assert math.isclose(bim["cpu_ratio"], bim["step_ms"] / bim["bare_ms"], rel_tol=1e-9)
+    assert bench.bench_method("mean_teacher", args, acdc_root)["passes"] == 2  # + the teacher
