@@ -118,7 +118,7 @@ def test_chaitanya_table1() -> None:
 def test_chaitanya_table2_with_paper_only_rows() -> None:
     agg, spec = check_table("chaitanya_table2.yaml", "table2", [0, 1, 2, 3, 4, 5])
     got = agg.set_index(["row", "col_group", "col"])["paper_mean"]
-    assert got[("Proposed init. + Mixup [62]", "ACDC", "|Xtr|=2")] == 0.826
+    assert got[("Proposed init. + Mixup [62]", "ACDC", "|Xtr|=2")] == 0.826  # run by mixup
     assert got[("Data Aug. [9]", "Prostate", "|Xtr|=1")] == 0.585  # paper only
     assert math.isnan(got[("Data Aug. [9] + Mixup [62]", "ACDC", "|Xtr|=2")])  # "-" in the paper
     # the benchmark spans each dataset's columns with one value
