@@ -60,38 +60,43 @@ def _batch(args: argparse.Namespace, device: torch.device, num_classes: int = 4)
 
 
 def _method(name: str, args: argparse.Namespace, device: torch.device, channels_last: bool):
-    from segssl.config import AugmentConfig, ModelConfig
+    """The method as the engine builds it (run config, model registry, method context)."""
+    from segssl.config import parse_run_config
+    from segssl.engine.loop import build_method
     from segssl.methods import get_method
-    from segssl.methods.base import MethodContext
     from segssl.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(base_width=args.width), 4)
-    ctx = MethodContext(
-        4,
-        ("a", "b", "c"),
-        device,
-        AugmentConfig(crop=args.size),
-        3,
-        torch.Generator().manual_seed(1),
+    pretrain = name == "bim"
+    cfg = parse_run_config(
+        {
+            "stage": "pretrain" if pretrain else "finetune",
+            "data": {"root": "unused", "preprocess": {"size": [args.size, args.size]}},
+            "augment": {"crop": args.size},
+            "model": {"base_width": args.width, "freeze": ["Conv_1x1"] if pretrain else []},
+            "method": {"name": name, **({"k": args.k} if pretrain else {})},
+        }
     )
-    cls = get_method(name)
-    overrides = {"k": args.k} if name == "bim" else {}
-    method = cls(model, cls.Config(**overrides), ctx).to(device).train()
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 4)
+    gen = torch.Generator().manual_seed(1)
+    method = build_method(cfg, get_method(name), model, 4, ("a", "b", "c"), device, gen)
+    method = method.to(device).train()
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
-    return method
+    return method, cfg
 
 
 def make_step(
     kind: str, precision: str, channels_last: bool, args: argparse.Namespace, device: torch.device
 ) -> Callable[[], None]:
     """One engine-like optimisation step of ``kind`` (baseline, bim or bare)."""
-    from segssl.config import OptimConfig
     from segssl.engine import build_optimizer
+    from segssl.methods.base import Clock
 
-    method = _method("baseline" if kind == "baseline" else "bim", args, device, channels_last)
-    opt = build_optimizer(OptimConfig(), method.parameters())
+    method, run = _method("baseline" if kind == "baseline" else "bim", args, device, channels_last)
+    opt = build_optimizer(run.optim, [p for p in method.parameters() if p.requires_grad])
+    total = run.train.epochs * run.train.iters_per_epoch
+    clock = Clock(total // 2, run.train.epochs // 2, run.train.iters_per_epoch, total)
     batch = _batch(args, device)
     if channels_last:
         batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
@@ -107,8 +112,8 @@ def make_step(
             feats = [method.model(v, taps=list(cfg))[1] for v in (x, tx)]
             return sum(f.float().mean() for d in feats for f in d.values())
         if kind == "baseline":
-            return method.training_step(batch, None)["loss"]
-        return method.training_step(None, batch)["loss"]
+            return method.training_step(batch, None, clock)["loss"]
+        return method.training_step(None, batch, clock)["loss"]
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=amp):
