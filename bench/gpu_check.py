@@ -7,8 +7,10 @@ One run (under 8 minutes on one GPU; PyTorch and segssl only, no Ray or MLflow) 
   AMP fp16 (with a GradScaler, as the engine runs it), each in the default and the
   ``channels_last`` memory format: time per step and the ratio to the same step in fp32;
 * ``bare``: the two tapped U-Net passes a bim step needs, and the ratio bim / bare per variant;
-* peak device memory of one step (``torch.cuda.max_memory_allocated``; on CPU the process's
-  peak resident size, which is not per step);
+* peak device memory of one step of each variant on its own (``torch.cuda.max_memory_allocated``
+  over the step, plus the variant's resident weights, gradients, optimiser state and batch; the
+  other variants resident in the process are not counted); on CPU the process's peak resident
+  size, which is not per step;
 * packing: 1, 2 and 4 training processes (bim, the engine's CUDA settings: AMP fp16 and
   channels_last) on the same device at once, total steps/s relative to one process, i.e. what
   ``gpu: 0.5`` / ``gpu: 0.25`` in a sweep buys.
@@ -136,15 +138,45 @@ def _time_steps(step: Callable[[], None], n: int, device: torch.device) -> float
     return (time.perf_counter() - t) / n
 
 
-def _peak_mb(step: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
+def _allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    torch.cuda.reset_peak_memory_stats(device)
+
+
+def _max_allocated(device: torch.device) -> int:
+    return torch.cuda.max_memory_allocated(device)
+
+
+def _build_and_peak(
+    variant: tuple, args: argparse.Namespace, device: torch.device
+) -> tuple[Callable[[], None], float]:
+    """Build a variant's step, warm it up and measure the peak memory of one step (MiB).
+
+    On a GPU the peak is the variant's OWN: what the step allocates on top of the memory resident
+    before it, plus what the variant keeps resident (weights, gradients, optimiser state, batch),
+    so the other variants built in the same process (all 18 stay resident for the interleaved
+    timing) are not counted. On the CPU it is the process's peak resident size.
+    """
+    cuda = device.type == "cuda"
+    if cuda:
         _synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        _synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        before_build = _allocated(device)
+    fn = make_step(*variant, args, device)
+    for _ in range(args.warmup):  # warm-up (cuDNN autotuning, allocator)
+        fn()
+    if not cuda:
+        fn()
+        return fn, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    _synchronize(device)
+    before_step = _allocated(device)
+    _reset_peak(device)
+    fn()
+    _synchronize(device)
+    own = before_step - before_build
+    return fn, (_max_allocated(device) - before_step + own) / 2**20
 
 
 def _supported(precision: str, device: torch.device) -> bool:
@@ -162,12 +194,9 @@ def measure_variants(args: argparse.Namespace, device: torch.device) -> list[dic
         for cl in (False, True)
         if _supported(prec, device)
     ]
-    steps = {v: make_step(*v, args, device) for v in variants}
-    peaks = {}
-    for v, fn in steps.items():  # warm-up (cuDNN autotuning, allocator) and peak memory
-        for _ in range(args.warmup):
-            fn()
-        peaks[v] = _peak_mb(fn, device)
+    steps, peaks = {}, {}
+    for v in variants:
+        steps[v], peaks[v] = _build_and_peak(v, args, device)
     times: dict[tuple, list[float]] = {v: [] for v in variants}
     for r in range(args.rounds):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]
