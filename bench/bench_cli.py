@@ -42,6 +42,11 @@ def write_study(sweep: Path, workdir: Path) -> str:
     os.chdir(workdir)  # MLflow's default artifact root (./mlruns) lands in the scratch folder
     spec = load_sweep(sweep)
     plan = plan_sweep(spec, source=str(sweep), storage=workdir / "storage", root=workdir)
+    for root in sorted({str(t.config.data.root) for t in plan.all_trials()}):
+        if not Path(root).exists():  # the dry run checks the data: tiny phantoms stand in
+            from segssl.data import synthesize
+
+            synthesize(plan.all_trials()[0].config.data.dataset, root, scans=10, size=32, seed=0)
     uri = f"sqlite:///{workdir / 'storage' / 'mlflow.db'}"
     (workdir / "storage").mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
@@ -124,8 +129,8 @@ def main() -> None:
             cells = []
             for tree in trees:
                 own = tree / "experiments" / "sweeps" / sweep.name  # each tree reads its own copy
-                argv = [str(own) if a == str(sweep) and own.is_file() else a for a in argv]
-                med, rc = time_command(tree, argv, work, args.repeats)
+                cmd = [str(own) if a == str(sweep) and own.is_file() else a for a in argv]
+                med, rc = time_command(tree, cmd, work, args.repeats)
                 cells.append(f"{med:>24.2f}{'!' if rc else ' ':>2}")
             print(f"{label:<20}" + "".join(cells))
 

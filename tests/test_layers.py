@@ -68,3 +68,33 @@ def test_blocking_really_blocks() -> None:
         "t.TrialRecorder('sqlite:///x.db', '0', None, 'z')\n"
     )
     assert proc.returncode != 0 and "blocked import of mlflow" in proc.stderr
+
+
+def test_report_does_not_reach_up_into_orchestrate() -> None:
+    """The report layer reads runs through segssl.sqlite_store, never segssl.orchestrate."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+            import ast, pathlib, segssl.report
+            bad = []
+            for f in pathlib.Path(segssl.report.__path__[0]).rglob("*.py"):
+                for node in ast.walk(ast.parse(f.read_text())):
+                    names = []
+                    if isinstance(node, ast.ImportFrom) and node.module:
+                        names = [node.module]
+                    elif isinstance(node, ast.Import):
+                        names = [a.name for a in node.names]
+                    bad += [f"{f.name}: {n}" for n in names if n.startswith("segssl.orchestrate")]
+            assert not bad, bad
+            """
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr

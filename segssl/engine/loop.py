@@ -481,6 +481,7 @@ class _Run:
         cfg, rt = self.cfg, self.runtime
         ipe = cfg.train.iters_per_epoch
         clock = Clock(epoch * ipe + it + 1, epoch, ipe, cfg.train.epochs * ipe)
+        self._stepped: tuple[int, set[str]] = (clock.step, set())
         lab, unl = self.batches.draw(self.method_cls.uses_labeled, self.method_cls.uses_unlabeled)
         with torch.autocast(rt.device.type, enabled=rt.amp):
             out = self.method.training_step(lab, unl, clock)
@@ -491,7 +492,20 @@ class _Run:
         return _step_values({**out, **extra} if extra else out)
 
     def _own_step(self, key: str, loss: torch.Tensor) -> None:
-        """Backward ``loss`` and step optimiser ``key`` (GradScaler, clipping)."""
+        """Backward ``loss`` and step optimiser ``key`` (GradScaler, clipping).
+
+        Raises:
+            RuntimeError: ``key`` was already stepped in this training step (GradScaler allows
+                one step per optimiser between updates; refused on every device alike).
+        """
+        step, done = self._stepped
+        if key in done:
+            raise RuntimeError(
+                f"optimiser {key!r} was stepped twice in step {step}: each optimiser steps at most "
+                "once per training step (AMP's GradScaler updates its scale once per step); "
+                "take several updates over consecutive steps instead"
+            )
+        done.add(key)
         opt, clip = self.optimizers[key], self.settings[key].grad_clip
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -219,7 +219,7 @@ class Method(nn.Module):
 
     def optimizer_step(self, name: str, loss: Tensor) -> None:
         """Backward ``loss`` and step the owned optimiser ``name`` (the engine applies AMP's
-        GradScaler, gradient clipping and the LR schedule)."""
+        GradScaler, gradient clipping and the LR schedule); at most once per training step."""
         if self._stepper is None:
             raise RuntimeError("optimizer_step is only available inside the engine")
         self._stepper(name, loss)

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +101,29 @@ def owner_alive(host: str | None, pid: str | int | None, start: str | None, beat
 
 @dataclass
 class SweepClaim:
-    """A held claim: refresh it with :meth:`beat`, record the sweep run, release it."""
+    """A held claim: refresh it with :meth:`beat`, record the sweep run, release it.
+
+    Writes happen only while the claim is held: after :meth:`release`, or once another driver
+    took the sweep over (the file holds another token), a late heartbeat writes nothing (it
+    would recreate a released claim, or overwrite the new owner's).
+    """
 
     path: Path
     owner: dict[str, Any]
+    released: bool = False
+    _guard: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def _ours(self) -> bool:
+        current = _read(self.path)
+        return bool(current) and current.get("token") == self.owner["token"]
 
     def _write(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(self.owner, sort_keys=True))
-        os.replace(tmp, self.path)  # the claim file never disappears while it is rewritten
+        with self._guard:
+            if self.released or not self._ours():
+                return
+            tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}")
+            tmp.write_text(json.dumps(self.owner, sort_keys=True))
+            os.replace(tmp, self.path)  # the claim file never disappears while it is rewritten
 
     def beat(self) -> None:
         """Refresh the heartbeat (keeps the claim alive for another lease)."""
@@ -122,10 +136,12 @@ class SweepClaim:
         self._write()
 
     def release(self) -> None:
-        """Remove the claim, if it is still ours."""
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(self.path.read_text()).get("token") == self.owner["token"]:
-                self.path.unlink()
+        """Remove the claim, if it is still ours; no later write recreates it."""
+        with self._guard:
+            self.released = True
+            with contextlib.suppress(OSError):
+                if self._ours():
+                    self.path.unlink()
 
 
 def _describe(owner: dict[str, Any]) -> str:
@@ -282,5 +298,7 @@ class ClaimKeeper:
                     self.also()
 
     def stop(self) -> None:
-        """Stop refreshing."""
+        """Stop refreshing (waits for a heartbeat in progress)."""
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10.0)

@@ -716,7 +716,7 @@ def _peek(uri: str, name: str, shash: str, extend: bool) -> tuple[str | None, di
     """Read-only view of an existing experiment for ``--dry-run``."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
         return None, {}
-    from segssl.orchestrate import sqlite_store
+    from segssl import sqlite_store
 
     try:  # a SQLite store is read directly (no MLflow import: a dry run answers in seconds)
         fast = sqlite_store.read_experiment(uri, name)

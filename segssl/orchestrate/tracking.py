@@ -74,7 +74,9 @@ def _quiet_mlflow_store() -> None:
     warnings.filterwarnings("ignore", message=_NOLOAD)
 
 
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*):(?P<pw>[^@/\s]*)@")
+# user info as a URL parser splits it: the password runs to the *last* '@' before the path, the
+# user to the first ':' (an unencoded '@' in either must not end the match early and leak the rest)
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:]*):(?P<pw>[^/\s]*)@")
 _MAX_PARAMS = 100  # MLflow's log_batch limits
 _MAX_METRICS = 1000
 

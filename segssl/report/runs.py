@@ -113,7 +113,7 @@ def _no_experiment(tracking_uri: str, experiment: str) -> ReportError:
 def _finished(tracking_uri: str, experiment: str, page_size: int) -> Iterable[tuple]:
     """(run_id, status, start, end, params, metrics, tags) of every FINISHED run: one bulk read
     of a SQLite store (no MLflow import), else paged ``search_runs`` through MLflow."""
-    from segssl.orchestrate.sqlite_store import read_runs
+    from segssl.sqlite_store import read_runs
 
     try:
         stored = read_runs(tracking_uri, experiment, statuses=["FINISHED"])
@@ -175,7 +175,7 @@ def latest_parent_run(tracking_uri: str, experiment: str) -> str | None:
 
 def parent_runs(tracking_uri: str, experiment: str) -> list[tuple[str, int | None, str | None]]:
     """(run id, start time, artifact URI) of every parent run of the sweep (any status)."""
-    from segssl.orchestrate.sqlite_store import read_runs
+    from segssl.sqlite_store import read_runs
 
     try:
         stored = read_runs(tracking_uri, experiment)

@@ -304,3 +304,81 @@ def test_owned_optimisers_hold_each_parameter_once(
     with pytest.raises(EngineConfigError, match=match):
         train(cfg, workdir=tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+# ------------------------------------------------------------------ AMP and channels_last
+def _force_amp(monkeypatch) -> None:
+    """The CUDA runtime's AMP (autocast + an enabled GradScaler) and channels_last, on the CPU."""
+    from segssl.engine.runtime import Runtime
+
+    rt = Runtime(device=torch.device("cpu"), amp=True, channels_last=True)
+    monkeypatch.setattr(loop, "resolve_runtime", lambda cfg: rt)
+
+
+def test_an_owned_optimiser_is_clipped_on_unscaled_gradients_under_amp(
+    tiny, tmp_path, monkeypatch
+) -> None:
+    """With GradScaler's 2**16 scale, clipping before unscaling would move the discriminator
+    2**16 times less than the clip norm allows."""
+    _force_amp(monkeypatch)
+    monkeypatch.setitem(REGISTRY, "adv_probe", _AdvProbe)
+    disc = {"name": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0, "warmup_factor": 1}
+    disc |= {"warmup_epochs": 0, "grad_clip": 1e-6}
+    cfg = tiny(
+        "adv_probe",
+        "finetune",
+        optim={"extra": {"disc": disc}},
+        train={"epochs": 2, "iters_per_epoch": 1, "pictures": 0},
+    )
+    train(cfg, workdir=tmp_path)
+    last = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    assert last["scaler"]["scale"] == 2.0**16  # enabled, no overflow
+    now = torch.cat([last["method"][f"disc.{k}"].flatten() for k in ("weight", "bias")])
+    moved = float((now - last["method"]["disc_init"]).double().norm())
+    assert 0.25e-6 * 0.999 <= moved <= 0.75e-6 * 1.001
+
+
+class _TwiceProbe(_AdvProbe):
+    """Steps its discriminator twice per training step (n_critic = 2)."""
+
+    def after_step(self, clock):
+        for _ in range(2):
+            d = self.disc(self._fake).pow(2).mean()
+            self.optimizer_step("disc", d)
+        return {"disc": d.detach()}
+
+
+def test_an_optimiser_stepped_twice_in_one_step_is_a_clear_error(tiny, tmp_path, monkeypatch):
+    """GradScaler allows one step per optimiser between updates: under AMP a second step failed
+    with torch's 'unscale_() is being called after step()', and only on a GPU; it is refused on
+    every device, naming the optimiser."""
+    monkeypatch.setitem(REGISTRY, "adv_probe", _TwiceProbe)
+    cfg = tiny("adv_probe", "finetune", train={"epochs": 1, "iters_per_epoch": 1, "pictures": 0})
+    with pytest.raises(RuntimeError, match=r"optimiser 'disc' was stepped twice in step 1"):
+        train(cfg, workdir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["mean_teacher", "uamt"])
+def test_the_ema_teacher_under_amp_and_channels_last(name, tiny_method, tmp_path, monkeypatch):
+    """After each step the teacher is the moving average of the student, in float32 and in the
+    student's memory format."""
+    _force_amp(monkeypatch)
+    cls = REGISTRY[name]
+    original, seen = cls.after_step, []
+
+    def after_step(self, clock):
+        before = [p.clone() for p in self.teacher.net.parameters()]
+        original(self, clock)
+        seen.append((before, list(self.teacher.net.parameters()), list(self.model.parameters())))
+
+    monkeypatch.setattr(cls, "after_step", after_step)
+    train_s = {"epochs": 1, "iters_per_epoch": 2, "pictures": 0}
+    train(tiny_method(name, train=train_s, model={"dropout": 0.2}), workdir=tmp_path)
+    decay = tiny_method(name).method.ema_decay
+    assert len(seen) == 2
+    for before, teacher, student in seen:
+        for b, t, s in zip(before, teacher, student, strict=True):
+            assert t.dtype == torch.float32 and t.is_contiguous(
+                memory_format=torch.channels_last
+            ) == s.is_contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(t, decay * b + (1 - decay) * s.detach())

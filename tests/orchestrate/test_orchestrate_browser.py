@@ -45,7 +45,7 @@ FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1600,1000",
+    "--window-size=2400,1000",  # every column rendered (the grid virtualises off-screen ones)
 )
 
 

@@ -499,3 +499,19 @@ def test_table_reads_the_plan_and_refuses_a_row_no_trial_was_planned_for(
     res = cli.invoke(app, ["table", str(write(tmp_path, raw)), "--no-log"])
     assert res.exit_code == 2, res.output
     assert "plan.json" in res.output and "matches no planned trial" in res.output
+
+
+@pytest.mark.parametrize(
+    ("uri", "secret", "user"),
+    [
+        ("http://ann:p@ss@mlflow.example:5000", "ss", "ann"),  # '@' in the password
+        ("http://ann@uni.edu:s3cret@mlflow.example:5000/x", "s3cret", "ann@uni.edu"),  # e-mail
+        ("postgresql+psycopg2://ann:s%40cr3t@db:5432/mlflow", "cr3t", "ann"),  # URL-encoded
+    ],
+)
+def test_passwords_with_special_characters_are_redacted(uri: str, secret: str, user: str) -> None:
+    from urllib.parse import urlsplit
+
+    assert secret in (urlsplit(uri).password or "")  # what a client would send
+    shown = tracking.redact(f"cannot reach {uri}: refused")
+    assert secret not in shown and f"{user}:***@" in shown and shown.endswith(": refused")
