@@ -268,3 +268,21 @@ def test_a_semi_method_starts_from_pretrained_weights_teacher_included(
     assert snap, "the method was not built"
     body = [k for k in weights if not k.startswith("Conv_1x1")]
     assert body and all(torch.equal(snap[k], weights[k]) for k in body)
+
+
+def test_uamt_each_mc_pass_gets_its_own_clipped_input_noise(tiny_method, batch) -> None:
+    # UA-MT (Yu et al. 2019): T stochastic passes "under random dropout and input Gaussian
+    # noise": every pass draws its own noise, clipped at twice teacher_noise
+    cfg = tiny_method("uamt")
+    m = _method(cfg)
+    seen: list[torch.Tensor] = []
+    hook = m.teacher.net.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
+    lab, unl = batch
+    m.training_step(lab, unl, Clock(1, 0, 2, 4))
+    hook.remove()
+    assert len(seen) == cfg.method.passes
+    sigma, x_u = cfg.method.teacher_noise, unl["image"]
+    for i, a in enumerate(seen):
+        assert float((a - x_u).abs().max()) <= 2 * sigma + 1e-6
+        for b in seen[i + 1 :]:
+            assert not torch.allclose(a, b)
