@@ -230,6 +230,12 @@ def test_bad_configs_fail_validation(method: dict, match: str) -> None:
         ("gmi", {"method": {"name": "gmi", "global_taps": ["bottleneck"]}}, "valid roles"),
         # decoder1 (Up_conv5) is 4x4 at a 32 px crop: a 7x7 window does not fit
         ("gmi", {"method": {"name": "gmi", "local_taps": {"decoder1": 3}}}, "does not fit"),
+        # no random crop: the window is checked against the full (preprocessed) 32 px image
+        (
+            "gmi",
+            {"method": {"name": "gmi", "local_taps": {"decoder1": 3}}, "augment": {"crop": 0}},
+            "does not fit",
+        ),
         ("uamt", {}, "model.dropout"),
         ("gmi_pretrain", {"method": {"name": "gmi_pretrain", "w_ce": 1.0}}, "w_ce must be 0"),
     ],
