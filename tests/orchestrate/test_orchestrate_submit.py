@@ -228,3 +228,43 @@ def test_stop_and_no_job(tmp_path: Path, cli_client: FakeJobClient) -> None:
     assert "STOPPED" in res.output
     res = CliRunner().invoke(app, ["submit", str(path), "--address", ADDR, "--status", "--stop"])
     assert res.exit_code == 2 and "choose one" in res.output
+
+
+@pytest.mark.parametrize("change", ["root", "storage", "tracking_uri"])
+def test_attach_refused_when_the_running_job_runs_another_root_storage_or_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Same file, same spec hash (same job id), but submitted from another directory (relative
+    data paths resolve elsewhere: other trial keys), to other storage or another tracking
+    server: attaching would report success while the wanted trials never run."""
+    client = FakeJobClient()
+    path = sweep_file(tmp_path)
+    first = submit(path, client)
+    client.jobs[first.job_id].status = "RUNNING"
+    kw: dict[str, Any] = {}
+    if change == "root":
+        other = tmp_path / "elsewhere"
+        other.mkdir()
+        monkeypatch.chdir(other)
+    elif change == "storage":
+        kw["storage"] = "/other/segssl"
+    else:
+        kw["uri"] = "http://other-mlflow:5000"
+    with pytest.raises(sub.SubmitError, match=change.replace("_", " ")):
+        submit(path, client, **kw)
+    assert len(client.submitted) == 1
+    monkeypatch.chdir(tmp_path)
+    assert submit(path, client).attached  # the same submission still attaches
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [f"postgresql://mlflow:{SECRET}@db:5432/mlflow", f"htp://alice:{SECRET}@mlflow:5000"],
+)
+def test_a_refused_tracking_uri_is_named_without_its_password(tmp_path: Path, uri: str) -> None:
+    """A database URI passed as --tracking-uri (or a typo'd scheme) is refused; the message
+    names it, but not the password in its user-info."""
+    with pytest.raises(sub.SubmitError, match="expected http") as err:
+        submit(sweep_file(tmp_path), FakeJobClient(), uri=uri)
+    host = uri.rsplit("@", 1)[1]
+    assert SECRET not in str(err.value) and host in str(err.value)
