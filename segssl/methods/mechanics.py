@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from segssl.methods.base import Clock, MethodContext
 
-__all__ = ["EMATeacher", "RampUp", "mc_dropout", "mixup", "two_stream"]
+__all__ = ["EMATeacher", "RampUp", "mc_dropout", "mixup", "two_stream", "volume_ids"]
 
 
 class EMATeacher(nn.Module):
@@ -195,3 +195,16 @@ def two_stream(net: nn.Module, labeled: Tensor, unlabeled: Tensor) -> tuple[Tens
     """``net`` on the labeled and unlabeled images in one pass; ``(out_labeled, out_unlabeled)``."""
     out = net(torch.cat([labeled, unlabeled]))
     return out[: labeled.shape[0]], out[labeled.shape[0] :]
+
+
+def volume_ids(batch: dict, device: torch.device) -> Tensor | None:
+    """``(B,)`` int64 index of each slice's volume (its ``scan`` id), None without ``scan``.
+
+    The domain contrasting strategies use it so that only OTHER volumes' slices of a partition
+    are positives (Chaitanya et al.), whatever sampler drew the batch.
+    """
+    scans = batch.get("scan")
+    if scans is None:
+        return None
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(s, len(index)) for s in scans], device=device)
