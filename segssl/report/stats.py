@@ -211,7 +211,10 @@ def advise_seeds(
 
     refs = {}
     if pt is not None:
-        refs = {(r["col_group"], r["col"]): r for r in recs if r["row"] == pt.reference}
+        from segssl.report.papers import norm_label  # as the paired test matches its row
+
+        want = norm_label(pt.reference)
+        refs = {(r["col_group"], r["col"]): r for r in recs if norm_label(r["row"]) == want}
     out = []
     for rec in recs:
         ref = refs.get((rec["col_group"], rec["col"]))

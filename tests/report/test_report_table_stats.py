@@ -225,3 +225,15 @@ def test_table_figure_png_and_pdf_with_std_bands_and_paper_points(tmp_path) -> N
     assert lo[0] == pytest.approx(base.mean() - base.std(ddof=1))
     assert hi[0] == pytest.approx(base.mean() + base.std(ddof=1))
     assert len(drawn["bands"]) == 3 and [list(p) for p in drawn["paper"]] == [[70.0, 90.0]]
+
+
+def test_seed_advisor_pairs_against_the_reference_however_the_spec_spells_it() -> None:
+    """paired_test.reference matches rows ignoring case and spacing (as the paired test does):
+    the advisor then uses the std of the paired differences, not the cell's own std."""
+    from segssl.report.stats import advise_seeds
+
+    agg = aggregate(_runs(), _spec(paired_test={"reference": "baseline"}), experiment="x")
+    rows = {(r["row"], r["col"]): r for r in advise_seeds(agg, 2.0)}
+    d = _v("bim", 1) - _v("baseline", 1)
+    assert rows[("bim", "LV / 1")]["std_of"].startswith("paired differences")
+    assert rows[("bim", "LV / 1")]["std"] == pytest.approx(d.std(ddof=1))
