@@ -38,7 +38,13 @@ from segssl.config import flatten
 from segssl.orchestrate import mlflow_ui, tracking
 from segssl.orchestrate.claim import ClaimKeeper, SweepClaim, claim_sweep
 from segssl.orchestrate.datacheck import check_plan_data
-from segssl.orchestrate.interrupt import Interrupt, SweepInterrupted, catch_signals, make_stopper
+from segssl.orchestrate.interrupt import (
+    Interrupt,
+    SweepInterrupted,
+    catch_signals,
+    make_stopper,
+    raise_on_signals,
+)
 from segssl.orchestrate.plan import (
     PLAN_FILE,
     Plan,
@@ -665,41 +671,42 @@ def run_sweep(
             check_data=check_data,
             nodes=lambda: _cluster_nodes(spec, address, num_cpus, ray_init_kwargs),
         )
-    claim = claim_sweep(
-        plan.storage,
-        spec.name,
-        takeover=takeover,
-        on_break=lambda msg: console.print(msg, highlight=False),
-    )
-    # the heartbeat runs from the claim on: a data check or a Ray start longer than the lease
-    # must not let a second driver in
-    keeper = ClaimKeeper(claim)
-    try:
-        if check_data:
-            _preflight_data(plan, console)
-        _note_plan_change(plan, console)
-        write_plan(plan)
-        tr = _open_tracking(plan, uri, extend, takeover, outcome)
-        if not tr.launching:
-            console.print(
-                f"sweep {spec.name}: all {sum(len(v) for v in plan.trials.values())} "
-                "trials already FINISHED; nothing to run.",
-                highlight=False,
-            )
-            return outcome
-        opts = {
-            "console": console,
-            "address": address,
-            "num_cpus": num_cpus,
-            "ray_init_kwargs": ray_init_kwargs,
-            "source": source,
-            "train_fn": train_fn,
-            "live": live,
-        }
-        _launch(plan, uri, tr, outcome, claim, opts, keeper)
-    finally:
-        keeper.stop()
-        claim.release()
+    with raise_on_signals():  # until the stages run: a signal ends the driver, claim released
+        claim = claim_sweep(
+            plan.storage,
+            spec.name,
+            takeover=takeover,
+            on_break=lambda msg: console.print(msg, highlight=False),
+        )
+        # the heartbeat runs from the claim on: a data check or a Ray start longer than the lease
+        # must not let a second driver in
+        keeper = ClaimKeeper(claim)
+        try:
+            if check_data:
+                _preflight_data(plan, console)
+            _note_plan_change(plan, console)
+            write_plan(plan)
+            tr = _open_tracking(plan, uri, extend, takeover, outcome)
+            if not tr.launching:
+                console.print(
+                    f"sweep {spec.name}: all {sum(len(v) for v in plan.trials.values())} "
+                    "trials already FINISHED; nothing to run.",
+                    highlight=False,
+                )
+                return outcome
+            opts = {
+                "console": console,
+                "address": address,
+                "num_cpus": num_cpus,
+                "ray_init_kwargs": ray_init_kwargs,
+                "source": source,
+                "train_fn": train_fn,
+                "live": live,
+            }
+            _launch(plan, uri, tr, outcome, claim, opts, keeper)
+        finally:
+            keeper.stop()
+            claim.release()
     return outcome
 
 
