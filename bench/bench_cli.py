@@ -129,8 +129,8 @@ def main() -> None:
             cells = []
             for tree in trees:
                 own = tree / "experiments" / "sweeps" / sweep.name  # each tree reads its own copy
-                argv = [str(own) if a == str(sweep) and own.is_file() else a for a in argv]
-                med, rc = time_command(tree, argv, work, args.repeats)
+                cmd = [str(own) if a == str(sweep) and own.is_file() else a for a in argv]
+                med, rc = time_command(tree, cmd, work, args.repeats)
                 cells.append(f"{med:>24.2f}{'!' if rc else ' ':>2}")
             print(f"{label:<20}" + "".join(cells))
 

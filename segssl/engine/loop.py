@@ -590,10 +590,12 @@ class _Run:
     # ------------------------------------------------------------------ end
     def _select_final_weights(self) -> int:
         """Restore the best validation weights of the ``predict_with`` network (supervised,
-        ``save_best``); else the last epoch's weights are the result and become ``best.pt``.
-        Returns the epoch tested."""
+        ``save_best``, a best epoch selected by this run, resumed history included); else the
+        last epoch's weights are the result and become ``best.pt`` (a ``best.pt`` left by an
+        earlier run in this workdir is never restored). Returns the epoch tested."""
         epochs = self.cfg.train.epochs
-        if self.supervised and self.cfg.train.save_best and self.best_path.exists():
+        selected = self.best["epoch"] > 0 and self.best_path.exists()
+        if self.supervised and self.cfg.train.save_best and selected:
             ckpt = load_checkpoint(self.best_path, resume=True)
             self.method.network(self.method.predict_with)[0].load_state_dict(ckpt["predict"])
             return int(ckpt["epoch"])

@@ -137,9 +137,13 @@ def _node_ip() -> str | None:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for torch's CUDA out-of-memory error (``torch.OutOfMemoryError``), by type name so
-    that torch need not be imported here."""
-    return any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__)
+    """True for torch's CUDA out-of-memory error (``torch.OutOfMemoryError``), by type name and
+    module so that torch need not be imported here (Ray's own ``OutOfMemoryError``, raised when
+    its memory monitor kills a worker for host RAM, is not a GPU OOM)."""
+    return any(
+        c.__name__ == "OutOfMemoryError" and c.__module__.split(".")[0] == "torch"
+        for c in type(exc).__mro__
+    )
 
 
 def requested_bytes(message: str) -> int | None:

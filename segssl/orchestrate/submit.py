@@ -342,10 +342,12 @@ def submit_sweep(
     client = _job_client(address, client)
     base = submission_base(spec)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    where = {"segssl.root": root, "segssl.storage": store, "segssl.tracking_uri": uri}
     latest = latest_attempt(client, base)
     if latest is not None and _status(latest[1]) in ("PENDING", "RUNNING"):
         n, job = latest
         _check_same_file(job, digest, src)
+        _check_same_place(job, where)
         return Submission(str(job.submission_id), n, attached=True, status=_status(job))
     attempt = latest[0] + 1 if latest is not None else 1
     sub_id = attempt_id(base, attempt)
@@ -370,6 +372,7 @@ def submit_sweep(
                 TAG_SPEC: spec_hash(spec),
                 "segssl.attempt": str(attempt),
                 "segssl.sweep_file_sha": digest,
+                **where,
             },
         )
     except RuntimeError as exc:
@@ -378,6 +381,7 @@ def submit_sweep(
         # another submitter won the race for this attempt's id: attach to its job
         job = client.get_job_info(sub_id)
         _check_same_file(job, digest, src)
+        _check_same_place(job, where)
         return Submission(sub_id, attempt, attached=True, status=_status(job))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -394,6 +398,22 @@ def _check_same_file(job: Any, digest: str, src: Path) -> None:
             "file (it differs, e.g. an added seed or grid value); wait for it to end or stop it "
             "(segssl submit --stop), then submit again to run the new trials"
         )
+
+
+def _check_same_place(job: Any, where: Mapping[str, str]) -> None:
+    """Attach only to a job that resolves the sweep as this submission would: another root
+    (relative data paths resolve elsewhere, so other trial keys), storage or tracking server
+    keeps the job id but the running job would not run what was asked for."""
+    meta = job.metadata or {}
+    for key, ours in where.items():
+        theirs = meta.get(key)
+        if theirs not in (None, ours):
+            what = key.removeprefix("segssl.").replace("_", " ")
+            raise SubmitError(
+                f"job {job.submission_id} of this sweep is running with {what} {theirs!r}, "
+                f"this submission has {ours!r}; wait for it to end or stop it "
+                "(segssl submit --stop), or submit from the same place"
+            )
 
 
 def find_job(client: Any, spec: SweepSpec) -> tuple[int, Any]:

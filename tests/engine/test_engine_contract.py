@@ -382,3 +382,17 @@ def test_the_ema_teacher_under_amp_and_channels_last(name, tiny_method, tmp_path
                 memory_format=torch.channels_last
             ) == s.is_contiguous(memory_format=torch.channels_last)
             torch.testing.assert_close(t, decay * b + (1 - decay) * s.detach())
+
+
+def test_a_best_checkpoint_of_an_earlier_run_is_not_restored(tiny, tmp_path) -> None:
+    """Started over (resume=False) in a workdir that holds an earlier run's best.pt, a run that
+    selects no best epoch (no validation volumes) tests its own last weights, not the old file's."""
+    short = {"epochs": 2, "iters_per_epoch": 1, "pictures": 0}
+    train(tiny("baseline", "finetune", train=short), workdir=tmp_path)
+    no_val = {"split": {"unit": "scan", "sizes": [10, 0, 2]}}
+    cfg = tiny("baseline", "finetune", seed=1, train=short, data=no_val)
+    result = train(cfg, workdir=tmp_path, resume=False)
+    last = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    best = load_checkpoint(tmp_path / "checkpoints/best.pt")
+    assert result["best_epoch"] == 2 and best["config"] == last["config"]
+    assert all(torch.equal(best["predict"][k], v) for k, v in last["model"].items())

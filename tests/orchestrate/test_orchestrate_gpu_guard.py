@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from torch import OutOfMemoryError  # CUDA's OOM type; constructible on a CPU build
 
 from segssl.orchestrate import gpu_guard
 from segssl.orchestrate.gpu_guard import GpuGuard, GpuMemoryError
@@ -47,10 +48,6 @@ class FakeRayContext:
 
     def get_node_id(self) -> str:
         return "node-abc"
-
-
-class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name; torch not needed
-    pass
 
 
 TORCH_OOM = (
@@ -102,6 +99,23 @@ def test_oom_mapped_to_a_report_naming_trial_bytes_and_fraction() -> None:
     assert "3.50 GiB" in msg  # what it asked for
     assert "cap of 0.25 of the GPU (20.00 GiB of 80.00 GiB" in msg
     assert "resources.gpu=0.25" in msg
+
+
+def test_only_torchs_oom_is_a_gpu_oom() -> None:
+    """Ray's memory monitor raises its own ``OutOfMemoryError`` (host RAM, a killed worker):
+    reporting it as "ran out of GPU memory" and refusing the retry would mislead."""
+    import ray.exceptions
+
+    assert gpu_guard.is_oom(OutOfMemoryError(TORCH_OOM))
+    assert not gpu_guard.is_oom(
+        ray.exceptions.OutOfMemoryError("Task was killed due to the node running low on memory.")
+    )
+
+    class OutOfMemoryErrorElsewhere(RuntimeError):
+        pass
+
+    OutOfMemoryErrorElsewhere.__name__ = "OutOfMemoryError"
+    assert not gpu_guard.is_oom(OutOfMemoryErrorElsewhere(TORCH_OOM))
 
 
 def test_requested_bytes_units() -> None:

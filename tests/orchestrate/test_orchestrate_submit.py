@@ -228,3 +228,30 @@ def test_stop_and_no_job(tmp_path: Path, cli_client: FakeJobClient) -> None:
     assert "STOPPED" in res.output
     res = CliRunner().invoke(app, ["submit", str(path), "--address", ADDR, "--status", "--stop"])
     assert res.exit_code == 2 and "choose one" in res.output
+
+
+@pytest.mark.parametrize("change", ["root", "storage", "tracking_uri"])
+def test_attach_refused_when_the_running_job_runs_another_root_storage_or_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Same file, same spec hash (same job id), but submitted from another directory (relative
+    data paths resolve elsewhere: other trial keys), to other storage or another tracking
+    server: attaching would report success while the wanted trials never run."""
+    client = FakeJobClient()
+    path = sweep_file(tmp_path)
+    first = submit(path, client)
+    client.jobs[first.job_id].status = "RUNNING"
+    kw: dict[str, Any] = {}
+    if change == "root":
+        other = tmp_path / "elsewhere"
+        other.mkdir()
+        monkeypatch.chdir(other)
+    elif change == "storage":
+        kw["storage"] = "/other/segssl"
+    else:
+        kw["uri"] = "http://other-mlflow:5000"
+    with pytest.raises(sub.SubmitError, match=change.replace("_", " ")):
+        submit(path, client, **kw)
+    assert len(client.submitted) == 1
+    monkeypatch.chdir(tmp_path)
+    assert submit(path, client).attached  # the same submission still attaches
