@@ -7,8 +7,10 @@ One run (under 8 minutes on one GPU; PyTorch and segssl only, no Ray or MLflow) 
   AMP fp16 (with a GradScaler, as the engine runs it), each in the default and the
   ``channels_last`` memory format: time per step and the ratio to the same step in fp32;
 * ``bare``: the two tapped U-Net passes a bim step needs, and the ratio bim / bare per variant;
-* peak device memory of one step (``torch.cuda.max_memory_allocated``; on CPU the process's
-  peak resident size, which is not per step);
+* peak device memory of one step of each variant on its own (``torch.cuda.max_memory_allocated``
+  over the step, plus the variant's resident weights, gradients, optimiser state and batch; the
+  other variants resident in the process are not counted); on CPU the process's peak resident
+  size, which is not per step;
 * packing: 1, 2 and 4 training processes (bim, the engine's CUDA settings: AMP fp16 and
   channels_last) on the same device at once, total steps/s relative to one process, i.e. what
   ``gpu: 0.5`` / ``gpu: 0.25`` in a sweep buys.
@@ -60,38 +62,43 @@ def _batch(args: argparse.Namespace, device: torch.device, num_classes: int = 4)
 
 
 def _method(name: str, args: argparse.Namespace, device: torch.device, channels_last: bool):
-    from segssl.config import AugmentConfig, ModelConfig
+    """The method as the engine builds it (run config, model registry, method context)."""
+    from segssl.config import parse_run_config
+    from segssl.engine.loop import build_method
     from segssl.methods import get_method
-    from segssl.methods.base import MethodContext
     from segssl.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(base_width=args.width), 4)
-    ctx = MethodContext(
-        4,
-        ("a", "b", "c"),
-        device,
-        AugmentConfig(crop=args.size),
-        3,
-        torch.Generator().manual_seed(1),
+    pretrain = name == "bim"
+    cfg = parse_run_config(
+        {
+            "stage": "pretrain" if pretrain else "finetune",
+            "data": {"root": "unused", "preprocess": {"size": [args.size, args.size]}},
+            "augment": {"crop": args.size},
+            "model": {"base_width": args.width, "freeze": ["Conv_1x1"] if pretrain else []},
+            "method": {"name": name, **({"k": args.k} if pretrain else {})},
+        }
     )
-    cls = get_method(name)
-    overrides = {"k": args.k} if name == "bim" else {}
-    method = cls(model, cls.Config(**overrides), ctx).to(device).train()
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 4)
+    gen = torch.Generator().manual_seed(1)
+    method = build_method(cfg, get_method(name), model, 4, ("a", "b", "c"), device, gen)
+    method = method.to(device).train()
     if channels_last:
         method = method.to(memory_format=torch.channels_last)
-    return method
+    return method, cfg
 
 
 def make_step(
     kind: str, precision: str, channels_last: bool, args: argparse.Namespace, device: torch.device
 ) -> Callable[[], None]:
     """One engine-like optimisation step of ``kind`` (baseline, bim or bare)."""
-    from segssl.config import OptimConfig
     from segssl.engine import build_optimizer
+    from segssl.methods.base import Clock
 
-    method = _method("baseline" if kind == "baseline" else "bim", args, device, channels_last)
-    opt = build_optimizer(OptimConfig(), method.parameters())
+    method, run = _method("baseline" if kind == "baseline" else "bim", args, device, channels_last)
+    opt = build_optimizer(run.optim, [p for p in method.parameters() if p.requires_grad])
+    total = run.train.epochs * run.train.iters_per_epoch
+    clock = Clock(total // 2, run.train.epochs // 2, run.train.iters_per_epoch, total)
     batch = _batch(args, device)
     if channels_last:
         batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
@@ -107,8 +114,8 @@ def make_step(
             feats = [method.model(v, taps=list(cfg))[1] for v in (x, tx)]
             return sum(f.float().mean() for d in feats for f in d.values())
         if kind == "baseline":
-            return method.training_step(batch, None)["loss"]
-        return method.training_step(None, batch)["loss"]
+            return method.training_step(batch, None, clock)["loss"]
+        return method.training_step(None, batch, clock)["loss"]
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=amp):
@@ -131,15 +138,45 @@ def _time_steps(step: Callable[[], None], n: int, device: torch.device) -> float
     return (time.perf_counter() - t) / n
 
 
-def _peak_mb(step: Callable[[], None], device: torch.device) -> float:
-    if device.type == "cuda":
+def _allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    torch.cuda.reset_peak_memory_stats(device)
+
+
+def _max_allocated(device: torch.device) -> int:
+    return torch.cuda.max_memory_allocated(device)
+
+
+def _build_and_peak(
+    variant: tuple, args: argparse.Namespace, device: torch.device
+) -> tuple[Callable[[], None], float]:
+    """Build a variant's step, warm it up and measure the peak memory of one step (MiB).
+
+    On a GPU the peak is the variant's OWN: what the step allocates on top of the memory resident
+    before it, plus what the variant keeps resident (weights, gradients, optimiser state, batch),
+    so the other variants built in the same process (all 18 stay resident for the interleaved
+    timing) are not counted. On the CPU it is the process's peak resident size.
+    """
+    cuda = device.type == "cuda"
+    if cuda:
         _synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        _synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        before_build = _allocated(device)
+    fn = make_step(*variant, args, device)
+    for _ in range(args.warmup):  # warm-up (cuDNN autotuning, allocator)
+        fn()
+    if not cuda:
+        fn()
+        return fn, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    _synchronize(device)
+    before_step = _allocated(device)
+    _reset_peak(device)
+    fn()
+    _synchronize(device)
+    own = before_step - before_build
+    return fn, (_max_allocated(device) - before_step + own) / 2**20
 
 
 def _supported(precision: str, device: torch.device) -> bool:
@@ -157,12 +194,9 @@ def measure_variants(args: argparse.Namespace, device: torch.device) -> list[dic
         for cl in (False, True)
         if _supported(prec, device)
     ]
-    steps = {v: make_step(*v, args, device) for v in variants}
-    peaks = {}
-    for v, fn in steps.items():  # warm-up (cuDNN autotuning, allocator) and peak memory
-        for _ in range(args.warmup):
-            fn()
-        peaks[v] = _peak_mb(fn, device)
+    steps, peaks = {}, {}
+    for v in variants:
+        steps[v], peaks[v] = _build_and_peak(v, args, device)
     times: dict[tuple, list[float]] = {v: [] for v in variants}
     for r in range(args.rounds):
         order = variants[r % len(variants) :] + variants[: r % len(variants)]

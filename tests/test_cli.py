@@ -207,3 +207,21 @@ def test_sweep_keeps_trial_output_off_the_console_unless_verbose(tmp_path, monke
     assert seen[0]["ray_init_kwargs"] == {"log_to_driver": False}, quiet.output
     assert seen[1]["ray_init_kwargs"] == {"log_to_driver": True}, loud.output
     assert f"Ray and MLflow logs: {tmp_path / 'st' / 'logs' / 'x.log'}" in quiet.output
+
+
+def test_table_of_a_sweep_with_profiles_does_not_import_torch(tmp_path):
+    """A sweep whose ``profiles:`` override run-config keys (BIM Table 3's smoke profile sets
+    ``base.data...``) is tabled without importing the method registry (torch), Ray or MLflow:
+    checking the overrides against method configs is the planner's job, not the table's."""
+    from mlflow import MlflowClient
+
+    sweep = REPO / "experiments" / "sweeps" / "bim_table3_alpha.yaml"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("bim-table3-alpha", artifact_location=str(tmp_path / "a"))
+    client.set_terminated(client.create_run(exp, tags={"segssl.kind": "sweep"}).info.run_id)
+    helped = _imports(["table", "--help"], tmp_path)
+    assert helped["code"] == 0 and helped["heavy"] == [], helped
+    table = _imports(["table", str(sweep), "--tracking-uri", uri], tmp_path)
+    assert "Traceback" not in table["err"], table["err"]
+    assert table["heavy"] == [], table

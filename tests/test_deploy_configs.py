@@ -241,3 +241,16 @@ def test_compose_stack() -> None:
             assert str(port).startswith("127.0.0.1:"), port
     assert "--address=ray-head:6379" in services["ray-worker"]["command"]
     assert os.path.isfile(DOCKER / "initdb" / "10-mlflow-auth.sql")
+
+
+def test_ci_installs_cpu_torch_and_runs_apt_noninteractively_under_sudo() -> None:
+    """PyPI's Linux ``torch==X`` is the CUDA build (GBs of nvidia-* wheels): CI's first install
+    must name PyTorch's CPU index. ``sudo`` resets the environment, so DEBIAN_FRONTEND must be
+    set inside the sudo'd command, not before it."""
+    lines = (REPO / ".ci" / "run").read_text().replace("\\\n", " ").splitlines()
+    torch_line = next(ln for ln in lines if "pip install" in ln and "torch==" in ln)
+    assert "download.pytorch.org/whl/cpu" in torch_line
+    apt = next(ln for ln in lines if "apt-get install" in ln)
+    assert re.search(r"\$sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install", apt), apt
+    update = next(i for i, ln in enumerate(lines) if "apt-get update" in ln)
+    assert update < lines.index(apt)

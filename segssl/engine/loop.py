@@ -130,6 +130,7 @@ def build_method(
         generator=generator if generator is not None else torch.Generator(),
         epochs=cfg.train.epochs,
         iters_per_epoch=cfg.train.iters_per_epoch,
+        image_size=tuple(cfg.data.preprocess.size),
     )
     return method_cls(model, cfg.method, ctx)
 

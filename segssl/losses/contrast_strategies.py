@@ -19,7 +19,9 @@ Strategies (the masks, see :func:`global_masks` and :func:`local_masks`):
   partition (corresponding partitions of other volumes are removed from the negatives).
 * ``domain`` (``G^D``): positives are every other entry of the same partition (the other views
   of the image and the images of the same partition of other volumes, all their views);
-  negatives as ``G^D-``.
+  negatives as ``G^D-``. With ``volume`` ids, "other volumes" is enforced: other slices of the
+  same partition of the SAME volume (batches not drawn by the partition sampler) are neither
+  positives nor negatives.
 
 Local loss (Chaitanya sec. 3.3): ``A`` regions of ``K x K`` at fixed positions of the decoder
 feature map (:func:`region_corners`; the authors' 13 positions: the corners, edge midpoints and
@@ -125,8 +127,18 @@ def pair_contrastive_loss(z: Tensor, pos: Tensor, neg: Tensor, temperature: floa
 
 
 # --------------------------------------------------------------------------------- global
+def _domain_group(image: Tensor, partition: Tensor, volume: Tensor | None) -> Tensor:
+    """``(M, M)``: same image, or same partition of ANOTHER volume (``volume`` None: the batch
+    holds one slice per volume and partition, so every same-partition entry qualifies)."""
+    same_part = partition.view(-1, 1) == partition.view(1, -1)
+    if volume is None:
+        return same_part
+    same_img = image.view(-1, 1) == image.view(1, -1)
+    return same_img | (same_part & (volume.view(-1, 1) != volume.view(1, -1)))
+
+
 def global_masks(
-    image: Tensor, partition: Tensor, strategy: GlobalStrategy
+    image: Tensor, partition: Tensor, strategy: GlobalStrategy, volume: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Positive and negative masks of a global strategy over ``M`` entries (views of images).
 
@@ -134,6 +146,9 @@ def global_masks(
         image: ``(M,)`` image id of each entry (views of one image share it).
         partition: ``(M,)`` partition index of each entry's slice.
         strategy: ``random`` (G^R), ``domain_minus`` (G^D-) or ``domain`` (G^D).
+        volume: ``(M,)`` volume id of each entry, or None when the batch holds at most one
+            slice per volume and partition (the partition sampler's batches). Other slices of
+            the same partition and the SAME volume are neither positives nor negatives.
 
     Returns:
         ``(pos, neg)``, ``(M, M)`` bool each (see the module docstring).
@@ -142,6 +157,8 @@ def global_masks(
     m = image.shape[0]
     _check_ids(image, "image", m)
     _check_ids(partition, "partition", m)
+    if volume is not None:
+        _check_ids(volume, "volume", m)
     eye = torch.eye(m, dtype=torch.bool, device=image.device)
     same_img = image.view(-1, 1) == image.view(1, -1)
     same_part = partition.view(-1, 1) == partition.view(1, -1)
@@ -149,7 +166,7 @@ def global_masks(
         return same_img & ~eye, ~same_img
     if strategy == "domain_minus":
         return same_img & ~eye, ~same_part
-    return same_part & ~eye, ~same_part
+    return _domain_group(image, partition, volume) & ~eye, ~same_part
 
 
 def global_contrastive_loss(
@@ -157,6 +174,7 @@ def global_contrastive_loss(
     partition: Tensor,
     strategy: GlobalStrategy,
     temperature: float = 0.1,
+    volume: Tensor | None = None,
 ) -> Tensor:
     """Chaitanya's global contrastive loss ``L_g`` (eqs. 1-2) with a contrasting strategy.
 
@@ -166,6 +184,7 @@ def global_contrastive_loss(
         partition: ``(N,)`` partition index of each image (or ``(V*N,)``).
         strategy: ``random``, ``domain_minus`` or ``domain``.
         temperature: ``tau`` (0.1).
+        volume: ``(N,)`` volume id of each image (see :func:`global_masks`), or None.
 
     Returns:
         Scalar float32 tensor.
@@ -180,7 +199,8 @@ def global_contrastive_loss(
     v = z.shape[0] // n
     image = torch.arange(n, device=z.device).repeat(v)
     part = partition.to(z.device).repeat(v) if n != z.shape[0] else partition.to(z.device)
-    pos, neg = global_masks(image, part, strategy)
+    vol = None if volume is None else volume.to(z.device).repeat(z.shape[0] // volume.shape[0])
+    pos, neg = global_masks(image, part, strategy, vol)
     return pair_contrastive_loss(z, pos, neg, temperature)
 
 
@@ -234,6 +254,7 @@ def local_masks(
     partition: Tensor,
     corners: list[tuple[int, int]],
     strategy: LocalStrategy,
+    volume: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Positive and negative masks of a local strategy over ``M * A`` region entries.
 
@@ -244,6 +265,7 @@ def local_masks(
         partition: ``(M,)`` partition index of each entry.
         corners: the ``A`` region positions (their rows and columns index ``u`` and ``v``).
         strategy: ``random`` (L^R) or ``domain`` (L^D).
+        volume: ``(M,)`` volume id of each entry or None (as in :func:`global_masks`).
 
     Returns:
         ``(pos, neg)``, ``(M*A, M*A)`` bool each.
@@ -251,6 +273,8 @@ def local_masks(
     _check_strategy(strategy, LOCAL_STRATEGIES, "local")
     m, a = image.shape[0], len(corners)
     _check_ids(partition, "partition", m)
+    if volume is not None:
+        _check_ids(volume, "volume", m)
     dev = image.device
     rc = torch.tensor(corners, dtype=torch.long, device=dev).view(a, 2)
     same_region = torch.eye(a, dtype=torch.bool, device=dev)
@@ -259,7 +283,7 @@ def local_masks(
     if strategy == "random":
         group = image.view(-1, 1) == image.view(1, -1)
     else:
-        group = partition.view(-1, 1) == partition.view(1, -1)
+        group = _domain_group(image, partition, volume)
     not_self = ~torch.eye(m * a, dtype=torch.bool, device=dev)
     pos = torch.kron(group.int(), same_region.int()).bool() & not_self
     neg = torch.kron(group.int(), far.int()).bool()
@@ -273,6 +297,7 @@ def local_contrastive_loss(
     regions: int = 13,
     size: int = 1,
     temperature: float = 0.1,
+    volume: Tensor | None = None,
 ) -> Tensor:
     """Chaitanya's local contrastive loss ``L_l`` (eqs. 3-4) over ``A`` regions of ``K x K``.
 
@@ -284,6 +309,7 @@ def local_contrastive_loss(
         regions: ``A`` (13).
         size: ``K`` (1 or 3).
         temperature: ``tau`` (0.1).
+        volume: ``(N,)`` volume id of each image (see :func:`global_masks`), or None.
     """
     check_ndim(f, "f", (4,), "(V*N, C, H, W) feature maps")
     n = partition.shape[0] if partition.ndim == 1 else -1
@@ -295,7 +321,8 @@ def local_contrastive_loss(
     corners = region_corners(f.shape[2], f.shape[3], regions, size)
     v = f.shape[0] // n
     image = torch.arange(n, device=f.device).repeat(v)
-    pos, neg = local_masks(image, partition.to(f.device).repeat(v), corners, strategy)
+    vol = None if volume is None else volume.to(f.device).repeat(v)
+    pos, neg = local_masks(image, partition.to(f.device).repeat(v), corners, strategy, vol)
     z = region_embeddings(f, corners, size).flatten(0, 1)  # (V*N*A, C*K*K)
     return pair_contrastive_loss(z, pos, neg, temperature)
 

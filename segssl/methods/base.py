@@ -57,6 +57,8 @@ class MethodContext:
         partitions: slice partitions per volume (meta-labels of L_con).
         generator: the method's own random stream, seeded and checkpointed by the engine.
         epochs, iters_per_epoch: the run's length (mechanics check their own lengths against it).
+        image_size: ``(H, W)`` of the preprocessed slices (``data.preprocess.size``): the training
+            input size when ``augment.crop`` is 0; None when unknown.
     """
 
     num_classes: int
@@ -67,6 +69,7 @@ class MethodContext:
     generator: torch.Generator
     epochs: int
     iters_per_epoch: int
+    image_size: tuple[int, int] | None = None
 
 
 class Method(nn.Module):

@@ -31,6 +31,7 @@ from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.losses.contrast_strategies import global_contrastive_loss
 from segssl.methods.base import Clock, Method, MethodContext, StepOutput
+from segssl.methods.mechanics import volume_ids
 from segssl.models.heads import GlobalProjector
 
 
@@ -71,5 +72,8 @@ class ContrastGlobal(Method):
             views.insert(0, x)
         feats = self.model.features(torch.cat(views), [cfg.tap])[cfg.tap]
         z = self.heads["g1"](feats)
-        loss = global_contrastive_loss(z, unlabeled["partition"], cfg.strategy, cfg.temperature)
+        vol = volume_ids(unlabeled, z.device)
+        loss = global_contrastive_loss(
+            z, unlabeled["partition"], cfg.strategy, cfg.temperature, vol
+        )
         return self.output({"global": loss})

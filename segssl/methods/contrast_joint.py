@@ -20,6 +20,7 @@ from segssl.losses.contrast_strategies import global_contrastive_loss
 from segssl.methods.base import Clock, MethodContext, StepOutput
 from segssl.methods.contrast_local import Config as LocalConfig
 from segssl.methods.contrast_local import ContrastLocal
+from segssl.methods.mechanics import volume_ids
 from segssl.models.heads import GlobalProjector
 
 
@@ -53,7 +54,9 @@ class ContrastJoint(ContrastLocal):
         if cfg.global_strategy == "random":
             views = views[1:]
         z = self.heads["g1"](self.model.features(torch.cat(views), ["encoder"])["encoder"])
-        parts = {"global": global_contrastive_loss(z, part, cfg.global_strategy, cfg.temperature)}
+        vol = volume_ids(unlabeled, x.device)
+        g = global_contrastive_loss(z, part, cfg.global_strategy, cfg.temperature, vol)
+        parts = {"global": g}
         if "local" in self.weights():
-            parts["local"] = self.local_loss(x, part)
+            parts["local"] = self.local_loss(x, part, vol)
         return self.output(parts)

@@ -28,6 +28,7 @@ from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.losses.contrast_strategies import local_contrastive_loss
 from segssl.methods.base import Clock, Method, MethodContext, StepOutput
+from segssl.methods.mechanics import volume_ids
 from segssl.models import apply_freeze
 
 
@@ -96,14 +97,15 @@ class ContrastLocal(Method):
             if any(k == p or k.startswith(p + ".") for p in self.carried)
         }
 
-    def local_loss(self, x: Tensor, partition: Tensor) -> Tensor:
-        """``L_l`` of two intensity transforms of ``x`` ``(B, 1, H, W)``."""
+    def local_loss(self, x: Tensor, partition: Tensor, volume: Tensor | None = None) -> Tensor:
+        """``L_l`` of two intensity transforms of ``x`` ``(B, 1, H, W)`` (``volume``: ids)."""
         cfg, gen = self.cfg, self.ctx.generator
         views = [self.T.sample(x.shape[0], generator=gen).intensity(x) for _ in range(2)]
         f = self.heads["g2"](self.model.features(torch.cat(views), [self.role])[self.role])
         return local_contrastive_loss(
-            f, partition, cfg.strategy, cfg.regions, cfg.region_size, cfg.temperature
+            f, partition, cfg.strategy, cfg.regions, cfg.region_size, cfg.temperature, volume
         )
 
     def training_step(self, labeled: None, unlabeled: Batch, clock: Clock) -> StepOutput:
-        return self.output({"local": self.local_loss(unlabeled["image"], unlabeled["partition"])})
+        x, vol = unlabeled["image"], volume_ids(unlabeled, unlabeled["image"].device)
+        return self.output({"local": self.local_loss(x, unlabeled["partition"], vol)})

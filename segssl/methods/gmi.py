@@ -115,22 +115,25 @@ class GMI(Method):
         self._check_windows()
 
     def _check_windows(self) -> None:
-        """A displacement window must fit its tap's map at the training crop (before training)."""
-        side = self.ctx.augment.crop
-        if not self.cfg.local_taps or not side:
+        """A displacement window must fit its tap's map at the training input size (before
+        training): the random crop, or the preprocessed slice when ``augment.crop`` is 0."""
+        crop = self.ctx.augment.crop
+        size = (crop, crop) if crop else self.ctx.image_size
+        if not self.cfg.local_taps or not size:
             return
+        where = f"augment.crop={crop}" if crop else f"data.preprocess.size={list(size)}"
         conv = next(m for m in self.model.modules() if isinstance(m, nn.Conv2d))
         was = self.model.training
         self.model.eval()
         with torch.no_grad():
-            _, feats = self.model(torch.zeros(1, conv.in_channels, side, side), taps=self.roles)
+            _, feats = self.model(torch.zeros(1, conv.in_channels, *size), taps=self.roles)
         self.model.train(was)
         for role, pad in self.cfg.local_taps.items():
             h, w = feats[role].shape[-2:]
             if 2 * pad + 1 > min(h, w):
                 raise ValueError(
                     f"method.local_taps.{role}: a {2 * pad + 1}x{2 * pad + 1} displacement set "
-                    f"does not fit the {h}x{w} map of {role} at augment.crop={side}"
+                    f"does not fit the {h}x{w} map of {role} at {where}"
                 )
 
     def training_step(self, labeled: Batch | None, unlabeled: Batch, clock: Clock) -> StepOutput:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from segssl.methods.base import Clock, MethodContext
 
-__all__ = ["EMATeacher", "RampUp", "mc_dropout", "mixup", "two_stream"]
+__all__ = ["EMATeacher", "RampUp", "mc_dropout", "mixup", "two_stream", "volume_ids"]
 
 
 class EMATeacher(nn.Module):
@@ -127,12 +128,18 @@ def _dropouts(net: nn.Module) -> list[nn.Module]:
     return [m for m in net.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
 
 
-def mc_dropout(net: nn.Module, x: Tensor, passes: int) -> Tensor:
+def mc_dropout(
+    net: nn.Module,
+    x: Tensor,
+    passes: int,
+    perturb: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """``passes`` stochastic forward passes with dropout active: ``(passes, B, C, H, W)``.
 
     Dropout layers are switched to training mode for the passes (whatever the network's mode,
     so a teacher in eval mode still samples) and restored; everything else keeps its mode.
-    Dropout draws from the global torch RNG (checkpointed by the engine).
+    ``perturb`` (e.g. input noise) is applied to ``x`` anew for every pass, so each pass sees its
+    own draw. Dropout draws from the global torch RNG (checkpointed by the engine).
 
     Raises:
         ValueError: the network has no dropout layer with p > 0 (``model.dropout``), or
@@ -147,7 +154,7 @@ def mc_dropout(net: nn.Module, x: Tensor, passes: int) -> Tensor:
     for m in drops:
         m.train(True)
     try:
-        return torch.stack([net(x) for _ in range(passes)])
+        return torch.stack([net(x if perturb is None else perturb(x)) for _ in range(passes)])
     finally:
         for m, mode in zip(drops, modes, strict=True):
             m.train(mode)
@@ -188,3 +195,16 @@ def two_stream(net: nn.Module, labeled: Tensor, unlabeled: Tensor) -> tuple[Tens
     """``net`` on the labeled and unlabeled images in one pass; ``(out_labeled, out_unlabeled)``."""
     out = net(torch.cat([labeled, unlabeled]))
     return out[: labeled.shape[0]], out[labeled.shape[0] :]
+
+
+def volume_ids(batch: dict, device: torch.device) -> Tensor | None:
+    """``(B,)`` int64 index of each slice's volume (its ``scan`` id), None without ``scan``.
+
+    The domain contrasting strategies use it so that only OTHER volumes' slices of a partition
+    are positives (Chaitanya et al.), whatever sampler drew the batch.
+    """
+    scans = batch.get("scan")
+    if scans is None:
+        return None
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(s, len(index)) for s in scans], device=device)

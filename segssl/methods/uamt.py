@@ -2,8 +2,9 @@
 
 Mean Teacher whose consistency term keeps only the pixels where the teacher is certain: the
 teacher (EMA of the student, decay ``ema_decay``) runs ``passes`` Monte-Carlo dropout passes on
-the unlabeled batch (4 in the BIM paper; the model needs ``model.dropout > 0``) with
-``mean_teacher``'s input noise; their mean is the target and its pixel-wise entropy the
+the unlabeled batch (4 in the BIM paper; the model needs ``model.dropout > 0``), each pass with
+its own draw of ``mean_teacher``'s input noise (Yu et al.: T passes "under random dropout and
+input Gaussian noise"); their mean is the target and its pixel-wise entropy the
 uncertainty. Ramp-up, noise and evaluation network are ``mean_teacher``'s ("other settings the
 same as our Mean Teacher"). Pixels whose entropy is below a threshold that
 rises linearly from ``threshold_start * log K`` to ``log K`` over ``threshold_epochs`` (default:
@@ -73,9 +74,13 @@ class UAMT(Method):
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
         x_l, x_u, sigma = labeled["image"], unlabeled["image"], self.cfg.teacher_noise
         logits = self.model(torch.cat([x_l, x_u]))
-        noise = (torch.randn_like(x_u) * sigma).clamp(-2 * sigma, 2 * sigma)
-        with torch.no_grad():
-            passes = mc_dropout(self.teacher.net, x_u + noise, self.cfg.passes)
+        with torch.no_grad():  # each pass its own dropout mask and its own input noise
+            passes = mc_dropout(
+                self.teacher.net,
+                x_u,
+                self.cfg.passes,
+                lambda x: x + (torch.randn_like(x) * sigma).clamp(-2 * sigma, 2 * sigma),
+            )
             target = passes.float().softmax(2).mean(0)
             mask = uncertainty_mask(predictive_entropy(target), self.threshold(clock))
         student = logits[len(x_l) :].float().softmax(1)

@@ -82,6 +82,7 @@ def _phantom_config(
     n_train = max(1, int(0.7 * _PHANTOM_SUBJECTS))
     if isinstance(raw["data"]["labeled_scans"], int):
         raw["data"]["labeled_scans"] = min(raw["data"]["labeled_scans"], n_train)
+    _fit_schedules(raw["method"], cfg.train.epochs)
     raw["train"].update(
         epochs=1,
         iters_per_epoch=iters,
@@ -92,6 +93,19 @@ def _phantom_config(
         save_best=False,
     )
     return RunConfig.model_validate(raw)
+
+
+def _fit_schedules(method: dict[str, Any], epochs: int) -> None:
+    """Fit the method's epoch schedules (``*_epochs``: ramp-ups, teacher updates) into the
+    1-epoch calibration: a float becomes the same fraction of one epoch as of the run, an int is
+    capped at 1. Their values change no FLOPs of an iteration, only whether the run is valid."""
+    for key, value in method.items():
+        if not key.endswith("_epochs") or isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, float):
+            method[key] = value / max(1, epochs)
+        elif isinstance(value, int):
+            method[key] = min(value, 1)
 
 
 def trained_pixels(cfg: RunConfig) -> int:

@@ -142,7 +142,12 @@ def _check_mapping(value: Any, where: str, source: str) -> Mapping[str, Any]:
 
 
 def _apply_stage(
-    raw: dict[str, Any], name: str, over: Mapping[str, Any], where: str, source: str
+    raw: dict[str, Any],
+    name: str,
+    over: Mapping[str, Any],
+    where: str,
+    source: str,
+    check: bool = True,
 ) -> None:
     stages = raw.get("stages") or {}
     if name not in stages:
@@ -156,9 +161,9 @@ def _apply_stage(
             f"{source}: {where}: unknown key(s) {bad}; a profile may set {', '.join(_STAGE_KEYS)}"
         )
     if "config" in over:
-        known = _stage_keys(raw, name, source)
         cfg = _check_mapping(over["config"], f"{where}.config", source)
-        _check_config_keys(cfg, known, f"{where}.config", source)
+        if check:
+            _check_config_keys(cfg, _stage_keys(raw, name, source), f"{where}.config", source)
         st["config"] = _merge(st.get("config") or {}, _nest(cfg))
     for axis in ("grid", "variants"):
         if axis not in over:
@@ -182,12 +187,15 @@ def _apply_stage(
     raw["stages"][name] = st
 
 
-def _apply_base(raw: dict[str, Any], over: Any, source: str, where: str) -> None:
+def _apply_base(
+    raw: dict[str, Any], over: Any, source: str, where: str, check: bool = True
+) -> None:
     over = _check_mapping(over, where, source)
-    known: dict[str, Any] = {}
-    for stage in raw.get("stages") or {}:
-        known.update(_stage_keys(raw, stage, source))
-    _check_config_keys(over, known, where, source)
+    if check:
+        known: dict[str, Any] = {}
+        for stage in raw.get("stages") or {}:
+            known.update(_stage_keys(raw, stage, source))
+        _check_config_keys(over, known, where, source)
     raw["base"] = _merge(raw.get("base") or {}, _nest(over))
 
 
@@ -213,8 +221,14 @@ def _apply_phantoms(raw: dict[str, Any], over: Any, source: str, where: str) -> 
     raw["base"] = _merge(raw.get("base") or {}, {"data": {"root": phantom_dir(ph)}})
 
 
-def apply_profile(raw: Any, profile: str | None, source: str = "<sweep>") -> Any:
+def apply_profile(
+    raw: Any, profile: str | None, source: str = "<sweep>", check_overrides: bool = True
+) -> Any:
     """The sweep mapping of ``profile`` (``profiles:`` removed; ``None`` means ``paper``).
+
+    ``check_overrides=False`` skips checking the profiles' run-config overrides against the
+    resolved run config (which imports the method registry, hence torch): for commands that
+    only read results (``segssl table``); structural mistakes are still reported.
 
     Raises:
         ProfileError: unknown profile, a smoke run of a sweep without ``profiles.smoke``, or an
@@ -241,12 +255,16 @@ def apply_profile(raw: Any, profile: str | None, source: str = "<sweep>") -> Any
         )
     for other in profiles:  # a mistake in the profile not chosen is found now, not later
         if other != profile:
-            _apply(copy.deepcopy(out), profiles, other, source)
-    return _apply(out, profiles, profile, source)
+            _apply(copy.deepcopy(out), profiles, other, source, check_overrides)
+    return _apply(out, profiles, profile, source, check_overrides)
 
 
 def _apply(
-    out: dict[str, Any], profiles: Mapping[str, Any], profile: str, source: str
+    out: dict[str, Any],
+    profiles: Mapping[str, Any],
+    profile: str,
+    source: str,
+    check: bool = True,
 ) -> dict[str, Any]:
     """Apply ``profiles[profile]`` (if any) to ``out`` in place and return it."""
     over = _check_mapping(profiles.get(profile), f"profiles.{profile}", source)
@@ -261,15 +279,17 @@ def _apply(
     if "phantoms" in over:
         _apply_phantoms(out, over["phantoms"], source, f"{where}.phantoms")
     if "base" in over:
-        _apply_base(out, over["base"], source, f"{where}.base")
+        _apply_base(out, over["base"], source, f"{where}.base", check)
     for name, st_over in _check_mapping(over.get("stages"), f"{where}.stages", source).items():
         st_over = _check_mapping(st_over, f"{where}.stages.{name}", source)
-        _apply_stage(out, name, st_over, f"{where}.stages.{name}", source)
+        _apply_stage(out, name, st_over, f"{where}.stages.{name}", source, check)
     for key in ("seeds", "resources", "max_concurrent", "max_failures", "num_cpus"):
         if key in over:
             out[key] = copy.deepcopy(over[key])
     if "name" in out:
         out["name"] = profile_name(str(out["name"]), profile)
+    if out.get("storage") and profile != "paper":  # the file's own storage: one per profile
+        out["storage"] = profile_name(str(out["storage"]).rstrip("/\\"), profile)
     out["profile"] = profile
     return out
 

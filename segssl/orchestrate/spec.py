@@ -319,31 +319,39 @@ def _format(exc: ValidationError, source: str) -> str:
     )
 
 
-def parse_sweep(raw: Any, source: str = "<sweep>", profile: str | None = None) -> SweepSpec:
+def parse_sweep(
+    raw: Any,
+    source: str = "<sweep>",
+    profile: str | None = None,
+    check_overrides: bool = True,
+) -> SweepSpec:
     """Validate a plain mapping into a :class:`SweepSpec`; raise :class:`SpecError` on failure.
 
     ``profile`` (``smoke`` | ``paper``; None: ``paper``) applies the mapping's ``profiles:``
-    section (:func:`segssl.orchestrate.profiles.apply_profile`).
+    section (:func:`segssl.orchestrate.profiles.apply_profile`); ``check_overrides=False``
+    skips checking its run-config overrides (imports torch; for commands that only read runs).
     """
     from segssl.orchestrate.profiles import apply_profile
 
     if not isinstance(raw, Mapping):
         raise SpecError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    raw = apply_profile(raw, profile, source)
+    raw = apply_profile(raw, profile, source, check_overrides)
     try:
         return SweepSpec.model_validate(dict(raw))
     except ValidationError as exc:
         raise SpecError(_format(exc, source)) from None
 
 
-def load_sweep(path: str | Path, profile: str | None = None) -> SweepSpec:
+def load_sweep(
+    path: str | Path, profile: str | None = None, check_overrides: bool = True
+) -> SweepSpec:
     """Read and validate a sweep YAML file in ``profile`` (every trial config is validated by
-    the planner)."""
+    the planner; ``check_overrides``: see :func:`parse_sweep`)."""
     try:
         raw = read_yaml(path)
     except ConfigError as exc:
         raise SpecError(str(exc)) from None
-    return parse_sweep(raw, source=str(path), profile=profile)
+    return parse_sweep(raw, source=str(path), profile=profile, check_overrides=check_overrides)
 
 
 def spec_hash(spec: SweepSpec) -> str:

@@ -98,14 +98,17 @@ def check_submit_args(
             "a remote sweep needs --tracking-uri (or MLFLOW_TRACKING_URI) naming a tracking "
             "server the cluster can reach (http://MLFLOW:5000) or a SQLite file on shared storage"
         )
+    from segssl.orchestrate.tracking import redact
+
+    shown = redact(tracking_uri)  # a database URI given here may carry its password
     if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
         raise SubmitError(
-            f"--tracking-uri {tracking_uri}: a SQLite file for a remote sweep must be an absolute "
+            f"--tracking-uri {shown}: a SQLite file for a remote sweep must be an absolute "
             "path on storage shared by the cluster (sqlite:////shared/mlflow.db)"
         )
     if not tracking_uri.startswith(("http://", "https://", "sqlite:////")):
         raise SubmitError(
-            f"--tracking-uri {tracking_uri}: expected http(s)://HOST:PORT or sqlite:////ABS/PATH"
+            f"--tracking-uri {shown}: expected http(s)://HOST:PORT or sqlite:////ABS/PATH"
         )
     store = storage or spec.storage
     if not store or not Path(store).is_absolute():

@@ -71,3 +71,45 @@ def test_bench_methods_replays_every_network_pass(acdc_root: Path, monkeypatch) 
     assert bim["bare_ms"] > 0 and bim["step_ms"] > 0
     assert math.isclose(bim["cpu_ratio"], bim["step_ms"] / bim["bare_ms"], rel_tol=1e-9)
     assert bench.bench_method("mean_teacher", args, acdc_root)["passes"] == 2  # + the teacher
+
+
+def test_gpu_check_peak_memory_is_each_variants_own(monkeypatch) -> None:
+    """On a GPU every variant stays resident for the interleaved timing: a variant's peak must
+    be its own resident memory plus its step's transient peak, not the other variants' too."""
+    import argparse
+
+    import torch
+
+    gpu_check = _load("gpu_check")
+    mem = {"now": 0, "peak": 0}
+    sizes: dict[tuple, tuple[int, int]] = {}  # variant -> (resident, transient) bytes
+
+    def fake_make_step(kind, prec, cl, args, device):
+        resident, transient = (len(sizes) + 1) * 2**20, (len(sizes) + 1) * 3 * 2**20
+        sizes[(kind, prec, cl)] = resident, transient
+        state = {"built": False}
+
+        def step() -> None:
+            if not state["built"]:  # weights, gradients, optimiser state stay after a step
+                state["built"] = True
+                mem["now"] += resident
+            mem["peak"] = max(mem["peak"], mem["now"] + transient)
+
+        return step
+
+    def reset(device) -> None:
+        mem["peak"] = mem["now"]
+
+    monkeypatch.setattr(gpu_check, "make_step", fake_make_step)
+    cuda = gpu_check.torch.cuda
+    monkeypatch.setattr(cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(cuda, "memory_allocated", lambda device=None: mem["now"])
+    monkeypatch.setattr(cuda, "max_memory_allocated", lambda device=None: mem["peak"])
+    monkeypatch.setattr(cuda, "reset_peak_memory_stats", reset)
+    monkeypatch.setattr(cuda, "is_bf16_supported", lambda: True)
+    args = argparse.Namespace(warmup=1, rounds=1, steps=1)
+    rows = gpu_check.measure_variants(args, torch.device("cuda"))
+    assert len(rows) == 18
+    for r in rows:
+        resident, transient = sizes[(r["step"], r["precision"], r["channels_last"])]
+        assert r["peak_mem_mb"] == (resident + transient) / 2**20

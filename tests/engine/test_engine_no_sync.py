@@ -92,9 +92,24 @@ def _where() -> str:
 
 
 def _in_optimizer() -> bool:
-    """True inside ``torch.optim``: its ``step`` counters are CPU tensors by design (unless
-    ``capturable``/``fused``), so reading them is not a device synchronisation."""
-    return any("/torch/optim/" in f.filename for f in traceback.extract_stack()[:-2])
+    """True when the read is made by ``torch.optim``'s own optimiser code: its ``step`` counters
+    are CPU tensors by design (unless ``capturable``/``fused``), so reading them is not a device
+    synchronisation. Only the innermost caller counts (this file's modes and torch's dispatch
+    plumbing skipped), so a closure run by ``optimizer.step`` or code reached through an
+    optimiser frame is still recorded; ``swa_utils`` (averaged models, an EMA teacher) and the
+    LR schedulers are not exempt."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        path = frame.filename.replace("\\", "/")
+        if frame.name in _MODE_FRAMES and path == __file__:
+            continue
+        if "/torch/" in path and "/torch/optim/" not in path:
+            continue  # dispatch plumbing (overrides, _compile, _dynamo, _tensor)
+        return "/torch/optim/" in path and not path.endswith(_NOT_EXEMPT)
+    return False
+
+
+_MODE_FRAMES = ("__torch_function__", "__torch_dispatch__")
+_NOT_EXEMPT = ("/torch/optim/swa_utils.py", "/torch/optim/lr_scheduler.py")
 
 
 class _SyncOps(TorchDispatchMode):
@@ -141,6 +156,29 @@ def test_detector_sees_every_kind_of_read() -> None:
     for label, fn in checks.items():
         assert host_syncs(fn), label
     assert host_syncs(lambda: (x * 2).softmax(0).sum().backward()) == []
+
+
+def test_optimizer_exemption_covers_only_the_optimisers_own_reads() -> None:
+    """The optimisers' CPU step counters are exempt; a read in a closure that ``step`` runs, or
+    in ``swa_utils``' averaged model (an EMA teacher), is not."""
+    w = torch.nn.Parameter(torch.rand(3))
+    for opt in (torch.optim.RAdam([w]), torch.optim.Adam([w]), torch.optim.SGD([w], lr=0.1)):
+        assert host_syncs(lambda o=opt: ((w**2).sum().backward(), o.step())) == []
+
+    opt = torch.optim.SGD([w], lr=0.1)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        return loss if loss > 0 else -loss  # a data-dependent branch
+
+    assert "Tensor.__bool__" in "".join(host_syncs(lambda: opt.step(closure)))
+    ema = torch.optim.swa_utils.AveragedModel(
+        torch.nn.Linear(2, 2), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.99)
+    )
+    ema.update_parameters(torch.nn.Linear(2, 2))
+    assert host_syncs(lambda: ema.update_parameters(torch.nn.Linear(2, 2)))
 
 
 @pytest.fixture(scope="module")

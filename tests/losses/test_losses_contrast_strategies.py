@@ -252,3 +252,23 @@ def test_dense_infonce_negatives_and_errors() -> None:
     with pytest.raises(ValueError, match=r"match must be \(B, H\*W\) = \(2, 9\)"):
         dense_infonce_loss(q, k, match[:, :4], valid)
     assert float(dense_infonce_loss(q, k, match, torch.zeros_like(valid))) == 0.0
+
+
+def test_domain_positives_come_from_other_volumes_only() -> None:
+    # slices 0 and 1 share volume 0 and partition 0 (a batch not drawn by the partition
+    # sampler); slice 2 is partition 0 of volume 1. G^D: only the other volume's slice (and the
+    # views) is a positive; G^D-/G^D: the same-volume slice of the partition is no negative either
+    image, part = torch.arange(3).repeat(2), torch.tensor([0, 0, 0]).repeat(2)
+    vol = torch.tensor([0, 0, 1]).repeat(2)
+    pos, neg = global_masks(image, part, "domain", volume=vol)
+    assert _sets(pos)[0] == {2, 3, 5} and _sets(neg)[0] == set()
+    pos, neg = global_masks(image, part, "domain_minus", volume=vol)
+    assert _sets(pos)[0] == {3} and _sets(neg)[0] == set()
+    corners = [(0, 0), (1, 1)]
+    lpos, lneg = local_masks(image, part, corners, "domain", volume=vol)
+    # entry i*A + a; anchor: image 0 view 1 region 0 -> region 0 of views of images 0 and 2
+    assert _sets(lpos)[0] == {4, 6, 10} and _sets(lneg)[0] == {1, 5, 7, 11}
+    z = torch.randn(6, 8)
+    same = global_contrastive_loss(z, torch.tensor([0, 0, 0]), "domain", volume=vol[:3])
+    pos_ref, neg_ref = global_masks(image, part, "domain", volume=vol)
+    torch.testing.assert_close(same, pair_contrastive_loss(z, pos_ref, neg_ref))

@@ -3,6 +3,8 @@ freeze and carry, and the bad input the issue names."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -195,3 +197,31 @@ def test_pretext_methods_carry(tiny, batches) -> None:
         m = _method(tiny, batches, name, "pretrain")
         assert m.carry == "model" and "reconstruction" in m.heads
         assert torch.isfinite(m.training_step(None, steps[0][1], Clock(1, 0, 2, 4))["loss"])
+
+
+def test_domain_strategies_get_each_slice_volume(tiny, batches, monkeypatch) -> None:
+    import segssl.methods.contrast_global as cg
+    import segssl.methods.contrast_local as cl
+
+    steps, _ = batches
+    unl = dict(steps[0][1])
+    b = unl["image"].shape[0]
+    unl["scan"] = ["a", "b"] * (b // 2) + ["a"] * (b % 2)
+    seen = {}
+    for mod, fn in ((cg, "global_contrastive_loss"), (cl, "local_contrastive_loss")):
+        real = getattr(mod, fn)
+
+        def spy(*args, _real=real, _fn=fn, **kw):
+            seen[_fn] = inspect.signature(_real).bind(*args, **kw).arguments.get("volume")
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(mod, fn, spy)
+    clock = Clock(1, 0, 2, 4)
+    _method(tiny, batches, "contrast_global", "pretrain").training_step(None, unl, clock)
+    local = {"name": "contrast_local", "strategy": "domain", "region_size": 1}
+    _method(tiny, batches, "contrast_local", "pretrain", method=local).training_step(
+        None, unl, clock
+    )
+    want = torch.tensor([0, 1] * (b // 2) + [0] * (b % 2))
+    assert torch.equal(seen["global_contrastive_loss"], want)
+    assert torch.equal(seen["local_contrastive_loss"], want)

@@ -230,6 +230,12 @@ def test_bad_configs_fail_validation(method: dict, match: str) -> None:
         ("gmi", {"method": {"name": "gmi", "global_taps": ["bottleneck"]}}, "valid roles"),
         # decoder1 (Up_conv5) is 4x4 at a 32 px crop: a 7x7 window does not fit
         ("gmi", {"method": {"name": "gmi", "local_taps": {"decoder1": 3}}}, "does not fit"),
+        # no random crop: the window is checked against the full (preprocessed) 32 px image
+        (
+            "gmi",
+            {"method": {"name": "gmi", "local_taps": {"decoder1": 3}}, "augment": {"crop": 0}},
+            "does not fit",
+        ),
         ("uamt", {}, "model.dropout"),
         ("gmi_pretrain", {"method": {"name": "gmi_pretrain", "w_ce": 1.0}}, "w_ce must be 0"),
     ],
@@ -268,3 +274,21 @@ def test_a_semi_method_starts_from_pretrained_weights_teacher_included(
     assert snap, "the method was not built"
     body = [k for k in weights if not k.startswith("Conv_1x1")]
     assert body and all(torch.equal(snap[k], weights[k]) for k in body)
+
+
+def test_uamt_each_mc_pass_gets_its_own_clipped_input_noise(tiny_method, batch) -> None:
+    # UA-MT (Yu et al. 2019): T stochastic passes "under random dropout and input Gaussian
+    # noise": every pass draws its own noise, clipped at twice teacher_noise
+    cfg = tiny_method("uamt")
+    m = _method(cfg)
+    seen: list[torch.Tensor] = []
+    hook = m.teacher.net.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
+    lab, unl = batch
+    m.training_step(lab, unl, Clock(1, 0, 2, 4))
+    hook.remove()
+    assert len(seen) == cfg.method.passes
+    sigma, x_u = cfg.method.teacher_noise, unl["image"]
+    for i, a in enumerate(seen):
+        assert float((a - x_u).abs().max()) <= 2 * sigma + 1e-6
+        for b in seen[i + 1 :]:
+            assert not torch.allclose(a, b)

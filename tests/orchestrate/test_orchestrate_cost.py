@@ -101,3 +101,17 @@ def test_large_slices_are_measured_small_and_scaled_by_pixels(tmp_path: Path) ->
     plan = plan_sweep(parse_sweep(raw), source="c.yaml", storage=tmp_path / "s", root=tmp_path)
     (c,) = estimate_plan(plan, tmp_path / "cost.json", gpu_tflops=1.0)
     assert c.flops_per_iter == pytest.approx(_unet_step_flops(2, 128, 4), rel=0.05)
+
+
+def test_a_multi_epoch_ramp_up_is_scaled_into_the_one_epoch_calibration(tmp_path: Path) -> None:
+    """mean_teacher's 10-epoch ramp-up over a 20-epoch run: the 1-epoch calibration keeps the
+    ramp's fraction of the run (else RampUp refuses the ramp and the dry run has no estimate)."""
+    spec = _spec()
+    spec["base"]["train"]["epochs"] = 20
+    spec["stages"]["base"] = {
+        "config": {"stage": "semi", "method": {"name": "mean_teacher", "rampup_epochs": 10.0}},
+    }
+    plan = plan_sweep(parse_sweep(spec), storage=tmp_path / "s", root=tmp_path)
+    costs = estimate_plan(plan, tmp_path / "cache.json")
+    assert costs[0].flops_per_iter > 0
+    assert costs[0].iters == 20 * 7

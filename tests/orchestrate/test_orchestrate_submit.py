@@ -255,3 +255,16 @@ def test_attach_refused_when_the_running_job_runs_another_root_storage_or_server
     assert len(client.submitted) == 1
     monkeypatch.chdir(tmp_path)
     assert submit(path, client).attached  # the same submission still attaches
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [f"postgresql://mlflow:{SECRET}@db:5432/mlflow", f"htp://alice:{SECRET}@mlflow:5000"],
+)
+def test_a_refused_tracking_uri_is_named_without_its_password(tmp_path: Path, uri: str) -> None:
+    """A database URI passed as --tracking-uri (or a typo'd scheme) is refused; the message
+    names it, but not the password in its user-info."""
+    with pytest.raises(sub.SubmitError, match="expected http") as err:
+        submit(sweep_file(tmp_path), FakeJobClient(), uri=uri)
+    host = uri.rsplit("@", 1)[1]
+    assert SECRET not in str(err.value) and host in str(err.value)
