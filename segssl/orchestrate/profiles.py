@@ -288,6 +288,8 @@ def _apply(
             out[key] = copy.deepcopy(over[key])
     if "name" in out:
         out["name"] = profile_name(str(out["name"]), profile)
+    if out.get("storage") and profile != "paper":  # the file's own storage: one per profile
+        out["storage"] = profile_name(str(out["storage"]).rstrip("/\\"), profile)
     out["profile"] = profile
     return out
 

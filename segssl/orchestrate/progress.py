@@ -131,8 +131,9 @@ class SweepProgress:
         ok: bool,
         label: str = "",
         metric: tuple[str, float] | None = None,
+        reason: str | None = None,
     ) -> None:
-        """A trial ended for good (finished, or failed after its retries)."""
+        """A trial ended for good (finished, or failed after its retries, with its ``reason``)."""
         c = self.stages[stage]
         start = self._starts.pop(trial_id, None)
         took = ""
@@ -145,7 +146,9 @@ class SweepProgress:
         else:
             c.failed += 1
         value = f", {metric[0]} {metric[1]:.4f}" if metric is not None else ""
-        self._line(stage, f"{'finished' if ok else 'FAILED'} {label or trial_id}{took}{value}")
+        why = f" ({reason})" if reason and not ok else ""
+        event = f"{'finished' if ok else 'FAILED'} {label or trial_id}{took}{value}{why}"
+        self._line(stage, event)
         self.refresh()
 
     def _line(self, stage: str, event: str) -> None:
@@ -198,7 +201,10 @@ class _TuneProgress:
                 None,
             )
             label = _label(self.progress, trial)
-            self.progress.ended(self.stage, trial.trial_id, not failed, label, metric)
+            why = result.get("segssl/reason") if failed else None
+            self.progress.ended(
+                self.stage, trial.trial_id, not failed, label, metric, str(why) if why else None
+            )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress is not None:

@@ -212,7 +212,8 @@ def _end_failed(exc: BaseException, recorder: Any, seen: Mapping[str, float]) ->
     if not killed and isinstance(exc, (*_non_retryable(), gpu_guard.GpuMemoryError)):
         recorder.set_tags({TAG_RETRYABLE: "false"})
         recorder.end("FAILED", reason)
-        tune.report({**seen, "segssl/failed": 1.0})
+        # the reason reaches the console's per-trial line (Ray's own output goes to a log file)
+        tune.report({**seen, "segssl/failed": 1.0, "segssl/reason": reason.splitlines()[-1][:300]})
         return True
     recorder.end("KILLED" if killed else "FAILED", reason)
     return False

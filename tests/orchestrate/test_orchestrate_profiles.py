@@ -156,3 +156,18 @@ def test_phantoms_of_further_datasets(tmp_path: Path) -> None:
     raw["profiles"]["smoke"]["phantoms"]["also"] = "mmwhs-mr"
     with pytest.raises(ProfileError, match=r"phantoms.also: expected a list of dataset names"):
         parse_sweep(raw, source="s.yaml", profile="smoke")
+
+
+def test_a_sweep_with_its_own_storage_keeps_smoke_apart(tmp_path: Path) -> None:
+    """``storage:`` set in the file: the smoke run gets its own (plan.json, the driver lock and the
+    trial folders of the two profiles are never one folder)."""
+    spec = sweep()
+    spec["storage"] = str(tmp_path / "runs" / "s")
+    paper = _plan_own(parse_sweep(copy.deepcopy(spec), profile="paper"), tmp_path)
+    smoke = _plan_own(parse_sweep(copy.deepcopy(spec), profile="smoke"), tmp_path)
+    assert paper.storage == tmp_path / "runs" / "s"
+    assert smoke.storage == tmp_path / "runs" / "s-smoke"
+
+
+def _plan_own(spec: Any, tmp_path: Path) -> Any:
+    return plan_sweep(spec, source="s.yaml", root=tmp_path)

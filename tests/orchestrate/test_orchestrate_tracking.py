@@ -150,3 +150,25 @@ def test_progress_without_a_terminal_prints_one_line_per_trial_event() -> None:
     assert "elapsed 0:00, ETA 0:00" in lines[1] and len(lines) == 2
     assert all(len(line) > 80 for line in lines)  # never wrapped at the console's width
     assert "\x1b[" not in out.getvalue()  # no colour codes in a file
+
+
+def test_a_failed_trial_line_names_its_reason() -> None:
+    """Without a terminal, a trial that fails for good prints why (not only in the log file)."""
+    import io
+    from types import SimpleNamespace
+
+    from segssl.orchestrate.progress import _TuneProgress
+
+    out = io.StringIO()
+    p = SweepProgress("s", concurrency=1, console=Console(file=out, width=200), live=True)
+    p.add_stage("ft", total=1, skipped=0)
+    cb = _TuneProgress(p, "ft", lambda: None)
+    reason = "ConfigError: data.root: data/acdc: no such folder"
+    trial = SimpleNamespace(
+        trial_id="t1",
+        config={"trial_key": "k1"},
+        last_result={"segssl/failed": 1.0, "segssl/reason": reason},
+    )
+    cb.on_trial_start(0, [], trial)
+    cb.on_trial_complete(0, [], trial)
+    assert "FAILED trial k1" in out.getvalue() and reason in out.getvalue(), out.getvalue()
