@@ -434,6 +434,7 @@ def sweep_cmd(
     their last checkpoint, the sweep run is marked KILLED; a second Ctrl-C exits at once.
     """
     from segssl.config import ConfigError
+    from segssl.orchestrate.interrupt import SweepInterrupted
     from segssl.orchestrate.profiles import ensure_phantoms
     from segssl.orchestrate.runner import run_sweep
     from segssl.orchestrate.spec import load_sweep
@@ -468,6 +469,8 @@ def sweep_cmd(
         )
     except (ConfigError, TrackingError) as exc:
         fail(str(exc))
+    except SweepInterrupted as exc:  # a signal before any trial ran
+        fail(f"{exc} before any trial started; rerun the same command to run it", exc.code)
     except ConnectionError as exc:
         fail(f"--address {address}: cannot connect to the Ray cluster: {exc}")
     except OSError as exc:  # e.g. a full disk under the storage or the tracking store

@@ -244,12 +244,16 @@ def test_compose_stack() -> None:
 
 
 def test_ci_installs_cpu_torch_and_runs_apt_noninteractively_under_sudo() -> None:
-    """PyPI's Linux ``torch==X`` is the CUDA build (GBs of nvidia-* wheels): CI's first install
-    must name PyTorch's CPU index. ``sudo`` resets the environment, so DEBIAN_FRONTEND must be
-    set inside the sudo'd command, not before it."""
+    """CI's first install is the pinned torch, checked to be the CPU build (an unpinned or CUDA
+    torch is GBs); no index beyond pip's configuration is named (CI reaches only the package
+    registries). ``sudo`` resets the environment, so DEBIAN_FRONTEND must be set inside the
+    sudo'd command, not before it."""
     lines = (REPO / ".ci" / "run").read_text().replace("\\\n", " ").splitlines()
     torch_line = next(ln for ln in lines if "pip install" in ln and "torch==" in ln)
-    assert "download.pytorch.org/whl/cpu" in torch_line
+    assert "index-url" not in torch_line, torch_line
+    pip_lines = [ln for ln in lines if "pip install" in ln and "upgrade pip" not in ln]
+    assert pip_lines[0] == torch_line, "torch must be installed before the project"
+    assert any("+cpu" in ln for ln in lines[lines.index(torch_line) :]), "CPU build not checked"
     apt = next(ln for ln in lines if "apt-get install" in ln)
     assert re.search(r"\$sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install", apt), apt
     update = next(i for i, ln in enumerate(lines) if "apt-get update" in ln)

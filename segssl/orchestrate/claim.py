@@ -279,12 +279,17 @@ def _create(path: Path, owner: dict[str, Any]) -> None:
 
 class ClaimKeeper:
     """Refreshes a claim's heartbeat (and runs ``also``, e.g. the MLflow heartbeat) from a daemon
-    thread every ``every`` seconds until :meth:`stop`."""
+    thread every ``every`` seconds (default ``HEARTBEAT_S``) until :meth:`stop`; ``also`` may be
+    set or cleared while it runs."""
 
     def __init__(
-        self, claim: SweepClaim, every: float = HEARTBEAT_S, also: Callable[[], None] | None = None
+        self,
+        claim: SweepClaim,
+        every: float | None = None,
+        also: Callable[[], None] | None = None,
     ) -> None:
-        self.claim, self.every, self.also = claim, every, also
+        self.claim, self.also = claim, also
+        self.every = HEARTBEAT_S if every is None else every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="segssl-heartbeat")
         self._thread.start()

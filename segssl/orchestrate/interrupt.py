@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["Interrupt", "SweepInterrupted", "catch_signals"]
+__all__ = ["Interrupt", "SweepInterrupted", "catch_signals", "raise_on_signals"]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -99,6 +99,28 @@ def catch_signals(interrupt: Interrupt) -> Iterator[Interrupt]:
         signal.signal(s, interrupt.handle)
     try:
         yield interrupt
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def raise_on_signals() -> Iterator[None]:
+    """Before the sweep launches anything: SIGINT or SIGTERM raises :class:`SweepInterrupted`
+    at once (main thread only), so the claim is released on the way out and the exit status
+    names the signal; :func:`catch_signals` takes over while trials run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise SweepInterrupted(signum, f"sweep stopped by {signal.Signals(signum).name}")
+
+    old = {s: signal.getsignal(s) for s in _SIGNALS}
+    for s in _SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)

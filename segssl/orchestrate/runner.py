@@ -38,7 +38,13 @@ from segssl.config import flatten
 from segssl.orchestrate import mlflow_ui, tracking
 from segssl.orchestrate.claim import ClaimKeeper, SweepClaim, claim_sweep
 from segssl.orchestrate.datacheck import check_plan_data
-from segssl.orchestrate.interrupt import Interrupt, SweepInterrupted, catch_signals, make_stopper
+from segssl.orchestrate.interrupt import (
+    Interrupt,
+    SweepInterrupted,
+    catch_signals,
+    make_stopper,
+    raise_on_signals,
+)
 from segssl.orchestrate.plan import (
     PLAN_FILE,
     Plan,
@@ -528,8 +534,13 @@ def _launch(
     outcome: SweepOutcome,
     claim: SweepClaim,
     opts: dict[str, Any],
+    keeper: ClaimKeeper,
 ) -> None:
-    """Start Ray, check resources, run the stages under the sweep run; end the run."""
+    """Start Ray, check resources, run the stages under the sweep run; end the run.
+
+    ``keeper`` refreshes the claim (started when it was taken); it also refreshes the sweep
+    run's heartbeat while the run is open.
+    """
     console: Console = opts["console"]
     _quiet_tune()
     started_ray = _ray_init(plan.spec, opts["address"], opts["num_cpus"], opts["ray_init_kwargs"])
@@ -542,7 +553,7 @@ def _launch(
         check_resources(plan, tr.launching, ray.nodes())
         ctx = _start_run(plan, uri, tr, opts["source"], claim, outcome)
         assert ctx.sweep_run_id is not None
-        keeper = ClaimKeeper(claim, also=lambda: tracking.touch_sweep_run(uri, ctx.sweep_run_id))
+        keeper.also = lambda: tracking.touch_sweep_run(uri, ctx.sweep_run_id)
         progress = SweepProgress(plan.spec.name, plan.spec.max_concurrent, console, opts["live"])
         progress.names = {t.key: t.name for t in plan.all_trials()}
         for s in plan.order:
@@ -570,7 +581,7 @@ def _launch(
         finally:
             if status == "FINISHED" and outcome.failed:
                 status = "FAILED"
-            keeper.stop()
+            keeper.also = None  # the claim's heartbeat goes on until it is released
             _end_sweep_run(uri, ctx.sweep_run_id, outcome, status, reason, console)
             if outcome.failed:
                 with contextlib.suppress(Exception):  # the summary is a courtesy
@@ -660,37 +671,42 @@ def run_sweep(
             check_data=check_data,
             nodes=lambda: _cluster_nodes(spec, address, num_cpus, ray_init_kwargs),
         )
-    claim = claim_sweep(
-        plan.storage,
-        spec.name,
-        takeover=takeover,
-        on_break=lambda msg: console.print(msg, highlight=False),
-    )
-    try:
-        if check_data:
-            _preflight_data(plan, console)
-        _note_plan_change(plan, console)
-        write_plan(plan)
-        tr = _open_tracking(plan, uri, extend, takeover, outcome)
-        if not tr.launching:
-            console.print(
-                f"sweep {spec.name}: all {sum(len(v) for v in plan.trials.values())} "
-                "trials already FINISHED; nothing to run.",
-                highlight=False,
-            )
-            return outcome
-        opts = {
-            "console": console,
-            "address": address,
-            "num_cpus": num_cpus,
-            "ray_init_kwargs": ray_init_kwargs,
-            "source": source,
-            "train_fn": train_fn,
-            "live": live,
-        }
-        _launch(plan, uri, tr, outcome, claim, opts)
-    finally:
-        claim.release()
+    with raise_on_signals():  # until the stages run: a signal ends the driver, claim released
+        claim = claim_sweep(
+            plan.storage,
+            spec.name,
+            takeover=takeover,
+            on_break=lambda msg: console.print(msg, highlight=False),
+        )
+        # the heartbeat runs from the claim on: a data check or a Ray start longer than the lease
+        # must not let a second driver in
+        keeper = ClaimKeeper(claim)
+        try:
+            if check_data:
+                _preflight_data(plan, console)
+            _note_plan_change(plan, console)
+            write_plan(plan)
+            tr = _open_tracking(plan, uri, extend, takeover, outcome)
+            if not tr.launching:
+                console.print(
+                    f"sweep {spec.name}: all {sum(len(v) for v in plan.trials.values())} "
+                    "trials already FINISHED; nothing to run.",
+                    highlight=False,
+                )
+                return outcome
+            opts = {
+                "console": console,
+                "address": address,
+                "num_cpus": num_cpus,
+                "ray_init_kwargs": ray_init_kwargs,
+                "source": source,
+                "train_fn": train_fn,
+                "live": live,
+            }
+            _launch(plan, uri, tr, outcome, claim, opts, keeper)
+        finally:
+            keeper.stop()
+            claim.release()
     return outcome
 
 

@@ -84,3 +84,14 @@ def test_registry_config_and_parts() -> None:
                 "model": {"name": "resnet50_unet"},
             }
         )
+
+
+def test_bottleneck_strides_on_the_3x3_conv_with_a_strided_projection() -> None:
+    enc = ResNetEncoder(in_channels=1, width=2)
+    for i, stride in ((1, 1), (2, 2), (3, 2), (4, 2)):
+        first = getattr(enc, f"layer{i}")[0]
+        convs = [m for m in first.body if isinstance(m, torch.nn.Conv2d)]
+        assert [(c.kernel_size[0], c.stride[0]) for c in convs] == [(1, 1), (3, stride), (1, 1)]
+        assert first.shortcut[0].kernel_size == (1, 1) and first.shortcut[0].stride[0] == stride
+        later = getattr(enc, f"layer{i}")[1:]
+        assert all(isinstance(b.shortcut, torch.nn.Identity) for b in later)

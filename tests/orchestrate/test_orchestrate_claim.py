@@ -7,7 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from segssl.orchestrate.claim import ClaimKeeper, claim_sweep
+import pytest
+
+from segssl.orchestrate.claim import ClaimError, ClaimKeeper, claim_sweep
 
 
 def _token(storage: Path) -> str:
@@ -43,3 +45,53 @@ def test_a_driver_taken_over_does_not_overwrite_the_new_owner(tmp_path: Path) ->
     assert _token(tmp_path) == new.owner["token"]
     new.release()
     assert not (tmp_path / "driver.lock").exists()
+
+
+def test_the_claim_stays_alive_through_a_data_check_longer_than_the_lease(
+    tmp_path: Path, acdc_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat runs from the moment the sweep is claimed: a second driver started while
+    the first is still checking a large dataset (before Ray) is refused, not let in."""
+    from rich.console import Console
+
+    from segssl.orchestrate import claim as claim_mod
+    from segssl.orchestrate import runner as runner_mod
+    from segssl.orchestrate.spec import parse_sweep
+
+    monkeypatch.setattr(claim_mod, "LEASE_S", 1.0)
+    monkeypatch.setattr(claim_mod, "HEARTBEAT_S", 0.1)
+    seen: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def slow_check(plan: object, console: object) -> None:
+        time.sleep(2.0)  # twice the lease
+        try:
+            claim_sweep(tmp_path / "s", "other").release()
+            seen.append("second driver let in")
+        except ClaimError:
+            seen.append("refused")
+        raise Stop
+
+    monkeypatch.setattr(runner_mod, "_preflight_data", slow_check)
+    raw = {
+        "name": "lease",
+        "seeds": [0],
+        "base": {
+            "train": {"epochs": 1},
+            "data": {"dataset": "acdc", "root": str(acdc_root), "split": {"sizes": [4, 1, 1]}},
+        },
+        "stages": {"pretrain": {"config": {"stage": "pretrain", "method": {"name": "bim"}}}},
+    }
+    with pytest.raises(Stop):
+        runner_mod.run_sweep(
+            parse_sweep(raw),
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            storage=tmp_path / "s",
+            console=Console(quiet=True),
+            live=False,
+            check_data=True,
+        )
+    assert seen == ["refused"]
+    assert not (tmp_path / "s" / "driver.lock").exists()  # released on the error path

@@ -151,3 +151,56 @@ def test_train_sigterm_ends_the_mlflow_run_killed(tiny_yaml: Any, tmp_path: Path
     assert run.info.status == "KILLED"
     assert run.data.tags[TAG_END_REASON] == "stopped by SIGTERM"
     assert last.is_file() and not list(last.parent.glob("*.tmp*"))
+
+
+EARLY = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from segssl.cli import app
+    from segssl.orchestrate import runner
+
+    tmp = Path(sys.argv[1])
+
+    def slow_check(plan, console):  # a large dataset being checked, before Ray starts
+        (tmp / "checking").touch()
+        time.sleep(120)
+
+    runner._preflight_data = slow_check
+    app(["sweep", str(tmp / "sweep.yaml"), "--tracking-uri", sys.argv[2],
+         "--storage", str(tmp / "store"), "--no-live"])
+    """
+)
+
+
+def test_sigterm_before_ray_releases_the_claim_and_exits_143(
+    tmp_path: Path, acdc_root: Path
+) -> None:
+    """A scheduler's SIGTERM while the driver still checks data: the claim is released (a
+    rerun elsewhere is not refused for a lease) and the exit status says SIGTERM."""
+    raw = {
+        "name": "early",
+        "seeds": [0],
+        "base": {
+            "train": {"epochs": 1},
+            "data": {"dataset": "acdc", "root": str(acdc_root), "split": {"sizes": [4, 1, 1]}},
+        },
+        "stages": {"pretrain": {"config": {"stage": "pretrain", "method": {"name": "bim"}}}},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    script = tmp_path / "early.py"
+    script.write_text(EARLY)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _wait_for(lambda: (tmp_path / "checking").exists(), 240, "the data check", proc)
+    assert (tmp_path / "store" / "driver.lock").exists()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out
+    assert "SIGTERM" in out and "Traceback" not in out, out
+    assert not (tmp_path / "store" / "driver.lock").exists()
