@@ -19,9 +19,15 @@ FILES = sorted(SWEEPS.glob("*.yaml"))
 
 
 def readme_counts() -> dict[str, tuple[list[int], list[int]]]:
-    """``{file: (pre-training counts, other-stage counts)}`` from the README's table."""
+    """``{file: (pre-training counts, other-stage counts)}`` from the README's trial-count table
+    (the one headed ``| file | study | pre-trainings | ...``; the cost table below it has other
+    columns)."""
     out: dict[str, tuple[list[int], list[int]]] = {}
-    for line in (SWEEPS / "README.md").read_text().splitlines():
+    lines = (SWEEPS / "README.md").read_text().splitlines()
+    head = next(i for i, line in enumerate(lines) if re.match(r"\|\s*file\s*\|\s*study\s*\|", line))
+    for line in lines[head:]:
+        if not line.startswith("|"):
+            break
         m = re.match(r"\|\s*`([^`]+\.yaml)`\s*\|[^|]*\|([^|]*)\|([^|]*)\|", line)
         if m:
             nums = [[int(x) for x in re.findall(r"\d+", cell)] for cell in m.groups()[1:]]
