@@ -559,10 +559,18 @@ class TrialRecorder:
         if log_checkpoint and best.is_file():
             self.client.log_artifact(self.run_id, str(best), artifact_path="checkpoints")
 
-    def end(self, status: str, reason: str | None = None) -> None:
-        """Terminate the run with ``status`` (FINISHED, FAILED or KILLED)."""
+    def end(self, status: str, reason: str | None = None, *, keep_reason: bool = False) -> None:
+        """Terminate the run with ``status`` (FINISHED, FAILED or KILLED).
+
+        ``keep_reason``: leave an end reason the run already carries (the driver's, e.g. "sweep
+        stopped by SIGINT", which can be written before the stopped trial's own process gets
+        here); a reopened run starts without one, so any reason present is this attempt's.
+        """
         if self.run_id is None:
             return
+        if reason and keep_reason:
+            tags = self.client.get_run(self.run_id).data.tags
+            reason = None if tags.get(TAG_END_REASON) else reason
         if reason:
             self._log(tags={TAG_END_REASON: reason[:5000]})
         self.client.set_terminated(self.run_id, status=status)

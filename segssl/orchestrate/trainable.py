@@ -215,7 +215,8 @@ def _end_failed(exc: BaseException, recorder: Any, seen: Mapping[str, float]) ->
         # the reason reaches the console's per-trial line (Ray's own output goes to a log file)
         tune.report({**seen, "segssl/failed": 1.0, "segssl/reason": reason.splitlines()[-1][:300]})
         return True
-    recorder.end("KILLED" if killed else "FAILED", reason)
+    # a trial Tune stops may be ended by the driver first (the sweep's interrupt reason): keep it
+    recorder.end("KILLED" if killed else "FAILED", reason, keep_reason=killed)
     return False
 
 

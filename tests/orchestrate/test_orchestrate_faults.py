@@ -390,6 +390,32 @@ def test_a_resumed_run_that_finishes_has_no_stale_end_reason(tmp_path: Path) -> 
     assert run.info.status == "FINISHED" and TAG_END_REASON not in run.data.tags
 
 
+def test_a_stopped_trial_keeps_the_interrupt_reason_the_driver_wrote_first(tmp_path) -> None:
+    """Ctrl-C: the driver may mark a stopped trial's run before the trial's own process ends it
+    (Tune's SystemExit); the trial must not replace "sweep stopped by SIGINT" with its generic
+    early-stop reason (seen once in three runs of the two-stage Ctrl-C test)."""
+    from mlflow import MlflowClient
+
+    from segssl.orchestrate import tracking
+    from segssl.orchestrate.trainable import _end_failed
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "stop", "h")
+    rec = tracking.TrialRecorder(uri, exp, None, tmp_path / "wd")
+    run_id = rec.start("t", {"segssl.trial_key": "k"}, {})
+    MlflowClient(uri).set_tag(run_id, TAG_END_REASON, "sweep stopped by SIGINT")  # the driver
+    assert _end_failed(SystemExit(), rec, {}) is False
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[TAG_END_REASON] == "sweep stopped by SIGINT"
+    # with no reason written yet, the trial's own reason is recorded
+    rec2 = tracking.TrialRecorder(uri, exp, None, tmp_path / "wd2")
+    run2 = rec2.start("t2", {"segssl.trial_key": "k2"}, {})
+    _end_failed(SystemExit(), rec2, {})
+    tags = MlflowClient(uri).get_run(run2).data.tags
+    assert tags[TAG_END_REASON] == "stopped by Ray Tune (early stop)"
+
+
 # --------------------------------------------------------------------- 11: credentials in URIs
 class _AuthHealth(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
