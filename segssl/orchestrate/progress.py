@@ -59,6 +59,7 @@ class SweepProgress:
         self._starts: dict[str, float] = {}
         self.names: dict[str, str] = {}  # trial key -> readable run name, for progress lines
         self.t0 = time.time()
+        self.peak_running = 0  # most trials seen running at once: what the resources allow
 
     def add_stage(self, stage: str, total: int, skipped: int) -> None:
         """Declare a stage with its planned and already-finished trial counts."""
@@ -66,13 +67,17 @@ class SweepProgress:
         self.refresh()
 
     def eta(self) -> float | None:
-        """Seconds left: mean trial duration so far x remaining trials / concurrency."""
+        """Seconds left: mean trial duration so far x remaining trials / trials running at once.
+
+        Trials at once is the sweep's ``max_concurrent`` capped by the most trials seen running
+        together, since the cluster's resources may allow fewer (2 on a 2-CPU laptop, not 16).
+        """
         durations = [d for c in self.stages.values() for d in c.durations]
         if not durations:
             return None
         mean = sum(durations) / len(durations)
         left = sum(c.pending + c.running for c in self.stages.values())
-        return mean * left / self.concurrency
+        return mean * left / max(1, min(self.concurrency, self.peak_running))
 
     def table(self) -> Table:
         """The status table."""
@@ -119,6 +124,7 @@ class SweepProgress:
         first = trial_id not in self._starts
         if first:
             c.running += 1
+            self.peak_running = max(self.peak_running, sum(x.running for x in self.stages.values()))
         self._starts[trial_id] = self._starts.get(trial_id, time.time())
         if first:
             self._line(stage, f"started {label or trial_id}")

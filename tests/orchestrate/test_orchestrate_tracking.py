@@ -106,6 +106,21 @@ def test_progress_counts_and_eta() -> None:
     assert "ETA" in str(p.table().title)
 
 
+def test_eta_uses_the_trials_the_resources_let_run_at_once() -> None:
+    """A sweep allowing 16 trials at once on a machine that runs 2: the ETA divides by 2."""
+    p = SweepProgress("s", concurrency=16, console=Console(quiet=True), live=False)
+    p.add_stage("pre", total=10, skipped=0)
+    p.started("pre", "a")
+    p.started("pre", "b")
+    p._starts["a"] -= 10.0
+    p.ended("pre", "a", ok=True)  # 10 s; b still running, 8 pending
+    p.started("pre", "c")
+    assert p.peak_running == 2
+    # mean 10 s x the trials left (pending + running) / 2 at once, not / 16
+    left = sum(c.pending + c.running for c in p.stages.values())
+    assert p.eta() == pytest.approx(10.0 * left / 2, rel=0.05)
+
+
 def test_refuses_to_run_a_sweep_a_live_driver_is_running(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
