@@ -172,6 +172,10 @@ def test_library_logs_go_to_a_file_in_the_storage(tmp_path, capfd):
         for n in LIBRARY_LOGGERS
     }
     try:
+        # an earlier capture whose showwarning a catch_warnings block already restored (as
+        # pytest does around every test): logging still thinks it is capturing
+        with warnings.catch_warnings():
+            logging.captureWarnings(True)
         path = route_library_logs(tmp_path / "store")
         assert path.parent == tmp_path / "store" / "logs"
         logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables")

@@ -43,6 +43,9 @@ def route_library_logs(storage: Path, verbose: bool = False) -> Path:
     path = log_dir / f"segssl-{time.strftime('%Y%m%d-%H%M%S')}.log"
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # captureWarnings(True) is a no-op once logging holds a saved showwarning, even after
+    # something (a warnings.catch_warnings block) restored the original: reinstall it
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
