@@ -162,7 +162,8 @@ def test_retry_resumes_from_last_checkpoint(ray_local: Any, tmp_path: Path, uri:
     out = run(raw, tmp_path, uri, console=Console(file=log, width=200))
     assert out.failed == 0 and out.stages["only"].finished == 1
     # without a live display, one progress line per trial that ended (not per attempt)
-    assert log.getvalue().count("[retry/only] finished: 1/1 done, 0 failed, 0 running") == 1
+    ended = [ln for ln in log.getvalue().splitlines() if ln.startswith("[retry/only] finished ")]
+    assert len(ended) == 1 and "1/1 done, 0 failed, 0 running" in ended[0], log.getvalue()
     (r,) = trial_runs(out.tracking_uri, "retry")
     assert r.info.status == "FINISHED" and r.data.tags["segssl.attempts"] == "2"
     workdir = tmp_path / "store" / "trials" / r.data.tags["segssl.trial_key"]
