@@ -367,11 +367,15 @@ def close_stage_runs(
     """
     client = _client(uri)
     base = f"tags.`{TAG_PARENT_RUN}` = '{sweep_run_id}' and tags.`{TAG_STAGE}` = '{stage}'"
-    stopped = ("RUNNING", "KILLED") if interrupted else ("RUNNING",)
+    reason = interrupted or "stopped by Ray Tune (early stop)"
     for r in _search(client, exp_id, base):
-        if r.info.status not in stopped:
+        # a trial Tune stopped ends its run KILLED without a reason (it cannot know why) and may
+        # do so before or after this: the reason is written here, never by the trial
+        unexplained = r.info.status == "KILLED" and (
+            interrupted or not r.data.tags.get(TAG_END_REASON)
+        )
+        if r.info.status != "RUNNING" and not unexplained:
             continue
-        reason = interrupted or "stopped by Ray Tune (early stop)"
         client.set_tag(r.info.run_id, TAG_END_REASON, reason)
         if r.info.status == "RUNNING":
             client.set_terminated(r.info.run_id, status="KILLED")

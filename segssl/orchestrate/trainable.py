@@ -206,16 +206,17 @@ def _end_failed(exc: BaseException, recorder: Any, seen: Mapping[str, float]) ->
     from ray import tune
 
     killed = isinstance(exc, KeyboardInterrupt | SystemExit) or "Stop" in type(exc).__name__
-    reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    reason: str | None = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     if isinstance(exc, SystemExit):  # how Ray Tune ends a function trial it stops
-        reason = "stopped by Ray Tune (early stop)"
+        # why it was stopped (an early stop, the sweep's Ctrl-C) only the driver knows: it writes
+        # the reason when it closes the stage (tracking.close_stage_runs), whichever ends first
+        reason = None
     if not killed and isinstance(exc, (*_non_retryable(), gpu_guard.GpuMemoryError)):
         recorder.set_tags({TAG_RETRYABLE: "false"})
         recorder.end("FAILED", reason)
         # the reason reaches the console's per-trial line (Ray's own output goes to a log file)
         tune.report({**seen, "segssl/failed": 1.0, "segssl/reason": reason.splitlines()[-1][:300]})
         return True
-    # a trial Tune stops may be ended by the driver first (the sweep's interrupt reason): keep it
     recorder.end("KILLED" if killed else "FAILED", reason, keep_reason=killed)
     return False
 
