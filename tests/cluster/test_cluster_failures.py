@@ -106,7 +106,7 @@ def test_driver_killed_then_resubmitted_runs_only_the_missing_trials(cluster_sta
 def test_mlflow_server_restarted_mid_sweep(cluster_stack: Stack) -> None:
     st = cluster_stack
     name = "cl-mlflow"
-    epochs = 10  # long enough that the restart falls inside the trials
+    epochs = 60  # the restart must fall inside the trials (10 epochs finished first when idle)
     path = sweep_yaml(st, name, labeled=(1,), epochs=epochs)  # 2 trials, one per node
     _submit(st, path)
 
