@@ -13,13 +13,12 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from pydantic import Field
-from torch import nn
 
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.losses.pretext import masked_mse, swap_patches
-from segssl.methods.base import Clock, Method, MethodContext, StepOutput
-from segssl.methods.inpainting import last_decoder_role
+from segssl.methods.base import Clock, StepOutput
+from segssl.methods.inpainting import Reconstruction
 
 
 class Config(MethodConfig):
@@ -30,22 +29,13 @@ class Config(MethodConfig):
     swaps: int = Field(10, ge=1)
 
 
-class ContextRestoration(Method):
+class ContextRestoration(Reconstruction):
     """Restore images whose patches were swapped."""
 
     Config: ClassVar[type[MethodConfig]] = Config
-    uses_unlabeled = True
     terms = {"restoration": 1.0}
-
-    def __init__(self, model: nn.Module, cfg: Config, ctx: MethodContext) -> None:
-        super().__init__(model, cfg, ctx)
-        self.role = last_decoder_role(model)
-        ch = self.tap_channels(self.role)[self.role]
-        self.heads["reconstruction"] = nn.Conv2d(ch, model.in_channels, 1)
 
     def training_step(self, labeled: None, unlabeled: Batch, clock: Clock) -> StepOutput:
         x = unlabeled["image"]
         corrupted = swap_patches(x, self.cfg.size, self.cfg.swaps, self.ctx.generator)
-        feats = self.model.features(corrupted, [self.role])[self.role]
-        recon = self.heads["reconstruction"](feats)
-        return self.output({"restoration": masked_mse(recon, x)})
+        return self.output({"restoration": masked_mse(self.reconstruct(corrupted), x)})

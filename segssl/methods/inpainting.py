@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
@@ -36,23 +36,32 @@ def last_decoder_role(model: nn.Module) -> str:
     return f"decoder{n}"
 
 
-class Inpainting(Method):
-    """Reconstruct removed regions from their context."""
+class Reconstruction(Method):
+    """Base of the image-restoring pretext tasks: a 1x1 reconstruction convolution on the last
+    decoder block (not carried); :meth:`reconstruct` maps a corrupted image to the restored one."""
 
-    Config: ClassVar[type[MethodConfig]] = Config
     uses_unlabeled = True
-    terms = {"inpainting": 1.0}
 
-    def __init__(self, model: nn.Module, cfg: Config, ctx: MethodContext) -> None:
+    def __init__(self, model: nn.Module, cfg: MethodConfig, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
         self.role = last_decoder_role(model)
         ch = self.tap_channels(self.role)[self.role]
         self.heads["reconstruction"] = nn.Conv2d(ch, model.in_channels, 1)
 
+    def reconstruct(self, corrupted: Tensor) -> Tensor:
+        """The image restored from ``corrupted`` ``(B, C, H, W)``."""
+        feats = self.model.features(corrupted, [self.role])[self.role]
+        return self.heads["reconstruction"](feats)
+
+
+class Inpainting(Reconstruction):
+    """Reconstruct removed regions from their context."""
+
+    Config: ClassVar[type[MethodConfig]] = Config
+    terms = {"inpainting": 1.0}
+
     def training_step(self, labeled: None, unlabeled: Batch, clock: Clock) -> StepOutput:
         x = unlabeled["image"]
         mask = inpainting_mask(tuple(x.shape), self.cfg.size, self.cfg.regions, self.ctx.generator)
         mask = mask.to(x.device, x.dtype)
-        feats = self.model.features(x * (1 - mask), [self.role])[self.role]
-        recon = self.heads["reconstruction"](feats)
-        return self.output({"inpainting": masked_mse(recon, x, mask)})
+        return self.output({"inpainting": masked_mse(self.reconstruct(x * (1 - mask)), x, mask)})
