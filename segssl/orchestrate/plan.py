@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segssl.config import ConfigError, RunConfig, config_hash, flatten, parse_run_config, set_path
+from segssl.config import (
+    ConfigError,
+    RunConfig,
+    config_hash,
+    flatten,
+    keyed_dump,
+    parse_run_config,
+    set_path,
+)
 from segssl.orchestrate.spec import Resources, SearchSpec, SpecError, SweepSpec
 
 __all__ = [
@@ -142,7 +150,7 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 
 def trial_key(config: RunConfig, parent_key: str | None) -> str:
     """Content-addressed key: hash of the resolved config (seed included) and the parent's key."""
-    data = config.model_dump(mode="json")
+    data = keyed_dump(config)
     if parent_key is not None:
         data["train"]["init_from"] = None  # a storage path; the parent key stands for it
     return config_hash({"config": data, "parent": parent_key})
