@@ -442,7 +442,23 @@ class RunConfig(Section):
                 f"the training image side {side} must be divisible by {stride} (the down-sampling "
                 f"of model {self.model.name!r})"
             )
+        from segssl.methods import REGISTRY  # registry lives above config
+
+        method_cls = REGISTRY.get(self.method.name)
+        if method_cls is not None:
+            method_cls.check_config(self)  # e.g. local regions that must fit a feature map
         return self
+
+    def training_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the training input: the random crop, or the preprocessed slice."""
+        crop = self.augment.crop
+        return (crop, crop) if crop else tuple(self.data.preprocess.size)  # type: ignore[return-value]
+
+    def training_size_key(self) -> str:
+        """The key that sets :meth:`training_size`, with its value (for messages)."""
+        if self.augment.crop:
+            return f"augment.crop={self.augment.crop}"
+        return f"data.preprocess.size={list(self.data.preprocess.size)}"
 
 
 # ----------------------------------------------------------------------------- YAML and dicts
