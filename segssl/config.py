@@ -444,9 +444,9 @@ class RunConfig(Section):
             )
         from segssl.methods import REGISTRY  # registry lives above config
 
-        method_cls = REGISTRY.get(self.method.name)
-        if method_cls is not None:
-            method_cls.check_config(self)  # e.g. local regions that must fit a feature map
+        check = getattr(REGISTRY.get(self.method.name), "check_config", None)
+        if check is not None:
+            check(self)  # e.g. local regions that must fit a feature map
         return self
 
     def training_size(self) -> tuple[int, int]:
