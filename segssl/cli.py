@@ -109,11 +109,12 @@ def _sweep_storage(spec: Any, storage: str | None, root: Path | None) -> Path:
 
 @app.command("methods")
 def methods_cmd() -> None:
-    """List the registered method names, one a line."""
-    from segssl.methods import REGISTRY
+    """List the registered methods, one a line: its name, then what it trains."""
+    from segssl.method_manifest import METHODS  # plain data: no torch import
 
-    for name in sorted(REGISTRY):
-        typer.echo(name)
+    width = max(len(name) for name in METHODS)
+    for name in sorted(METHODS):
+        typer.echo(f"{name:<{width}}  {METHODS[name]}")
 
 
 # ----------------------------------------------------------------------------- data commands

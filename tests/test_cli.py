@@ -229,3 +229,26 @@ def test_table_of_a_sweep_with_profiles_does_not_import_torch(tmp_path):
     table = _imports(["table", str(sweep), "--tracking-uri", uri], tmp_path)
     assert "Traceback" not in table["err"], table["err"]
     assert table["heavy"] == [], table
+
+
+def test_the_methods_manifest_equals_the_registry():
+    """`segssl methods` reads a plain-data manifest; it must list exactly the registry's
+    methods, in its order, each with the first line of its class docstring."""
+    from segssl.method_manifest import METHODS
+    from segssl.methods import REGISTRY, describe
+
+    expected = {name: describe(cls) for name, cls in REGISTRY.items()}
+    lines = "".join(f"    {k!r}: {v!r},\n" for k, v in expected.items())
+    assert list(METHODS.items()) == list(expected.items()), f"expected:\n{lines}"
+    assert all(METHODS.values())
+
+
+def test_methods_lists_names_and_descriptions_without_torch(tmp_path):
+    listed = _imports(["methods"], tmp_path)
+    assert listed["code"] in (0, None), listed["err"]
+    assert listed["heavy"] == [], listed  # no torch, ray, mlflow or sqlalchemy
+    rows = [ln.split(None, 1) for ln in listed["out"].splitlines() if ln and "IMPORTED" not in ln]
+    from segssl.methods import REGISTRY, describe
+
+    assert [r[0] for r in rows] == sorted(REGISTRY)
+    assert dict(rows)["bim"] == describe(REGISTRY["bim"])
