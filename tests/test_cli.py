@@ -252,3 +252,52 @@ def test_methods_lists_names_and_descriptions_without_torch(tmp_path):
 
     assert [r[0] for r in rows] == sorted(REGISTRY)
     assert dict(rows)["bim"] == describe(REGISTRY["bim"])
+
+
+def test_table_looks_for_the_sweeps_own_storage_first(demo_store, tmp_path):
+    """A sweep with its own relative `storage:` run from its project folder: `segssl table`
+    from elsewhere finds that store first (beside the sweep file, not ./segssl-runs/NAME) and
+    prints the command that works; `--storage` names it directly."""
+    import os
+    import shlex
+    import shutil
+
+    import yaml
+
+    project = tmp_path / "project"
+    raw = yaml.safe_load(DEMO.read_text())
+    raw["storage"] = "results/demo-own"
+    (project / "sweeps").mkdir(parents=True)
+    sweep = project / "sweeps" / "demo.yaml"
+    sweep.write_text(yaml.safe_dump(raw))
+    own = project / "results" / "demo-own"
+    own.mkdir(parents=True)
+    shutil.copy(demo_store[len("sqlite:///") :], own / "mlflow.db")
+    decoy = project / "segssl-runs" / "demo"  # an older run of the same name: not the first
+    decoy.mkdir(parents=True)
+    shutil.copy(demo_store[len("sqlite:///") :], decoy / "mlflow.db")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    here = os.getcwd()
+    os.chdir(elsewhere)
+    try:
+        r = runner.invoke(app, ["table", str(sweep)])
+        assert r.exit_code == 2, r.output
+        msg = " ".join(r.output.split())
+        assert f"its runs are in {own / 'mlflow.db'}" in msg, msg
+        command = f"segssl table {sweep} --tracking-uri sqlite:///{own / 'mlflow.db'}"
+        assert command in msg, msg
+        again = runner.invoke(app, shlex.split(command)[1:] + ["--no-log"])
+        assert again.exit_code == 0 and "| Baseline | 50.50" in again.output, again.output
+        # --storage as given to `segssl sweep --storage`, relative to the project folder
+        r = runner.invoke(app, ["table", str(sweep), "--storage", "other/place"])
+        assert r.exit_code == 2 and "no MLflow database" in r.output
+        (project / "other").mkdir()
+        shutil.copytree(own, project / "other" / "place")
+        r = runner.invoke(app, ["table", str(sweep), "--storage", "other/place"])
+        msg = " ".join(r.output.split())
+        assert f"its runs are in {project / 'other' / 'place' / 'mlflow.db'}" in msg, msg
+        ok = runner.invoke(app, ["table", str(sweep), "--storage", str(own), "--no-log"])
+        assert ok.exit_code == 0 and "| Baseline | 50.50" in ok.output, ok.output
+    finally:
+        os.chdir(here)
