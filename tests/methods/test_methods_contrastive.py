@@ -256,6 +256,53 @@ def test_pretext_methods_carry(tiny, batches) -> None:
         assert torch.isfinite(m.training_step(None, steps[0][1], Clock(1, 0, 2, 4))["loss"])
 
 
+@pytest.mark.parametrize("name", ["inpainting", "context_restoration"])
+def test_reconstruction_pretexts_carry_encoder_and_decoder_not_the_head(tiny, batches, name):
+    """The segmentation layer is never trained by the pretext: the fine-tuning initialises it
+    with its own seed instead of receiving the pre-training's random one."""
+    m = _method(tiny, batches, name, "pretrain")
+    every = set(m.model.state_dict())
+    assert set(m.carried_state()) == {k for k in every if not k.startswith("Conv_1x1.")}
+    assert any(k.startswith("Conv_1x1.") for k in every)
+
+
+def test_inpainting_fills_removed_regions_with_the_visible_mean(tiny, batches) -> None:
+    """Pathak et al. set dropped regions to zero of zero-centred inputs, i.e. the mean; with
+    intensities in [0, 1] a zero fill is the darkest value (background-like)."""
+    steps, _ = batches
+    m = _method(tiny, batches, "inpainting", "pretrain")
+    seen = []
+    m.reconstruct = lambda xc: seen.append(xc) or xc  # type: ignore[method-assign]
+    x = steps[0][1]["image"]
+    m.training_step(None, steps[0][1], Clock(1, 0, 2, 4))
+    xc = seen[0]
+    removed = xc != x
+    for i in range(x.shape[0]):
+        hole = removed[i]
+        assert hole.any()
+        visible_mean = x[i][~hole].mean()
+        torch.testing.assert_close(xc[i][hole], visible_mean.expand(int(hole.sum())))
+        assert float(visible_mean) > 0.05
+    zero = _method(tiny, batches, "inpainting", "pretrain",
+                   method={"name": "inpainting", "fill": "zero"})  # fmt: skip
+    zero.reconstruct = lambda xc: seen.append(xc) or xc  # type: ignore[method-assign]
+    zero.training_step(None, steps[0][1], Clock(1, 0, 2, 4))
+    assert float(seen[1][seen[1] != x].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("name", ["inpainting", "context_restoration"])
+def test_reconstruction_pretexts_on_resnet50(tiny, batches, name) -> None:
+    """ResNet-50's last decoder block is at stride 2: the reconstruction is brought to the
+    input size (as the network's own logits are) instead of failing on the shape."""
+    steps, _ = batches
+    m = _method(tiny, batches, name, "pretrain", model={"name": "resnet50_unet"})
+    x = steps[0][1]["image"]
+    assert m.reconstruct(x).shape == x.shape
+    out = m.training_step(None, steps[0][1], Clock(1, 0, 2, 4))
+    out["loss"].backward()
+    assert m.model.encoder.stem[0].weight.grad is not None
+
+
 def test_domain_strategies_get_each_slice_volume(tiny, batches, monkeypatch) -> None:
     import segssl.methods.contrast_global as cg
     import segssl.methods.contrast_local as cl
