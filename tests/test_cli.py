@@ -186,6 +186,16 @@ def test_library_logs_go_to_a_file_in_the_storage(tmp_path, capfd):
         text = path.read_text()
         assert "Creating initial MLflow database tables" in text
         assert "Started a local Ray instance." in text and "a library deprecation" in text
+        # Ray's task errors carry colour codes; ray.init sets its own formatter on the handler
+        (handler,) = [h for h in logging.getLogger("ray").handlers if hasattr(h, "baseFilename")]
+        handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s -- %(message)s"))
+        try:
+            raise RuntimeError("\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1)")
+        except RuntimeError:
+            logging.getLogger("ray.tune").exception("Trial task failed for trial t1")
+        text = path.read_text()
+        assert "ray::ImplicitFunc.train() (pid=1)" in text and "Traceback" in text, text
+        assert "\x1b" not in text, text
     finally:
         logging.captureWarnings(False)
         for n, (handlers, propagate) in saved.items():

@@ -244,3 +244,29 @@ def test_live_mode_keeps_a_failed_trials_reason_on_its_own_line() -> None:
     lines = [x for x in out.splitlines() if "RuntimeError: injected failure after epoch 1" in x]
     assert lines and lines[0].startswith("[s/ft] FAILED trial k1 in 0:00 (RuntimeError"), out
     assert out.rstrip().endswith("┘")  # the final table is drawn after (below) that line
+
+
+def test_a_sqlite_sweeps_artifacts_stay_in_its_storage(tmp_path: Path, monkeypatch) -> None:
+    """MLflow's default artifact root is ./mlruns/<experiment id> in the current directory:
+    every sweep run from one folder (each its own SQLite store, each experiment id 1) shared
+    ./mlruns/1. A sweep's artifacts belong beside its store."""
+    from mlflow import MlflowClient
+
+    from segssl.orchestrate.tracking import ensure_experiment
+
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for sweep in ("first", "second"):
+        store = tmp_path / sweep / "storage"
+        store.mkdir(parents=True)
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        exp = ensure_experiment(uri, f"sweep {sweep}", "h")
+        client = MlflowClient(uri)
+        run = client.create_run(exp).info.run_id
+        (tmp_path / "config.yaml").write_text(sweep)
+        client.log_artifact(run, str(tmp_path / "config.yaml"))
+        got = Path(client.get_run(run).info.artifact_uri.removeprefix("file://"))
+        assert got.is_relative_to(store / "artifacts" / f"sweep_{sweep}"), got
+        assert (got / "config.yaml").read_text() == sweep
+    assert not (elsewhere / "mlruns").exists()
