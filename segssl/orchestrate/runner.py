@@ -1,4 +1,4 @@
-"""Runner: planned trials -> one Ray Tune ``Tuner`` per stage, in dependency order.
+"""Runner: planned trials -> one Ray Tune ``Tuner`` per wave of stages, in dependency order.
 
 Order of work for ``segssl sweep`` (each step refuses bad input before the next spends anything):
 
@@ -10,9 +10,12 @@ Order of work for ``segssl sweep`` (each step refuses bad input before the next 
 4. check the plan's data (:mod:`segssl.orchestrate.datacheck`) and write ``<storage>/plan.json``;
 5. get or create the experiment, mark runs of dead drivers KILLED, skip FINISHED trial keys;
 6. start or join Ray, check that some node can hold one trial of every stage;
-7. per stage, a Tuner over the remaining trial keys (grid) or an Optuna search; a trial whose
-   parent did not finish is not launched (it is reported as blocked). SIGINT/SIGTERM stop
-   launching and stop the running trials (:mod:`segssl.orchestrate.interrupt`).
+7. per wave (:func:`stage_waves`: the grid stages of one depth of the ``from`` tree share one
+   Tuner, so independent stages fill each other's idle cores instead of waiting at a barrier
+   after every stage; a search stage is a wave of its own), a Tuner over the remaining trial
+   keys (grid) or an Optuna search; a trial whose parent did not finish is not launched (it is
+   reported as blocked). SIGINT/SIGTERM stop launching and stop the running trials
+   (:mod:`segssl.orchestrate.interrupt`).
 
 Idempotence lives in MLflow (FINISHED runs by trial key) and in the trial workdirs on the sweep
 storage (``<storage>/trials/<key>``, where the engine resumes from ``checkpoints/last.pt``); each
