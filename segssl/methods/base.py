@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from segssl.config import AugmentConfig, MethodConfig
+from segssl.config import AugmentConfig, MethodConfig, RunConfig
 from segssl.data.types import Batch
 
 __all__ = ["Clock", "Method", "MethodContext", "StepOutput"]
@@ -94,6 +94,15 @@ class Method(nn.Module):
     predict_with: ClassVar[str] = "model"
     carry: ClassVar[str] = "model"
     optimizers: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Checks of the whole run config that only this method needs (run while the config is
+        validated, so a sweep's plan refuses the trial before any work); the default has none.
+
+        Raises:
+            ValueError: naming the keys involved.
+        """
 
     def __init__(self, model: nn.Module, cfg: MethodConfig, ctx: MethodContext) -> None:
         super().__init__()

@@ -177,3 +177,18 @@ def test_variant_configs_survive_pickling() -> None:
     model = build_model(back.model, 2)
     method = build_method(back, REGISTRY["finetune"], model, 2, ("LV",), torch.device("cpu"))
     assert method.cfg == cfg.method
+
+
+def test_importing_the_methods_does_not_import_matplotlib():
+    """Matplotlib (seconds of import) loads when a cluster picture is drawn, not when a dry run
+    or a trial imports the methods to validate its config."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, segssl.methods; print('matplotlib' in sys.modules)"
+    root = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": root}
+    )
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
