@@ -91,6 +91,7 @@ class ContrastLocal(Method):
             ValueError: naming ``method.regions``, ``method.region_size``, ``method.blocks``, the
                 map size and the key that sets the input size.
         """
+        super().check_config(cfg)
         m = cfg.method
         if not cls.uses_local(m):
             return

@@ -79,10 +79,25 @@ def test_more_decoder_blocks_than_the_model_has(tiny, batches) -> None:
                 method={"name": "contrast_local", "blocks": 5})  # fmt: skip
 
 
-def test_unknown_tap_role_of_resnet50(tiny, batches) -> None:
-    with pytest.raises(ValueError, match=r"'layer4' is not a tap role of model ResNetUNet"):
-        _method(tiny, batches, "contrast_global", "pretrain", model={"name": "resnet50_unet"},
-                method={"name": "contrast_global", "tap": "layer4"})  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "key"), [("contrast_global", "tap"), ("ideal_pretrain", "tap"), ("rotation", "tap")]
+)
+def test_unknown_tap_role_of_resnet50_is_a_config_error(tiny, name, key) -> None:
+    """Refused while the config is validated (so a sweep's plan refuses the trial), with the
+    architecture's valid roles."""
+    resnet = {"name": "resnet50_unet"}
+    with pytest.raises(ConfigError, match=rf"method.{key}: 'layer4' is not a tap role of model "
+                       r"'resnet50_unet'; valid roles: \['encoder', 'encoder1'"):  # fmt: skip
+        tiny(name, "pretrain", model=resnet, method={"name": name, key: "layer4"})
+    tiny(name, "pretrain", model=resnet, method={"name": name, key: "encoder4"})
+
+
+def test_unknown_tap_roles_of_other_methods_are_config_errors(tiny) -> None:
+    with pytest.raises(ConfigError, match=r"method.dense_tap: 'decoder5' is not a tap role"):
+        tiny("contrast_enc_dec", "pretrain",
+             method={"name": "contrast_enc_dec", "dense_tap": "decoder5"})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"method.local_taps: 'Up_conv2' is not a tap role"):
+        tiny("gmi", "semi", method={"name": "gmi", "local_taps": {"Up_conv2": 1}})
 
 
 def test_global_versions_per_strategy(tiny, batches) -> None:
