@@ -94,7 +94,7 @@ def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, f
     from segssl.config import parse_run_config
     from segssl.data import build_data
     from segssl.engine import build_optimizer
-    from segssl.engine.loop import build_method
+    from segssl.engine.loop import build_method, optimizer_params
     from segssl.methods import get_method
     from segssl.models import build_model
 
@@ -137,7 +137,17 @@ def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, f
     method = build_method(
         cfg, cls, model, data.num_classes, tuple(data.class_names), torch.device("cpu"), gen
     ).train()
-    opt = build_optimizer(cfg.optim, [(k, p) for k, p in method.named_parameters()])
+    # as the engine builds them: the main optimiser, and those a method owns (a discriminator's)
+    # stepped by its optimizer_step (in after_step, which the measured step includes)
+    opts = {k: build_optimizer(s, named) for k, (s, named) in optimizer_params(cfg, method).items()}
+    opt = opts["main"]
+
+    def own_step(key: str, loss: torch.Tensor) -> None:
+        opts[key].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[key].step()
+
+    method._stepper = own_step
     clock = _mid_run_clock(cfg)
 
     def training_step(lab: dict | None, unl: dict | None) -> dict:

@@ -71,6 +71,10 @@ def test_bench_methods_replays_every_network_pass(acdc_root: Path, monkeypatch) 
     assert bim["bare_ms"] > 0 and bim["step_ms"] > 0
     assert math.isclose(bim["cpu_ratio"], bim["step_ms"] / bim["bare_ms"], rel_tol=1e-9)
     assert bench.bench_method("mean_teacher", args, acdc_root)["passes"] == 2  # + the teacher
+    # a method with its own optimiser (the discriminator's step in after_step) runs as in the
+    # engine; it raised "optimizer_step is only available inside the engine" before
+    adv = bench.bench_method("adversarial", args, acdc_root)
+    assert adv["passes"] >= 1 and adv["step_ms"] > 0
 
 
 def test_gpu_check_peak_memory_is_each_variants_own(monkeypatch) -> None:
