@@ -1,8 +1,9 @@
 """Benchmark: every registered method's training step against its own bare U-Net passes.
 
 For each method of the registry (or those named with ``--methods``) the script records the
-network calls one ``training_step`` makes (``model(x, taps=...)`` and ``model.encode(x)``, with
-their inputs), then measures side by side, interleaved as in ``bench_bim_step.py``:
+network calls one ``training_step`` makes (``model(x, taps=...)``, ``model.encode(x)``,
+``model.features(x, taps)`` and a multi-head decoder's ``model.decode(...)``, with their
+inputs), then measures side by side, interleaved as in ``bench_bim_step.py``:
 
 * ``bare``: the same network calls on the same inputs with a trivial loss (the mean of every
   output), backward and the optimiser step: what the step costs without the method's own work;
@@ -40,6 +41,17 @@ def _stage(cls: Any) -> str:
     ]
 
 
+_ENTRY_POINTS = ("forward", "encode", "features", "decode")
+
+
+def _detached(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, list | tuple):
+        return type(x)(_detached(v) for v in x)
+    return x
+
+
 class _Recorder:
     """Records the top-level calls (forward with taps, encode) a step makes to every network of
     the method's model class (the student and, e.g., an EMA teacher), with the grad mode."""
@@ -51,7 +63,7 @@ class _Recorder:
         def call(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             if self.depth == 0:
                 grad = torch.is_grad_enabled()
-                self.calls.append((net, kind, x.detach(), args, kwargs, grad))
+                self.calls.append((net, kind, _detached(x), args, kwargs, grad))
             self.depth += 1
             try:
                 return fn(x, *args, **kwargs)
@@ -62,16 +74,25 @@ class _Recorder:
 
     def __enter__(self) -> _Recorder:
         for net in self.networks:
-            net.forward = self._wrap(net, "forward", net.forward)
-            net.encode = self._wrap(net, "encode", net.encode)
+            for kind in self._kinds(net):
+                setattr(net, kind, self._wrap(net, kind, getattr(net, kind)))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for net in self.networks:
-            del net.forward, net.encode  # back to the class methods
+            for kind in self._kinds(net):
+                delattr(net, kind)  # back to the class methods
+
+    @staticmethod
+    def _kinds(net: torch.nn.Module) -> tuple[str, ...]:
+        """The entry points a method may call (``features`` runs the decoder blocks a decoder
+        tap needs; ``decode`` is a multi-head decoder's pass on encoder features)."""
+        return tuple(k for k in _ENTRY_POINTS if callable(getattr(net, k, None)))
 
 
 def _outputs(out: Any) -> list[torch.Tensor]:
+    if out is None:
+        return []
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
@@ -163,7 +184,9 @@ def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, f
         outs = []
         for net, kind, x, a, kw, grad in calls:
             with torch.set_grad_enabled(grad):
-                out = _outputs(net(x, *a, **kw) if kind == "forward" else net.encode(x))
+                out = _outputs(
+                    getattr(net, kind)(x, *a, **kw) if kind != "forward" else net(x, *a, **kw)
+                )
             outs += [o for o in out if o.requires_grad]
         sum(o.float().mean() for o in outs).backward()
         opt.step()
