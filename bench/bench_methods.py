@@ -34,6 +34,10 @@ from typing import Any
 import torch
 from bench_bim_step import _interleaved_times  # noqa: E402  (run as a script from bench/)
 
+# run-config settings a method needs beyond the defaults (UA-MT's Monte-Carlo dropout needs
+# dropout layers in the model; the tests' METHOD_SECTIONS)
+_SECTIONS: dict[str, dict[str, dict[str, Any]]] = {"uamt": {"model": {"dropout": 0.1}}}
+
 
 def _stage(cls: Any) -> str:
     return {(True, False): "finetune", (False, True): "pretrain", (True, True): "semi"}[
@@ -132,7 +136,7 @@ def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, f
                 "split": {"unit": "scan", "sizes": [4, 1, 1]},
             },
             "augment": {"crop": size},
-            "model": {"base_width": args.width},
+            "model": {"base_width": args.width, **_SECTIONS.get(name, {}).get("model", {})},
             "method": {"name": name},
             "train": {"init_from": None},
         }
