@@ -109,11 +109,12 @@ def _sweep_storage(spec: Any, storage: str | None, root: Path | None) -> Path:
 
 @app.command("methods")
 def methods_cmd() -> None:
-    """List the registered method names, one a line."""
-    from segssl.methods import REGISTRY
+    """List the registered methods, one a line: its name, then what it trains."""
+    from segssl.method_manifest import METHODS  # plain data: no torch import
 
-    for name in sorted(REGISTRY):
-        typer.echo(name)
+    width = max(len(name) for name in METHODS)
+    for name in sorted(METHODS):
+        typer.echo(f"{name:<{width}}  {METHODS[name]}")
 
 
 # ----------------------------------------------------------------------------- data commands
@@ -482,6 +483,11 @@ def sweep_cmd(
     if dry_run:
         if cost:
             _print_cost(spec, sweep, storage, root, gpu_tflops)
+        if out.not_runnable:  # the plan and cost above stand; a run here would be refused
+            fail(
+                "the plan and its cost above stand, but a run here would be refused:\n  "
+                + "\n  ".join(out.not_runnable)
+            )
         return
     _sweep_summary(out)
 
@@ -703,10 +709,18 @@ def demo_cmd(
     typer.echo(f"Open the runs in the MLflow UI:\n  {ui}")
 
 
-def _missing_store(db: Path, name: str, sweep: Path) -> str:
+def _missing_store(db: Path, name: str, sweep: Path, storage: Path | None) -> str:
     """The error for a missing SQLite store: where the sweep's runs are, when a store of that
-    sweep lies nearby (``segssl demo`` keeps it in ``segssl-demo/``), and the exact command."""
-    found = _stores_of(name, [Path.cwd(), *list(sweep.resolve().parents)[:4]])
+    sweep lies nearby, and the exact command that shows them.
+
+    Looked at first: the storage the sweep names (its ``storage:`` or ``--storage``), a
+    relative one resolved against the directories a sweep is run from (here, the sweep file's
+    folder and the folders above it); then ``segssl-runs/<name>`` in those folders or one level
+    below them (``segssl demo`` keeps its store in ``segssl-demo/``).
+    """
+    bases = [Path.cwd(), *list(sweep.resolve().parents)[:4]]
+    found = _own_stores(storage, bases) + _stores_of(name, bases)
+    found = [f for f in dict.fromkeys(found) if f != db.resolve()]
     if found:
         where = "\n".join(f"  segssl table {sweep} --tracking-uri sqlite:///{f}" for f in found[:3])
         return (
@@ -718,6 +732,15 @@ def _missing_store(db: Path, name: str, sweep: Path) -> str:
         "table from the directory `segssl sweep` ran in, or pass --tracking-uri (the URI "
         f"`segssl sweep` printed); if the sweep has not run yet: segssl sweep {sweep}"
     )
+
+
+def _own_stores(storage: Path | None, bases: list[Path]) -> list[Path]:
+    """``<storage>/mlflow.db`` for the sweep's own storage: itself when absolute, else under
+    each base folder."""
+    if storage is None:
+        return []
+    paths = [storage] if storage.is_absolute() else [b / storage for b in bases]
+    return [(p / "mlflow.db").resolve() for p in paths if (p / "mlflow.db").is_file()]
 
 
 def _stores_of(name: str, bases: list[Path]) -> list[Path]:
@@ -771,6 +794,12 @@ def table_cmd(
         "--profile",
         help="smoke (phantoms, tiny, minutes on a CPU) | paper (the real protocol; default).",
     ),
+    storage_opt: Optional[str] = typer.Option(  # noqa: UP007, UP045
+        None,
+        "--storage",
+        help="The sweep's storage, as given to `segssl sweep --storage` (default: the spec's "
+        "storage, else ./segssl-runs/NAME).",
+    ),
 ) -> None:
     """Print the sweep's tables from its FINISHED MLflow runs (mean +- std over seeds)."""
     from segssl.config import ConfigError
@@ -793,10 +822,14 @@ def table_cmd(
         spec = load_sweep(sweep, profile=profile, check_overrides=False)
     except ConfigError as exc:
         fail(str(exc))
-    storage = Path(spec.storage) if spec.storage else Path("segssl-runs") / spec.name
+    own = storage_opt or spec.storage
+    if own and "://" in str(own):
+        fail(f"--storage {own}: a remote storage has no local store; pass --tracking-uri")
+    storage = Path(own) if own else Path("segssl-runs") / spec.name
     uri = resolve_tracking_uri(tracking_uri, storage.resolve())
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        fail(_missing_store(Path(uri[len("sqlite:///") :]), spec.name, sweep))
+        db = Path(uri[len("sqlite:///") :])
+        fail(_missing_store(db, spec.name, sweep, Path(own) if own else None))
     _check_tables_against_plan(spec, storage, sweep)
     try:
         text = render_tables(

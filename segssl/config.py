@@ -24,7 +24,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -57,6 +57,7 @@ __all__ = [
     "did_you_mean",
     "flatten",
     "format_validation_error",
+    "keyed_dump",
     "load_run_config",
     "parse_run_config",
 ]
@@ -67,9 +68,16 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    """Base of every config section: frozen, unknown keys forbidden."""
+    """Base of every config section: frozen, unknown keys forbidden.
+
+    ``key_neutral_defaults`` names fields added after trial keys were published: while such a
+    field holds its default it is left out of :func:`canonical_json` (trial keys, config hashes,
+    the resume check), so the keys and checkpoints of finished trials stay valid. It still
+    appears in :func:`flatten` (the recorded parameters).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset()
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
@@ -259,7 +267,9 @@ class ParamGroupConfig(Section):
 
 class OptimizerSettings(Section):
     """One optimiser and its LR schedule: warm-up from ``lr`` to ``lr * warmup_factor`` over
-    ``warmup_epochs``, then cosine decay to ~0 over the remaining epochs (BIM Appendix F).
+    ``warmup_epochs``, then (``schedule``) ``cosine`` decay to ~0 over the remaining epochs (BIM
+    Appendix F) or ``constant`` at ``lr * warmup_factor`` (Chaitanya et al.: Adam at a constant
+    lr; with ``warmup_epochs: 0`` the lr is ``lr * warmup_factor`` throughout).
 
     ``groups`` maps a parameter-name prefix of the method (``heads``, ``model.Conv1``,
     ``heads.cluster``; the longest matching prefix wins) to its own lr / weight decay; a prefix
@@ -270,11 +280,14 @@ class OptimizerSettings(Section):
     lr: float = Field(5e-7, gt=0.0)
     warmup_factor: float = Field(400.0, ge=1.0)
     warmup_epochs: int = Field(10, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"  # after the warm-up
     weight_decay: float = Field(1e-5, ge=0.0)
     grad_clip: float | None = Field(None, gt=0.0)  # max global grad norm; None: no clipping
     betas: tuple[float, float] = (0.9, 0.999)  # RAdam / Adam
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD only
     groups: dict[str, ParamGroupConfig] = {}
+
+    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset({"schedule"})
 
     @field_validator("betas")
     @classmethod
@@ -435,7 +448,23 @@ class RunConfig(Section):
                 f"the training image side {side} must be divisible by {stride} (the down-sampling "
                 f"of model {self.model.name!r})"
             )
+        from segssl.methods import REGISTRY  # registry lives above config
+
+        check = getattr(REGISTRY.get(self.method.name), "check_config", None)
+        if check is not None:
+            check(self)  # e.g. local regions that must fit a feature map
         return self
+
+    def training_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the training input: the random crop, or the preprocessed slice."""
+        crop = self.augment.crop
+        return (crop, crop) if crop else tuple(self.data.preprocess.size)  # type: ignore[return-value]
+
+    def training_size_key(self) -> str:
+        """The key that sets :meth:`training_size`, with its value (for messages)."""
+        if self.augment.crop:
+            return f"augment.crop={self.augment.crop}"
+        return f"data.preprocess.size={list(self.data.preprocess.size)}"
 
 
 # ----------------------------------------------------------------------------- YAML and dicts
@@ -615,13 +644,48 @@ def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfi
 
 
 # --------------------------------------------------------------------------- hashing, flatten
-def _normalise(obj: Any) -> Any:
+def _drop_neutral(model: BaseModel, data: Any) -> Any:
+    """``data`` (``model``'s JSON dump) without the ``key_neutral_defaults`` fields that hold
+    their default, at every depth."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    neutral = getattr(type(model), "key_neutral_defaults", frozenset())
+    for name, field in type(model).model_fields.items():
+        if name not in out:
+            continue
+        value = getattr(model, name)
+        if name in neutral and value == field.get_default(call_default_factory=True):
+            del out[name]
+        else:
+            out[name] = _drop_in(value, out[name])
+    return out
+
+
+def _drop_in(value: Any, data: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return _drop_neutral(value, data)
+    if isinstance(value, Mapping) and isinstance(data, dict):
+        return {k: _drop_in(value[k], v) if k in value else v for k, v in data.items()}
+    if isinstance(value, list | tuple) and isinstance(data, list) and len(value) == len(data):
+        return [_drop_in(v, d) for v, d in zip(value, data, strict=True)]
+    return data
+
+
+def keyed_dump(model: BaseModel) -> dict[str, Any]:
+    """``model.model_dump(mode="json")`` without the fields added after trial keys were
+    published while they hold their default (``Section.key_neutral_defaults``): what trial keys,
+    config hashes and the resume check are computed from."""
+    return _drop_neutral(model, model.model_dump(mode="json"))
+
+
+def _normalise(obj: Any, keyed: bool = False) -> Any:
     if isinstance(obj, BaseModel):
-        return _normalise(obj.model_dump(mode="json"))
+        return _normalise(keyed_dump(obj) if keyed else obj.model_dump(mode="json"), keyed)
     if isinstance(obj, Mapping):
-        return {str(k): _normalise(v) for k, v in obj.items()}
+        return {str(k): _normalise(v, keyed) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_normalise(v) for v in obj]
+        return [_normalise(v, keyed) for v in obj]
     if isinstance(obj, float):
         if math.isfinite(obj) and obj == int(obj) and abs(obj) < 2**53:
             return int(obj)  # 1.0 and 1 hash the same
@@ -630,8 +694,9 @@ def _normalise(obj: Any) -> Any:
 
 
 def canonical_json(obj: Any) -> str:
-    """Canonical JSON: sorted keys, no spaces, integral floats written as ints."""
-    return json.dumps(_normalise(obj), sort_keys=True, separators=(",", ":"))
+    """Canonical JSON: sorted keys, no spaces, integral floats written as ints; config fields
+    added after keys were published are left out while at their default (:func:`keyed_dump`)."""
+    return json.dumps(_normalise(obj, keyed=True), sort_keys=True, separators=(",", ":"))
 
 
 def config_hash(obj: Any, length: int = 16) -> str:

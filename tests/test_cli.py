@@ -186,6 +186,16 @@ def test_library_logs_go_to_a_file_in_the_storage(tmp_path, capfd):
         text = path.read_text()
         assert "Creating initial MLflow database tables" in text
         assert "Started a local Ray instance." in text and "a library deprecation" in text
+        # Ray's task errors carry colour codes; ray.init sets its own formatter on the handler
+        (handler,) = [h for h in logging.getLogger("ray").handlers if hasattr(h, "baseFilename")]
+        handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s -- %(message)s"))
+        try:
+            raise RuntimeError("\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=1)")
+        except RuntimeError:
+            logging.getLogger("ray.tune").exception("Trial task failed for trial t1")
+        text = path.read_text()
+        assert "ray::ImplicitFunc.train() (pid=1)" in text and "Traceback" in text, text
+        assert "\x1b" not in text, text
     finally:
         logging.captureWarnings(False)
         for n, (handlers, propagate) in saved.items():
@@ -229,3 +239,75 @@ def test_table_of_a_sweep_with_profiles_does_not_import_torch(tmp_path):
     table = _imports(["table", str(sweep), "--tracking-uri", uri], tmp_path)
     assert "Traceback" not in table["err"], table["err"]
     assert table["heavy"] == [], table
+
+
+def test_the_methods_manifest_equals_the_registry():
+    """`segssl methods` reads a plain-data manifest; it must list exactly the registry's
+    methods, in its order, each with the first line of its class docstring."""
+    from segssl.method_manifest import METHODS
+    from segssl.methods import REGISTRY, describe
+
+    expected = {name: describe(cls) for name, cls in REGISTRY.items()}
+    lines = "".join(f"    {k!r}: {v!r},\n" for k, v in expected.items())
+    assert list(METHODS.items()) == list(expected.items()), f"expected:\n{lines}"
+    assert all(METHODS.values())
+
+
+def test_methods_lists_names_and_descriptions_without_torch(tmp_path):
+    listed = _imports(["methods"], tmp_path)
+    assert listed["code"] in (0, None), listed["err"]
+    assert listed["heavy"] == [], listed  # no torch, ray, mlflow or sqlalchemy
+    rows = [ln.split(None, 1) for ln in listed["out"].splitlines() if ln and "IMPORTED" not in ln]
+    from segssl.methods import REGISTRY, describe
+
+    assert [r[0] for r in rows] == sorted(REGISTRY)
+    assert dict(rows)["bim"] == describe(REGISTRY["bim"])
+
+
+def test_table_looks_for_the_sweeps_own_storage_first(demo_store, tmp_path):
+    """A sweep with its own relative `storage:` run from its project folder: `segssl table`
+    from elsewhere finds that store first (beside the sweep file, not ./segssl-runs/NAME) and
+    prints the command that works; `--storage` names it directly."""
+    import os
+    import shlex
+    import shutil
+
+    import yaml
+
+    project = tmp_path / "project"
+    raw = yaml.safe_load(DEMO.read_text())
+    raw["storage"] = "results/demo-own"
+    (project / "sweeps").mkdir(parents=True)
+    sweep = project / "sweeps" / "demo.yaml"
+    sweep.write_text(yaml.safe_dump(raw))
+    own = project / "results" / "demo-own"
+    own.mkdir(parents=True)
+    shutil.copy(demo_store[len("sqlite:///") :], own / "mlflow.db")
+    decoy = project / "segssl-runs" / "demo"  # an older run of the same name: not the first
+    decoy.mkdir(parents=True)
+    shutil.copy(demo_store[len("sqlite:///") :], decoy / "mlflow.db")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    here = os.getcwd()
+    os.chdir(elsewhere)
+    try:
+        r = runner.invoke(app, ["table", str(sweep)])
+        assert r.exit_code == 2, r.output
+        msg = " ".join(r.output.split())
+        assert f"its runs are in {own / 'mlflow.db'}" in msg, msg
+        command = f"segssl table {sweep} --tracking-uri sqlite:///{own / 'mlflow.db'}"
+        assert command in msg, msg
+        again = runner.invoke(app, shlex.split(command)[1:] + ["--no-log"])
+        assert again.exit_code == 0 and "| Baseline | 50.50" in again.output, again.output
+        # --storage as given to `segssl sweep --storage`, relative to the project folder
+        r = runner.invoke(app, ["table", str(sweep), "--storage", "other/place"])
+        assert r.exit_code == 2 and "no MLflow database" in r.output
+        (project / "other").mkdir()
+        shutil.copytree(own, project / "other" / "place")
+        r = runner.invoke(app, ["table", str(sweep), "--storage", "other/place"])
+        msg = " ".join(r.output.split())
+        assert f"its runs are in {project / 'other' / 'place' / 'mlflow.db'}" in msg, msg
+        ok = runner.invoke(app, ["table", str(sweep), "--storage", str(own), "--no-log"])
+        assert ok.exit_code == 0 and "| Baseline | 50.50" in ok.output, ok.output
+    finally:
+        os.chdir(here)

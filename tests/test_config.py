@@ -10,6 +10,7 @@ from segssl.config import (
     ConfigError,
     MethodConfig,
     apply_overrides,
+    canonical_json,
     config_hash,
     flatten,
     load_run_config,
@@ -116,6 +117,36 @@ def test_hash_is_canonical():
     assert config_hash(a) != config_hash({"a": [1, 2.5], "b": 2})
     cfg = parse_run_config(base())
     assert config_hash(cfg) == config_hash(parse_run_config(base()))
+
+
+def _without_schedule(data: dict) -> dict:
+    """A config dump as it was before ``optim.schedule`` existed."""
+    optim = {k: v for k, v in data["optim"].items() if k != "schedule"}
+    optim["extra"] = {
+        n: {k: v for k, v in o.items() if k != "schedule"} for n, o in optim["extra"].items()
+    }
+    return {**data, "optim": optim}
+
+
+def test_a_field_added_later_keeps_keys_at_its_default():
+    from segssl.orchestrate.plan import trial_key
+
+    raw = {**base(), "optim": {"extra": {"disc": {"lr": 1e-4}}}}
+    cfg = parse_run_config(raw)
+    old = _without_schedule(cfg.model_dump(mode="json"))
+    # keys, hashes and the resume check read the config as it was before the field existed
+    assert canonical_json(cfg) == canonical_json(old)
+    assert trial_key(cfg, None) == config_hash({"config": old, "parent": None})
+    explicit = parse_run_config(apply_overrides(raw, ["optim.schedule=cosine"]))
+    assert trial_key(explicit, None) == trial_key(cfg, None)
+    # another value is another trial, and the recorded parameters always show the field
+    const = parse_run_config(apply_overrides(raw, ["optim.schedule=constant"]))
+    assert trial_key(const, None) != trial_key(cfg, None)
+    assert '"schedule":"constant"' in canonical_json(const)
+    assert flatten(cfg)["optim.schedule"] == "cosine"
+    assert flatten(cfg)["optim.extra.disc.schedule"] == "cosine"
+    with pytest.raises(ConfigError, match="optim.schedule"):
+        parse_run_config(apply_overrides(raw, ["optim.schedule=step"]))
 
 
 def test_flatten_uses_dots():

@@ -52,6 +52,7 @@ __all__ = [
     "prepare_records",
     "preprocess_volume",
     "reorient",
+    "slice_count",
     "source_files",
     "validate_cache",
 ]
@@ -61,6 +62,39 @@ MANIFEST = "manifest.json"
 
 
 # ------------------------------------------------------------------------- the transforms
+def _orientation(affine: np.ndarray, cfg: PreprocessConfig) -> tuple[Any, np.ndarray, int]:
+    """``(ornt, spacing, axis)``: the reorientation (nibabel ``io_orientation``, None without
+    ``cfg.reorient``), the spacing of the (reoriented) axes and the through-plane axis among
+    them (see :func:`reorient`)."""
+    from nibabel.orientations import io_orientation
+
+    zooms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    ornt = None
+    if cfg.reorient:
+        ornt = io_orientation(affine)
+        spacing = np.empty(3)
+        spacing[ornt[:, 0].astype(int)] = zooms
+        axis = int(ornt[2, 0])
+    else:
+        spacing = zooms
+        axis = 2
+    if cfg.slice_axis == "auto":
+        coarsest = int(np.argmax(spacing))
+        others = np.delete(spacing, coarsest)
+        # ties: the canonical S axis (the stored third axis when not reoriented), never the
+        # storage plane, which differs between subjects of one archive (sagittal vs axial)
+        axis = coarsest if spacing[coarsest] > 1.1 * others.max() else 2
+    return ornt, spacing, axis
+
+
+def slice_count(shape: Sequence[int], affine: np.ndarray, cfg: PreprocessConfig) -> int:
+    """How many 2D slices preprocessing makes of a volume of stored ``shape`` (from its header:
+    no voxel is decoded; in-plane resampling keeps the through-plane axis)."""
+    ornt, _, axis = _orientation(affine, cfg)
+    stored = axis if ornt is None else int(np.flatnonzero(ornt[:, 0].astype(int) == axis)[0])
+    return int(shape[stored])
+
+
 def reorient(
     image: np.ndarray,
     label: np.ndarray | None,
@@ -76,27 +110,13 @@ def reorient(
     so that near-isotropic scans stored in different planes are sliced alike) or the stored
     third axis (``"stored"``).
     """
-    from nibabel.orientations import apply_orientation, io_orientation
+    from nibabel.orientations import apply_orientation
 
-    zooms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
-    if cfg.reorient:
-        ornt = io_orientation(affine)
+    ornt, spacing, axis = _orientation(affine, cfg)
+    if ornt is not None:
         image = apply_orientation(image, ornt)
         if label is not None:
             label = apply_orientation(label, ornt)
-        spacing = np.empty(3)
-        spacing[ornt[:, 0].astype(int)] = zooms
-        stored_slice_axis = int(ornt[2, 0])
-    else:
-        spacing = zooms
-        stored_slice_axis = 2
-    axis = stored_slice_axis
-    if cfg.slice_axis == "auto":
-        coarsest = int(np.argmax(spacing))
-        others = np.delete(spacing, coarsest)
-        # ties: the canonical S axis (the stored third axis when not reoriented), never the
-        # storage plane, which differs between subjects of one archive (sagittal vs axial)
-        axis = coarsest if spacing[coarsest] > 1.1 * others.max() else 2
     image = np.moveaxis(image, axis, 0)
     if label is not None:
         label = np.moveaxis(label, axis, 0)

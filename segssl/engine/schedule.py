@@ -1,10 +1,12 @@
-"""Optimiser and learning-rate schedule of the papers (BIM Appendix F).
+"""Optimiser and learning-rate schedule of the papers (BIM Appendix F; Chaitanya et al.).
 
 The learning rate starts at ``lr``, rises linearly to ``lr * warmup_factor`` over
-``warmup_epochs`` epochs, then decays along a cosine to ~0 over the remaining epochs. The
+``warmup_epochs`` epochs, then (``schedule``) decays along a cosine to ~0 over the remaining
+epochs (``cosine``, BIM) or stays at ``lr * warmup_factor`` (``constant``, Chaitanya et al.). The
 scheduler is stepped once per epoch (an epoch is ``train.iters_per_epoch`` iterations) and is
-built from ``torch.optim.lr_scheduler`` pieces (``LinearLR`` then ``CosineAnnealingLR`` chained
-by ``SequentialLR``), so its state is a plain dict that checkpoints with ``weights_only=True``.
+built from ``torch.optim.lr_scheduler`` pieces (``LinearLR`` then ``CosineAnnealingLR`` or
+``ConstantLR`` with factor 1, chained by ``SequentialLR``), so its state is a plain dict that
+checkpoints with ``weights_only=True``.
 
 Parameter groups (``optim.groups``: name prefix -> own lr / weight decay) scale with the same
 schedule: each group warms up from its own lr to ``lr * warmup_factor``.
@@ -17,7 +19,13 @@ from collections.abc import Iterable
 
 import torch
 from torch.optim import SGD, Adam, Optimizer, RAdam
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    SequentialLR,
+)
 
 from segssl.config import OptimizerSettings
 
@@ -87,13 +95,17 @@ def build_optimizer(
 
 
 def build_scheduler(cfg: OptimizerSettings, optimizer: Optimizer, epochs: int) -> LRScheduler:
-    """Warm-up then cosine, stepped once per epoch (see module docstring)."""
+    """Warm-up then cosine or constant, stepped once per epoch (see module docstring)."""
     warm = min(cfg.warmup_epochs, epochs)
-    cosine = CosineAnnealingLR(optimizer, T_max=max(epochs - warm, 1), eta_min=0.0)
+    after: LRScheduler
+    if cfg.schedule == "constant":
+        after = ConstantLR(optimizer, factor=1.0, total_iters=0)
+    else:
+        after = CosineAnnealingLR(optimizer, T_max=max(epochs - warm, 1), eta_min=0.0)
     if warm == 0:
-        return cosine
+        return after
     linear = LinearLR(optimizer, start_factor=1.0 / cfg.warmup_factor, total_iters=warm)
-    return SequentialLR(optimizer, [linear, cosine], milestones=[warm])
+    return SequentialLR(optimizer, [linear, after], milestones=[warm])
 
 
 def lr_at(cfg: OptimizerSettings, epoch: int, epochs: int) -> float:
@@ -102,5 +114,7 @@ def lr_at(cfg: OptimizerSettings, epoch: int, epochs: int) -> float:
     peak = cfg.lr * cfg.warmup_factor
     if epoch < warm:
         return cfg.lr + (peak - cfg.lr) * epoch / warm
+    if cfg.schedule == "constant":
+        return peak
     t = epoch - warm
     return peak * (1.0 + math.cos(math.pi * t / max(epochs - warm, 1))) / 2.0

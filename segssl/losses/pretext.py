@@ -3,10 +3,11 @@
 * Rotation (Gidaris et al., 2018): every image in its four rotations by 0, 90, 180, 270 degrees;
   the network predicts which (a 4-way classification of the pooled encoder output).
 * Inpainting (Pathak et al., 2016, context encoder): random square regions are removed (set to
-  0) and the network reconstructs the image; the loss is the squared error on the removed pixels
-  (the reconstruction term of the context encoder; its small adversarial term is left out).
-* Context restoration (Chen et al., 2019): two random non-overlapping patches of the same image
-  are swapped, ``swaps`` times; the network restores the original image; squared error over the
+  the mean of the visible pixels, Pathak et al.'s zero of zero-centred inputs) and the network
+  reconstructs the image; the loss is the squared error on the removed pixels (the reconstruction
+  term of the context encoder; its small adversarial term is left out).
+* Context restoration (Chen et al., 2019): two random disjoint patches of the same image are
+  swapped, ``swaps`` times; the network restores the original image; squared error over the
   whole image.
 
 Random draws come from a CPU ``torch.Generator`` passed in by the caller.
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from segssl.losses._checks import check_ndim, same_shape
 
-__all__ = ["inpainting_mask", "masked_mse", "rotations", "swap_patches"]
+__all__ = ["inpainting_mask", "masked_mse", "remove_regions", "rotations", "swap_patches"]
 
 
 def rotations(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -72,20 +73,73 @@ def inpainting_mask(
     return _square_masks(b, h, w, s, ys, xs).any(1, keepdim=True).float()
 
 
-def _second_corner(first: Tensor, side: int, s: int, u: Tensor) -> Tensor:
-    """A corner at least ``s`` away from ``first`` along this axis, uniform over the choices."""
-    left = (first - s + 1).clamp_min(0)
-    right = (side - 2 * s - first + 1).clamp_min(0)
-    k = (u * (left + right)).floor().long()
-    return torch.where(k < left, k, first + s + (k - left))
+def remove_regions(x: Tensor, mask: Tensor, fill: str = "mean") -> Tensor:
+    """The context encoder's input: ``x`` with the pixels where ``mask`` is 1 replaced.
+
+    Args:
+        x: ``(B, C, H, W)`` images.
+        mask: ``(B, 1, H, W)`` 0/1 mask of the removed pixels.
+        fill: ``mean`` (per image and channel, the mean of the visible pixels: Pathak et al.'s
+            zero of zero-centred inputs) or ``zero``.
+    """
+    check_ndim(x, "x", (4,), "(B, C, H, W) images")
+    if fill not in ("mean", "zero"):
+        raise ValueError(f"fill must be 'mean' or 'zero', got {fill!r}")
+    keep = 1 - mask
+    if fill == "zero":
+        return x * keep
+    visible = keep.sum((2, 3), keepdim=True).clamp_min(1.0)
+    mean = (x * keep).sum((2, 3), keepdim=True) / visible
+    return x * keep + mean * mask
+
+
+def _overlaps(n: int, s: int) -> Tensor:
+    """For each corner ``0..n-1`` along one axis: how many corners along it lie closer than
+    ``s`` (their patches overlap along this axis)."""
+    c = torch.arange(n)
+    return (c + s - 1).clamp_max(n - 1) - (c - s + 1).clamp_min(0) + 1
+
+
+def _disjoint_pair(
+    b: int, h: int, w: int, s: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Flat corner indices (on the ``(h-s+1) x (w-s+1)`` grid of corners) of ``b`` pairs of
+    disjoint ``s x s`` patches, uniform over all such pairs: the first corner is drawn in
+    proportion to how many disjoint partners it has, the second uniformly among them.
+
+    The partners of a corner are the grid minus one rectangle of rows ``lo_y..hi_y`` and columns
+    ``lo_x..hi_x`` (the corners whose patch overlaps it), so the ``k``-th partner in row-major
+    order has a closed form: full rows above the rectangle, rows beside it, full rows below.
+    """
+    ny, nx = h - s + 1, w - s + 1
+    partners = ny * nx - _overlaps(ny, s).view(-1, 1) * _overlaps(nx, s).view(1, -1)
+    first = torch.multinomial(partners.flatten().double(), b, True, generator=generator)
+    y1, x1 = first // nx, first % nx
+    lo_y, hi_y = (y1 - s + 1).clamp_min(0), (y1 + s - 1).clamp_max(ny - 1)
+    lo_x, hi_x = (x1 - s + 1).clamp_min(0), (x1 + s - 1).clamp_max(nx - 1)
+    width = hi_x - lo_x + 1
+    beside = nx - width  # partners in each row of the rectangle
+    above, middle = lo_y * nx, (hi_y - lo_y + 1) * beside
+    count = ny * nx - (hi_y - lo_y + 1) * width
+    k = (torch.rand(b, generator=generator, dtype=torch.float64) * count).long()
+    k = torch.minimum(k, count - 1)
+    j = k - above  # within the rows beside the rectangle
+    t = j % beside.clamp_min(1)
+    rows = torch.where(k < above, k // nx, lo_y + j // beside.clamp_min(1))
+    cols = torch.where(k < above, k % nx, torch.where(t < lo_x, t, t + width))
+    after = k >= above + middle
+    j = k - above - middle  # within the rows below the rectangle
+    rows = torch.where(after, hi_y + 1 + j // nx, rows)
+    cols = torch.where(after, j % nx, cols)
+    return first, rows * nx + cols
 
 
 def swap_patches(x: Tensor, size: float, swaps: int, generator: torch.Generator | None) -> Tensor:
-    """Context restoration's corruption: ``swaps`` times, swap two random non-overlapping patches.
+    """Context restoration's corruption: ``swaps`` times, swap two random disjoint patches.
 
-    The two patches of a swap are disjoint because they are at least one patch side apart
-    along a random axis (rows or columns); everything is drawn at once on the CPU and applied
-    as one gather (no host read of device values).
+    Each swap draws a pair of disjoint (Chen et al.: "isolated") ``s x s`` patches inside the
+    image uniformly over all such pairs; later swaps act on the already corrupted image.
+    Everything is drawn on the CPU and applied as one gather (no host read of device values).
 
     Args:
         x: ``(B, C, H, W)`` images (not modified).
@@ -103,22 +157,16 @@ def swap_patches(x: Tensor, size: float, swaps: int, generator: torch.Generator 
     s = _side(size, min(h, w), "size")
     if 2 * s > min(h, w):
         raise ValueError(f"two {s}x{s} patches cannot be disjoint in a {h}x{w} image")
+    nx = w - s + 1
     src = torch.arange(h * w).repeat(b, 1)  # (B, H*W): which input pixel lands here
     dy, dx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
     offs = (dy * w + dx).flatten().view(1, -1)
     for _ in range(swaps):
-        y1 = torch.randint(0, h - s + 1, (b,), generator=generator)
-        x1 = torch.randint(0, w - s + 1, (b,), generator=generator)
-        along_rows = torch.rand(b, generator=generator) < 0.5
-        u = torch.rand(b, generator=generator)
-        free_y = torch.randint(0, h - s + 1, (b,), generator=generator)
-        free_x = torch.randint(0, w - s + 1, (b,), generator=generator)
-        y2 = torch.where(along_rows, _second_corner(y1, h, s, u), free_y)
-        x2 = torch.where(along_rows, free_x, _second_corner(x1, w, s, u))
-        i1 = (y1 * w + x1).view(-1, 1) + offs
-        i2 = (y2 * w + x2).view(-1, 1) + offs
+        first, second = _disjoint_pair(b, h, w, s, generator)
+        i1 = ((first // nx) * w + first % nx).view(-1, 1) + offs
+        i2 = ((second // nx) * w + second % nx).view(-1, 1) + offs
         v1, v2 = src.gather(1, i1), src.gather(1, i2)
-        src = src.scatter(1, i1, v2).scatter(1, i2, v1)
+        src.scatter_(1, i1, v2).scatter_(1, i2, v1)
     index = src.to(x.device).view(b, 1, h * w).expand(b, c, h * w)
     return x.flatten(2).gather(2, index).view(b, c, h, w)
 

@@ -78,13 +78,40 @@ def variant(parent: type[Method], name: str, doc: str = "", **changes: Any) -> t
 # name -> method class; each class has a ``Config`` whose ``name`` equals the key
 REGISTRY: dict[str, type[Method]] = {
     "baseline": Baseline,
-    "full": variant(Baseline, "full", pinned={"data.labeled_scans": "100%"}),
-    "finetune": variant(Baseline, "finetune", init="required"),
+    "full": variant(
+        Baseline,
+        "full",
+        "The baseline on every training scan: the fully supervised upper bound.",
+        pinned={"data.labeled_scans": "100%"},
+    ),
+    "finetune": variant(
+        Baseline,
+        "finetune",
+        "The baseline started from a pre-trained checkpoint (train.init_from).",
+        init="required",
+    ),
     "bim": BIM,
-    "iic": variant(BIM, "iic", alpha=0.0, w_con=0.0, w_cc=0.0),
+    "iic": variant(
+        BIM,
+        "iic",
+        "Dense IIC pre-training: bim with L_MI alone (alpha, w_con and w_cc set to 0).",
+        alpha=0.0,
+        w_con=0.0,
+        w_cc=0.0,
+    ),
     "imsat": IMSAT,
-    "contrast_enc": variant(ContrastEncDec, "contrast_enc", w_dec=0.0),
-    "contrast_dec": variant(ContrastEncDec, "contrast_dec", w_enc=0.0),
+    "contrast_enc": variant(
+        ContrastEncDec,
+        "contrast_enc",
+        "Global (encoder) contrastive pre-training alone.",
+        w_dec=0.0,
+    ),
+    "contrast_dec": variant(
+        ContrastEncDec,
+        "contrast_dec",
+        "Local (decoder) contrastive pre-training alone.",
+        w_enc=0.0,
+    ),
     "contrast_enc_dec": ContrastEncDec,
     "contrast_global": ContrastGlobal,
     "contrast_local": ContrastLocal,
@@ -103,8 +130,19 @@ REGISTRY: dict[str, type[Method]] = {
     "ict": ICT,
     "adversarial": Adversarial,
     "gmi": GMI,
-    "gmi_pretrain": variant(GMI, "gmi_pretrain", uses_labeled=False, w_ce=0.0),
+    "gmi_pretrain": variant(
+        GMI,
+        "gmi_pretrain",
+        "GMI's unsupervised terms alone, as pre-training (no labeled batches, w_ce 0).",
+        uses_labeled=False,
+        w_ce=0.0,
+    ),
 }
+
+
+def describe(cls: type[Method]) -> str:
+    """A method's one-line description: the first line of its class docstring."""
+    return (cls.__doc__ or "").strip().splitlines()[0].strip()
 
 
 def check_registry(registry: dict[str, type[Method]]) -> None:
@@ -142,6 +180,7 @@ __all__ = [
     "REGISTRY",
     "UnknownMethodError",
     "check_registry",
+    "describe",
     "get_method",
     "method_config_class",
     "variant",

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from segssl.config import AugmentConfig, MethodConfig
+from segssl.config import AugmentConfig, MethodConfig, RunConfig
 from segssl.data.types import Batch
 
 __all__ = ["Clock", "Method", "MethodContext", "StepOutput"]
@@ -94,6 +94,32 @@ class Method(nn.Module):
     predict_with: ClassVar[str] = "model"
     carry: ClassVar[str] = "model"
     optimizers: ClassVar[dict[str, tuple[str, ...]]] = {}
+    tap_fields: ClassVar[tuple[str, ...]] = ()  # config fields naming tap roles (checked early)
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Checks of the whole run config that only this method needs (run while the config is
+        validated, so a sweep's plan refuses the trial before any work). The default checks
+        that every role named by the ``tap_fields`` config fields (a role, a list of roles or a
+        mapping keyed by role) is a tap role of the configured model.
+
+        Raises:
+            ValueError: naming the keys involved.
+        """
+        if not cls.tap_fields:
+            return
+        from segssl.models import tap_roles  # the model registry sits below the methods
+
+        roles = tap_roles(cfg.model)
+        for name in cls.tap_fields:
+            value = getattr(cfg.method, name)
+            wanted = [value] if isinstance(value, str) else list(value)
+            bad = [r for r in wanted if r not in roles]
+            if bad:
+                raise ValueError(
+                    f"method.{name}: {', '.join(map(repr, bad))} is not a tap role of model "
+                    f"{cfg.model.name!r}; valid roles: {list(roles)}"
+                )
 
     def __init__(self, model: nn.Module, cfg: MethodConfig, ctx: MethodContext) -> None:
         super().__init__()

@@ -76,6 +76,7 @@ class Config(MethodConfig):
 class BIM(Method):
     """Pre-training on unlabeled batches with L_con + L_MI + lambda_CC L_CC."""
 
+    tap_fields = ("dense_tap", "global_tap")
     Config: ClassVar[type[MethodConfig]] = Config
     uses_unlabeled = True
     terms = {"con": "w_con", "mi": "w_mi", "cc": ("w_cc", "lambda_cc")}

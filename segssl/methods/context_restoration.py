@@ -1,11 +1,13 @@
 """Context restoration pre-training (Chen et al., 2019; a pretext task of Chaitanya Table 2).
 
-Each unlabeled image is corrupted by swapping two random non-overlapping patches, ``swaps``
+Each unlabeled image is corrupted by swapping two random disjoint patches, ``swaps``
 times (its intensity distribution is unchanged, its spatial context is not); the whole U-Net,
 with a 1x1 reconstruction convolution on its last decoder block, restores the original image,
 with the squared error over the image. Patch side and swap count are not given by Chaitanya et
-al.; the defaults (a tenth of the side, 10 swaps) follow Chen et al.'s 2D setting in scale. The
-network is carried; the reconstruction convolution is not.
+al.; the defaults (a tenth of the side, 10 swaps) follow Chen et al.'s 2D setting in scale.
+Carried to the fine-tuning: the encoder and the decoder (Chen et al. initialise the whole
+segmentation network from the restoration network), not the reconstruction convolution nor the
+untrained segmentation layer (load with ``train.init_strict: false``).
 """
 
 from __future__ import annotations

@@ -56,6 +56,7 @@ class Config(MethodConfig):
 class ContrastEncDec(Method):
     """Global (encoder) and/or local (decoder) contrastive pre-training."""
 
+    tap_fields = ("global_tap", "dense_tap")
     Config: ClassVar[type[MethodConfig]] = Config
     uses_unlabeled = True
     terms = {"enc": "w_enc", "dec": "w_dec"}

@@ -52,6 +52,7 @@ class Config(MethodConfig):
 class ContrastGlobal(Method):
     """Encoder + ``g1`` under ``L_g`` with the configured contrasting strategy."""
 
+    tap_fields = ("tap",)
     Config: ClassVar[type[MethodConfig]] = Config
     uses_unlabeled = True
     carry = "model:encoder"

@@ -42,6 +42,11 @@ class ContrastJoint(ContrastLocal):
     terms = {"global": 1.0, "local": "w_local"}
     freeze_encoder = False
 
+    @staticmethod
+    def uses_local(cfg: MethodConfig) -> bool:
+        """The local term is off at ``w_local: 0`` (no regions to fit)."""
+        return getattr(cfg, "w_local", 1.0) > 0
+
     def __init__(self, model: nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
         ch = self.tap_channels("encoder")["encoder"]

@@ -24,12 +24,12 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from segssl.augment import PairedTransform
-from segssl.config import MethodConfig
+from segssl.config import MethodConfig, ModelConfig, RunConfig
 from segssl.data.types import Batch
-from segssl.losses.contrast_strategies import local_contrastive_loss
+from segssl.losses.contrast_strategies import local_contrastive_loss, region_corners
 from segssl.methods.base import Clock, Method, MethodContext, StepOutput
 from segssl.methods.mechanics import volume_ids
-from segssl.models import apply_freeze
+from segssl.models import apply_freeze, tap_roles, tap_shapes
 
 
 class Config(MethodConfig):
@@ -43,6 +43,11 @@ class Config(MethodConfig):
     temperature: float = Field(0.1, gt=0.0)
     proj_hidden: int = Field(128, ge=1)  # g2: two 1x1 convolutions
     proj_dim: int = Field(128, ge=1)
+
+
+def decoder_blocks(cfg: ModelConfig) -> int:
+    """How many decoder blocks (``decoder<i>`` tap roles) the model of ``cfg`` has."""
+    return sum(1 for r in tap_roles(cfg) if r.startswith("decoder"))
 
 
 def decoder_role(model: nn.Module, blocks: int, key: str = "method.blocks") -> str:
@@ -76,6 +81,41 @@ class ContrastLocal(Method):
     init = "required"
     terms = {"local": 1.0}
     freeze_encoder: ClassVar[bool] = True
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """The ``A`` regions of ``K x K`` must fit (at distinct positions) the map of decoder
+        block ``l`` at the training input size, before any work.
+
+        Raises:
+            ValueError: naming ``method.regions``, ``method.region_size``, ``method.blocks``, the
+                map size and the key that sets the input size.
+        """
+        super().check_config(cfg)
+        m = cfg.method
+        if not cls.uses_local(m):
+            return
+        n = decoder_blocks(cfg.model)
+        if not 1 <= m.blocks <= n:
+            raise ValueError(
+                f"method.blocks={m.blocks}: the model has {n} decoder blocks "
+                f"(decoder1..decoder{n}); the paper's U-Net (model.depth: 6) has 5"
+            )
+        role = f"decoder{m.blocks}"
+        h, w = tap_shapes(cfg.model, (role,), cfg.training_size())[role]
+        try:
+            region_corners(h, w, m.regions, m.region_size)
+        except ValueError as exc:
+            raise ValueError(
+                f"method.regions={m.regions} (A), method.region_size={m.region_size} (K): the "
+                f"feature map of decoder block method.blocks={m.blocks} (l) is {h}x{w} at the "
+                f"training input {cfg.training_size_key()}; {exc}"
+            ) from None
+
+    @staticmethod
+    def uses_local(cfg: MethodConfig) -> bool:
+        """Whether the configured method computes the local loss."""
+        return True
 
     def __init__(self, model: nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)

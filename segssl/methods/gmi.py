@@ -86,6 +86,7 @@ DATASET_DEFAULTS = {
 class GMI(Method):
     """Supervised CE plus global MI, local MI and transformation consistency on unlabeled data."""
 
+    tap_fields = ("global_taps", "local_taps")
     Config: ClassVar[type[MethodConfig]] = Config
     uses_labeled = True
     uses_unlabeled = True

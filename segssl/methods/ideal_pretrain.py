@@ -38,6 +38,7 @@ class Config(MethodConfig):
 class IdealPretrain(Method):
     """Encoder + 1x1-conv head under the dense InfoNCE of known correspondences."""
 
+    tap_fields = ("tap",)
     Config: ClassVar[type[MethodConfig]] = Config
     uses_unlabeled = True
     carry = "model:encoder"

@@ -38,6 +38,7 @@ class Config(MethodConfig):
 class IMSAT(Method):
     """Dense IMSAT pre-training on unlabeled batches."""
 
+    tap_fields = ("dense_tap",)
     Config: ClassVar[type[MethodConfig]] = Config
     uses_unlabeled = True
     # the IMSAT objective is the total; its components are logged only

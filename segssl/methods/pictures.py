@@ -6,16 +6,21 @@ state), saved by the engine under ``workdir/pictures/``."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import Tensor
+
+if TYPE_CHECKING:  # matplotlib is imported when a picture is drawn: a method's import stays light
+    from matplotlib.figure import Figure
 
 __all__ = ["cluster_figures"]
 
 
 def _figure(w: float, h: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(w, h))
     FigureCanvasAgg(fig)
     return fig

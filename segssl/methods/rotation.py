@@ -29,6 +29,7 @@ class Config(MethodConfig):
 class Rotation(Method):
     """4-way rotation classification of the encoder output."""
 
+    tap_fields = ("tap",)
     Config: ClassVar[type[MethodConfig]] = Config
     uses_unlabeled = True
     carry = "model:encoder"

@@ -20,8 +20,11 @@ work on any of them unchanged.
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
+import torch
 from torch import nn
 
 from segssl.config import ModelConfig, did_you_mean
@@ -52,6 +55,38 @@ def model_config_class(name: str) -> type[ModelConfig]:
     return get_model_class(name).Config
 
 
+@functools.lru_cache(maxsize=64)
+def _meta_model(model_json: str) -> nn.Module:
+    cfg = model_config_class(json.loads(model_json)["name"]).model_validate_json(model_json)
+    with torch.device("meta"):  # shapes only: no memory, no computation
+        return get_model_class(cfg.name).from_config(cfg, 2).eval()
+
+
+def tap_roles(cfg: ModelConfig) -> tuple[str, ...]:
+    """The tap roles the architecture of ``cfg`` offers (without building it for real)."""
+    return tuple(_meta_model(cfg.model_dump_json()).tap_channels)
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_shapes(model_json: str, roles: tuple[str, ...], size: tuple[int, int]) -> tuple:
+    model = _meta_model(model_json)
+    channels = json.loads(model_json).get("in_channels", 1)
+    with torch.device("meta"):
+        feats = model.features(torch.zeros(1, channels, *size), list(roles))
+    return tuple((r, tuple(feats[r].shape[-2:])) for r in roles)
+
+
+def tap_shapes(cfg: ModelConfig, roles: tuple[str, ...], size: tuple[int, int]) -> dict:
+    """``{role: (h, w)}``: the spatial size of each tap role's feature map for an input of
+    ``size`` (computed on the meta device, so checks before any work are cheap).
+
+    Raises:
+        KeyError | ValueError: a role the architecture does not offer (as its ``features``
+            raises it; the message lists the valid ones).
+    """
+    return dict(_tap_shapes(cfg.model_dump_json(), tuple(roles), tuple(size)))
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """Build the network of ``cfg`` and freeze the parameters named by ``cfg.freeze`` prefixes."""
     model = get_model_class(cfg.name).from_config(cfg, num_classes)
@@ -72,4 +107,6 @@ __all__ = [
     "encoder_names",
     "get_model_class",
     "model_config_class",
+    "tap_roles",
+    "tap_shapes",
 ]

@@ -10,12 +10,25 @@ in Ray's session logs unless ``-v`` forwards it to the driver (``ray.init(log_to
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
 __all__ = ["LIBRARY_LOGGERS", "route_library_logs"]
 
 LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "sqlalchemy", "py.warnings", "filelock", "urllib3")
+
+
+# colour and cursor codes (Ray colours a failed task's name in its error text, "\x1b[36mray::...")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class _PlainFileHandler(logging.FileHandler):
+    """A log file without terminal colour codes, whatever formatter is set on it (``ray.init``
+    replaces the formatters of the ``ray`` logger's handlers with its own)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _ANSI.sub("", super().format(record))
 
 
 def _is_console(handler: logging.Handler) -> bool:
@@ -41,7 +54,7 @@ def route_library_logs(storage: Path, verbose: bool = False) -> Path:
     log_dir = Path(storage) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / f"segssl-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _PlainFileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # captureWarnings(True) is a no-op once logging holds a saved showwarning, even after
     # something (a warnings.catch_warnings block) restored the original: reinstall it

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segssl.config import ConfigError, RunConfig, config_hash, flatten, parse_run_config, set_path
+from segssl.config import (
+    ConfigError,
+    RunConfig,
+    config_hash,
+    flatten,
+    keyed_dump,
+    parse_run_config,
+    set_path,
+)
 from segssl.orchestrate.spec import Resources, SearchSpec, SpecError, SweepSpec
 
 __all__ = [
@@ -142,7 +150,7 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 
 def trial_key(config: RunConfig, parent_key: str | None) -> str:
     """Content-addressed key: hash of the resolved config (seed included) and the parent's key."""
-    data = config.model_dump(mode="json")
+    data = keyed_dump(config)
     if parent_key is not None:
         data["train"]["init_from"] = None  # a storage path; the parent key stands for it
     return config_hash({"config": data, "parent": parent_key})
@@ -258,6 +266,23 @@ def _inherited(parent: Trial, keys: list[str], where: str) -> dict[str, Any]:
     return out
 
 
+def _check_start(cfg: RunConfig, where: str) -> None:
+    """A stage without ``from`` whose method starts from a pre-trained checkpoint (e.g. the
+    decoder stage of a stage-wise pre-training) must give ``train.init_from`` itself.
+
+    Raises:
+        SpecError: naming the stage, the method and what to add.
+    """
+    from segssl.methods import get_method  # the method registry sits below orchestration
+
+    if get_method(cfg.method.name).init == "required" and not cfg.train.init_from:
+        raise SpecError(
+            f"{where}: method {cfg.method.name!r} starts from a pre-trained checkpoint, but the "
+            "stage has no 'from:' (a parent stage whose checkpoint it fine-tunes) and no "
+            "train.init_from"
+        )
+
+
 def _parent_checkpoint(storage: Path, parent_key: str, which: str) -> str:
     return str(storage / "trials" / parent_key / "checkpoints" / f"{which}.pt")
 
@@ -366,6 +391,8 @@ def plan_sweep(
                     where = f"{source}: stages.{name} trial ({desc or 'base'}"
                     where += f"{', variant=' + variant if variant else ''}, seed={seed})"
                     cfg = resolve_trial_config(raw, where)
+                    if parent is None:
+                        _check_start(cfg, f"{where.split(' trial (')[0]}")
                     pkey = parent.key if parent else None
                     key = trial_key(cfg, pkey)
                     if parent is not None:

@@ -155,6 +155,10 @@ class SweepProgress:
         why = f" ({reason})" if reason and not ok else ""
         event = f"{'finished' if ok else 'FAILED'} {label or trial_id}{took}{value}{why}"
         self._line(stage, event)
+        if self._live is not None and not ok:  # printed above the live table, and kept
+            self.console.print(
+                f"[{self.name}/{stage}] {event}", highlight=False, markup=False, soft_wrap=True
+            )
         self.refresh()
 
     def _line(self, stage: str, event: str) -> None:
@@ -213,11 +217,29 @@ class _TuneProgress:
             )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.progress is not None:
-            self.progress.ended(self.stage, trial.trial_id, False, _label(self.progress, trial))
+        if self.progress is not None:  # failed after its retries: Tune has saved the error
+            label = _label(self.progress, trial)
+            self.progress.ended(self.stage, trial.trial_id, False, label, reason=_error(trial))
 
 
 _SHOWN = ("test/dsc", "best_val/dsc")  # the metric a finished trial's line shows, if logged
+
+
+def _error(trial: Any) -> str | None:
+    """The last error of a trial Tune gave up on, as one line (``NotADirectoryError: ...``):
+    the exception it saved (the cause of Ray's task error), else the last line of its text."""
+    import traceback
+
+    try:
+        exc = trial.get_pickled_error()
+        exc = getattr(exc, "cause", None) or exc
+        if isinstance(exc, BaseException):
+            return "".join(traceback.format_exception_only(type(exc), exc)).strip()[-300:]
+        text = trial.get_error() or ""
+    except Exception:  # noqa: BLE001 - an unreadable error file: the line says FAILED alone
+        return None
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1][-300:] if lines else None
 
 
 def _label(progress: SweepProgress, trial: Any) -> str:

@@ -37,7 +37,7 @@ from rich.table import Table
 from segssl.config import flatten
 from segssl.orchestrate import mlflow_ui, tracking
 from segssl.orchestrate.claim import ClaimKeeper, SweepClaim, claim_sweep
-from segssl.orchestrate.datacheck import check_plan_data
+from segssl.orchestrate.datacheck import DataCheckError, check_plan_data
 from segssl.orchestrate.interrupt import (
     Interrupt,
     SweepInterrupted,
@@ -102,6 +102,9 @@ class SweepOutcome:
     dry_run: bool = False
     interrupted: SweepInterrupted | None = None  # stopped by SIGINT/SIGTERM
     tracking_error: str | None = None  # the end of the sweep run could not be recorded
+    # dry run: what would stop a run here (missing data, no node big enough); the plan and its
+    # cost stand regardless (planning does not need the resources to run)
+    not_runnable: list[str] = field(default_factory=list)
     # FAILED trial runs of this invocation by reason: {reason: {"retryable", "runs"}}
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -382,16 +385,24 @@ def _dry_run(
     check_data: bool,
     nodes: Callable[[], list[dict[str, Any]]],
 ) -> SweepOutcome:
-    """Print the plan, then check the data and the resources (raising on a problem)."""
+    """Print the plan, then check the data and the resources; their problems are recorded in
+    ``outcome.not_runnable`` (a run here would be refused), not raised: a plan and its cost do
+    not need the data or the GPUs at hand (e.g. planning on a laptop for a cluster)."""
     exp_id, finished = _peek(uri, plan.spec.name, spec_hash(plan.spec), extend)
     counts = print_plan(plan, finished, console, uri)
     for stage, (n, todo) in counts.items():
         outcome.stages[stage] = StageOutcome(planned=n, skipped=n - todo)
     outcome.experiment_id = exp_id
     if check_data:
-        _preflight_data(plan, console)
+        try:
+            _preflight_data(plan, console)
+        except DataCheckError as exc:
+            outcome.not_runnable.append(str(exc))
     launching = [s for s, (_, todo) in counts.items() if todo]
-    check_resources(plan, launching, nodes())
+    try:
+        check_resources(plan, launching, nodes())
+    except ResourceError as exc:
+        outcome.not_runnable.append(str(exc))
     return outcome
 
 
@@ -618,7 +629,8 @@ def run_sweep(
     ``dry_run``) claim the sweep storage (:mod:`segssl.orchestrate.claim`), check the data, write
     ``<storage>/plan.json``, open the experiment, start Ray, check resources and run the stages.
     ``dry_run`` prints the plan, then checks the data and the resources of the cluster it would
-    use (raising on a problem), and changes nothing.
+    use, records their problems in ``outcome.not_runnable`` (it does not raise on them: the plan
+    and its cost stand without the data or the GPUs), and changes nothing.
 
     Args:
         spec: a validated spec or the path of a sweep YAML file.
@@ -632,7 +644,8 @@ def run_sweep(
         storage: where trial workdirs and Ray results live (default ``spec.storage`` or
             ``./segssl-runs/<name>``); on a cluster it must be shared by all nodes.
         extend: log into an experiment created by a different spec.
-        dry_run: print the plan, check data and resources, and stop.
+        dry_run: print the plan, check data and resources (problems recorded in
+            ``outcome.not_runnable``), and stop.
         num_cpus: CPUs of a local Ray instance (default ``spec.num_cpus``, else all cores).
         console: where the plan and progress go.
         live: draw the live progress table.

@@ -51,6 +51,7 @@ __all__ = [
     "TrackingError",
     "TrialRecorder",
     "check_tracking",
+    "artifact_location",
     "ensure_experiment",
     "finished_runs",
     "git_sha",
@@ -244,6 +245,17 @@ def git_sha() -> str:
         return "unknown"
 
 
+def artifact_location(uri: str, name: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: ``artifacts/<name>`` beside
+    the database, so a sweep's files stay in its storage. (MLflow's default, ``./mlruns/<id>``
+    in the current directory, put every sweep run from one folder into the same ``mlruns/1``.)
+    None for a tracking server, whose own artifact root applies."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+    return str(Path(uri[len("sqlite:///") :]).resolve().parent / "artifacts" / folder)
+
+
 def ensure_experiment(uri: str, name: str, spec_hash: str, extend: bool = False) -> str:
     """Get or create the experiment ``name``; refuse one made by a different spec.
 
@@ -263,7 +275,11 @@ def ensure_experiment(uri: str, name: str, spec_hash: str, extend: bool = False)
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        exp_id = client.create_experiment(name, tags={TAG_SPEC: spec_hash, TAG_SWEEP: name})
+        exp_id = client.create_experiment(
+            name,
+            artifact_location=artifact_location(uri, name),
+            tags={TAG_SPEC: spec_hash, TAG_SWEEP: name},
+        )
         return str(exp_id)
     if exp.lifecycle_stage == "deleted":
         raise TrackingError(
@@ -623,7 +639,11 @@ def start_single_run(
     check_tracking(uri)
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(experiment, artifact_location(uri, experiment))
+    )
     tags = {
         TAG_STAGE: cfg.stage,
         TAG_KEY: trial_key(cfg, None),

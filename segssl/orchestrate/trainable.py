@@ -269,8 +269,10 @@ def run_trial(
     """
     from ray import tune
 
+    from segssl.orchestrate.shutdown import finish_lost_exits
     from segssl.orchestrate.tracking import TrialRecorder, redact, redact_logging
 
+    finish_lost_exits()  # Ray's SIGTERM at shutdown must not print a swallowed SystemExit
     if redact(ctx.tracking_uri) != ctx.tracking_uri:
         redact_logging()
     if train_fn is None:

@@ -183,3 +183,30 @@ def test_near_isotropic_scans_stored_in_other_planes_give_the_same_slices(perm):
     np.testing.assert_array_equal(out[0], ref[0])
     np.testing.assert_array_equal(out[1], ref[1])
     assert out[2] == pytest.approx((1.05, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("slice_axis", ["auto", "stored"])
+@pytest.mark.parametrize("reorient_axes", [True, False])
+def test_slice_count_from_the_header_is_what_preprocessing_makes(slice_axis, reorient_axes):
+    """The sweep preflight counts slices from headers (S partitions per volume): the count must
+    be the through-plane length preprocessing picks, for any stored orientation and spacing."""
+    from segssl.config import PreprocessConfig
+    from segssl.data.preprocess import reorient, slice_count
+
+    cfg = PreprocessConfig(slice_axis=slice_axis, reorient=reorient_axes)
+    shape = (5, 7, 9)
+    perms = [(0, 1, 2), (2, 0, 1), (1, 2, 0), (0, 2, 1)]
+    spacings = [(1.0, 1.0, 8.0), (8.0, 1.0, 1.0), (1.0, 6.0, 1.0), (1.0, 1.0, 1.05)]
+    seen = set()
+    for perm in perms:
+        for sp in spacings:
+            for flip in (1.0, -1.0):
+                affine = np.eye(4)
+                affine[:3, :3] = 0.0
+                for i, j in enumerate(perm):
+                    affine[j, i] = sp[i] * (flip if i == 0 else 1.0)
+                made = reorient(np.zeros(shape), None, affine, cfg)[0].shape[0]
+                assert slice_count(shape, affine, cfg) == made, (perm, sp, flip)
+                seen.add(made)
+    # "auto" slices along different stored axes here; "stored" always along the third
+    assert len(seen) > 1 if slice_axis == "auto" else seen == {shape[2]}

@@ -51,6 +51,42 @@ def test_finetune_schedule_and_no_warmup() -> None:
     )
 
 
+def test_constant_schedule_per_step_and_after_warmup() -> None:
+    """Chaitanya et al.: Adam at a constant lr; a warm-up, if any, still rises to the peak."""
+    flat = OptimConfig(name="adam", lr=1e-3, warmup_factor=1, warmup_epochs=0, schedule="constant")
+    assert _lrs(flat, 5) == pytest.approx([1e-3] * 5, rel=1e-12)
+    warm = OptimConfig(lr=1e-4, warmup_factor=10, warmup_epochs=2, schedule="constant")
+    lrs = _lrs(warm, 6)
+    assert lrs == pytest.approx([1e-4, 5.5e-4, 1e-3, 1e-3, 1e-3, 1e-3], rel=1e-9)
+    assert lrs == pytest.approx([lr_at(warm, e, 6) for e in range(6)], rel=1e-12)
+    # the cosine default is unchanged by the new key
+    assert _lrs(OptimConfig(lr=1e-4, warmup_factor=10, warmup_epochs=2), 6)[3] < 1e-3
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_schedule_resumes_from_its_state(schedule: str, tmp_path) -> None:
+    """The scheduler state checkpoints with ``weights_only`` and continues where it stopped."""
+    cfg = OptimConfig(lr=1e-4, warmup_factor=10, warmup_epochs=2, schedule=schedule)
+    whole = _lrs(cfg, 8)
+    opt = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))])
+    sched = build_scheduler(cfg, opt, 8)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    opt2 = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(2))])
+    sched2 = build_scheduler(cfg, opt2, 8)
+    opt2.load_state_dict(state["opt"])
+    sched2.load_state_dict(state["sched"])
+    rest = []
+    for _ in range(5):
+        rest.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        sched2.step()
+    assert rest == pytest.approx(whole[3:], rel=1e-12)
+
+
 def test_optimizers() -> None:
     p = [torch.nn.Parameter(torch.zeros(1))]
     assert type(build_optimizer(OptimConfig(), p)).__name__ == "RAdam"

@@ -54,16 +54,50 @@ def test_decoder_stage_needs_a_pretrained_encoder(tiny) -> None:
         check_run(cfg)
 
 
+def test_decoder_stage_without_a_parent_is_refused_by_the_sweep_plan(tiny_yaml, tmp_path) -> None:
+    from segssl.orchestrate.plan import plan_sweep
+    from segssl.orchestrate.spec import SpecError, parse_sweep
+
+    base = tiny_yaml("contrast_local", "pretrain")
+    for key in ("method", "stage"):
+        base.pop(key)
+    dec = {"config": {"stage": "pretrain", "method": {"name": "contrast_local"}}}
+    raw = {"name": "nofrom", "seeds": [0], "base": base, "stages": {"dec": dec}}
+    with pytest.raises(SpecError, match=r"stages.dec: method 'contrast_local' starts from a "
+                       r"pre-trained checkpoint, but the stage has no 'from:'"):  # fmt: skip
+        plan_sweep(parse_sweep(raw), storage=tmp_path / "s", root=tmp_path)
+    # with a parent stage it plans, its trials starting from the parent's checkpoint
+    enc = {"config": {"stage": "pretrain", "method": {"name": "contrast_global"}}}
+    raw["stages"] = {"enc": enc, "dec": {**dec, "from": "enc"}}
+    plan = plan_sweep(parse_sweep(raw), storage=tmp_path / "s", root=tmp_path)
+    assert plan.trials["dec"][0].config.train.init_from.endswith("checkpoints/last.pt")
+
+
 def test_more_decoder_blocks_than_the_model_has(tiny, batches) -> None:
     with pytest.raises(ValueError, match="method.blocks=5: the model has 4 decoder blocks"):
         _method(tiny, batches, "contrast_local", "pretrain",
                 method={"name": "contrast_local", "blocks": 5})  # fmt: skip
 
 
-def test_unknown_tap_role_of_resnet50(tiny, batches) -> None:
-    with pytest.raises(ValueError, match=r"'layer4' is not a tap role of model ResNetUNet"):
-        _method(tiny, batches, "contrast_global", "pretrain", model={"name": "resnet50_unet"},
-                method={"name": "contrast_global", "tap": "layer4"})  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "key"), [("contrast_global", "tap"), ("ideal_pretrain", "tap"), ("rotation", "tap")]
+)
+def test_unknown_tap_role_of_resnet50_is_a_config_error(tiny, name, key) -> None:
+    """Refused while the config is validated (so a sweep's plan refuses the trial), with the
+    architecture's valid roles."""
+    resnet = {"name": "resnet50_unet"}
+    with pytest.raises(ConfigError, match=rf"method.{key}: 'layer4' is not a tap role of model "
+                       r"'resnet50_unet'; valid roles: \['encoder', 'encoder1'"):  # fmt: skip
+        tiny(name, "pretrain", model=resnet, method={"name": name, key: "layer4"})
+    tiny(name, "pretrain", model=resnet, method={"name": name, key: "encoder4"})
+
+
+def test_unknown_tap_roles_of_other_methods_are_config_errors(tiny) -> None:
+    with pytest.raises(ConfigError, match=r"method.dense_tap: 'decoder5' is not a tap role"):
+        tiny("contrast_enc_dec", "pretrain",
+             method={"name": "contrast_enc_dec", "dense_tap": "decoder5"})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"method.local_taps: 'Up_conv2' is not a tap role"):
+        tiny("gmi", "semi", method={"name": "gmi", "local_taps": {"Up_conv2": 1}})
 
 
 def test_global_versions_per_strategy(tiny, batches) -> None:
@@ -107,12 +141,50 @@ def test_local_freezes_the_encoder_computes_and_carries_d_l_only(tiny, batches) 
                        "Up_conv4"}  # fmt: skip
 
 
-def test_too_many_regions_for_the_feature_map(tiny, batches) -> None:
-    steps, _ = batches
-    m = _method(tiny, batches, "contrast_local", "pretrain",
-                method={"name": "contrast_local", "blocks": 1, "region_size": 3})  # fmt: skip
-    with pytest.raises(ValueError, match=r"A=13 local regions of 3x3 do not fit in a 4x4"):
-        m.training_step(None, steps[0][1], Clock(1, 0, 2, 4))
+def test_too_many_regions_for_the_feature_map_is_a_config_error(tiny) -> None:
+    """Refused while the config is validated (before data, model or a sweep's trial): the
+    message names the keys, the map of decoder block l at the training input size and A."""
+    local = {"name": "contrast_local", "blocks": 1, "region_size": 3}
+    with pytest.raises(ConfigError, match=r"method.regions=13 \(A\), method.region_size=3 "
+                       r"\(K\): the feature map of decoder block method.blocks=1 \(l\) is 4x4 "
+                       r"at the training input augment.crop=32; A=13 local regions"):  # fmt: skip
+        tiny("contrast_local", "pretrain", method=local)
+    with pytest.raises(ConfigError, match=r"is 4x4 at the training input data.preprocess.size="
+                       r"\[32, 32\]"):  # fmt: skip
+        tiny("contrast_local", "pretrain", method=local, augment={"crop": 0})
+    # the map of the architecture in use: ResNet-50's decoder1 is at stride 16
+    with pytest.raises(ConfigError, match=r"is 2x2 at the training input augment.crop=32; a 3x3"):
+        tiny("contrast_local", "pretrain", method=local, model={"name": "resnet50_unet"})
+    with pytest.raises(ConfigError, match=r"method.regions=13 \(A\), method.region_size=3"):
+        tiny("contrast_joint", "pretrain", method={**local, "name": "contrast_joint"})
+    # what fits is accepted: 1x1 regions in block 2's 8x8 map, or the local term off
+    tiny("contrast_local", "pretrain", method={**local, "blocks": 2, "region_size": 1})
+    tiny("contrast_joint", "pretrain", method={**local, "name": "contrast_joint", "w_local": 0})
+
+
+def test_too_many_regions_refused_by_the_sweep_plan(tiny_yaml, tmp_path) -> None:
+    from segssl.orchestrate.plan import plan_sweep
+    from segssl.orchestrate.spec import SpecError, parse_sweep
+
+    base = tiny_yaml("contrast_global", "pretrain")
+    base.pop("method")
+    base.pop("stage")
+    raw = {
+        "name": "regions",
+        "seeds": [0],
+        "base": base,
+        "stages": {
+            "enc": {"config": {"stage": "pretrain", "method": {"name": "contrast_global"}}},
+            "dec": {
+                "from": "enc",
+                "config": {"stage": "pretrain", "method": {"name": "contrast_local"}},
+                "grid": {"method.blocks": [3, 1]},
+            },
+        },
+    }
+    with pytest.raises(SpecError, match=r"(?s)stages.dec trial \(method.blocks=1, seed=0\): "
+                       r"invalid configuration.*method.regions=13 \(A\)"):  # fmt: skip
+        plan_sweep(parse_sweep(raw), storage=tmp_path / "s", root=tmp_path)
 
 
 def test_joint_trains_the_encoder_with_both_losses(tiny, batches) -> None:
@@ -197,6 +269,53 @@ def test_pretext_methods_carry(tiny, batches) -> None:
         m = _method(tiny, batches, name, "pretrain")
         assert m.carry == "model" and "reconstruction" in m.heads
         assert torch.isfinite(m.training_step(None, steps[0][1], Clock(1, 0, 2, 4))["loss"])
+
+
+@pytest.mark.parametrize("name", ["inpainting", "context_restoration"])
+def test_reconstruction_pretexts_carry_encoder_and_decoder_not_the_head(tiny, batches, name):
+    """The segmentation layer is never trained by the pretext: the fine-tuning initialises it
+    with its own seed instead of receiving the pre-training's random one."""
+    m = _method(tiny, batches, name, "pretrain")
+    every = set(m.model.state_dict())
+    assert set(m.carried_state()) == {k for k in every if not k.startswith("Conv_1x1.")}
+    assert any(k.startswith("Conv_1x1.") for k in every)
+
+
+def test_inpainting_fills_removed_regions_with_the_visible_mean(tiny, batches) -> None:
+    """Pathak et al. set dropped regions to zero of zero-centred inputs, i.e. the mean; with
+    intensities in [0, 1] a zero fill is the darkest value (background-like)."""
+    steps, _ = batches
+    m = _method(tiny, batches, "inpainting", "pretrain")
+    seen = []
+    m.reconstruct = lambda xc: seen.append(xc) or xc  # type: ignore[method-assign]
+    x = steps[0][1]["image"]
+    m.training_step(None, steps[0][1], Clock(1, 0, 2, 4))
+    xc = seen[0]
+    removed = xc != x
+    for i in range(x.shape[0]):
+        hole = removed[i]
+        assert hole.any()
+        visible_mean = x[i][~hole].mean()
+        torch.testing.assert_close(xc[i][hole], visible_mean.expand(int(hole.sum())))
+        assert float(visible_mean) > 0.05
+    zero = _method(tiny, batches, "inpainting", "pretrain",
+                   method={"name": "inpainting", "fill": "zero"})  # fmt: skip
+    zero.reconstruct = lambda xc: seen.append(xc) or xc  # type: ignore[method-assign]
+    zero.training_step(None, steps[0][1], Clock(1, 0, 2, 4))
+    assert float(seen[1][seen[1] != x].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("name", ["inpainting", "context_restoration"])
+def test_reconstruction_pretexts_on_resnet50(tiny, batches, name) -> None:
+    """ResNet-50's last decoder block is at stride 2: the reconstruction is brought to the
+    input size (as the network's own logits are) instead of failing on the shape."""
+    steps, _ = batches
+    m = _method(tiny, batches, name, "pretrain", model={"name": "resnet50_unet"})
+    x = steps[0][1]["image"]
+    assert m.reconstruct(x).shape == x.shape
+    out = m.training_step(None, steps[0][1], Clock(1, 0, 2, 4))
+    out["loss"].backward()
+    assert m.model.encoder.stem[0].weight.grad is not None
 
 
 def test_domain_strategies_get_each_slice_volume(tiny, batches, monkeypatch) -> None:

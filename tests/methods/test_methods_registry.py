@@ -159,11 +159,10 @@ def test_full_pins_all_labels() -> None:
     ],
 )
 def test_unknown_feature_tap_lists_the_valid_roles(name: str, key: str, tiny) -> None:
-    cfg = tiny(name, "pretrain", method={"name": name, key: "decoder9"})
-    with pytest.raises(
-        ValueError, match=r"'decoder9' is not a tap role .* valid roles: \['encoder'"
-    ):
-        build_method(cfg, get_method(name), build_model(cfg.model, 2), 2, ("LV",), "cpu")
+    """Refused while the config is validated (a sweep's plan refuses the trial)."""
+    msg = rf"method.{key}: 'decoder9' is not a tap role .* valid roles: \['encoder'"
+    with pytest.raises(ConfigError, match=msg):
+        tiny(name, "pretrain", method={"name": name, key: "decoder9"})
 
 
 def test_variant_configs_survive_pickling() -> None:
@@ -177,3 +176,18 @@ def test_variant_configs_survive_pickling() -> None:
     model = build_model(back.model, 2)
     method = build_method(back, REGISTRY["finetune"], model, 2, ("LV",), torch.device("cpu"))
     assert method.cfg == cfg.method
+
+
+def test_importing_the_methods_does_not_import_matplotlib():
+    """Matplotlib (seconds of import) loads when a cluster picture is drawn, not when a dry run
+    or a trial imports the methods to validate its config."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, segssl.methods; print('matplotlib' in sys.modules)"
+    root = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": root}
+    )
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

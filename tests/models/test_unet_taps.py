@@ -84,3 +84,28 @@ def test_freeze_by_prefix_and_typos_fail():
     # a prefix must match whole block names, not 'Conv1' inside 'Conv1x'
     hits = apply_freeze(UNet(1, 2, base_width=4), ["Conv1"])
     assert all(h.startswith("Conv1.") for h in hits)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [{"name": "unet", "base_width": 4, "depth": 6}, {"name": "resnet50_unet", "base_width": 4}],
+)
+def test_tap_shapes_before_any_work_match_the_real_maps(cfg):
+    """Config checks read feature-map sizes from a meta-device pass: the real maps' sizes."""
+    from segssl.models import tap_roles, tap_shapes
+
+    mcfg = parse_run_config(
+        {
+            "method": {"name": "baseline"},
+            "model": cfg,
+            "data": {"preprocess": {"size": [64, 96]}},
+            "augment": {"crop": 0},
+        }  # fmt: skip
+    ).model
+    roles = tap_roles(mcfg)
+    real = build_model(mcfg, 2).eval()
+    with torch.no_grad():
+        feats = real.features(torch.zeros(1, 1, 64, 96), list(roles))
+    assert tap_shapes(mcfg, roles, (64, 96)) == {r: tuple(f.shape[-2:]) for r, f in feats.items()}
+    with pytest.raises((KeyError, ValueError), match="unknown feature tap role"):
+        tap_shapes(mcfg, ("layer9",), (64, 96))

@@ -7,6 +7,7 @@ import errno
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -199,7 +200,9 @@ def _truncate_one(root: Path) -> Path:
     return img
 
 
-@pytest.mark.parametrize("case", ["missing-root", "unknown-dataset", "truncated-file"])
+@pytest.mark.parametrize(
+    "case", ["missing-root", "unknown-dataset", "truncated-file", "more-partitions-than-slices"]
+)
 def test_bad_data_refused_before_ray_and_by_dry_run(
     case: str, tmp_path: Path, acdc: Path, no_ray: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,15 +215,19 @@ def test_bad_data_refused_before_ray_and_by_dry_run(
         "missing-root": "no such directory",
         "unknown-dataset": "unknown dataset 'acdcc'",
         "truncated-file": "patient003",
+        # counted from the headers (no cache yet), naming the short scans
+        "more-partitions-than-slices": "data.partitions=40: scans ['patient",
     }[case]
     if case == "missing-root":
         raw["base"]["data"]["root"] = str(tmp_path / "nowhere")
     elif case == "unknown-dataset":
         raw["base"]["data"]["dataset"] = "acdcc"
+    elif case == "more-partitions-than-slices":
+        raw["base"]["data"].update(partition_sampler=True, partitions=40, unlabeled_batch_size=40)
     else:
         _truncate_one(root)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.raises(DataCheckError, match=match):
+    with pytest.raises(DataCheckError, match=re.escape(match)):
         runner_mod.run_sweep(
             parse_sweep(raw), tracking_uri=uri, storage=tmp_path / "s", console=QUIET, live=False
         )

@@ -60,6 +60,8 @@ def test_shipped_sweep_plans_with_readme_counts(path: Path, profile: str, tmp_pa
             rest.append(len(plan.trials[s]))
     assert sorted(pre) == sorted(pre_want)
     assert sorted(rest) == sorted(rest_want)
+    if path.name.startswith(("chaitanya_", "ideal_")):
+        _check_contrastive_recipe(plan, profile)
     for s in plan.order:  # a derived stage: every trial starts from a planned parent's checkpoint
         if spec.stages[s].from_ is not None:
             parents = {t.key: t for t in plan.trials[spec.stages[s].from_]}
@@ -67,3 +69,25 @@ def test_shipped_sweep_plans_with_readme_counts(path: Path, profile: str, tmp_pa
                 assert t.parent_key in parents
                 assert t.config.train.init_from is not None
                 assert f"/trials/{t.parent_key}/checkpoints/" in t.config.train.init_from
+
+
+# the methods whose supervised objective can add Dice (segssl.methods.baseline and its variants)
+DICE_METHODS = {"baseline", "full", "finetune"}
+
+
+def _check_contrastive_recipe(plan, profile: str) -> None:
+    """Chaitanya et al. and IDEAL keep Adam's lr constant (paper); their smoke profiles use the
+    BIM/GMI smoke recipe: width 8, Adam 3e-3 without warm-up (a cosine over the short run),
+    4 x 25 steps, CE + Dice wherever the method has a Dice term."""
+    for t in plan.all_trials():
+        c, where = t.config, f"{t.stage}: {t.name}"
+        assert c.optim.name == "adam" and c.optim.warmup_epochs == 0, where
+        if profile == "paper":
+            assert c.optim.schedule == "constant", where
+            assert getattr(c.method, "w_dice", 0.0) == 0.0, where  # the papers: CE alone
+            continue
+        assert (c.optim.lr, c.optim.schedule, c.model.base_width) == (3e-3, "cosine", 8), where
+        if (c.train.epochs, c.train.iters_per_epoch) != (1, 2):  # Table 4's big batches: 2 steps
+            assert (c.train.epochs, c.train.iters_per_epoch) == (4, 25), where
+        if c.method.name in DICE_METHODS:
+            assert c.method.w_dice == 1.0, where

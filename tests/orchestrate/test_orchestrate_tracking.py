@@ -187,3 +187,86 @@ def test_a_failed_trial_line_names_its_reason() -> None:
     cb.on_trial_start(0, [], trial)
     cb.on_trial_complete(0, [], trial)
     assert "FAILED trial k1" in out.getvalue() and reason in out.getvalue(), out.getvalue()
+
+
+class _ErroredTrial:
+    """A trial Tune gave up on after its retries, with the error it saved (as Ray saves it:
+    the task error wrapping the trainable's exception)."""
+
+    def __init__(self, exc: BaseException | None, text: str | None = None) -> None:
+        self.trial_id, self.config, self.last_result = "t1", {"trial_key": "k1"}, {}
+        self._exc, self._text = exc, text
+
+    def get_pickled_error(self) -> BaseException | None:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(cause=self._exc) if self._exc is not None else None  # type: ignore[return-value]
+
+    def get_error(self) -> str | None:
+        return self._text
+
+
+def _run_errored(trial: _ErroredTrial, terminal: bool) -> str:
+    import io
+
+    from segssl.orchestrate.progress import _TuneProgress
+
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=terminal)
+    p = SweepProgress("s", concurrency=1, console=console, live=True)
+    p.add_stage("ft", total=1, skipped=0)
+    cb = _TuneProgress(p, "ft", lambda: None)
+    with p:
+        cb.on_trial_start(0, [], trial)
+        cb.on_trial_error(0, [], trial)
+    return out.getvalue()
+
+
+def test_a_trial_failed_after_its_retries_prints_its_error_without_a_terminal() -> None:
+    """A retryable error that outlived max_failures ends in on_trial_error: its line names it."""
+    exc = NotADirectoryError(20, "Not a directory", "/store/trials/k1")
+    out = _run_errored(_ErroredTrial(exc), terminal=False)
+    (line,) = [x for x in out.splitlines() if "FAILED" in x]
+    assert "FAILED trial k1" in line, out
+    assert "NotADirectoryError: [Errno 20] Not a directory: '/store/trials/k1'" in line, out
+    text = "Failure # 2 (occurred at ...)\nTraceback...\nRuntimeError: CUDA error: unknown\n"
+    out = _run_errored(_ErroredTrial(None, text), terminal=False)  # only the text was saved
+    assert "(RuntimeError: CUDA error: unknown)" in out, out
+
+
+def test_live_mode_keeps_a_failed_trials_reason_on_its_own_line() -> None:
+    """With a terminal the live table redraws in place; a failed trial's reason is printed
+    above it and stays in the final output."""
+    exc = RuntimeError("injected failure after epoch 1")
+    import re
+
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", _run_errored(_ErroredTrial(exc), terminal=True))
+    lines = [x for x in out.splitlines() if "RuntimeError: injected failure after epoch 1" in x]
+    assert lines and lines[0].startswith("[s/ft] FAILED trial k1 in 0:00 (RuntimeError"), out
+    assert out.rstrip().endswith("┘")  # the final table is drawn after (below) that line
+
+
+def test_a_sqlite_sweeps_artifacts_stay_in_its_storage(tmp_path: Path, monkeypatch) -> None:
+    """MLflow's default artifact root is ./mlruns/<experiment id> in the current directory:
+    every sweep run from one folder (each its own SQLite store, each experiment id 1) shared
+    ./mlruns/1. A sweep's artifacts belong beside its store."""
+    from mlflow import MlflowClient
+
+    from segssl.orchestrate.tracking import ensure_experiment
+
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for sweep in ("first", "second"):
+        store = tmp_path / sweep / "storage"
+        store.mkdir(parents=True)
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        exp = ensure_experiment(uri, f"sweep {sweep}", "h")
+        client = MlflowClient(uri)
+        run = client.create_run(exp).info.run_id
+        (tmp_path / "config.yaml").write_text(sweep)
+        client.log_artifact(run, str(tmp_path / "config.yaml"))
+        got = Path(client.get_run(run).info.artifact_uri.removeprefix("file://"))
+        assert got.is_relative_to(store / "artifacts" / f"sweep_{sweep}"), got
+        assert (got / "config.yaml").read_text() == sweep
+    assert not (elsewhere / "mlruns").exists()

@@ -153,7 +153,7 @@ class BaseAdapter:
         spacing = img.spacing[:3]
         if min(spacing) <= 0:
             raise DataError(f"{record.image}: non-positive voxel spacing {spacing} in the header")
-        return VolumeHeader(record.image, shape, tuple(spacing))
+        return VolumeHeader(record.image, shape, tuple(spacing), img.affine)
 
     def map_labels(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """Raw label values -> contiguous class indices (uint8).
