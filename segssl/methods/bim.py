@@ -100,8 +100,10 @@ class BIM(Method):
         state = self.T.sample(x.shape[0], generator=self.ctx.generator)
         tx = state.image(x)
         taps = [cfg.dense_tap] + ([cfg.global_tap] if self._on("con") else [])
-        _, f_tx = self.model(tx, taps=taps)
-        f_x = self.model(x, taps=taps)[1] if self._on("mi") or self._on("con") else None
+        # the taps only: the segmentation head (and any block after the taps) is not run, its
+        # logits would be thrown away
+        f_tx = self.model.features(tx, taps)
+        f_x = self.model.features(x, taps) if self._on("mi") or self._on("con") else None
         parts: dict[str, torch.Tensor] = {}
         # all heads at once: (B, heads, K, H, W) probabilities, one loss per head, averaged
         if self._on("mi") or self._on("cc"):

@@ -63,3 +63,36 @@ def test_batched_bim_step_equals_the_per_head_reference(tiny) -> None:
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
         checked += 1
     assert checked > 10  # the U-Net and all three heads received gradients
+
+
+def test_bim_step_runs_no_segmentation_head_and_equals_the_full_forward(tiny) -> None:
+    """The step takes its taps from ``model.features``: the 1x1 segmentation head, whose logits
+    a pre-training step throws away, is never run, and loss and gradients are exactly those of
+    taking the taps from the full forward pass."""
+    cfg = tiny("bim", "pretrain", method={"name": "bim", "k": 6, "heads": 2})
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(4, 1, 32, 32, generator=g)
+    batch = {"image": image, "partition": torch.tensor([0, 1, 2, 0])}
+
+    def step(full_forward: bool) -> tuple[torch.Tensor, list, int]:
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 4)
+        cpu = torch.device("cpu")
+        method = build_method(cfg, get_method("bim"), model, 4, ("a", "b", "c"), cpu)
+        if full_forward:  # the taps as the full forward pass returns them (logits computed)
+            model.features = lambda x, taps: model(x, taps=taps)[1]
+        calls = []
+        model.Conv_1x1.register_forward_hook(lambda *a: calls.append(1))
+        method.train()
+        method.ctx.generator.manual_seed(5)
+        out = method.training_step(None, batch, Clock(1, 0, 2, 4))
+        params = [p for p in method.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(out["loss"], params, allow_unused=True)
+        return out["loss"].detach(), grads, len(calls)
+
+    loss, grads, head_calls = step(full_forward=False)
+    ref_loss, ref_grads, ref_calls = step(full_forward=True)
+    assert head_calls == 0 and ref_calls == 2
+    assert torch.equal(loss, ref_loss)
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
