@@ -53,14 +53,31 @@ def test_batched_bim_step_equals_the_per_head_reference(tiny) -> None:
     for part in ("mi", "cc"):
         torch.testing.assert_close(out[part].detach(), ref[part].detach())
     assert -1 <= float(out["cc"]) <= 0
+    # The step's softmax + entropy is one autograd node whose backward drops the entropy
+    # gradient's constant term (it cancels in the softmax backward); the reference sums it in
+    # and cancels it numerically. Through the min-max normalised entropy maps of these sharp
+    # heads, float32 rounding then differs by up to ~1e-3 of a gradient's norm (both
+    # formulations are ~1 % away from a float64 evaluation here; the kernel itself is checked
+    # against float64 in tests/models/test_ops.py), so each parameter's gradient is compared by
+    # the norm of the difference, relative to its own norm plus a floor of 1e-5 of the whole
+    # gradient's norm (deep layers get gradients at the level of the rounding noise).
+    pairs = [
+        (n, a, b)
+        for n, a, b in zip(
+            [n for n, p in method.named_parameters() if p.requires_grad],
+            grads,
+            ref_grads,
+            strict=True,
+        )
+    ]
+    whole = sum(float(b.pow(2).sum()) for _, _, b in pairs if b is not None) ** 0.5
     checked = 0
-    for name_p, a, b in zip(
-        [n for n, p in method.named_parameters() if p.requires_grad], grads, ref_grads, strict=True
-    ):
+    for name_p, a, b in pairs:
         if b is None:
             assert a is None or torch.count_nonzero(a) == 0, name_p
             continue
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+        err, norm = float((a - b).norm()), float(b.norm())
+        assert err <= 2e-3 * norm + 1e-5 * whole, (name_p, err, norm)
         checked += 1
     assert checked > 10  # the U-Net and all three heads received gradients
 
