@@ -24,7 +24,9 @@ exists, so freed memory is reused as a caching allocator would; ``--malloc defau
 much of the overhead the allocator adds without it.
 
 Usage: ``python bench/bench_bim_step.py [--size 128] [--width 16] [--batch 8] [--threads 1]
-[--malloc keep|default]``; ``--size 224 128 64`` measures several slice sizes in one run.
+[--malloc keep|default] [--profile N]``; ``--size 224 128 64`` measures several slice sizes in
+one run; ``--profile 25`` prints the 25 top operators of the bim step and of the bare passes
+(torch.profiler, self CPU time) instead of timing.
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ def _keep_freed_memory() -> None:
         raise SystemExit("mallopt failed: --malloc keep needs glibc")
 
 
-def bench_size(args: argparse.Namespace, size: int, tmp: Path) -> None:
-    """Measure and print the bim step against the bare passes at one slice size."""
+def _setup(args: argparse.Namespace, size: int, tmp: Path) -> tuple[dict, Callable, Callable]:
+    """The measured functions at one slice size, the batch drawer and the data closer."""
     from segssl.augment import BaseAugment
     from segssl.config import parse_run_config
     from segssl.data import build_data, synthesize
@@ -97,7 +99,7 @@ def bench_size(args: argparse.Namespace, size: int, tmp: Path) -> None:
             },
             "augment": {"crop": size},
             "model": {"base_width": args.width, "freeze": ["Conv_1x1"]},
-            "method": {"name": "bim", "k": args.k},
+            "method": {"name": "bim", "k": args.k, "heads": args.heads},
         }
     )
     data = build_data(cfg.data, seed=0, labeled=False, unlabeled=True)
@@ -174,6 +176,30 @@ def bench_size(args: argparse.Namespace, size: int, tmp: Path) -> None:
         "heads": heads_only,
         "warp": warp_only,
     }
+    return fns, draw, data.close
+
+
+def profile_size(args: argparse.Namespace, size: int, tmp: Path) -> None:
+    """Top operators (self CPU time) of the bim step and of the bare passes (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fns, _, close = _setup(args, size, tmp)
+    close()
+    for name in ("bare", "bim"):
+        for _ in range(args.warmup):
+            fns[name]()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.repeats):
+                fns[name]()
+        print(f"== {name} step, {size}x{size} px, {args.repeats} steps (times summed) ==")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
+
+
+def bench_size(args: argparse.Namespace, size: int, tmp: Path) -> None:
+    """Measure and print the bim step against the bare passes at one slice size."""
+    fns, draw, close = _setup(args, size, tmp)
+    bare, bim_step = fns["bare"], fns["bim"]
+    heads = args.heads
     times = _interleaved_times(fns, args.repeats, args.warmup)
     med = {n: statistics.median(v) for n, v in times.items()}
     ratios = [b / a for a, b in zip(times["bare"], times["bim"], strict=True)]
@@ -183,7 +209,7 @@ def bench_size(args: argparse.Namespace, size: int, tmp: Path) -> None:
     cpu_ratios = [b / a for a, b in zip(cpu["bare"], cpu["bim"], strict=True)]
     faults = {n: _page_faults(fns[n]) for n in ("bare", "bim")}
     t_load = statistics.median(_interleaved_times({"load": draw}, 5 * args.repeats, 1)["load"])
-    data.close()
+    close()
 
     t_bim = med["bim"]
 
@@ -223,10 +249,19 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16, help="U-Net base width (16 = paper)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--k", type=int, default=40)
+    ap.add_argument("--heads", type=int, default=3, help="cluster sub-heads (3 = paper)")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=0, help="data.num_workers")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of timing: print the N top operators (self CPU time, torch.profiler) of "
+        "--repeats bim steps and of as many bare passes",
+    )
     ap.add_argument(
         "--malloc",
         choices=["default", "keep"],
@@ -242,7 +277,7 @@ def main() -> None:
     for i, size in enumerate(args.size):
         if i:
             print()
-        bench_size(args, size, tmp)
+        (profile_size if args.profile else bench_size)(args, size, tmp)
 
 
 if __name__ == "__main__":

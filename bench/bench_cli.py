@@ -1,16 +1,22 @@
 """How long the everyday commands take to answer: ``segssl --help``, ``segssl methods``,
-``segssl sweep X --dry-run`` and ``segssl table X``, medians of several runs.
+``segssl sweep ... --dry-run`` and ``segssl table X``, medians of several runs.
 
 X is a shipped paper sweep (default ``bim_table3_alpha.yaml``: 150 planned trials). Before the
 timings, the bench writes a finished study of X into a fresh SQLite MLflow store: one parent run
 and one FINISHED child run per planned trial, with the params, tags and metrics a real trial logs
 (the flattened config, trial key and stage tags, ``test/dsc``, a ``val/dsc`` history of 10
-epochs), so ``table`` and ``--dry-run`` read a study of the real size. Each command is a fresh
-process, as a user runs it.
+epochs), so ``table`` reads a study of the real size. The dry runs are of ``demo.yaml`` (its data,
+tiny phantoms, are written first) and of X under ``--profile smoke`` (X's paper protocol asks for
+a GPU, so its dry run is refused on a CPU-only machine); ``--no-cost`` where the tree has a cost
+estimate, so that the dry run's own work is timed, not a calibration run. Each command is a fresh
+process, as a user runs it. Wall time and CPU time (user + system of the command and its
+children) are both reported: on a shared, loaded machine the wall time mostly measures the
+other jobs.
 
 Several source trees can be timed side by side in one run (``--tree`` repeated, e.g. a
-``git worktree`` of the old commit beside this one), so before/after figures share the machine's
-load. A tree is put first on ``PYTHONPATH`` and run as ``python -m segssl.cli``.
+``git worktree`` of the old commit beside this one); their runs are interleaved, so before/after
+figures share the machine's load. A tree is put first on ``PYTHONPATH`` and run as
+``python -m segssl.cli``; a command whose option the tree does not have is shown as ``n/a``.
 
 Usage: python bench/bench_cli.py [--sweep experiments/sweeps/bim_table3_alpha.yaml]
        [--repeats 5] [--tree OLD_CHECKOUT --tree .]
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,25 +86,60 @@ def write_study(sweep: Path, workdir: Path) -> str:
     return uri
 
 
-def time_command(tree: Path, args: list[str], cwd: Path, repeats: int) -> tuple[float, int]:
-    """Median wall time of ``python -m segssl.cli ARGS`` over ``repeats`` fresh processes."""
+def run_once(tree: Path, args: list[str], cwd: Path) -> tuple[float, float, int, str]:
+    """Wall time, CPU time (user + system, the process and its children), exit status and
+    stderr tail of ``python -m segssl.cli ARGS`` from ``tree``."""
     env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "120"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    times, rc = [], 0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "segssl.cli", *args],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        times.append(time.perf_counter() - t0)
-        if proc.returncode != 0:
-            rc = proc.returncode
-            print(f"  ! {tree}: segssl {' '.join(args)} exit {rc}: {proc.stderr[-500:]}")
-    return statistics.median(times), rc
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "segssl.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, proc.returncode, proc.stderr[-500:]
+
+
+def commands(tree: Path, sweep: Path, uri: str, work: Path) -> dict[str, list[str] | None]:
+    """The timed commands as ``tree`` spells them (None: an option the tree does not have)."""
+    cli = (tree / "segssl" / "cli.py").read_text()
+    no_cost = ["--no-cost"] if '"--cost/--no-cost"' in cli else []
+    own = tree / "experiments" / "sweeps" / sweep.name  # each tree reads its own copy
+    x = str(own if own.is_file() else sweep)
+    demo = tree / "experiments" / "sweeps" / "demo.yaml"
+    smoke = '"--profile"' in cli and "profiles:" in Path(x).read_text()
+    return {
+        "--help": ["--help"],
+        "methods": ["methods"],
+        "sweep demo.yaml --dry-run": [
+            "sweep", str(demo), "--dry-run", *no_cost, "--storage", str(work / "demo-runs")
+        ],
+        "sweep X --dry-run --profile smoke": [
+            "sweep", x, "--dry-run", "--profile", "smoke", *no_cost,
+            "--storage", str(work / "smoke-runs"),
+        ]
+        if smoke
+        else None,
+        "table X": ["table", x, "--tracking-uri", uri, "--no-log"],
+    }  # fmt: skip
+
+
+def demo_data(work: Path) -> None:
+    """The phantoms ``demo.yaml``'s dry run checks (its data root, relative to ``work``)."""
+    from segssl.orchestrate.spec import load_sweep
+
+    spec = load_sweep(HERE / "experiments" / "sweeps" / "demo.yaml")
+    root = work / spec.base["data"]["root"]
+    if not root.exists():
+        from segssl.data import synthesize
+
+        synthesize("acdc", root, scans=20, size=32, seed=0)
 
 
 def main() -> None:
@@ -114,25 +156,42 @@ def main() -> None:
         work = Path(tmp)
         t0 = time.perf_counter()
         uri = write_study(sweep, work)
+        demo_data(work)
         print(f"study of {sweep.name} written in {time.perf_counter() - t0:.0f} s: {uri}")
-        storage = str(work / "storage")
-        commands = {
-            "--help": ["--help"],
-            "methods": ["methods"],
-            "sweep X --dry-run": ["sweep", str(sweep), "--dry-run", "--storage", storage],
-            "table X": ["table", str(sweep), "--tracking-uri", uri, "--no-log"],
-        }
-        header = f"{'command':<20}" + "".join(f"{t.name[:24]:>26}" for t in trees)
-        print(f"medians of {args.repeats} runs (s); sweep X = {sweep.name}")
-        print(header)
-        for label, argv in commands.items():
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        argv = {t: commands(t, sweep, uri, work) for t in trees}
+        times: dict[tuple[str, Path], list[tuple[float, float]]] = {}
+        failed: set[tuple[str, Path]] = set()
+        for r in range(args.repeats):  # interleaved: every tree's run of a command in turn
+            for label in argv[trees[0]]:
+                for tree in trees:
+                    cmd = argv[tree][label]
+                    if cmd is None:
+                        continue
+                    wall, cpu, rc, err = run_once(tree, cmd, work)
+                    times.setdefault((label, tree), []).append((wall, cpu))
+                    print(f"  run {r + 1} {tree.name}: {label}: wall {wall:.2f} s, CPU {cpu:.2f} s")
+                    if rc != 0 and (label, tree) not in failed:
+                        failed.add((label, tree))
+                        print(f"  ! {tree}: segssl {' '.join(cmd)} exit {rc}: {err}")
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(
+            f"medians of {args.repeats} runs, seconds as wall / CPU (user + system); "
+            f"X = {sweep.name}; ! = non-zero exit"
+        )
+        print(f"{'command':<34}" + "".join(f"{t.name[:24]:>26}" for t in trees))
+        for label in argv[trees[0]]:
             cells = []
             for tree in trees:
-                own = tree / "experiments" / "sweeps" / sweep.name  # each tree reads its own copy
-                cmd = [str(own) if a == str(sweep) and own.is_file() else a for a in argv]
-                med, rc = time_command(tree, cmd, work, args.repeats)
-                cells.append(f"{med:>24.2f}{'!' if rc else ' ':>2}")
-            print(f"{label:<20}" + "".join(cells))
+                got = times.get((label, tree))
+                mark = "!" if (label, tree) in failed else " "
+                cell = "n/a"
+                if got:
+                    wall = statistics.median(w for w, _ in got)
+                    cpu = statistics.median(c for _, c in got)
+                    cell = f"{wall:.2f} / {cpu:.2f}"
+                cells.append(f"{cell:>24}{mark:>2}")
+            print(f"{label:<34}" + "".join(cells))
 
 
 if __name__ == "__main__":

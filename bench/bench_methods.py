@@ -1,8 +1,9 @@
 """Benchmark: every registered method's training step against its own bare U-Net passes.
 
 For each method of the registry (or those named with ``--methods``) the script records the
-network calls one ``training_step`` makes (``model(x, taps=...)`` and ``model.encode(x)``, with
-their inputs), then measures side by side, interleaved as in ``bench_bim_step.py``:
+network calls one ``training_step`` makes (``model(x, taps=...)``, ``model.encode(x)``,
+``model.features(x, taps)`` and a multi-head decoder's ``model.decode(...)``, with their
+inputs), then measures side by side, interleaved as in ``bench_bim_step.py``:
 
 * ``bare``: the same network calls on the same inputs with a trivial loss (the mean of every
   output), backward and the optimiser step: what the step costs without the method's own work;
@@ -33,11 +34,26 @@ from typing import Any
 import torch
 from bench_bim_step import _interleaved_times  # noqa: E402  (run as a script from bench/)
 
+# run-config settings a method needs beyond the defaults (UA-MT's Monte-Carlo dropout needs
+# dropout layers in the model; the tests' METHOD_SECTIONS)
+_SECTIONS: dict[str, dict[str, dict[str, Any]]] = {"uamt": {"model": {"dropout": 0.1}}}
+
 
 def _stage(cls: Any) -> str:
     return {(True, False): "finetune", (False, True): "pretrain", (True, True): "semi"}[
         (cls.uses_labeled, cls.uses_unlabeled)
     ]
+
+
+_ENTRY_POINTS = ("forward", "encode", "features", "decode")
+
+
+def _detached(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, list | tuple):
+        return type(x)(_detached(v) for v in x)
+    return x
 
 
 class _Recorder:
@@ -51,7 +67,7 @@ class _Recorder:
         def call(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             if self.depth == 0:
                 grad = torch.is_grad_enabled()
-                self.calls.append((net, kind, x.detach(), args, kwargs, grad))
+                self.calls.append((net, kind, _detached(x), args, kwargs, grad))
             self.depth += 1
             try:
                 return fn(x, *args, **kwargs)
@@ -62,16 +78,25 @@ class _Recorder:
 
     def __enter__(self) -> _Recorder:
         for net in self.networks:
-            net.forward = self._wrap(net, "forward", net.forward)
-            net.encode = self._wrap(net, "encode", net.encode)
+            for kind in self._kinds(net):
+                setattr(net, kind, self._wrap(net, kind, getattr(net, kind)))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for net in self.networks:
-            del net.forward, net.encode  # back to the class methods
+            for kind in self._kinds(net):
+                delattr(net, kind)  # back to the class methods
+
+    @staticmethod
+    def _kinds(net: torch.nn.Module) -> tuple[str, ...]:
+        """The entry points a method may call (``features`` runs the decoder blocks a decoder
+        tap needs; ``decode`` is a multi-head decoder's pass on encoder features)."""
+        return tuple(k for k in _ENTRY_POINTS if callable(getattr(net, k, None)))
 
 
 def _outputs(out: Any) -> list[torch.Tensor]:
+    if out is None:
+        return []
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, dict):
@@ -94,7 +119,7 @@ def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, f
     from segssl.config import parse_run_config
     from segssl.data import build_data
     from segssl.engine import build_optimizer
-    from segssl.engine.loop import build_method
+    from segssl.engine.loop import build_method, optimizer_params
     from segssl.methods import get_method
     from segssl.models import build_model
 
@@ -111,7 +136,7 @@ def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, f
                 "split": {"unit": "scan", "sizes": [4, 1, 1]},
             },
             "augment": {"crop": size},
-            "model": {"base_width": args.width},
+            "model": {"base_width": args.width, **_SECTIONS.get(name, {}).get("model", {})},
             "method": {"name": name},
             "train": {"init_from": None},
         }
@@ -137,7 +162,17 @@ def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, f
     method = build_method(
         cfg, cls, model, data.num_classes, tuple(data.class_names), torch.device("cpu"), gen
     ).train()
-    opt = build_optimizer(cfg.optim, [(k, p) for k, p in method.named_parameters()])
+    # as the engine builds them: the main optimiser, and those a method owns (a discriminator's)
+    # stepped by its optimizer_step (in after_step, which the measured step includes)
+    opts = {k: build_optimizer(s, named) for k, (s, named) in optimizer_params(cfg, method).items()}
+    opt = opts["main"]
+
+    def own_step(key: str, loss: torch.Tensor) -> None:
+        opts[key].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[key].step()
+
+    method._stepper = own_step
     clock = _mid_run_clock(cfg)
 
     def training_step(lab: dict | None, unl: dict | None) -> dict:
@@ -153,7 +188,9 @@ def bench_method(name: str, args: argparse.Namespace, root: Path) -> dict[str, f
         outs = []
         for net, kind, x, a, kw, grad in calls:
             with torch.set_grad_enabled(grad):
-                out = _outputs(net(x, *a, **kw) if kind == "forward" else net.encode(x))
+                out = _outputs(
+                    getattr(net, kind)(x, *a, **kw) if kind != "forward" else net(x, *a, **kw)
+                )
             outs += [o for o in out if o.requires_grad]
         sum(o.float().mean() for o in outs).backward()
         opt.step()

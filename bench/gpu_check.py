@@ -4,8 +4,8 @@ One run (under 8 minutes on one GPU; PyTorch and segssl only, no Ray or MLflow) 
 
 * the ``baseline`` step (one supervised U-Net pass, CE + Dice) and the ``bim`` step (paired
   transform, two tapped passes, cluster heads, L_con + L_MI + L_CC), each in fp32, AMP bf16 and
-  AMP fp16 (with a GradScaler, as the engine runs it), each in the default and the
-  ``channels_last`` memory format: time per step and the ratio to the same step in fp32;
+  AMP fp16 (the engine's sync-free GradScaler and capturable optimiser), each in the default
+  and the ``channels_last`` memory format: time per step and the ratio to the same step in fp32;
 * ``bare``: the two tapped U-Net passes a bim step needs, and the ratio bim / bare per variant;
 * peak device memory of one step of each variant on its own (``torch.cuda.max_memory_allocated``
   over the step, plus the variant's resident weights, gradients, optimiser state and batch; the
@@ -93,10 +93,13 @@ def make_step(
 ) -> Callable[[], None]:
     """One engine-like optimisation step of ``kind`` (baseline, bim or bare)."""
     from segssl.engine import build_optimizer
+    from segssl.engine.amp import SyncFreeGradScaler
     from segssl.methods.base import Clock
 
     method, run = _method("baseline" if kind == "baseline" else "bim", args, device, channels_last)
-    opt = build_optimizer(run.optim, [p for p in method.parameters() if p.requires_grad])
+    fp16 = precision == "fp16"
+    params = [p for p in method.parameters() if p.requires_grad]
+    opt = build_optimizer(run.optim, params, capturable=fp16 and device.type == "cuda")
     total = run.train.epochs * run.train.iters_per_epoch
     clock = Clock(total // 2, run.train.epochs // 2, run.train.iters_per_epoch, total)
     batch = _batch(args, device)
@@ -104,7 +107,7 @@ def make_step(
         batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
     amp = precision != "fp32"
     dtype = _DTYPES.get(precision, torch.float32)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = SyncFreeGradScaler(device.type, enabled=fp16)  # the engine's (no host read)
     cfg = getattr(method.cfg, "dense_tap", None), getattr(method.cfg, "global_tap", None)
 
     def loss() -> torch.Tensor:

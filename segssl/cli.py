@@ -483,6 +483,11 @@ def sweep_cmd(
     if dry_run:
         if cost:
             _print_cost(spec, sweep, storage, root, gpu_tflops)
+        if out.not_runnable:  # the plan and cost above stand; a run here would be refused
+            fail(
+                "the plan and its cost above stand, but a run here would be refused:\n  "
+                + "\n  ".join(out.not_runnable)
+            )
         return
     _sweep_summary(out)
 

@@ -115,10 +115,11 @@ class TableStats(_Strict):
 
     ``interval: bootstrap`` adds a bootstrap confidence interval of the mean per cell
     (``method: auto`` is BCa from 10 values on, percentile below); ``prob_improvement`` adds,
-    per row, the fraction of paired seeds in which it beats the paired test's reference row,
-    with a Wilson interval; ``variance`` is the unit the std, intervals and tests run over:
-    ``seeds`` (the papers' protocol) or ``scans``, the test scans of one run per cell (the
-    seed ``variance_seed``, default the smallest), as SSL4MIS reports it. ``cost`` adds a
+    per row, the fraction of paired seeds in which it beats the paired test's reference row
+    (ties count half), with a Wilson interval on that same fraction; ``variance`` is the unit
+    the std, intervals and tests run over: ``seeds`` (the papers' protocol) or ``scans``, the
+    test scans of one run per cell (the seed ``variance_seed``, default the smallest), as
+    SSL4MIS reports it. ``cost`` adds a
     column with each row's mean cost per run (``cost/gpu_s``; ``cost/wall_s`` for CPU runs).
     """
 

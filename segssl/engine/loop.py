@@ -37,6 +37,7 @@ import yaml
 
 from segssl.config import OptimizerSettings, RunConfig, canonical_json, config_hash
 from segssl.data.types import Batch, DataBundle
+from segssl.engine.amp import SyncFreeGradScaler
 from segssl.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -449,10 +450,10 @@ class _Run:
         self.settings, self.params, self.optimizers, self.schedulers = {}, {}, {}, {}
         for key, (settings, named) in optimizer_params(cfg, self.method).items():
             self.settings[key], self.params[key] = settings, [p for _, p in named]
-            self.optimizers[key] = build_optimizer(settings, named)
+            self.optimizers[key] = build_optimizer(settings, named, capturable=rt.cuda and rt.amp)
             self.schedulers[key] = build_scheduler(settings, self.optimizers[key], cfg.train.epochs)
         self.optimizer, self.trainable = self.optimizers[MAIN], self.params[MAIN]
-        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp)
+        self.scaler = SyncFreeGradScaler(rt.device.type, enabled=rt.amp)  # no host read
         self.method._stepper = self._own_step
         self.batches = _Batches(data, cfg, rt, self.gens["augment"])
         if state is not None:

@@ -71,10 +71,16 @@ def param_groups(cfg: OptimizerSettings, named: Iterable[Named], where: str = "o
 
 
 def build_optimizer(
-    cfg: OptimizerSettings, params: Iterable[torch.nn.Parameter] | Iterable[Named]
+    cfg: OptimizerSettings,
+    params: Iterable[torch.nn.Parameter] | Iterable[Named],
+    capturable: bool = False,
 ) -> Optimizer:
     """RAdam, Adam or SGD over ``params`` (or named parameters, split by ``cfg.groups``); the
-    initial lr is the peak ``lr * warmup_factor`` (the scheduler scales it down in warm-up)."""
+    initial lr is the peak ``lr * warmup_factor`` (the scheduler scales it down in warm-up).
+
+    ``capturable`` (CUDA runs with AMP): Adam and RAdam keep their step counters on the device,
+    so that :class:`~segssl.engine.amp.SyncFreeGradScaler` can undo an overflowed step without
+    reading anything back (SGD has no counters)."""
     items = list(params)
     named = [x if isinstance(x, tuple) else (f"param{i}", x) for i, x in enumerate(items)]
     if cfg.groups and len(named) and not isinstance(items[0], tuple):
@@ -82,9 +88,9 @@ def build_optimizer(
     groups = param_groups(cfg, named)
     kw = {"lr": groups[0]["lr"], "weight_decay": cfg.weight_decay}
     if cfg.name == "radam":
-        return RAdam(groups, betas=cfg.betas, **kw)
+        return RAdam(groups, betas=cfg.betas, capturable=capturable, **kw)
     if cfg.name == "adam":
-        return Adam(groups, betas=cfg.betas, **kw)
+        return Adam(groups, betas=cfg.betas, capturable=capturable, **kw)
     return SGD(groups, momentum=cfg.momentum, **kw)
 
 

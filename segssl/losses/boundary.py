@@ -28,7 +28,15 @@ from torch import Tensor
 
 from segssl.losses._checks import check_clusters, check_ndim, check_positive
 
-__all__ = ["box_sum", "cc_loss", "edge_map", "entropy_map", "local_ncc", "minmax_normalise"]
+__all__ = [
+    "box_sum",
+    "cc_loss",
+    "edge_map",
+    "entropy_cc_loss",
+    "entropy_map",
+    "local_ncc",
+    "minmax_normalise",
+]
 
 EdgeOperator = Literal["sobel", "diff"]
 _NORM_EPS = 1e-6
@@ -258,15 +266,54 @@ def cc_loss(
     """
     check_ndim(image, "image", (4,), "(B, C, H, W) images")
     check_ndim(probs, "probs", (4, 5), "(B, K, H, W) or (B, n_heads, K, H, W) probabilities")
-    if image.shape[0] != probs.shape[0] or image.shape[2:] != probs.shape[-2:]:
-        raise ValueError(
-            f"image and probs must share batch and spatial size, got image "
-            f"{tuple(image.shape)} and probs {tuple(probs.shape)}"
-        )
+    _check_image_and_maps(image, probs, "probs")
     check_clusters(probs, "probs", dim=probs.ndim - 3)
     _check_window(window)
     with torch.autocast(device_type=probs.device.type, enabled=False):
+        ent = entropy_map(probs, normalise=False)  # (B, 1, H, W), or (B, n_heads, H, W)
+        out = entropy_cc_loss(image, ent, window, edge, power)
+        return out if probs.ndim == 5 else out[0]
+
+
+def entropy_cc_loss(
+    image: Tensor,
+    entropy: Tensor,
+    window: int = 5,
+    edge: EdgeOperator = "sobel",
+    power: float = 0.75,
+) -> Tensor:
+    """L_CC of every entropy map: :func:`cc_loss` when the pixel entropies are already computed
+    (e.g. with the softmax, :meth:`~segssl.models.heads.ClusterHeads.probs_and_entropy`).
+
+    Args:
+        image: ``(B, C, H, W)`` input images.
+        entropy: ``(B, n, H, W)`` raw (not normalised) pixel entropies of ``n`` heads (``n = 1``
+            for one map); each map is min-max normalised per image here, as in :func:`cc_loss`.
+        window: odd side of the local window.
+        edge: ``"sobel"`` or ``"diff"``.
+        power: exponent of the normalised edge map.
+
+    Returns:
+        ``(n,)`` float32 losses in [-1, 0], one per entropy channel.
+
+    Raises:
+        ValueError: on mismatched batch or spatial sizes, a non-4D input, a bad window,
+            operator or power.
+    """
+    check_ndim(image, "image", (4,), "(B, C, H, W) images")
+    check_ndim(entropy, "entropy", (4,), "(B, n, H, W) entropy maps")
+    _check_image_and_maps(image, entropy, "entropy")
+    _check_window(window)
+    with torch.autocast(device_type=entropy.device.type, enabled=False):
         phi = edge_map(image, edge, power)  # (B, 1, H, W)
-        psi = entropy_map(probs)  # (B, 1, H, W), or (B, n_heads, H, W) for 5D probs
-        cc = local_ncc(phi, psi, window)
-        return -cc.mean(dim=(0, 2, 3)) if probs.ndim == 5 else -cc.mean()
+        flat = entropy.float().reshape(-1, 1, *entropy.shape[-2:])
+        psi = minmax_normalise(flat).view(entropy.shape)  # per image and head
+        return -local_ncc(phi, psi, window).mean(dim=(0, 2, 3))
+
+
+def _check_image_and_maps(image: Tensor, maps: Tensor, name: str) -> None:
+    if image.shape[0] != maps.shape[0] or image.shape[2:] != maps.shape[-2:]:
+        raise ValueError(
+            f"image and {name} must share batch and spatial size, got image "
+            f"{tuple(image.shape)} and {name} {tuple(maps.shape)}"
+        )

@@ -7,8 +7,7 @@
   strategy L^R) as used for Contrast(Dec) in the BIM paper (App. E): embeddings on a 20 x 20 grid
   of two intensity-transformed views of the same images; the positive of an anchor is the same
   grid position in the other view; its negatives are the positions of the SAME image (both
-  views) that lie far from it on the grid. With meta-labels it is Chaitanya's L^D (positives
-  also at the same position in other images of the same partition).
+  views) that lie far from it on the grid.
 
 Distance rule for negatives (documented choice): a grid position ``(u', v')`` is a negative of
 the anchor ``(u, v)`` when its Chebyshev distance ``max(|u - u'|, |v - v'|)`` is at least
@@ -153,7 +152,6 @@ def dense_contrastive_loss(
     temperature: float = 0.1,
     min_distance: int = 3,
     rule: Literal["chebyshev", "row_col"] = "chebyshev",
-    labels: Tensor | None = None,
 ) -> Tensor:
     """Local contrastive loss of Contrast(Dec) (Chaitanya eqs. 3-4, strategies L^R and L^D).
 
@@ -162,11 +160,8 @@ def dense_contrastive_loss(
     f1[b, :, q])`` and ``sim(f1[b, :, p], f2[b, :, q])`` for every q that is far from p
     (:func:`negative_mask`). The loss is symmetrised over the two views (eq. 4) and averaged.
 
-    With ``labels`` (strategy L^D: meta-labels such as the partition index, assuming roughly
-    aligned volumes) the same grid position in every other image of the same label, in both
-    views, is a further positive, and the far positions of all those images are negatives too;
-    each positive gets its own term ``-log(e^pos / (e^pos + sum e^neg))``, averaged per anchor.
-    With all labels distinct this is exactly L^R.
+    Chaitanya's domain-specific local strategy L^D (further positives in other images of the
+    same partition) is :func:`segssl.losses.contrast_strategies.local_contrastive_loss`.
 
     Args:
         f1: ``(B, C, Gh, Gw)`` embeddings of view 1 (e.g. :class:`DenseProjector` output, 20x20).
@@ -175,15 +170,13 @@ def dense_contrastive_loss(
         temperature: ``tau > 0`` (0.1 in Chaitanya et al.).
         min_distance: Chebyshev distance on the grid from which positions are negatives.
         rule: ``"chebyshev"`` or ``"row_col"`` (see module docstring).
-        labels: optional ``(B,)`` meta-labels for L^D; ``None`` is L^R.
 
     Returns:
         Scalar float32 tensor, >= 0.
 
     Raises:
         ValueError: on mismatched or non-4D shapes (both named), ``temperature <= 0``, a
-            ``min_distance`` that leaves some anchor without negatives, or labels that are not
-            ``(B,)``.
+            ``min_distance`` that leaves some anchor without negatives.
     """
     check_ndim(f1, "f1", (4,), "(B, C, Gh, Gw) embeddings")
     same_shape(f1, f2, "f1", "f2")
@@ -197,35 +190,9 @@ def dense_contrastive_loss(
             f"{gh}x{gw} grid; use a smaller min_distance or a larger grid"
         )
     neg = negative_mask((gh, gw), min_distance, rule, device=f1.device)
-    if labels is not None and (labels.ndim != 1 or labels.shape[0] != b):
-        raise ValueError(
-            f"labels must be (B,) for f1 of shape (B, C, Gh, Gw), got f1 {tuple(f1.shape)} "
-            f"and labels {tuple(labels.shape)}"
-        )
     with torch.autocast(device_type=f1.device.type, enabled=False):
         a = F.normalize(f1.float(), dim=1).flatten(2).transpose(1, 2)  # (B, P, C)
         z = F.normalize(f2.float(), dim=1).flatten(2).transpose(1, 2)
-        if labels is None:
-            return 0.5 * (
-                _one_direction(a, z, neg, temperature) + _one_direction(z, a, neg, temperature)
-            )
-        return _grouped(a, z, labels, neg, temperature)
-
-
-def _grouped(a: Tensor, z: Tensor, labels: Tensor, neg: Tensor, temperature: float) -> Tensor:
-    """L^D: positives at the same position in every image of the anchor's label, both views."""
-    views = (a, z)
-    terms = []
-    for i in range(a.shape[0]):
-        group = torch.nonzero(labels == labels[i]).flatten().tolist()
-        members = [(g, v) for g in group for v in (0, 1)]
-        bank = torch.stack([views[v][g] for g, v in members])  # (M, P, C)
-        for v in (0, 1):
-            sims = torch.einsum("pc,mqc->pmq", views[v][i], bank) / temperature  # (P, M, P)
-            self_m = members.index((i, v))
-            keep = [m for m in range(len(members)) if m != self_m]
-            pos = torch.diagonal(sims, dim1=0, dim2=2).t()[:, keep]  # (P, M-1)
-            negs = sims.masked_fill(~neg.unsqueeze(1), float("-inf")).flatten(1)  # (P, M*P)
-            lse_neg = torch.logsumexp(negs, dim=1, keepdim=True)
-            terms.append((torch.logaddexp(pos, lse_neg) - pos).mean(1))
-    return torch.cat(terms).mean()
+        return 0.5 * (
+            _one_direction(a, z, neg, temperature) + _one_direction(z, a, neg, temperature)
+        )

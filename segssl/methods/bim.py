@@ -30,7 +30,7 @@ from segssl.augment import PairedTransform
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.losses import mi_loss
-from segssl.losses.boundary import cc_loss
+from segssl.losses.boundary import entropy_cc_loss
 from segssl.losses.mi import joint_distribution
 from segssl.methods.base import Clock, Method, MethodContext, StepOutput
 from segssl.methods.pictures import cluster_figures
@@ -100,19 +100,23 @@ class BIM(Method):
         state = self.T.sample(x.shape[0], generator=self.ctx.generator)
         tx = state.image(x)
         taps = [cfg.dense_tap] + ([cfg.global_tap] if self._on("con") else [])
-        _, f_tx = self.model(tx, taps=taps)
-        f_x = self.model(x, taps=taps)[1] if self._on("mi") or self._on("con") else None
+        # the taps only: the segmentation head (and any block after the taps) is not run, its
+        # logits would be thrown away
+        f_tx = self.model.features(tx, taps)
+        f_x = self.model.features(x, taps) if self._on("mi") or self._on("con") else None
         parts: dict[str, torch.Tensor] = {}
         # all heads at once: (B, heads, K, H, W) probabilities, one loss per head, averaged
-        if self._on("mi") or self._on("cc"):
-            p_hat = self.heads["cluster"].probs(f_tx[cfg.dense_tap])  # g(s(T(x)))
+        if self._on("cc"):  # g(s(T(x))) and its pixel entropies (psi of L_CC), one node
+            p_hat, ent = self.heads["cluster"].probs_and_entropy(f_tx[cfg.dense_tap])
+        elif self._on("mi"):
+            p_hat = self.heads["cluster"].probs(f_tx[cfg.dense_tap])
         if self._on("mi"):
             # the joint sums a * b: a binary mask on one side suffices (applied in the softmax)
             mask = state.valid_mask(*x.shape[-2:], device=x.device) if cfg.mask_outside else None
             p_tilde = self.heads["cluster"].probs(state.geometry(f_x[cfg.dense_tap]), mask)
             parts["mi"] = mi_loss(p_hat, p_tilde, cfg.alpha, cfg.lamda).mean()  # g(T(s(x)))
         if self._on("cc"):
-            parts["cc"] = cc_loss(tx, p_hat, cfg.window, cfg.edge, cfg.edge_power).mean()
+            parts["cc"] = entropy_cc_loss(tx, ent, cfg.window, cfg.edge, cfg.edge_power).mean()
         if self._on("con"):
             from segssl.losses.contrastive import supcon_loss
 

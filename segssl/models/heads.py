@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segssl.models.ops import conv1x1, softmax_entropy
+
 __all__ = [
     "ClusterHeads",
     "DenseProjector",
@@ -89,21 +91,12 @@ class ClusterHeads(nn.Module):
         self.heads = nn.ModuleList(nn.Conv2d(in_ch, k, kernel_size=1) for _ in range(n_heads))
 
     def _conv(self, x: Tensor) -> Tensor:
-        """All heads' scores from ONE 1x1 conv (weights concatenated), ``(B, n_heads*K, H, W)``.
-
-        A 1x1 convolution is a matrix product over channels: ``W @ x[b] + bias`` for every image
-        ``b`` with ``x[b]`` viewed as ``(in_ch, H*W)``. It is computed as one batched product
-        (``baddbmm``) instead of ``conv2d``, which on CPU sends small-batch 1x1 convolutions to
-        the generic ``_slow_conv2d`` path (im2col-free but with a separate bias pass and a
-        slower backward).
-        """
+        """All heads' scores from ONE 1x1 conv (weights concatenated), ``(B, n_heads*K, H, W)``,
+        computed as a batched matrix product over channels (:func:`~segssl.models.ops.conv1x1`;
+        on CPU ``conv2d`` would take the generic ``_slow_conv2d`` path)."""
         _check_input(x, self.in_ch, "ClusterHeads")
-        weight = torch.cat([h.weight for h in self.heads]).flatten(1)  # (n_heads*K, in_ch)
-        bias = torch.cat([h.bias for h in self.heads])
-        b, c = x.shape[:2]
-        flat = x.reshape(b, c, -1)  # a view for contiguous maps (channels_last: one copy)
-        z = torch.baddbmm(bias.view(1, -1, 1), weight.expand(b, *weight.shape), flat)
-        return z.view(b, -1, *x.shape[2:])
+        weight = torch.cat([h.weight for h in self.heads])  # (n_heads*K, in_ch, 1, 1)
+        return conv1x1(x, weight, torch.cat([h.bias for h in self.heads]))
 
     def _shape(self, x: Tensor) -> tuple[int, ...]:
         return (x.shape[0], len(self.heads), self.k, *x.shape[2:])
@@ -144,6 +137,19 @@ class ClusterHeads(nn.Module):
                 f"{tuple(x.shape)}, got {mask.dtype} {tuple(mask.shape)}"
             )
         return _MaskedSoftmax.apply(z, 2, mask.to(z.dtype).unsqueeze(1))  # (B, 1, 1, H, W)
+
+    def probs_and_entropy(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`probs` (no mask) and the pixel entropy of every head, in one autograd node.
+
+        The entropy ``-sum_k p_k log p_k`` (nats) is what L_CC correlates with the image edges;
+        computing it with the softmax (:func:`~segssl.models.ops.softmax_entropy`) saves a
+        logarithm pass over the full-resolution maps and one full-size gradient sum in the
+        backward. Values and gradients equal ``probs`` followed by the entropy formula.
+
+        Returns:
+            Float32 ``(B, n_heads, K, H, W)`` probabilities and ``(B, n_heads, H, W)`` entropies.
+        """
+        return softmax_entropy(self._conv(x).float().view(self._shape(x)), 2)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """Cluster probabilities of every head (softmax over K), ``(B, K, H, W)`` each."""

@@ -36,6 +36,7 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from segssl.config import ModelConfig
+from segssl.models.ops import Conv1x1
 
 __all__ = ["Bottleneck", "Config", "ResNetEncoder", "ResNetUNet", "UNetDecoder", "RESNET50_BLOCKS"]
 
@@ -194,7 +195,7 @@ class UNetDecoder(nn.Module):
                 convs.append(nn.Dropout2d(dropout))
             self.add_module(f"dec{i}", nn.Sequential(*convs))
             cin = w
-        self.head = nn.Conv2d(cin, num_classes, 1)
+        self.head = Conv1x1(cin, num_classes)  # nn.Conv2d, a matmul on CPU
 
     def forward(
         self, feats: Sequence[Tensor], size: tuple[int, int], taps: set[str] = frozenset()

@@ -21,6 +21,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from segssl.config import ModelConfig
+from segssl.models.ops import Conv1x1
 
 __all__ = ["Config", "UNet", "apply_freeze", "decoder_names", "encoder_names"]
 
@@ -117,7 +118,7 @@ class UNet(nn.Module):
             wi, wo = self.widths[level - 1], self.widths[level - 2]
             self.add_module(f"Up{level}", UpConv(wi, wo))
             self.add_module(f"Up_conv{level}", ConvBlock(2 * wo, wo, dropout))
-        self.Conv_1x1 = nn.Conv2d(self.widths[0], num_classes, 1)
+        self.Conv_1x1 = Conv1x1(self.widths[0], num_classes)  # nn.Conv2d, a matmul on CPU
 
     @property
     def tap_blocks(self) -> dict[str, str]:

@@ -7,7 +7,7 @@ Ray Tune callback that updates it from the Tune controller (which runs in the dr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,17 +182,24 @@ class _TuneProgress:
 
     # Tune pickles its run config (callbacks included) into the experiment directory; the live
     # display stays in the driver and is dropped from the pickled copy.
-    def __init__(self, progress: SweepProgress, stage: str, tick: Callable[[], None]) -> None:
+    def __init__(
+        self, progress: SweepProgress, stage: str | Mapping[str, str], tick: Callable[[], None]
+    ) -> None:
         self.progress: SweepProgress | None = progress
-        self.stage = stage
+        self.stage = stage  # one stage, or trial key -> stage when a Tune run holds several
         self.tick: Callable[[], None] | None = tick
 
     def __getstate__(self) -> dict[str, Any]:
         return {"progress": None, "stage": self.stage, "tick": None}
 
+    def _stage(self, trial: Any) -> str:
+        if isinstance(self.stage, str):
+            return self.stage
+        return self.stage[str((getattr(trial, "config", None) or {}).get("trial_key"))]
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress is not None:
-            self.progress.started(self.stage, trial.trial_id, _label(self.progress, trial))
+            self.progress.started(self._stage(trial), trial.trial_id, _label(self.progress, trial))
 
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
@@ -213,13 +220,19 @@ class _TuneProgress:
             label = _label(self.progress, trial)
             why = result.get("segssl/reason") if failed else None
             self.progress.ended(
-                self.stage, trial.trial_id, not failed, label, metric, str(why) if why else None
+                self._stage(trial),
+                trial.trial_id,
+                not failed,
+                label,
+                metric,
+                str(why) if why else None,
             )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.progress is not None:  # failed after its retries: Tune has saved the error
             label = _label(self.progress, trial)
-            self.progress.ended(self.stage, trial.trial_id, False, label, reason=_error(trial))
+            stage = self._stage(trial)
+            self.progress.ended(stage, trial.trial_id, False, label, reason=_error(trial))
 
 
 _SHOWN = ("test/dsc", "best_val/dsc")  # the metric a finished trial's line shows, if logged
@@ -253,8 +266,11 @@ def _label(progress: SweepProgress, trial: Any) -> str:
 _CALLBACK_CLASS: type | None = None
 
 
-def make_tune_callback(progress: SweepProgress, stage: str, tick: Callable[[], None]) -> Any:
-    """A ``ray.tune.Callback`` that feeds ``progress`` for ``stage`` and calls ``tick`` on results.
+def make_tune_callback(
+    progress: SweepProgress, stage: str | Mapping[str, str], tick: Callable[[], None]
+) -> Any:
+    """A ``ray.tune.Callback`` that feeds ``progress`` for ``stage`` (or, for a Tune run of
+    several stages, the stage of each trial key) and calls ``tick`` on results.
 
     ``tick`` is where the driver refreshes its MLflow heartbeat (it is rate-limited there).
     """

@@ -1,4 +1,4 @@
-"""Runner: planned trials -> one Ray Tune ``Tuner`` per stage, in dependency order.
+"""Runner: planned trials -> one Ray Tune ``Tuner`` per wave of stages, in dependency order.
 
 Order of work for ``segssl sweep`` (each step refuses bad input before the next spends anything):
 
@@ -10,9 +10,12 @@ Order of work for ``segssl sweep`` (each step refuses bad input before the next 
 4. check the plan's data (:mod:`segssl.orchestrate.datacheck`) and write ``<storage>/plan.json``;
 5. get or create the experiment, mark runs of dead drivers KILLED, skip FINISHED trial keys;
 6. start or join Ray, check that some node can hold one trial of every stage;
-7. per stage, a Tuner over the remaining trial keys (grid) or an Optuna search; a trial whose
-   parent did not finish is not launched (it is reported as blocked). SIGINT/SIGTERM stop
-   launching and stop the running trials (:mod:`segssl.orchestrate.interrupt`).
+7. per wave (:func:`stage_waves`: the grid stages of one depth of the ``from`` tree share one
+   Tuner, so independent stages fill each other's idle cores instead of waiting at a barrier
+   after every stage; a search stage is a wave of its own), a Tuner over the remaining trial
+   keys (grid) or an Optuna search; a trial whose parent did not finish is not launched (it is
+   reported as blocked). SIGINT/SIGTERM stop launching and stop the running trials
+   (:mod:`segssl.orchestrate.interrupt`).
 
 Idempotence lives in MLflow (FINISHED runs by trial key) and in the trial workdirs on the sweep
 storage (``<storage>/trials/<key>``, where the engine resumes from ``checkpoints/last.pt``); each
@@ -37,7 +40,7 @@ from rich.table import Table
 from segssl.config import flatten
 from segssl.orchestrate import mlflow_ui, tracking
 from segssl.orchestrate.claim import ClaimKeeper, SweepClaim, claim_sweep
-from segssl.orchestrate.datacheck import check_plan_data
+from segssl.orchestrate.datacheck import DataCheckError, check_plan_data
 from segssl.orchestrate.interrupt import (
     Interrupt,
     SweepInterrupted,
@@ -68,6 +71,7 @@ __all__ = [
     "check_resources",
     "print_plan",
     "run_sweep",
+    "stage_waves",
 ]
 
 
@@ -102,6 +106,9 @@ class SweepOutcome:
     dry_run: bool = False
     interrupted: SweepInterrupted | None = None  # stopped by SIGINT/SIGTERM
     tracking_error: str | None = None  # the end of the sweep run could not be recorded
+    # dry run: what would stop a run here (missing data, no node big enough); the plan and its
+    # cost stand regardless (planning does not need the resources to run)
+    not_runnable: list[str] = field(default_factory=list)
     # FAILED trial runs of this invocation by reason: {reason: {"retryable", "runs"}}
     failures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -249,7 +256,51 @@ def _cluster_nodes(
             ray.shutdown()
 
 
-# --------------------------------------------------------------------------- one stage in Tune
+# --------------------------------------------------------------------------- waves of stages
+def _trial_steps(plan: Plan, stage: str) -> int:
+    """Training iterations of a grid stage's longest trial (0 for none)."""
+    return max(
+        (t.config.train.epochs * t.config.train.iters_per_epoch for t in plan.trials[stage]),
+        default=0,
+    )
+
+
+def stage_waves(plan: Plan) -> list[list[str]]:
+    """The stages grouped into waves, each wave one Tune run, in launch order.
+
+    A grid stage's wave is its depth in the ``from`` tree (root stages 0, their children 1, ...),
+    split where the per-trial resources differ; a search stage is a wave of its own after the
+    grid stages of its depth. All trials of a wave share the cluster: a root stage's short trials
+    fill the cores a long stage leaves free instead of waiting behind a per-stage barrier, and a
+    child stage still starts only once its parents' stage ended (its blocked trials are decided
+    then). Within a wave, the stages that have children come first (their trials gate the next
+    wave), then the stages with the longest trials (training iterations), so the short ones fill
+    the gaps at the end; ties keep the sweep's order.
+    """
+    spec = plan.spec
+    depth: dict[str, int] = {}
+    for stage in plan.order:  # parents first
+        parent = spec.stages[stage].from_
+        depth[stage] = 0 if parent is None else depth[parent] + 1
+    parents = {spec.stages[s].from_ for s in plan.order}
+    waves: list[list[str]] = []
+    for level in sorted(set(depth.values())):
+        at = [s for s in plan.order if depth[s] == level]
+        grid = [s for s in at if s not in plan.searches]
+        groups: dict[tuple[float, float], list[str]] = {}
+        for s in grid:
+            res = spec.stage_resources(s)
+            groups.setdefault((res.cpu, res.gpu), []).append(s)
+        for stages in groups.values():
+            rank = {s: i for i, s in enumerate(stages)}
+            waves.append(
+                sorted(stages, key=lambda s: (s not in parents, -_trial_steps(plan, s), rank[s]))
+            )
+        waves.extend([s] for s in at if s in plan.searches)
+    return waves
+
+
+# --------------------------------------------------------------------------- one wave in Tune
 @dataclass
 class _StageRun:
     """What every stage of one invocation shares while Tune runs it."""
@@ -264,12 +315,14 @@ class _StageRun:
     stopper: Any = None
 
 
-def _run_config(stage: str, run: _StageRun) -> Any:
+def _run_config(name: str, run: _StageRun, stage: str | dict[str, str]) -> Any:
+    """Tune's run config of one wave: ``stage`` is the stage of every trial, or a map trial key
+    -> stage when the wave holds several stages."""
     from ray import tune
 
     spec = run.plan.spec
     return tune.RunConfig(
-        name=f"{stage}-{run.run_tag}",
+        name=f"{name}-{run.run_tag}",
         storage_path=str(run.plan.storage / "ray"),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -279,21 +332,30 @@ def _run_config(stage: str, run: _StageRun) -> Any:
     )
 
 
-def _grid_tuner(stage: str, keys: list[str], run: _StageRun) -> Any:
-    """A Tuner over the given trial keys of a grid stage."""
+def _grid_tuner(keys: dict[str, list[str]], run: _StageRun) -> Any:
+    """One Tuner over the given trial keys of one wave's grid stages (``{stage: keys}``, in
+    launch order; the stages of a wave ask for the same resources per trial)."""
     from ray import tune
 
     spec = run.plan.spec
-    res = spec.stage_resources(stage)
+    stages = list(keys)
+    res = spec.stage_resources(stages[0])
     by_key = run.plan.by_key()
-    log_ckpt = spec.stages[stage].log_checkpoint
-    tasks = {k: task_from_trial(by_key[k], run.ctx, log_ckpt) for k in keys}
+    tasks = {
+        k: task_from_trial(by_key[k], run.ctx, spec.stages[s].log_checkpoint)
+        for s, ks in keys.items()
+        for k in ks
+    }
+    ordered = [k for ks in keys.values() for k in ks]  # Tune launches grid trials in this order
+    stage_of: str | dict[str, str] = (
+        stages[0] if len(stages) == 1 else {k: s for s, ks in keys.items() for k in ks}
+    )
     trainable = tune.with_parameters(run_trial, ctx=run.ctx, tasks=tasks, train_fn=run.train_fn)
     return tune.Tuner(
         tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu}),
-        param_space={"trial_key": tune.grid_search(keys)},
+        param_space={"trial_key": tune.grid_search(ordered)},
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-        run_config=_run_config(stage, run),
+        run_config=_run_config("+".join(stages), run, stage_of),
     )
 
 
@@ -342,14 +404,8 @@ def _search_tuner(stage: str, run: _StageRun) -> Any:
             search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed), seed=s.seed),
             scheduler=scheduler,
         ),
-        run_config=_run_config(stage, run),
+        run_config=_run_config(stage, run, stage),
     )
-
-
-def _tune_stage(stage: str, keys: list[str] | None, run: _StageRun) -> Any:
-    """Run one stage through Tune: the given keys of a grid stage (``keys``) or a search."""
-    tuner = _search_tuner(stage, run) if keys is None else _grid_tuner(stage, keys, run)
-    return tuner.fit()
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -382,16 +438,24 @@ def _dry_run(
     check_data: bool,
     nodes: Callable[[], list[dict[str, Any]]],
 ) -> SweepOutcome:
-    """Print the plan, then check the data and the resources (raising on a problem)."""
+    """Print the plan, then check the data and the resources; their problems are recorded in
+    ``outcome.not_runnable`` (a run here would be refused), not raised: a plan and its cost do
+    not need the data or the GPUs at hand (e.g. planning on a laptop for a cluster)."""
     exp_id, finished = _peek(uri, plan.spec.name, spec_hash(plan.spec), extend)
     counts = print_plan(plan, finished, console, uri)
     for stage, (n, todo) in counts.items():
         outcome.stages[stage] = StageOutcome(planned=n, skipped=n - todo)
     outcome.experiment_id = exp_id
     if check_data:
-        _preflight_data(plan, console)
+        try:
+            _preflight_data(plan, console)
+        except DataCheckError as exc:
+            outcome.not_runnable.append(str(exc))
     launching = [s for s, (_, todo) in counts.items() if todo]
-    check_resources(plan, launching, nodes())
+    try:
+        check_resources(plan, launching, nodes())
+    except ResourceError as exc:
+        outcome.not_runnable.append(str(exc))
     return outcome
 
 
@@ -473,41 +537,61 @@ def _stage_keys(
 
 def _count_stage(
     stage: str,
-    grid: Any,
+    errors: list[Any],
     keys: list[str] | None,
     uri: str,
     tr: _Tracking,
     run: _StageRun,
     reason: str | None,
 ) -> None:
-    """After a stage's Tuner returned: close its runs and count them in the outcome."""
+    """After a stage's Tuner returned: close its runs and count them in the outcome
+    (``errors``: the Tune results with an error of this stage's trials)."""
     so = run.outcome.stages[stage]
     by_status = tracking.close_stage_runs(uri, tr.exp_id, run.ctx.sweep_run_id, stage, reason)
     failed = set(by_status.get("FAILED", set()))
-    errors = [r for r in grid if r.error is not None]
     if keys is not None:  # a trial that died before its run existed failed too
         failed |= {str((r.config or {}).get("trial_key")) for r in errors}
     so.failed = max(len(failed), len(errors))
     so.finished = len(by_status.get("FINISHED", ()))
     so.stopped = len(by_status.get("KILLED", ()))
-    tr.finished = tracking.finished_runs(uri, tr.exp_id)
+
+
+def _stage_errors(grid: Any, keys: list[str] | None) -> list[Any]:
+    """Tune results with an error among ``keys`` (None: all of the grid's)."""
+    errors = [r for r in grid if r.error is not None]
+    if keys is None:
+        return errors
+    mine = set(keys)
+    return [r for r in errors if str((r.config or {}).get("trial_key")) in mine]
 
 
 def _run_stages(run: _StageRun, tr: _Tracking, uri: str, interrupt: Interrupt) -> None:
-    """Every stage in dependency order; stops launching once the sweep is interrupted."""
+    """Every wave of stages (:func:`stage_waves`) in order, one Tune run each; stops launching
+    once the sweep is interrupted."""
     plan = run.plan
     outcome = run.outcome
     with run.progress:
-        for stage in plan.order:
+        for wave in stage_waves(plan):
             interrupt.check()
-            so = outcome.stages[stage]
-            keys = _stage_keys(stage, plan, tr, so, run.progress)
-            if keys is not None and not keys:
+            todo: dict[str, list[str] | None] = {}
+            for stage in wave:
+                so = outcome.stages[stage]
+                keys = _stage_keys(stage, plan, tr, so, run.progress)
+                if keys is not None and not keys:
+                    continue
+                so.launched = len(keys) if keys is not None else so.planned
+                todo[stage] = keys
+            if not todo:
                 continue
-            so.launched = len(keys) if keys is not None else so.planned
-            grid = _tune_stage(stage, keys, run)
+            grid_keys = {s: k for s, k in todo.items() if k is not None}
+            if grid_keys:
+                grid = _grid_tuner(grid_keys, run).fit()
+            else:  # a search stage is a wave of its own
+                grid = _search_tuner(next(iter(todo)), run).fit()
             reason = f"sweep stopped by {interrupt.name}" if interrupt.event.is_set() else None
-            _count_stage(stage, grid, keys, uri, tr, run, reason)
+            for stage, keys in todo.items():
+                _count_stage(stage, _stage_errors(grid, keys), keys, uri, tr, run, reason)
+            tr.finished = tracking.finished_runs(uri, tr.exp_id)
             interrupt.check()
 
 
@@ -618,7 +702,8 @@ def run_sweep(
     ``dry_run``) claim the sweep storage (:mod:`segssl.orchestrate.claim`), check the data, write
     ``<storage>/plan.json``, open the experiment, start Ray, check resources and run the stages.
     ``dry_run`` prints the plan, then checks the data and the resources of the cluster it would
-    use (raising on a problem), and changes nothing.
+    use, records their problems in ``outcome.not_runnable`` (it does not raise on them: the plan
+    and its cost stand without the data or the GPUs), and changes nothing.
 
     Args:
         spec: a validated spec or the path of a sweep YAML file.
@@ -632,7 +717,8 @@ def run_sweep(
         storage: where trial workdirs and Ray results live (default ``spec.storage`` or
             ``./segssl-runs/<name>``); on a cluster it must be shared by all nodes.
         extend: log into an experiment created by a different spec.
-        dry_run: print the plan, check data and resources, and stop.
+        dry_run: print the plan, check data and resources (problems recorded in
+            ``outcome.not_runnable``), and stop.
         num_cpus: CPUs of a local Ray instance (default ``spec.num_cpus``, else all cores).
         console: where the plan and progress go.
         live: draw the live progress table.

@@ -28,6 +28,9 @@ def _paired(agg: pd.DataFrame, row: str, ref: str, col: Any) -> tuple[np.ndarray
     return np.array([va[s] - vb[s] for s in common]), a
 
 
+_TEST_NAMES = {"ttest_rel": "paired t-test", "wilcoxon": "Wilcoxon signed-rank test"}
+
+
 def paired_reading(agg: pd.DataFrame, row: str, ref: str, power: float = 0.8) -> str:
     """One sentence on ``row`` against ``ref`` over the table's (non-mean) columns.
 
@@ -39,6 +42,7 @@ def paired_reading(agg: pd.DataFrame, row: str, ref: str, power: float = 0.8) ->
     """
     spec = agg.attrs["spec"]
     alpha = spec.paired_test.alpha if spec.paired_test is not None else 0.05
+    test = spec.paired_test.test if spec.paired_test is not None else "ttest_rel"
     sign = -1.0 if spec.bold == "min" else 1.0
     parts, verdicts, needs = [], [], []
     cols = [(c.group, c.label) for c in agg.attrs["columns"] if not c.is_mean]
@@ -53,7 +57,8 @@ def paired_reading(agg: pd.DataFrame, row: str, ref: str, power: float = 0.8) ->
         sig = p is not None and not math.isnan(p) and p < alpha
         verdicts.append("sig" if sig and sign * diff.mean() > 0 else "none")
         if diff.size >= MIN_N["advise_seeds"] and abs(diff.mean()) > 0:
-            needs.append((col[1], seeds_needed(abs(diff.mean()), diff.std(ddof=1), alpha, power)))
+            n = seeds_needed(abs(diff.mean()), diff.std(ddof=1), alpha, power, test=test)
+            needs.append((col[1], n))
     if not parts:
         return f"Reading: no seed has both '{row}' and '{ref}' yet."
     text = f"Reading: '{row}' minus '{ref}', paired over seeds: " + "; ".join(parts) + ". "
@@ -74,6 +79,6 @@ def paired_reading(agg: pd.DataFrame, row: str, ref: str, power: float = 0.8) ->
         n_txt = f"about {n}" if n <= 10_000 else "more than 10000"
         text += (
             f" Detecting the observed difference at {col} with power {power:g} would take "
-            f"{n_txt} paired seeds (segssl table --advise-seeds)."
+            f"{n_txt} paired seeds ({_TEST_NAMES[test]}; segssl table --advise-seeds)."
         )
     return text

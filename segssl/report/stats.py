@@ -7,10 +7,14 @@ variance unit is scans) and leans on scipy:
   :data:`BCA_MIN_N` values on (``method="auto"``), the percentile method below (BCa's
   acceleration and bias estimates are unstable on a handful of seeds);
 * :func:`adjust_pvalues`: Holm's step-down or Bonferroni correction across a column's rows;
-* :func:`prob_improvement`: the fraction of paired seeds in which a row beats the reference, with
-  a Wilson score interval (``scipy.stats.binomtest(...).proportion_ci``);
-* :func:`seeds_needed`: the smallest n at which a paired (one-sample) t-test detects a difference
-  ``delta`` given a standard deviation, at ``alpha`` and ``power`` (noncentral t).
+* :func:`prob_improvement`: the fraction of paired seeds in which a row beats the reference
+  (ties count half), with a Wilson score interval on that same fraction;
+* :func:`seeds_needed`: the smallest n at which the table's paired test detects a difference
+  ``delta`` given a standard deviation, at ``alpha`` and ``power``: for the paired t-test exact
+  (noncentral t); for the Wilcoxon signed-rank test the t-test's n divided by the signed-rank
+  test's asymptotic relative efficiency against it, 3/pi (0.955, normal differences), and never
+  fewer than the pairs at which its exact p-value can reach ``alpha`` at all (6 for a two-sided
+  test at 0.05: with 5 pairs the smallest p is 2/2^5 = 0.0625).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ __all__ = [
     "bootstrap_method",
     "prob_improvement",
     "seeds_needed",
+    "advice_assumption",
     "ttest_power",
+    "wilcoxon_min_n",
 ]
 
 BCA_MIN_N = 10
@@ -119,51 +125,133 @@ def prob_improvement(
     """Fraction of paired values in which ``row`` beats ``ref`` (ties count half).
 
     Returns:
-        ``(fraction, low, high, n)``: the Wilson score interval at ``level`` is computed on the
-        wins (ties split, rounded down).
+        ``(fraction, low, high, n)``: the Wilson score interval at ``level`` of that same
+        fraction (ties count half in both, :func:`wilson_interval`).
     """
-    from scipy import stats
-
     a, b = np.asarray(row, dtype=float), np.asarray(ref, dtype=float)
     n = a.size
     if n == 0:
         return math.nan, math.nan, math.nan, 0
     diff = a - b if higher_is_better else b - a
     wins = float((diff > 0).sum()) + 0.5 * float((diff == 0).sum())
-    ci = stats.binomtest(int(wins), n).proportion_ci(confidence_level=level, method="wilson")
-    return wins / n, float(ci.low), float(ci.high), n
+    low, high = wilson_interval(wins, n, level)
+    return wins / n, low, high, n
 
 
-def ttest_power(effect: float, n: int, alpha: float = 0.05) -> float:
-    """Power of a two-sided one-sample (paired) t-test with ``n`` values at effect size
-    ``effect`` (mean difference / standard deviation)."""
+def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n``.
+
+    ``successes`` may be fractional (ties counted half): the score interval is a function of the
+    observed proportion and ``n`` only, so the interval is centred on the same fraction the point
+    estimate reports (``statsmodels``' ``proportion_confint(..., method="wilson")`` computes the
+    same for a fractional count).
+    """
+    from scipy import stats
+
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    z = float(stats.norm.ppf(1 - (1 - level) / 2))
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# asymptotic relative efficiency of the Wilcoxon signed-rank test against the t-test when the
+# differences are normal (Hodges and Lehmann, 1956)
+WILCOXON_ARE = 3 / math.pi
+
+
+def ttest_power(effect: float, n: float, alpha: float = 0.05, two_sided: bool = True) -> float:
+    """Power of a one-sample (paired) t-test with ``n`` values at effect size ``effect`` (mean
+    difference / standard deviation), two-sided or one-sided in the effect's direction."""
     from scipy import stats
 
     if n < 2:
         return math.nan
     df = n - 1
-    crit = stats.t.ppf(1 - alpha / 2, df)
     nc = effect * math.sqrt(n)
+    if not two_sided:
+        return float(stats.nct.sf(stats.t.ppf(1 - alpha, df), df, nc))
+    crit = stats.t.ppf(1 - alpha / 2, df)
     return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
 
 
+def wilcoxon_min_n(alpha: float = 0.05, two_sided: bool = True) -> int:
+    """The fewest pairs at which an exact Wilcoxon signed-rank test can reach ``alpha``: its
+    smallest p-value, every difference of one sign, is ``2 / 2**n`` (two-sided) or ``1 / 2**n``."""
+    n = 1
+    while (2.0 if two_sided else 1.0) / 2.0**n > alpha:
+        n += 1
+    return n
+
+
+def _ttest_nobs(effect: float, alpha: float, power: float, two_sided: bool, n_max: int) -> float:
+    """The (real) number of values at which the t-test reaches ``power`` (>= 2)."""
+    from scipy.optimize import brentq
+
+    def gap(n: float) -> float:
+        return ttest_power(effect, n, alpha, two_sided) - power
+
+    n = next((n for n in range(2, n_max + 1) if gap(float(n)) >= 0), None)
+    if n is None:
+        return math.inf
+    if n == 2:
+        return 2.0
+    return float(brentq(gap, float(n - 1), float(n), xtol=1e-9))
+
+
 def seeds_needed(
-    delta: float, std: float, alpha: float = 0.05, power: float = 0.8, n_max: int = 10_000
+    delta: float,
+    std: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    n_max: int = 10_000,
+    test: str = "ttest_rel",
+    two_sided: bool = True,
 ) -> int:
-    """Smallest n >= 2 whose paired t-test detects ``delta`` given ``std`` with ``power``.
+    """Smallest n whose paired ``test`` detects ``delta`` given ``std`` with ``power``.
+
+    ``ttest_rel``: exact (noncentral t), n >= 2. ``wilcoxon``: the t-test's n divided by
+    :data:`WILCOXON_ARE`, rounded up, and at least :func:`wilcoxon_min_n` (an approximation:
+    the efficiency is asymptotic and assumes normal differences; for heavy-tailed differences
+    the signed-rank test needs fewer).
 
     Returns:
         n, or ``n_max + 1`` when even ``n_max`` values do not reach the power.
     """
     if delta <= 0:
         raise ValueError(f"the difference to detect must be positive, got {delta}")
+    if test not in ("ttest_rel", "wilcoxon"):
+        raise ValueError(f"unknown paired test {test!r}; expected ttest_rel or wilcoxon")
+    floor = 2 if test == "ttest_rel" else wilcoxon_min_n(alpha, two_sided)
     if not std > 0:
-        return 2
+        return floor
     effect = delta / std
+    if test == "wilcoxon":
+        n_t = _ttest_nobs(effect, alpha, power, two_sided, n_max)
+        n = max(floor, math.ceil(n_t / WILCOXON_ARE - 1e-9)) if math.isfinite(n_t) else n_max + 1
+        return min(n, n_max + 1)
     for n in range(2, n_max + 1):
-        if ttest_power(effect, n, alpha) >= power:
+        if ttest_power(effect, n, alpha, two_sided) >= power:
             return n
     return n_max + 1
+
+
+def advice_assumption(test: str | None, alpha: float, two_sided: bool = True) -> str:
+    """The sentence saying which test the seed advice assumes (printed with the advice)."""
+    sides = "two-sided" if two_sided else "one-sided"
+    if test == "wilcoxon":
+        return (
+            f"the table's {sides} Wilcoxon signed-rank test, approximated as the paired t-test's "
+            f"n divided by the signed-rank test's asymptotic relative efficiency 3/pi (0.955, "
+            f"normal differences) and at least {wilcoxon_min_n(alpha, two_sided)} pairs (fewer "
+            f"can never reach p < {alpha:g})"
+        )
+    if test == "ttest_rel":
+        return f"the table's {sides} paired t-test (exact, noncentral t)"
+    return f"a {sides} paired t-test (the table runs no paired test; exact, noncentral t)"
 
 
 def _pairs(rec: dict, ref: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -180,12 +268,14 @@ def advise_seeds(
 
     The standard deviation is that of the paired differences against the paired test's
     reference row where the table has one (the test the table runs), else the cell's own std
-    over seeds (the spread a difference has to stand out from).
+    over seeds (the spread a difference has to stand out from). The power is that of the
+    table's paired test (:func:`seeds_needed`; a paired t-test when the table has none), per
+    comparison: the Holm or Bonferroni correction across rows asks for more.
 
     Args:
         agg: a table from :func:`segssl.report.aggregate.aggregate`.
         delta: the difference to detect, > 0.
-        alpha: two-sided significance level.
+        alpha: significance level (of the table's paired test, two- or one-sided as it is).
         power: the wanted power.
         ddof: delta degrees of freedom of the std.
 
@@ -209,6 +299,8 @@ def advise_seeds(
         row = rec["row"] if rec["row_group"] is None else f"{rec['row_group']} / {rec['row']}"
         return f"({row!r}, {col(rec)!r})"
 
+    test = pt.test if pt is not None else "ttest_rel"
+    two_sided = pt is None or pt.alternative == "two-sided"
     refs = {}
     if pt is not None:
         from segssl.report.papers import norm_label  # as the paired test matches its row
@@ -238,7 +330,7 @@ def advise_seeds(
                 "n": int(values.size),
                 "std": std,
                 "std_of": std_of,
-                "needed": seeds_needed(delta, std, alpha, power),
+                "needed": seeds_needed(delta, std, alpha, power, test=test, two_sided=two_sided),
             }
         )
     return out

@@ -13,7 +13,7 @@ from segssl.report.curves import plot_curves, plot_table_figure
 from segssl.report.errors import ReportError
 from segssl.report.render import FORMATS, csv_frame, render
 from segssl.report.runs import load_runs, parent_runs
-from segssl.report.stats import advise_seeds
+from segssl.report.stats import advice_assumption, advise_seeds
 from segssl.table_spec import TableSpec
 
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
@@ -98,9 +98,20 @@ def advice_text(agg: pd.DataFrame, delta: float, alpha: float, power: float) -> 
     except ValueError as exc:
         raise ReportError(f"table {spec.name!r}: {exc}") from None
     unit = f" x {spec.scale:g}" if spec.scale != 1 else ""
+    pt = spec.paired_test
+    test = advice_assumption(
+        pt.test if pt is not None else None,
+        alpha,
+        pt is None or pt.alternative == "two-sided",
+    )
+    correction = (
+        f" Per comparison: the {pt.correction.capitalize()} correction across rows asks for more."
+        if pt is not None and pt.correction != "none"
+        else ""
+    )
     lines = [
         f"**{spec.name}: seeds needed** to detect a difference of {delta:g} ({spec.metric}"
-        f"{unit}) with a two-sided paired t-test at alpha {alpha:g}, power {power:g}:",
+        f"{unit}) at alpha {alpha:g}, power {power:g}, assuming {test}.{correction}",
         "",
         "| row | column | seeds now | std | std of | seeds needed |",
         "|:---|:---|---:|---:|:---|---:|",

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -71,6 +72,26 @@ def test_bench_methods_replays_every_network_pass(acdc_root: Path, monkeypatch) 
     assert bim["bare_ms"] > 0 and bim["step_ms"] > 0
     assert math.isclose(bim["cpu_ratio"], bim["step_ms"] / bim["bare_ms"], rel_tol=1e-9)
     assert bench.bench_method("mean_teacher", args, acdc_root)["passes"] == 2  # + the teacher
+    # a method with its own optimiser (the discriminator's step in after_step) runs as in the
+    # engine; it raised "optimizer_step is only available inside the engine" before
+    adv = bench.bench_method("adversarial", args, acdc_root)
+    assert adv["passes"] >= 1 and adv["step_ms"] > 0
+
+
+def test_bench_methods_records_feature_passes_with_their_decoder(monkeypatch) -> None:
+    """``model.features(x, [decoder tap])`` is one recorded call replayed whole; it was recorded
+    as the ``encode`` call inside it, so the replayed bare pass lacked the decoder blocks."""
+    from segssl.models import UNet
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    bench = _load("bench_methods")
+    net = UNet(1, 3, base_width=4, depth=3)
+    x = torch.rand(2, 1, 16, 16)
+    with bench._Recorder([net]) as rec:
+        net.features(x, ["decoder2"])
+        net.encode(x)
+    assert [c[1] for c in rec.calls] == ["features", "encode"]
+    assert "features" not in vars(net) and "encode" not in vars(net)  # unwrapped again
 
 
 def test_gpu_check_peak_memory_is_each_variants_own(monkeypatch) -> None:

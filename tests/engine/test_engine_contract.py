@@ -216,9 +216,9 @@ def test_a_method_can_carry_its_teacher(tiny_method, tmp_path, monkeypatch) -> N
         ),
         ("predict_probe", {}, r"'disc' is not a network this method owns"),
         ("part_probe", {}, r"'model:encoderX': no part 'encoderX'; parts: \['encoder'"),
-        (
-            "bim",
-            {"method": {"name": "bim", "dense_tap": "decoder9"}},
+        (  # a method that does not declare its tap fields: found when the method is built
+            "tap_probe",
+            {"method": {"name": "tap_probe", "dense_tap": "decoder9"}},
             r"'decoder9' is not a tap role .* valid roles: \['encoder', 'encoder1'",
         ),
         (
@@ -246,6 +246,8 @@ def test_bad_declarations_fail_before_any_work(
     monkeypatch.setattr(REGISTRY["predict_probe"], "predict_with", "disc")
     monkeypatch.setitem(REGISTRY, "part_probe", variant(Baseline, "part_probe"))
     monkeypatch.setattr(REGISTRY["part_probe"], "carry", "model:encoderX")
+    monkeypatch.setitem(REGISTRY, "tap_probe", variant(REGISTRY["bim"], "tap_probe"))
+    monkeypatch.setattr(REGISTRY["tap_probe"], "tap_fields", ())
     for probe in ("carry_probe", "predict_probe", "part_probe"):
         monkeypatch.setattr(REGISTRY[probe], "init", "optional")
     cfg = tiny_method(name, **sections)

@@ -248,3 +248,42 @@ def test_engine_step_has_no_host_sync(name: str, tiny_method, tmp_path, monkeypa
     train(cfg, workdir=tmp_path)
     assert steps[0] == 2
     assert found == [], f"host synchronisation in the engine step: {sorted(set(found))}"
+
+
+def test_fp16_grad_scaler_step_has_no_host_sync() -> None:
+    """The engine's AMP scaler (fp16 autocast, unscale + clipping, step, update) with the
+    engine's RAdam reads nothing back; PyTorch's own GradScaler reads its overflow flag."""
+    from segssl.config import OptimizerSettings
+    from segssl.engine import build_optimizer
+    from segssl.engine.amp import SyncFreeGradScaler
+
+    x = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def steps(scaler_cls: type) -> Callable[[], None]:
+        torch.manual_seed(0)
+        net = build_model_for_amp()
+        opt = build_optimizer(OptimizerSettings(), list(net.parameters()))
+        scaler = scaler_cls("cpu", enabled=True)
+
+        def run() -> None:
+            for _ in range(2):
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast("cpu", dtype=torch.float16):
+                    loss = net(x).float().pow(2).mean()
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                scaler.step(opt)
+                scaler.update()
+
+        return run
+
+    assert host_syncs(steps(SyncFreeGradScaler)) == []
+    stock = host_syncs(steps(torch.amp.GradScaler))
+    assert any("_local_scalar_dense" in f or "item" in f for f in stock), stock
+
+
+def build_model_for_amp() -> torch.nn.Module:
+    from segssl.models import UNet
+
+    return UNet(1, 3, base_width=4, depth=3)

@@ -55,6 +55,31 @@ def test_resume_gives_identical_weights(tiny, tmp_path: Path, name: str, stage: 
     assert full["metrics"].get("test/dsc") == resumed["metrics"].get("test/dsc")
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_continues_the_lr_schedule(tiny, tmp_path: Path, schedule: str) -> None:
+    """The lr of every epoch (warm-up to 2e-3, then constant or a cosine) is the same whether
+    the run was interrupted or not; a checkpoint of one schedule does not resume another."""
+    optim = {"lr": 1e-3, "warmup_factor": 2, "warmup_epochs": 1, "schedule": schedule}
+    cfg = tiny("baseline", "finetune", train={"epochs": 3, "iters_per_epoch": 1}, optim=optim)
+
+    def interrupt(metrics: dict, step: int) -> None:
+        if step == 2 and "best_epoch" not in metrics:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(cfg, interrupt, workdir=tmp_path / "cut")
+    resumed = train(cfg, workdir=tmp_path / "cut")
+    lrs = [h["train/lr"] for h in resumed["history"]]
+    peak = 2e-3
+    want = [1e-3, peak, peak] if schedule == "constant" else [1e-3, peak, peak * 0.5]
+    assert lrs == pytest.approx(want, rel=1e-9)
+    other = "cosine" if schedule == "constant" else "constant"
+    swapped = tiny("baseline", "finetune", train={"epochs": 3, "iters_per_epoch": 1},
+                   optim={**optim, "schedule": other})  # fmt: skip
+    with pytest.raises(CheckpointError, match="written by a different config"):
+        train(swapped, workdir=tmp_path / "cut")
+
+
 def test_a_finished_run_is_not_retrained(tiny, tmp_path: Path) -> None:
     cfg = tiny("baseline", "finetune", train={"epochs": 1, "iters_per_epoch": 1})
     first = train(cfg, workdir=tmp_path)

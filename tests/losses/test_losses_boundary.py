@@ -245,3 +245,25 @@ def test_local_ncc_with_pooled_box_sums_equals_shifted_adds() -> None:
     (g_new,) = torch.autograd.grad((new * up).sum(), b)
     (g_ref,) = torch.autograd.grad((ref * up).sum(), b)
     torch.testing.assert_close(g_new, g_ref, rtol=1e-3, atol=1e-4)
+
+
+def test_entropy_cc_loss_equals_cc_loss_of_the_probabilities_with_gradients() -> None:
+    """L_CC from precomputed raw entropies (the bim step's path) is cc_loss of the maps."""
+    from segssl.losses.boundary import entropy_cc_loss
+
+    g = torch.Generator().manual_seed(11)
+    image = _texture(2, 12, 10, seed=12) * 3
+    probs = (torch.randn(2, 3, 5, 12, 10, generator=g) * 3).softmax(2)
+    ref_p = probs.clone().requires_grad_()
+    ref = cc_loss(image, ref_p, 5, "sobel", 0.75)
+    ref.sum().backward()
+    new_p = probs.clone().requires_grad_()
+    ent = entropy_map(new_p, normalise=False)  # (B, heads, H, W) raw entropies
+    new = entropy_cc_loss(image, ent, 5, "sobel", 0.75)
+    new.sum().backward()
+    torch.testing.assert_close(new, ref.detach())
+    torch.testing.assert_close(new_p.grad, ref_p.grad)
+    one = entropy_cc_loss(image, ent[:, :1], 5, "sobel", 0.75)
+    torch.testing.assert_close(one, cc_loss(image, probs[:, 0], 5, "sobel", 0.75).view(1))
+    with pytest.raises(ValueError, match=r"image and entropy must share.*\(2, 3, 12, 9\)"):
+        entropy_cc_loss(image, ent[..., :9])

@@ -185,55 +185,6 @@ def test_imsat_decreases_and_errors() -> None:
         imsat_loss(torch.rand(2, 5), torch.rand(2, 5), mu=-1)
 
 
-def _np_dense_ld(f1: np.ndarray, f2: np.ndarray, labels: list[int], tau: float, neg) -> float:
-    views = [f1, f2]
-    flat = [
-        [
-            v[i].reshape(v.shape[1], -1).T
-            / np.linalg.norm(v[i].reshape(v.shape[1], -1).T, axis=1, keepdims=True)
-            for i in range(v.shape[0])
-        ]
-        for v in views
-    ]
-    terms = []
-    for i in range(f1.shape[0]):
-        group = [g for g in range(f1.shape[0]) if labels[g] == labels[i]]
-        for v in (0, 1):
-            x = flat[v][i]
-            for p in range(len(x)):
-                negs = sum(
-                    math.exp(x[p] @ flat[w][g][q] / tau)
-                    for g in group
-                    for w in (0, 1)
-                    for q in range(len(x))
-                    if neg[p, q]
-                )
-                vals = []
-                for g in group:
-                    for w in (0, 1):
-                        if (g, w) == (i, v):
-                            continue
-                        pos = math.exp(x[p] @ flat[w][g][p] / tau)
-                        vals.append(-math.log(pos / (pos + negs)))
-                terms.append(np.mean(vals))
-    return float(np.mean(terms))
-
-
-def test_dense_contrastive_ld_golden_and_reduces_to_lr() -> None:
-    g = torch.Generator().manual_seed(4)
-    f1 = torch.randn(3, 3, 3, 4, generator=g, dtype=torch.float64)
-    f2 = torch.randn(3, 3, 3, 4, generator=g, dtype=torch.float64)
-    labels = [0, 1, 0]
-    neg = negative_mask((3, 4), min_distance=2).numpy()
-    expected = _np_dense_ld(f1.numpy(), f2.numpy(), labels, 0.2, neg)
-    got = dense_contrastive_loss(f1, f2, 0.2, min_distance=2, labels=torch.tensor(labels))
-    assert float(got) == pytest.approx(expected, abs=1e-4)
-    distinct = dense_contrastive_loss(f1, f2, 0.2, min_distance=2, labels=torch.tensor([5, 6, 7]))
-    torch.testing.assert_close(distinct, dense_contrastive_loss(f1, f2, 0.2, min_distance=2))
-    with pytest.raises(ValueError, match=r"f1 \(3, 3, 3, 4\) and labels \(2,\)"):
-        dense_contrastive_loss(f1, f2, labels=torch.tensor([0, 1]), min_distance=2)
-
-
 def test_supcon_per_image_labels_equal_per_view_labels_with_gradients() -> None:
     """The sync-free path for (N,) labels is the checked (2N,) path with the labels repeated."""
     g = torch.Generator().manual_seed(3)

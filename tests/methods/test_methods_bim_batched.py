@@ -53,13 +53,63 @@ def test_batched_bim_step_equals_the_per_head_reference(tiny) -> None:
     for part in ("mi", "cc"):
         torch.testing.assert_close(out[part].detach(), ref[part].detach())
     assert -1 <= float(out["cc"]) <= 0
+    # The step's softmax + entropy is one autograd node whose backward drops the entropy
+    # gradient's constant term (it cancels in the softmax backward); the reference sums it in
+    # and cancels it numerically. Through the min-max normalised entropy maps of these sharp
+    # heads, float32 rounding then differs by up to ~1e-3 of a gradient's norm (both
+    # formulations are ~1 % away from a float64 evaluation here; the kernel itself is checked
+    # against float64 in tests/models/test_ops.py), so each parameter's gradient is compared by
+    # the norm of the difference, relative to its own norm plus a floor of 1e-5 of the whole
+    # gradient's norm (deep layers get gradients at the level of the rounding noise).
+    pairs = [
+        (n, a, b)
+        for n, a, b in zip(
+            [n for n, p in method.named_parameters() if p.requires_grad],
+            grads,
+            ref_grads,
+            strict=True,
+        )
+    ]
+    whole = sum(float(b.pow(2).sum()) for _, _, b in pairs if b is not None) ** 0.5
     checked = 0
-    for name_p, a, b in zip(
-        [n for n, p in method.named_parameters() if p.requires_grad], grads, ref_grads, strict=True
-    ):
+    for name_p, a, b in pairs:
         if b is None:
             assert a is None or torch.count_nonzero(a) == 0, name_p
             continue
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+        err, norm = float((a - b).norm()), float(b.norm())
+        assert err <= 2e-3 * norm + 1e-5 * whole, (name_p, err, norm)
         checked += 1
     assert checked > 10  # the U-Net and all three heads received gradients
+
+
+def test_bim_step_runs_no_segmentation_head_and_equals_the_full_forward(tiny) -> None:
+    """The step takes its taps from ``model.features``: the 1x1 segmentation head, whose logits
+    a pre-training step throws away, is never run, and loss and gradients are exactly those of
+    taking the taps from the full forward pass."""
+    cfg = tiny("bim", "pretrain", method={"name": "bim", "k": 6, "heads": 2})
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(4, 1, 32, 32, generator=g)
+    batch = {"image": image, "partition": torch.tensor([0, 1, 2, 0])}
+
+    def step(full_forward: bool) -> tuple[torch.Tensor, list, int]:
+        torch.manual_seed(0)
+        model = build_model(cfg.model, 4)
+        cpu = torch.device("cpu")
+        method = build_method(cfg, get_method("bim"), model, 4, ("a", "b", "c"), cpu)
+        if full_forward:  # the taps as the full forward pass returns them (logits computed)
+            model.features = lambda x, taps: model(x, taps=taps)[1]
+        calls = []
+        model.Conv_1x1.register_forward_hook(lambda *a: calls.append(1))
+        method.train()
+        method.ctx.generator.manual_seed(5)
+        out = method.training_step(None, batch, Clock(1, 0, 2, 4))
+        params = [p for p in method.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(out["loss"], params, allow_unused=True)
+        return out["loss"].detach(), grads, len(calls)
+
+    loss, grads, head_calls = step(full_forward=False)
+    ref_loss, ref_grads, ref_calls = step(full_forward=True)
+    assert head_calls == 0 and ref_calls == 2
+    assert torch.equal(loss, ref_loss)
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -115,3 +115,34 @@ def test_a_multi_epoch_ramp_up_is_scaled_into_the_one_epoch_calibration(tmp_path
     costs = estimate_plan(plan, tmp_path / "cache.json")
     assert costs[0].flops_per_iter > 0
     assert costs[0].iters == 20 * 7
+
+
+def test_dry_run_plans_and_costs_without_the_data_or_a_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning needs neither the data nor the resources to run: on a CPU-only machine, with the
+    data absent, a sweep asking for GPUs still prints its plan and cost; the problems a run here
+    would hit come after them, and the exit status says a run would be refused."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from segssl.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    raw = _spec()
+    raw["resources"] = {"cpu": 1, "gpu": 0.25}
+    raw["base"]["data"]["root"] = "data/nowhere"
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["sweep", str(path), "--dry-run", "--gpu-tflops", "5"])
+    out = res.output
+    row = next(ln for ln in out.splitlines() if ln.strip().startswith("base "))
+    assert row.split()[1:3] == ["8", "21"]  # the cost per stage was printed
+    assert "total" in out
+    assert res.exit_code == 2
+    refusal = out.index("a run here would be refused")
+    assert out.index("total") < refusal
+    assert "no such directory" in out[refusal:] and "gpu=0.25" in out[refusal:]
+    assert "GPU 0" in out[refusal:]

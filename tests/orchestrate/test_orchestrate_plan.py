@@ -189,3 +189,41 @@ def test_run_names_of_a_dataset_zip_name_the_dataset_only(tmp_path: Path) -> Non
         "bim dataset=acdc k=40 heads=3 | seed 0",
         "bim dataset=mmwhs-mr k=40 heads=3 | seed 0",
     }
+
+
+def test_stage_waves_share_independent_stages_longest_and_parents_first(tmp_path: Path) -> None:
+    from segssl.orchestrate.runner import stage_waves
+
+    raw = {
+        "name": "waves",
+        "seeds": [0],
+        "base": {"train": {"epochs": 2, "iters_per_epoch": 4}, "method": {"name": "baseline"}},
+        "stages": {
+            "short": {"config": {"stage": "finetune"}},
+            "long": {"config": {"stage": "finetune", "train": {"epochs": 6}}},
+            "pretrain": {"config": {"stage": "pretrain", "method": {"name": "bim"}}},
+            "finetune": {
+                "from": "pretrain",
+                "config": {"stage": "finetune", "method": {"name": "finetune"}},
+            },
+            "big": {"config": {"stage": "finetune"}, "resources": {"cpu": 2}},
+            "tune": {
+                "search": {"space": {"optim.lr": {"loguniform": [1e-4, 1e-1]}}, "num_samples": 2}
+            },
+        },
+    }
+    plan = plan_sweep(parse_sweep(raw), storage=tmp_path / "store", root=tmp_path)
+    # root stages of equal resources in one wave: the stage with children first (its children
+    # wait for it), then the longest trials; other resources and a search run on their own;
+    # children after their parents' wave
+    assert stage_waves(plan) == [
+        ["pretrain", "long", "short"],
+        ["big"],
+        ["tune"],
+        ["finetune"],
+    ]
+    # the demo: bim pre-training first, then full supervision and the baseline; fine-tuning next
+    from segssl.demo import demo_spec
+
+    demo = plan_sweep(parse_sweep(demo_spec(str(tmp_path))), storage=tmp_path / "d", root=tmp_path)
+    assert stage_waves(demo) == [["pretrain", "baseline", "full"], ["finetune"]]

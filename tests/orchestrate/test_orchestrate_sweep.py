@@ -369,3 +369,63 @@ def test_disk_full_fails_the_trial_with_path_and_errno(
     assert "Errno 28" in why and out.failures[why]["retryable"] is False
     ckpts = list((tmp_path / "store" / "trials").glob("*/checkpoints/*"))
     assert not [p for p in ckpts if ".tmp" in p.name]  # no temporary left behind
+
+
+def test_independent_stages_share_one_tune_run_parents_first(
+    ray_local: Any, tmp_path: Path, uri: str
+) -> None:
+    """Root stages run as one wave (one Tune run, no barrier between them), the stage with
+    children first; a failure in one stage of the wave is counted for that stage alone; the
+    children run after their parents' wave."""
+    raw = {
+        "name": "waves",
+        "seeds": [0],
+        "max_concurrent": 1,  # one trial at a time: the launch order is visible
+        "max_failures": 0,
+        "base": {"train": {"epochs": 1}, "optim": {"lr": 0.01}},
+        "stages": {
+            "short": {
+                "config": {"stage": "finetune", "method": {"name": "baseline"}},
+                "grid": {"data.labeled_scans": [1, 2]},
+            },
+            "broken": {
+                "config": {
+                    "stage": "finetune",
+                    "method": {"name": "full"},
+                    "train": {"device": "bad-data"},
+                }
+            },
+            "pretrain": {"config": {"stage": "pretrain", "method": {"name": "bim"}}},
+            "finetune": {
+                "from": "pretrain",
+                "config": {"stage": "finetune", "method": {"name": "finetune"}},
+            },
+        },
+    }
+    out = run(raw, tmp_path, uri)
+    counts = {s: (o.launched, o.finished, o.failed) for s, o in out.stages.items()}
+    assert counts == {
+        "short": (2, 2, 0),
+        "broken": (1, 0, 1),
+        "pretrain": (1, 1, 0),
+        "finetune": (1, 1, 0),
+    }
+    tune_runs = sorted(p.name.rsplit("-", 2)[0] for p in (tmp_path / "store" / "ray").iterdir())
+    assert tune_runs == ["finetune", "pretrain+short+broken"]
+    runs = sorted(trial_runs(out.tracking_uri, "waves"), key=lambda r: r.info.start_time)
+    assert [r.data.tags["segssl.stage"] for r in runs] == [
+        "pretrain",
+        "short",
+        "short",
+        "broken",
+        "finetune",
+    ]
+    assert [r.info.status for r in runs] == ["FINISHED"] * 3 + ["FAILED", "FINISHED"]
+    # the rerun launches only the failed trial, on its own
+    again = run(raw, tmp_path, uri)
+    assert {s: o.launched for s, o in again.stages.items()} == {
+        "short": 0,
+        "broken": 1,
+        "pretrain": 0,
+        "finetune": 0,
+    }

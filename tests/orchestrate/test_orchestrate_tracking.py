@@ -189,6 +189,33 @@ def test_a_failed_trial_line_names_its_reason() -> None:
     assert "FAILED trial k1" in out.getvalue() and reason in out.getvalue(), out.getvalue()
 
 
+def test_progress_of_a_tune_run_of_several_stages_counts_each_trial_in_its_stage() -> None:
+    """A wave's Tune run holds several stages: the callback finds each trial's stage by key."""
+    import io
+    from types import SimpleNamespace
+
+    from segssl.orchestrate.progress import _TuneProgress
+
+    p = SweepProgress("s", concurrency=2, console=Console(file=io.StringIO()), live=False)
+    p.add_stage("pretrain", total=1, skipped=0)
+    p.add_stage("baseline", total=2, skipped=0)
+    cb = _TuneProgress(p, {"kp": "pretrain", "kb1": "baseline", "kb2": "baseline"}, lambda: None)
+
+    def trial(tid: str, key: str, failed: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(
+            trial_id=tid, config={"trial_key": key}, last_result={"segssl/failed": float(failed)}
+        )
+
+    for t in (trial("1", "kp"), trial("2", "kb1"), trial("3", "kb2", failed=True)):
+        cb.on_trial_start(0, [], t)
+    assert (p.stages["pretrain"].running, p.stages["baseline"].running) == (1, 2)
+    cb.on_trial_complete(0, [], trial("1", "kp"))
+    cb.on_trial_complete(0, [], trial("2", "kb1"))
+    cb.on_trial_error(0, [], trial("3", "kb2"))
+    got = {s: (c.finished, c.failed, c.running) for s, c in p.stages.items()}
+    assert got == {"pretrain": (1, 0, 0), "baseline": (1, 1, 0)}
+
+
 class _ErroredTrial:
     """A trial Tune gave up on after its retries, with the error it saved (as Ray saves it:
     the task error wrapping the trainable's exception)."""

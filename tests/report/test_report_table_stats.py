@@ -170,6 +170,23 @@ def test_seed_advice_equals_statsmodels_power_on_paired_differences() -> None:
     )
 
 
+def test_seed_advice_for_a_wilcoxon_table_states_and_uses_the_signed_rank_test() -> None:
+    """A table whose paired test is Wilcoxon gets the signed-rank advice (the t-test's n over the
+    efficiency 3/pi, at least 6 pairs), and the printout says which test it assumed; a table
+    without a paired test says it assumed a paired t-test."""
+    spec = _spec(paired_test={"reference": "Baseline", "test": "wilcoxon"})
+    text = advice_text(aggregate(_runs(), spec, experiment="x"), 2.0, 0.05, 0.8)
+    assert "Wilcoxon signed-rank test" in text and "3/pi" in text and "at least 6 pairs" in text
+    assert "Holm correction across rows asks for more" in text
+    diff = _v("bim", 1) - _v("baseline", 1)
+    sd = diff.std(ddof=1)
+    n_t = TTestPower().solve_power(effect_size=2.0 / sd, alpha=0.05, power=0.8)
+    n = max(6, math.ceil(n_t * math.pi / 3))
+    assert f"| bim | LV / 1 | 5 | {sd:.2f} | paired differences to 'Baseline' | {n} |" in text
+    plain = advice_text(aggregate(_runs(), _spec(paired_test=None), experiment="x"), 2.0, 0.05, 0.8)
+    assert "assuming a two-sided paired t-test (the table runs no paired test" in plain
+
+
 def test_cost_column_is_the_rows_mean_seconds_per_run() -> None:
     spec = _spec(stats={"cost": True}, paired_test=None)
     md = render(aggregate(_runs(), spec, experiment="x"), spec, "md")
@@ -187,7 +204,7 @@ def test_reading_states_paired_differences_and_never_claims_an_unsupported_gain(
     assert f"{d1:+.1f} at 1 (ahead in {ahead} of 5" in text
     p = _cell(agg, "IIC", "1")["p_value"]
     assert p > 0.05 and "No difference here is significant after correction" in text
-    assert "paired seeds (segssl table --advise-seeds)" in text
+    assert "paired seeds (paired t-test; segssl table --advise-seeds)" in text
     # a large, consistent gain reads as one
     runs = _runs()
     bim = runs["params.method.name"] == "bim"
