@@ -150,6 +150,13 @@ def test_statistics_needing_more_seeds_name_the_cell_and_count() -> None:
     few = runs[runs["params.seed"].isin(["0", "1"])]
     with pytest.raises(ReportError, match=r"bootstrap needs at least 3 seeds.*has 2"):
         aggregate(few, _spec(paired_test=None, stats={"interval": "bootstrap"}), experiment="x")
+    one = aggregate(runs, _spec(paired_test=None), experiment="x")  # mean +- std: fine
+    with pytest.raises(
+        ReportError,
+        match=r"table 't': --advise-seeds needs at least 2 seeds per cell to estimate a std; "
+        r"cell \('IIC', 'LV / 4'\) has 1",
+    ):
+        advice_text(one, 2.0, 0.05, 0.8)
 
 
 def test_seed_advice_equals_statsmodels_power_on_paired_differences() -> None:

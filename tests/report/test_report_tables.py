@@ -537,16 +537,32 @@ def test_every_format_contains_the_values(store: dict) -> None:
 
 
 def test_render_logs_artifact_and_curves(store: dict, tmp_path: Path) -> None:
+    from matplotlib import pyplot as plt
+
     spec = _spec()
-    text = render_sweep_tables(EXP, [spec], store["uri"], "csv", curves_dir=tmp_path)
+    bands: list = []
+    real = plt.Axes.fill_between
+
+    def fill(ax, x, lo, hi, **kw):  # record the std bands of both figures
+        bands.append((np.asarray(lo, float), np.asarray(hi, float)))
+        return real(ax, x, lo, hi, **kw)
+
+    plt.Axes.fill_between = fill
+    try:
+        text = render_sweep_tables(EXP, [spec], store["uri"], "csv", curves_dir=tmp_path)
+    finally:
+        plt.Axes.fill_between = real
     client: MlflowClient = store["client"]
     arts = [a.path for a in client.list_artifacts(store["latest_parent"], "tables")]
     assert arts == ["tables/tsweep.csv"]
     assert not client.list_artifacts(store["parent"], "tables")
     local = client.download_artifacts(store["latest_parent"], "tables/tsweep.csv", str(tmp_path))
     assert Path(local).read_text() == text
-    png = tmp_path / "t2_curves.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the validation-Dice-per-epoch curves and the rows-over-columns figure, as PNG and PDF
+    for stem in ("t2_curves", "t2_figure"):
+        assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert bands and any((hi > lo).any() for lo, hi in bands)  # std bands over seeds drawn
 
 
 def test_curve_frame_mean_and_std_over_seeds(store: dict) -> None:
