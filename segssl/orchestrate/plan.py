@@ -156,8 +156,15 @@ def trial_key(config: RunConfig, parent_key: str | None) -> str:
     return config_hash({"config": data, "parent": parent_key})
 
 
-def _combinations(stage: Any) -> list[tuple[dict[str, Any], str | None]]:
+def _combinations(stage: Any) -> list[tuple[dict[str, Any], str | None, set[str]]]:
+    """Every (axis values, variant, keys the run name leaves out) of a stage.
+
+    A zip group that pairs each dataset with its settings is named by the dataset alone
+    (``dataset=msd-spleen``, not its root, split, crop and lr); in other zip groups every member
+    with a scalar value names the run (``K=10 heads=1``), mappings and lists never do.
+    """
     axes: list[list[tuple[dict[str, Any], str | None]]] = []
+    unnamed: set[str] = set()
     if stage.variants:
         axes.append([({}, name) for name in stage.variants])
     for key, values in stage.grid.items():
@@ -165,6 +172,10 @@ def _combinations(stage: Any) -> list[tuple[dict[str, Any], str | None]]:
     for group in stage.zip:
         n = len(next(iter(group.values())))
         axes.append([({k: vals[i] for k, vals in group.items()}, None) for i in range(n)])
+        for k, vals in group.items():
+            per_dataset = "data.dataset" in group and k != "data.dataset"
+            if per_dataset or any(isinstance(v, (Mapping, list)) for v in vals):
+                unnamed.add(k)
     combos = []
     for parts in itertools.product(*axes) if axes else [()]:
         values: dict[str, Any] = {}
@@ -172,7 +183,7 @@ def _combinations(stage: Any) -> list[tuple[dict[str, Any], str | None]]:
         for vals, var in parts:
             values.update(vals)
             variant = var if var is not None else variant
-        combos.append((values, variant))
+        combos.append((values, variant, unnamed))
     return combos
 
 
@@ -381,7 +392,7 @@ def plan_sweep(
                 own = _absolutise(deep_merge({}, st.config), root_dir)
                 taken = _inherited(parent, st.inherit, f"{source}: stages.{name}.inherit")
                 parent_raw = deep_merge(deep_merge(base, taken), own)
-            for values, variant in _combinations(st):
+            for values, variant, unnamed in _combinations(st):
                 for seed in seeds:
                     raw = parent_raw
                     if variant is not None:
@@ -417,7 +428,12 @@ def plan_sweep(
                             parent_key=pkey,
                             parent_stage=st.from_,
                             parent_params=parent.identity() if parent else {},
-                            name=run_name(cfg, values, variant, parent.name if parent else None),
+                            name=run_name(
+                                cfg,
+                                {k: v for k, v in values.items() if k not in unnamed},
+                                variant,
+                                parent.name if parent else None,
+                            ),
                             resources=res,
                         )
                     )

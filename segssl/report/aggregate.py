@@ -320,7 +320,14 @@ def _select(sub: pd.DataFrame, spec: TableSpec, where: str) -> tuple[pd.DataFram
             f"table {spec.name!r}: {where}: no run has a {sel.metric!r} history to select on"
         )
     best = scores.idxmax() if sel.mode == "max" else scores.idxmin()
-    label = ", ".join(f"{k}={v}" for k, v in zip(keys, best, strict=True))
+    # name only the keys this cell's candidates differ in: a row without the key (a supervised
+    # row has no method.w_ent) or with one configuration has nothing to report ('w_ent=nan')
+    varying = [
+        (k, v)
+        for i, (k, v) in enumerate(zip(keys, best, strict=True))
+        if len({t[i] for t in scores.index}) > 1
+    ]
+    label = ", ".join(f"{k}={v}" for k, v in varying)
     return sub[ident == best], label
 
 

@@ -167,6 +167,30 @@ def test_inherit_takes_the_parents_dataset(tmp_path: Path) -> None:
         parse_sweep(raw)
 
 
+def test_run_names_of_a_dataset_zip_name_the_dataset_only(tmp_path: Path) -> None:
+    """GMI's per-dataset zips (root, split, preprocess, crop, lr per dataset) made names like
+    'entmin dataset=msd-spleen root=... split={...} preprocess={...} crop=64 rotation=10 ...'."""
+    raw = table3_like()
+    raw["stages"]["pretrain"]["grid"] = {}
+    raw["stages"]["pretrain"]["zip"] = [
+        {
+            "data.dataset": ["acdc", "mmwhs-mr"],
+            "data.root": ["d/acdc", "d/mmwhs"],
+            "data.preprocess.size": [[256, 256], [240, 240]],
+            "optim.lr": [1e-3, 3e-3],
+        },
+        {"method.k": [10, 40], "method.heads": [1, 3]},
+    ]
+    plan = plan_sweep(parse_sweep(raw), root=tmp_path)
+    names = {t.name for t in plan.trials["pretrain"] if t.seed == 0}
+    assert names == {
+        "bim dataset=acdc k=10 heads=1 | seed 0",
+        "bim dataset=mmwhs-mr k=10 heads=1 | seed 0",
+        "bim dataset=acdc k=40 heads=3 | seed 0",
+        "bim dataset=mmwhs-mr k=40 heads=3 | seed 0",
+    }
+
+
 def test_stage_waves_share_independent_stages_longest_and_parents_first(tmp_path: Path) -> None:
     from segssl.orchestrate.runner import stage_waves
 

@@ -383,6 +383,26 @@ def test_best_val_selection_picks_config_by_validation(store: dict) -> None:
     assert _cell(agg, "MT", "ACDC-LV", "1")["selected"] == "method.ema=0.9"
 
 
+def test_selection_names_only_the_keys_the_candidates_differ_in(store: dict) -> None:
+    """GMI Table 1 selects over method.w_ent and method.w_cons: a row with only one of them (or
+    none) printed 'method.w_ent=nan, method.w_cons=1' in its 'Selected configurations'."""
+    spec = _spec(
+        rows={"MT": {"method.name": "mt"}, "Baseline": {"method.name": "baseline"}},
+        columns=[
+            {
+                "label": "ACDC-LV",
+                "filter": {"data.target": "lv"},
+                "by": "data.labeled_scans",
+                "values": [1],
+            }
+        ],
+        select={"rule": "best_val", "keys": ["method.ema", "method.name"]},
+    )
+    agg = aggregate(store["df"], spec, experiment=EXP, tracking_uri=store["uri"])
+    assert _cell(agg, "MT", "ACDC-LV", "1")["selected"] == "method.ema=0.99"
+    assert _cell(agg, "Baseline", "ACDC-LV", "1")["selected"] == ""
+
+
 def test_history_max_is_the_selection_score(store: dict) -> None:
     rid = store["finished"][0]
     hist = load_history(store["uri"], [rid], "val/dsc")
