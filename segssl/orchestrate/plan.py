@@ -172,10 +172,7 @@ def _combinations(stage: Any) -> list[tuple[dict[str, Any], str | None, set[str]
     for group in stage.zip:
         n = len(next(iter(group.values())))
         axes.append([({k: vals[i] for k, vals in group.items()}, None) for i in range(n)])
-        for k, vals in group.items():
-            per_dataset = "data.dataset" in group and k != "data.dataset"
-            if per_dataset or any(isinstance(v, (Mapping, list)) for v in vals):
-                unnamed.add(k)
+        unnamed |= _zip_unnamed(group)
     combos = []
     for parts in itertools.product(*axes) if axes else [()]:
         values: dict[str, Any] = {}
@@ -185,6 +182,27 @@ def _combinations(stage: Any) -> list[tuple[dict[str, Any], str | None, set[str]
             variant = var if var is not None else variant
         combos.append((values, variant, unnamed))
     return combos
+
+
+def _zip_unnamed(group: Mapping[str, list[Any]]) -> set[str]:
+    """The members of a zip group its run names leave out: all but ``data.dataset`` when the
+    group has it, else its mappings and lists; a member left out is named after all where the
+    others do not tell two of the group's entries apart (one dataset at two learning rates)."""
+    n = len(next(iter(group.values())))
+    scalar = [
+        k for k, vals in group.items() if not any(isinstance(v, Mapping | list) for v in vals)
+    ]
+    named = ["data.dataset"] if "data.dataset" in group else list(scalar)
+
+    def told_apart(keys: list[str]) -> int:
+        return len({tuple(_fmt(group[k][i]) for k in keys) for i in range(n)})
+
+    for k in [*scalar, *group]:  # scalars first: they read best in a name
+        if told_apart(named) == n:
+            break
+        if k not in named and told_apart([*named, k]) > told_apart(named):
+            named.append(k)
+    return set(group) - set(named)
 
 
 def _short(key: str) -> str:

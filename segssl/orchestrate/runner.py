@@ -25,6 +25,7 @@ invocation therefore starts fresh Tuners and never needs ``Tuner.restore``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -72,6 +73,7 @@ __all__ = [
     "print_plan",
     "run_sweep",
     "stage_waves",
+    "wave_name",
 ]
 
 
@@ -300,6 +302,20 @@ def stage_waves(plan: Plan) -> list[list[str]]:
     return waves
 
 
+_WAVE_NAME_MAX = 100  # Tune's experiment folder: one path component (255 bytes at most)
+
+
+def wave_name(stages: list[str]) -> str:
+    """The name of a wave's Tune run (its folder under ``<storage>/ray``): its stages joined
+    with ``+``; a wave of many stages (a wide sweep's root stages) is named by its first stage,
+    how many others it holds and a hash of all their names, so the folder name stays short."""
+    name = "+".join(stages)
+    if len(name) <= _WAVE_NAME_MAX:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{stages[0][: _WAVE_NAME_MAX - 40]}+{len(stages) - 1}-more-{digest}"
+
+
 # --------------------------------------------------------------------------- one wave in Tune
 @dataclass
 class _StageRun:
@@ -355,7 +371,7 @@ def _grid_tuner(keys: dict[str, list[str]], run: _StageRun) -> Any:
         tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu}),
         param_space={"trial_key": tune.grid_search(ordered)},
         tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-        run_config=_run_config("+".join(stages), run, stage_of),
+        run_config=_run_config(wave_name(stages), run, stage_of),
     )
 
 

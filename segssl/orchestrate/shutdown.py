@@ -26,12 +26,22 @@ _previous: Any = None
 def _exit_for_lost_system_exit(args: Any) -> None:
     """``sys.unraisablehook``: exit with a swallowed ``SystemExit``'s code, else delegate."""
     if args.exc_type is not None and issubclass(args.exc_type, SystemExit):
-        code = getattr(args.exc_value, "code", 1)
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code if isinstance(code, int) else 1)
+        os._exit(_exit_status(args.exc_value))
     (_previous or sys.__unraisablehook__)(args)
+
+
+def _exit_status(exc: BaseException | None) -> int:
+    """The status Python would exit with for ``exc`` (a ``SystemExit``): its code when an int,
+    0 for None, else 1 after printing the code (``sys.exit("message")``) to stderr."""
+    code = getattr(exc, "code", 1)
+    status = 0 if code is None else code if isinstance(code, int) else 1
+    if not isinstance(code, int | None):
+        with contextlib.suppress(Exception):
+            print(code, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    return status
 
 
 def finish_lost_exits() -> None:

@@ -249,6 +249,18 @@ def _end_finished(
     tune.report({**out, "segssl/done": 1.0})
 
 
+def _in_ray_worker() -> bool:
+    """This process is a Ray worker (a trial's), not a driver or a test calling :func:`run_trial`
+    itself: only a trial process may exit on a swallowed ``SystemExit``
+    (:mod:`segssl.orchestrate.shutdown`)."""
+    import ray
+
+    try:
+        return bool(ray._private.worker.global_worker.mode == ray.WORKER_MODE)
+    except AttributeError:  # a Ray without these internals: do not install the hook
+        return False
+
+
 def run_trial(
     param_config: dict[str, Any],
     *,
@@ -272,7 +284,8 @@ def run_trial(
     from segssl.orchestrate.shutdown import finish_lost_exits
     from segssl.orchestrate.tracking import TrialRecorder, redact, redact_logging
 
-    finish_lost_exits()  # Ray's SIGTERM at shutdown must not print a swallowed SystemExit
+    if _in_ray_worker():  # a trial process: Ray's SIGTERM must not print a swallowed SystemExit
+        finish_lost_exits()
     if redact(ctx.tracking_uri) != ctx.tracking_uri:
         redact_logging()
     if train_fn is None:

@@ -191,6 +191,36 @@ def test_run_names_of_a_dataset_zip_name_the_dataset_only(tmp_path: Path) -> Non
     }
 
 
+def test_run_names_tell_apart_the_entries_of_a_zip(tmp_path: Path) -> None:
+    """A zip naming its runs by the dataset alone (or by its scalars) still names the member
+    that tells two entries apart: one dataset at two learning rates, two sizes at one crop."""
+    raw = table3_like()
+    raw["stages"]["pretrain"]["grid"] = {}
+    raw["stages"]["pretrain"]["zip"] = [
+        {
+            "data.dataset": ["acdc", "acdc", "mmwhs-mr"],
+            "data.root": ["d/acdc", "d/acdc", "d/mmwhs"],
+            "optim.lr": [1e-3, 1e-4, 1e-3],
+        }
+    ]
+    plan = plan_sweep(parse_sweep(raw), root=tmp_path)
+    names = sorted(t.name for t in plan.trials["pretrain"] if t.seed == 0)
+    assert names == [
+        "bim dataset=acdc lr=0.0001 | seed 0",
+        "bim dataset=acdc lr=0.001 | seed 0",
+        "bim dataset=mmwhs-mr lr=0.001 | seed 0",
+    ]
+    raw["stages"]["pretrain"]["zip"] = [
+        {"data.preprocess.size": [[64, 64], [96, 96]], "augment.crop": [32, 32]}
+    ]
+    plan = plan_sweep(parse_sweep(raw), root=tmp_path)
+    names = sorted(t.name for t in plan.trials["pretrain"] if t.seed == 0)
+    assert names == ["bim size=[64, 64] crop=32 | seed 0", "bim size=[96, 96] crop=32 | seed 0"]
+    # every trial of a stage has its own name (the seed and the parent's name included)
+    for trials in plan.trials.values():
+        assert len({t.name for t in trials}) == len(trials)
+
+
 def test_stage_waves_share_independent_stages_longest_and_parents_first(tmp_path: Path) -> None:
     from segssl.orchestrate.runner import stage_waves
 

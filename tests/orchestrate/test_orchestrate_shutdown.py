@@ -87,6 +87,46 @@ def test_the_hook_leaves_other_unraisable_errors_reported(tmp_path: Path) -> Non
     assert "Exception ignored" in out.stderr and "ValueError: from __del__" in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("exit_arg", "status", "printed"),
+    [("None", 0, ""), ("3", 3, ""), ("'trial gave up'", 1, "trial gave up\n")],
+)
+def test_a_swallowed_exit_keeps_pythons_exit_status(
+    exit_arg: str, status: int, printed: str, tmp_path: Path
+) -> None:
+    """``sys.exit()`` means success and ``sys.exit("message")`` prints the message and fails,
+    as Python does when the exception is not swallowed (the hook ended both with status 1)."""
+    script = tmp_path / "codes.py"
+    script.write_text(
+        "import sys, weakref\n"
+        "from segssl.orchestrate.shutdown import finish_lost_exits\n"
+        "finish_lost_exits()\n"
+        "class Obj:\n"
+        "    pass\n"
+        "def collected(ref):\n"
+        f"    raise SystemExit({exit_arg})\n"
+        "obj = Obj()\n"
+        "ref = weakref.ref(obj, collected)\n"
+        "del obj\n"
+        "print('still running', flush=True)\n"
+    )
+    out = _python(script)
+    assert (out.returncode, out.stderr, out.stdout) == (status, printed, ""), out
+
+
+def test_run_trial_outside_a_ray_worker_leaves_the_unraisable_hook_alone() -> None:
+    """Only a trial process (a Ray worker) exits on a swallowed SystemExit: a process calling
+    ``run_trial`` itself (a test, a debugging driver) keeps its hook, e.g. pytest's, which
+    reports such exceptions instead of ending the whole session with os._exit."""
+    from segssl.orchestrate import trainable
+
+    before = sys.unraisablehook
+    ctx = trainable.SweepContext("s", "sqlite:///unused.db", "0", None, "/nonexistent", "sha")
+    with pytest.raises(KeyError):  # stops right after the hook would be installed
+        trainable.run_trial({"trial_key": "k"}, ctx=ctx, tasks={}, train_fn=lambda *a, **k: {})
+    assert sys.unraisablehook is before
+
+
 # ----------------------------------------------------------------------------- real sweeps
 def _sweep(root: Path, name: str, epochs: int) -> Path:
     raw = {

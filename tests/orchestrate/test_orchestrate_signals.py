@@ -204,3 +204,68 @@ def test_sigterm_before_ray_releases_the_claim_and_exits_143(
     assert proc.returncode == 143, out
     assert "SIGTERM" in out and "Traceback" not in out, out
     assert not (tmp_path / "store" / "driver.lock").exists()
+
+
+# the same driver with its spec read from a JSON file (argv[3])
+WAVE = SWEEP.replace(
+    "spec = parse_sweep({",
+    "import json\nspec = parse_sweep(json.loads(Path(sys.argv[3]).read_text()) if sys.argv[3:] "
+    "else {",
+)
+assert WAVE != SWEEP
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_wave_of_two_stages_closes_both_stages_runs(tmp_path: Path) -> None:
+    """Two root stages share one Tune run (a wave): Ctrl-C while a trial of each trains ends
+    both runs KILLED with the sweep's reason, and the child stage never starts."""
+    import json
+
+    from mlflow import MlflowClient
+
+    spec = {
+        "name": "ctrlc-wave",
+        "seeds": [0],
+        "max_concurrent": 2,
+        "base": {"train": {"epochs": 120}},
+        "stages": {
+            "pretrain": {"config": {"stage": "pretrain", "method": {"name": "bim"}}},
+            "baseline": {"config": {"stage": "finetune", "method": {"name": "baseline"}}},
+            "finetune": {
+                "from": "pretrain",
+                "config": {"stage": "finetune", "method": {"name": "finetune"}},
+            },
+        },
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    script = tmp_path / "sweep.py"
+    script.write_text(WAVE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": f"{HERE}:{ROOT}", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path), uri, str(tmp_path / "spec.json")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    trials = tmp_path / "store" / "trials"
+    both = lambda: len(list(trials.glob("*/epochs_run.json"))) == 2  # noqa: E731
+    _wait_for(both, 240, "a first epoch of both stages' trials", proc)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 130, out
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("ctrlc-wave").experiment_id])
+    trial_runs = [r for r in runs if r.data.tags.get(TAG_KIND) == "trial"]
+    assert sorted(r.data.tags[TAG_STAGE] for r in trial_runs) == ["baseline", "pretrain"]
+    for r in trial_runs:
+        assert r.info.status == "KILLED", r.data.tags
+        assert r.data.tags[TAG_END_REASON] == "sweep stopped by SIGINT"
+    (sweep,) = [r for r in runs if r.data.tags.get(TAG_KIND) == "sweep"]
+    assert sweep.info.status == "KILLED"
+    assert sweep.data.metrics["sweep/finetune/launched"] == 0

@@ -429,3 +429,40 @@ def test_independent_stages_share_one_tune_run_parents_first(
         "pretrain": 0,
         "finetune": 0,
     }
+
+
+def test_a_wave_whose_stage_names_exceed_a_folder_name_still_runs(
+    ray_local: Any, tmp_path: Path, uri: str
+) -> None:
+    """A wave's Tune run is a folder named by its stages: three root stages with long names
+    joined by '+' made a name over 255 bytes ('File name too long'); the wave is named by its
+    first stage, the count of the others and a hash instead."""
+    stages = [f"{'lr' if i else 'baseline'}_{'x' * 90}_{i}" for i in range(3)]
+    raw = {
+        "name": "wide",
+        "seeds": [0],
+        "max_concurrent": 2,
+        "max_failures": 0,
+        "base": {"train": {"epochs": 1}, "optim": {"lr": 0.01}},
+        "stages": {
+            s: {"config": {"stage": "finetune", "method": {"name": "baseline"}}} for s in stages
+        },
+    }
+    raw["stages"][stages[1]]["config"]["optim"] = {"lr": 0.02}
+    raw["stages"][stages[2]]["config"]["optim"] = {"lr": 0.03}
+    out = run(raw, tmp_path, uri)
+    assert {s: (o.launched, o.finished, o.failed) for s, o in out.stages.items()} == {
+        s: (1, 1, 0) for s in stages
+    }
+    (folder,) = (tmp_path / "store" / "ray").iterdir()
+    assert folder.name.startswith(stages[0][:40]) and "+2-more-" in folder.name
+    assert len(folder.name) <= 120
+
+
+def test_the_exit_hook_is_for_ray_workers_only(ray_local: Any) -> None:
+    """run_trial installs the quiet-exit hook (segssl.orchestrate.shutdown) in a Ray worker, the
+    trial's process, and never in the driver or a test process calling it."""
+    from segssl.orchestrate import trainable
+
+    assert trainable._in_ray_worker() is False
+    assert ray_local.get(ray_local.remote(trainable._in_ray_worker).remote()) is True
