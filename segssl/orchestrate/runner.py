@@ -302,7 +302,8 @@ def stage_waves(plan: Plan) -> list[list[str]]:
     return waves
 
 
-_WAVE_NAME_MAX = 100  # Tune's experiment folder: one path component (255 bytes at most)
+# Tune's experiment folder: one path component (255 bytes at most) with '-<date>-<time>'
+_WAVE_NAME_MAX = 200
 
 
 def wave_name(stages: list[str]) -> str:
@@ -313,7 +314,7 @@ def wave_name(stages: list[str]) -> str:
     if len(name) <= _WAVE_NAME_MAX:
         return name
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return f"{stages[0][: _WAVE_NAME_MAX - 40]}+{len(stages) - 1}-more-{digest}"
+    return f"{stages[0][: _WAVE_NAME_MAX - 30]}+{len(stages) - 1}-more-{digest}"
 
 
 # --------------------------------------------------------------------------- one wave in Tune
