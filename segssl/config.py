@@ -314,8 +314,8 @@ class TrainConfig(Section):
     AMP is fp16 autocast with a gradient scaler that skips overflowed steps without reading the
     overflow flag on the host (:class:`segssl.engine.amp.SyncFreeGradScaler`; Adam and RAdam
     are then built ``capturable``, their step counters on the GPU): no device synchronisation
-    per step. A run resumed from a checkpoint whose optimiser was not capturable keeps the
-    stock scaler's host read for that optimiser."""
+    per step. A resumed run's optimisers take this run's ``capturable`` flag, whatever the
+    checkpoint's device was."""
 
     epochs: int = Field(50, ge=1)
     iters_per_epoch: int = Field(200, ge=1)
