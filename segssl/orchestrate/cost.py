@@ -6,9 +6,9 @@ method, batch sizes and crop, once with 1 and once with 3 iterations, under
 ``torch.utils.flop_counter.FlopCounterMode``; the difference is the FLOPs of 2 training
 iterations (forward, backward, every loss of the method), whatever the method computes. The
 result is cached per *cost signature* (the resolved config less the seed, the labeled-scan count,
-the target, paths, and every float of ``method`` and ``optim``: loss weights and learning rates
-do not change the arithmetic), so a stage whose trials differ only in such values is calibrated
-once, and a second dry run costs nothing.
+the target, paths, every float of ``method`` and ``optim`` and the lr schedule: loss weights and
+learning rates do not change the arithmetic), so a stage whose trials differ only in such values
+is calibrated once, and a second dry run costs nothing.
 
 Slices larger than 64 x 64 px are calibrated at 64 x 64 (same model, method, batch sizes) and
 the FLOPs scaled by the ratio of pixels: convolutions and per-pixel losses grow linearly with the
@@ -31,11 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segssl.config import RunConfig, config_hash
+from segssl.config import RunConfig, config_hash, keyed_dump
 
 __all__ = ["StageCost", "calibrate", "cost_signature", "estimate_plan", "format_costs"]
 
-_DROP = ("seed", "data.labeled_scans", "data.target", "data.root", "data.cache", "metrics")
+_DROP = (
+    "seed",
+    "data.labeled_scans",
+    "data.target",
+    "data.root",
+    "data.cache",
+    "metrics",
+    "optim.schedule",  # learning rates only, like the floats of optim
+)
 _PHANTOM_SUBJECTS = 6
 CALIBRATION_PX = 64  # slices larger than this are measured at 64 x 64 and scaled by pixels
 
@@ -52,14 +60,20 @@ class StageCost:
 
 
 def cost_signature(cfg: RunConfig) -> dict[str, Any]:
-    """What determines a training iteration's arithmetic (see the module docstring)."""
-    data = cfg.model_dump(mode="json")
+    """What determines a training iteration's arithmetic (see the module docstring).
+
+    Built from :func:`~segssl.config.keyed_dump`, so a config field added later at its default
+    (``Section.key_neutral_defaults``) leaves the signatures, and the cost caches of earlier dry
+    runs, valid."""
+    data = keyed_dump(cfg)
     for key in _DROP:
         node = data
         *head, last = key.split(".")
         for part in head:
             node = node.get(part, {})
         node.pop(last, None)
+    for extra in data["optim"].get("extra", {}).values():
+        extra.pop("schedule", None)
     data["train"] = {k: v for k, v in data["train"].items() if k not in ("init_from",)}
     for section in ("method", "optim"):
         data[section] = {k: v for k, v in data[section].items() if not isinstance(v, float)}

@@ -146,3 +146,24 @@ def test_dry_run_plans_and_costs_without_the_data_or_a_gpu(
     assert out.index("total") < refusal
     assert "no such directory" in out[refusal:] and "gpu=0.25" in out[refusal:]
     assert "GPU 0" in out[refusal:]
+
+
+def test_cost_signature_ignores_the_lr_schedule_and_keeps_earlier_cache_keys(tmp_path: Path):
+    """The schedule sets learning rates only, not the arithmetic: cosine and constant trials
+    share one calibration, and a signature written before ``optim.schedule`` existed (every
+    cost cache of an earlier dry run) still matches."""
+    from segssl.config import config_hash
+
+    plan = plan_sweep(parse_sweep(_spec()), source="c.yaml", storage=tmp_path / "s", root=tmp_path)
+    cfg = plan.trials["base"][0].config
+    constant = cfg.model_copy(
+        update={"optim": cfg.optim.model_copy(update={"schedule": "constant"})}
+    )
+    assert cost_signature(constant) == cost_signature(cfg)
+    sig = cost_signature(cfg)
+    assert "schedule" not in sig["optim"]
+    # as the signature was before the field (the dump without it, less the same keys)
+    before = cfg.model_dump(mode="json")
+    before["optim"].pop("schedule")
+    old = {k: v for k, v in before["optim"].items() if not isinstance(v, float)}
+    assert config_hash(sig["optim"]) == config_hash(old)
