@@ -442,12 +442,14 @@ class RunConfig(Section):
                 f"data.preprocess.size={tuple(self.data.preprocess.size)}"
             )
         stride = self.model.input_multiple
-        side = crop or min(h, w)
-        if side % stride:
-            raise ValueError(
-                f"the training image side {side} must be divisible by {stride} (the down-sampling "
-                f"of model {self.model.name!r})"
-            )
+        # whole slices train unpadded (only evaluation pads): both sides must divide
+        for side in (crop,) if crop else (h, w):
+            if side % stride:
+                raise ValueError(
+                    f"the training image side {side} must be divisible by {stride} (the "
+                    f"down-sampling of model {self.model.name!r}); it is set by "
+                    f"{self.training_size_key()}"
+                )
         from segssl.methods import REGISTRY  # registry lives above config
 
         check = getattr(REGISTRY.get(self.method.name), "check_config", None)
