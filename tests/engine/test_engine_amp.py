@@ -168,3 +168,41 @@ def test_a_capturable_optimiser_state_resumes_on_the_cpu(tiny, tmp_path) -> None
     assert all(
         g["capturable"] is False for o in b["optimizers"].values() for g in o["param_groups"]
     )
+
+
+@pytest.mark.parametrize("name", ["adam", "radam"])
+def test_sync_free_scaler_equals_stock_with_clipping_and_param_groups(name: str) -> None:
+    """The engine's order (unscale_, clip_grad_norm_, step) with two parameter groups of their
+    own lr and weight decay: clipping turns an overflow's inf gradients into NaN, which the
+    revert must undo like the stock skip."""
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(5, 4, generator=g) for _ in range(4)]
+    inputs = [xs[0], torch.full((5, 4), float("inf")), xs[1], xs[2], xs[3]]
+    out = []
+    for cls in (torch.amp.GradScaler, SyncFreeGradScaler):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+        groups = [
+            {"params": net[0].parameters(), "lr": 1e-2, "weight_decay": 1e-3},
+            {"params": net[2].parameters(), "lr": 3e-3, "weight_decay": 0.0},
+        ]
+        opt = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}[name](groups)
+        scaler = cls("cpu", init_scale=2.0**6, growth_interval=2)
+        for x in inputs:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = net(x).float().pow(2).mean()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+            scaler.step(opt)
+            scaler.update()
+        out.append((copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()), scaler))
+    (ref_net, ref_opt, ref_scaler), (net_s, opt_s, scaler_s) = out
+    assert scaler_s.get_scale() == ref_scaler.get_scale()
+    for k, v in ref_net.items():
+        assert torch.equal(net_s[k], v), k
+    for p, state in ref_opt["state"].items():
+        for k, v in state.items():
+            assert torch.equal(opt_s["state"][p][k], v), (p, k)
+    assert all(float(s["step"]) == 4 for s in opt_s["state"].values())  # one step skipped
