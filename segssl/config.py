@@ -314,8 +314,8 @@ class TrainConfig(Section):
     AMP is fp16 autocast with a gradient scaler that skips overflowed steps without reading the
     overflow flag on the host (:class:`segssl.engine.amp.SyncFreeGradScaler`; Adam and RAdam
     are then built ``capturable``, their step counters on the GPU): no device synchronisation
-    per step. A run resumed from a checkpoint whose optimiser was not capturable keeps the
-    stock scaler's host read for that optimiser."""
+    per step. A resumed run's optimisers take this run's ``capturable`` flag, whatever the
+    checkpoint's device was."""
 
     epochs: int = Field(50, ge=1)
     iters_per_epoch: int = Field(200, ge=1)
@@ -442,12 +442,14 @@ class RunConfig(Section):
                 f"data.preprocess.size={tuple(self.data.preprocess.size)}"
             )
         stride = self.model.input_multiple
-        side = crop or min(h, w)
-        if side % stride:
-            raise ValueError(
-                f"the training image side {side} must be divisible by {stride} (the down-sampling "
-                f"of model {self.model.name!r})"
-            )
+        # whole slices train unpadded (only evaluation pads): both sides must divide
+        for side in (crop,) if crop else (h, w):
+            if side % stride:
+                raise ValueError(
+                    f"the training image side {side} must be divisible by {stride} (the "
+                    f"down-sampling of model {self.model.name!r}); it is set by "
+                    f"{self.training_size_key()}"
+                )
         from segssl.methods import REGISTRY  # registry lives above config
 
         check = getattr(REGISTRY.get(self.method.name), "check_config", None)

@@ -76,6 +76,22 @@ def test_crop_larger_than_image_is_refused():
         parse_run_config(raw)
 
 
+@pytest.mark.parametrize("size", [[72, 64], [64, 72]])
+def test_every_side_of_an_uncropped_training_image_must_divide_by_the_down_sampling(size):
+    """Without a crop the network trains on whole slices (no padding, unlike evaluation): a
+    longer side that is not a multiple of the U-Net's 16 failed at the first skip connection
+    (only the shorter side was checked), and a method's meta-device shape check raised torch's
+    RuntimeError instead of a config error."""
+    for method in ({"name": "baseline"}, {"name": "contrast_local", "blocks": 1}):
+        raw = {**base(), "method": method, "data": {"preprocess": {"size": size}}}
+        raw["augment"] = {"crop": 0}
+        with pytest.raises(ConfigError, match=r"the training image side 72 must be divisible by "
+                           r"16 .* data.preprocess.size=\[\d+, \d+\]"):  # fmt: skip
+            parse_run_config(raw)
+    ok = {**base(), "data": {"preprocess": {"size": [80, 64]}}, "augment": {"crop": 0}}
+    assert parse_run_config(ok).training_size() == (80, 64)
+
+
 @pytest.mark.parametrize("value", [0, "0%", "150%", "abc", True])
 def test_labeled_scans_bad_values(value):
     raw = base()

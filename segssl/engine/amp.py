@@ -12,9 +12,17 @@ bitwise unchanged (state created lazily by that step is reset to its initial zer
 what RAdam and Adam initialise it to, and what SGD's momentum buffer amounts to without
 dampening); a taken step is the optimiser's own. It needs every state tensor on the flag's
 device, step counters included: Adam and RAdam keep them on the host unless ``capturable=True``,
-which :func:`~segssl.engine.schedule.build_optimizer` sets for CUDA runs with AMP. Where that
-does not hold (e.g. an optimiser state restored from a non-capturable checkpoint), the stock
-host read is used.
+which :func:`~segssl.engine.schedule.build_optimizer` sets for CUDA runs with AMP (a resumed
+run's restored optimiser gets the run's flag back with :func:`set_capturable`). Where that does
+not hold, the stock host read is used.
+
+Memory: one copy of every parameter and optimiser state tensor per step (about 3x the model
+for Adam/RAdam), freed after the step. Step semantics: ``optimizer.step()`` runs on every step,
+overflowed ones included, and is then undone; the lr schedule (stepped per epoch by the engine)
+and the results are the stock scaler's, but torch's "``lr_scheduler.step()`` before
+``optimizer.step()``" warning after an overflowed first step does not appear, the optimiser's
+internal call count includes skipped steps, and hooks registered on ``optimizer.step`` run on
+skipped steps too (the engine registers none).
 """
 
 from __future__ import annotations
@@ -23,7 +31,28 @@ from typing import Any
 
 import torch
 
-__all__ = ["SyncFreeGradScaler"]
+__all__ = ["SyncFreeGradScaler", "set_capturable"]
+
+
+def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Give a restored optimiser this run's ``capturable`` flag, moving its step counters.
+
+    ``Optimizer.load_state_dict`` takes every group's flags from the file: a CUDA AMP run's
+    capturable Adam/RAdam resumed on the CPU (or on CUDA without AMP) stays capturable and
+    cannot step there (torch asserts capturable devices), and a non-capturable checkpoint
+    resumed on CUDA with AMP would keep the stock scaler's host read. Capturable step counters
+    go to their parameter's device as float32 (as torch keeps them), others to the CPU.
+    Optimisers without the flag (SGD) are left alone.
+    """
+    for group in optimizer.param_groups:
+        if "capturable" not in group:
+            continue
+        group["capturable"] = capturable
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                state["step"] = step.to(p.device, torch.float32) if capturable else step.to("cpu")
 
 
 def _state_tensors(state: dict) -> list[torch.Tensor]:

@@ -37,7 +37,7 @@ import yaml
 
 from segssl.config import OptimizerSettings, RunConfig, canonical_json, config_hash
 from segssl.data.types import Batch, DataBundle
-from segssl.engine.amp import SyncFreeGradScaler
+from segssl.engine.amp import SyncFreeGradScaler, set_capturable
 from segssl.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -448,9 +448,10 @@ class _Run:
         if rt.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.settings, self.params, self.optimizers, self.schedulers = {}, {}, {}, {}
+        self._capturable = rt.cuda and rt.amp
         for key, (settings, named) in optimizer_params(cfg, self.method).items():
             self.settings[key], self.params[key] = settings, [p for _, p in named]
-            self.optimizers[key] = build_optimizer(settings, named, capturable=rt.cuda and rt.amp)
+            self.optimizers[key] = build_optimizer(settings, named, capturable=self._capturable)
             self.schedulers[key] = build_scheduler(settings, self.optimizers[key], cfg.train.epochs)
         self.optimizer, self.trainable = self.optimizers[MAIN], self.params[MAIN]
         self.scaler = SyncFreeGradScaler(rt.device.type, enabled=rt.amp)  # no host read
@@ -463,6 +464,7 @@ class _Run:
         self.method.load_state_dict(state["method"])
         for key, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][key])
+            set_capturable(opt, self._capturable)  # the file's flag is another device's
             self.schedulers[key].load_state_dict(state["schedulers"][key])
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch = self.resumed_from = state["epoch"]

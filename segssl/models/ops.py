@@ -82,6 +82,10 @@ class _SoftmaxEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_p: Tensor | None, g_ent: Tensor | None) -> tuple[Tensor | None, None]:
         p, log_p = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a double backward (create_graph): the saved log is a
+            # constant to autograd; as a function of p (a saved output, it carries this node's
+            # graph) the second derivative sees log p's dependence on z
+            log_p = p.clamp_min(_FLOOR).log()
         if g_ent is None:
             if g_p is None:
                 return None, None
@@ -101,6 +105,11 @@ def softmax_entropy(z: Tensor, dim: int) -> tuple[Tensor, Tensor]:
 
     Returns:
         ``p`` (the shape of ``z``) and ``H = -sum_k p_k log max(p_k, 1e-10)`` (``dim`` removed),
-        both with gradients; the values of ``torch.softmax`` and of the entropy formula.
+        both with gradients (second derivatives too); the values of ``torch.softmax`` and of
+        the entropy formula. Float32 for float16/bfloat16 logits, and float32 arithmetic
+        under autocast (as ``torch.softmax`` runs there).
     """
-    return _SoftmaxEntropy.apply(z, dim)
+    if z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()  # the floor 1e-10 is 0 in float16 (log 0 = -inf, then 0 * -inf = nan)
+    with torch.autocast(z.device.type, enabled=False):  # autocast runs vecdot in half
+        return _SoftmaxEntropy.apply(z, dim)

@@ -6,14 +6,15 @@ method, batch sizes and crop, once with 1 and once with 3 iterations, under
 ``torch.utils.flop_counter.FlopCounterMode``; the difference is the FLOPs of 2 training
 iterations (forward, backward, every loss of the method), whatever the method computes. The
 result is cached per *cost signature* (the resolved config less the seed, the labeled-scan count,
-the target, paths, and every float of ``method`` and ``optim``: loss weights and learning rates
-do not change the arithmetic), so a stage whose trials differ only in such values is calibrated
-once, and a second dry run costs nothing.
+the target, paths, every float of ``method`` and ``optim`` and the lr schedule: loss weights and
+learning rates do not change the arithmetic), so a stage whose trials differ only in such values
+is calibrated once, and a second dry run costs nothing.
 
-Slices larger than 64 x 64 px are calibrated at 64 x 64 (same model, method, batch sizes) and
-the FLOPs scaled by the ratio of pixels: convolutions and per-pixel losses grow linearly with the
-pixel count (a pooled projector's few FLOPs do not, so the scaled figure is a slight
-overestimate); a 224 px bim step would otherwise need minutes and gigabytes on a CPU.
+Slices larger than 64 x 64 px are calibrated at 64 x 64 (same model, method, batch sizes; or at
+the smallest doubling the method accepts, :func:`calibration_side`) and the FLOPs scaled by the
+ratio of pixels: convolutions and per-pixel losses grow linearly with the pixel count (a pooled
+projector's few FLOPs do not, so the scaled figure is a slight overestimate); a 224 px bim step
+would otherwise need minutes and gigabytes on a CPU.
 
 GPU-hours = FLOPs per iteration x iterations per trial x trials / (sustained GPU throughput).
 The throughput is an assumption (``--gpu-tflops``, 10 TFLOP/s by default: a fraction of a modern
@@ -31,11 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segssl.config import RunConfig, config_hash
+from segssl.config import RunConfig, config_hash, keyed_dump
 
 __all__ = ["StageCost", "calibrate", "cost_signature", "estimate_plan", "format_costs"]
 
-_DROP = ("seed", "data.labeled_scans", "data.target", "data.root", "data.cache", "metrics")
+_DROP = (
+    "seed",
+    "data.labeled_scans",
+    "data.target",
+    "data.root",
+    "data.cache",
+    "metrics",
+    "optim.schedule",  # learning rates only, like the floats of optim
+)
 _PHANTOM_SUBJECTS = 6
 CALIBRATION_PX = 64  # slices larger than this are measured at 64 x 64 and scaled by pixels
 
@@ -52,14 +61,20 @@ class StageCost:
 
 
 def cost_signature(cfg: RunConfig) -> dict[str, Any]:
-    """What determines a training iteration's arithmetic (see the module docstring)."""
-    data = cfg.model_dump(mode="json")
+    """What determines a training iteration's arithmetic (see the module docstring).
+
+    Built from :func:`~segssl.config.keyed_dump`, so a config field added later at its default
+    (``Section.key_neutral_defaults``) leaves the signatures, and the cost caches of earlier dry
+    runs, valid."""
+    data = keyed_dump(cfg)
     for key in _DROP:
         node = data
         *head, last = key.split(".")
         for part in head:
             node = node.get(part, {})
         node.pop(last, None)
+    for extra in data["optim"].get("extra", {}).values():
+        extra.pop("schedule", None)
     data["train"] = {k: v for k, v in data["train"].items() if k not in ("init_from",)}
     for section in ("method", "optim"):
         data[section] = {k: v for k, v in data[section].items() if not isinstance(v, float)}
@@ -69,13 +84,18 @@ def cost_signature(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _phantom_config(
-    cfg: RunConfig, root: Path, iters: int, init_from: str | None = None
+    cfg: RunConfig,
+    root: Path,
+    iters: int,
+    init_from: str | None = None,
+    side: int | None = None,
 ) -> RunConfig:
-    """The trial's config on a few phantom scans, ``iters`` iterations; a derived trial starts
-    from its parent's calibration checkpoint (``init_from``)."""
+    """The trial's config on a few phantom scans of ``side`` px (default
+    :func:`calibration_side`), ``iters`` iterations; a derived trial starts from its parent's
+    calibration checkpoint (``init_from``)."""
     raw = cfg.model_dump(mode="json")
     raw["data"].update(root=str(root), cache=None, num_workers=0)
-    side = calibration_side(cfg)
+    side = calibration_side(cfg) if side is None else side
     raw["data"]["preprocess"].update(size=[side, side], spacing=None, fit="resize")
     raw["augment"]["crop"] = side if cfg.augment.crop else 0
     raw["data"]["split"] = {"unit": "scan", "seed": 0, "sizes": None, "files": None}
@@ -117,8 +137,19 @@ def trained_pixels(cfg: RunConfig) -> int:
 
 
 def calibration_side(cfg: RunConfig) -> int:
-    """The slice side the calibration runs at: the trial's, at most :data:`CALIBRATION_PX`."""
-    return min(CALIBRATION_PX, int(round(math.sqrt(trained_pixels(cfg)))))
+    """The slice side the calibration runs at: the trial's, at most :data:`CALIBRATION_PX`, or,
+    where the method refuses so small an input (e.g. ``contrast_local``'s A regions of K x K
+    must fit decoder block l's map: Chaitanya Table 6's l = 1, 3x3 needs 128 px on the depth-6
+    U-Net), the smallest doubling of it (at most the trial's side) that the method accepts."""
+    full = int(round(math.sqrt(trained_pixels(cfg))))
+    side = min(CALIBRATION_PX, full)
+    while side < full:
+        try:
+            _phantom_config(cfg, Path("phantoms"), 1, side=side)
+            return side
+        except ValueError:  # pydantic's ValidationError: the config refused at this side
+            side = min(2 * side, full)
+    return side
 
 
 def calibrate(cfg: RunConfig, workdir: Path, init_from: str | None = None) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -77,3 +78,131 @@ def test_sync_free_scaler_skipped_step_leaves_everything_unchanged() -> None:
     for p, s in before[1].items():
         for k, v in s.items():
             assert torch.equal(opt.state_dict()["state"][p][k], v), k
+
+
+def test_stock_scaler_state_loads_and_steps_alike() -> None:
+    """A checkpoint written with the stock GradScaler (before the sync-free one) resumes: same
+    state keys, same scale and growth tracker afterwards."""
+    stock = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    stock._lazy_init_scale_growth_tracker(torch.device("cpu"))
+    stock.update(2.0**7)  # a scale another run left behind
+    state = stock.state_dict()
+    free = SyncFreeGradScaler("cpu")
+    free.load_state_dict(state)
+    assert free.state_dict() == state and free.get_scale() == 2.0**7
+
+
+def test_scheduler_sees_the_same_lr_sequence_with_skipped_steps() -> None:
+    """The always-step scaler calls ``optimizer.step()`` on overflowed steps too (so torch's
+    'lr_scheduler.step() before optimizer.step()' warning after a skipped first step does not
+    appear), but the schedule, stepped per epoch, gives the same lr and results."""
+    results = []
+    for cls in (torch.amp.GradScaler, SyncFreeGradScaler):
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 2)
+        opt = torch.optim.RAdam(net.parameters(), lr=1e-2)
+        sched = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.5, total_iters=2)
+        scaler = cls("cpu", init_scale=2.0**8)
+        lrs = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _epochs(net, opt, sched, scaler, lrs)
+        told = any("lr_scheduler.step()" in str(w.message) for w in caught)
+        results.append((lrs, copy.deepcopy(net.state_dict()), told))
+    assert results[0][0] == results[1][0]
+    for k, v in results[0][1].items():
+        assert torch.equal(results[1][1][k], v), k
+    assert results[0][2] and not results[1][2]  # only the stock scaler's skip is 'seen'
+
+
+def _epochs(net, opt, sched, scaler, lrs: list) -> None:
+    """Three one-step epochs, the first overflowing; the lr after each epoch into ``lrs``."""
+    for epoch in range(3):
+        x = torch.full((2, 4), float("inf")) if epoch == 0 else torch.randn(2, 4)
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = net(x).float().pow(2).mean()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+
+
+def test_a_capturable_optimiser_state_resumes_on_the_cpu(tiny, tmp_path) -> None:
+    """A CUDA AMP run saves Adam/RAdam with ``capturable=True`` (step counters on the GPU);
+    ``load_state_dict`` takes the groups' flags from the file, and a capturable optimiser
+    cannot step on the CPU (torch asserts). Resuming such a checkpoint where the run builds a
+    non-capturable optimiser (CPU, or CUDA without AMP) must take the run's flag and give the
+    same weights as an uninterrupted run."""
+    from segssl.engine import train
+    from segssl.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = tiny("baseline", "finetune", optim={"name": "adam"}, train={"epochs": 2})
+    full = tmp_path / "full"
+    train(cfg, workdir=full)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(metrics: dict, step: int) -> None:
+        if step == 1 and "best_epoch" not in metrics:
+            raise Stop
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Stop):
+        train(cfg, interrupt, workdir=cut)
+    last = cut / "checkpoints/last.pt"
+    state = load_checkpoint(last)
+    assert state["epoch"] == 1
+    for opt in state["optimizers"].values():  # as a CUDA run with AMP writes it
+        for group in opt["param_groups"]:
+            assert group["capturable"] is False
+            group["capturable"] = True
+    save_checkpoint(last, {k: v for k, v in state.items() if k not in ("format", "version")})
+    train(cfg, workdir=cut)
+    a = load_checkpoint(full / "checkpoints/last.pt")
+    b = load_checkpoint(last)
+    for k, v in a["model"].items():
+        assert torch.equal(b["model"][k], v), k
+    assert all(
+        g["capturable"] is False for o in b["optimizers"].values() for g in o["param_groups"]
+    )
+
+
+@pytest.mark.parametrize("name", ["adam", "radam"])
+def test_sync_free_scaler_equals_stock_with_clipping_and_param_groups(name: str) -> None:
+    """The engine's order (unscale_, clip_grad_norm_, step) with two parameter groups of their
+    own lr and weight decay: clipping turns an overflow's inf gradients into NaN, which the
+    revert must undo like the stock skip."""
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(5, 4, generator=g) for _ in range(4)]
+    inputs = [xs[0], torch.full((5, 4), float("inf")), xs[1], xs[2], xs[3]]
+    out = []
+    for cls in (torch.amp.GradScaler, SyncFreeGradScaler):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+        groups = [
+            {"params": net[0].parameters(), "lr": 1e-2, "weight_decay": 1e-3},
+            {"params": net[2].parameters(), "lr": 3e-3, "weight_decay": 0.0},
+        ]
+        opt = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}[name](groups)
+        scaler = cls("cpu", init_scale=2.0**6, growth_interval=2)
+        for x in inputs:
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = net(x).float().pow(2).mean()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+            scaler.step(opt)
+            scaler.update()
+        out.append((copy.deepcopy(net.state_dict()), copy.deepcopy(opt.state_dict()), scaler))
+    (ref_net, ref_opt, ref_scaler), (net_s, opt_s, scaler_s) = out
+    assert scaler_s.get_scale() == ref_scaler.get_scale()
+    for k, v in ref_net.items():
+        assert torch.equal(net_s[k], v), k
+    for p, state in ref_opt["state"].items():
+        for k, v in state.items():
+            assert torch.equal(opt_s["state"][p][k], v), (p, k)
+    assert all(float(s["step"]) == 4 for s in opt_s["state"].values())  # one step skipped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from segssl.engine.loop import build_method
@@ -30,7 +31,9 @@ def _reference_parts(method, batch: dict, generator: torch.Generator) -> dict[st
     return {"mi": torch.stack(mi).mean(), "cc": torch.stack(cc).mean()}
 
 
-def test_batched_bim_step_equals_the_per_head_reference(tiny) -> None:
+def _batched_and_reference(tiny, ref_terms=("mi", "cc")) -> tuple:
+    """The batched step's loss parts and gradients, and the per-head reference's (the sum of
+    ``ref_terms``, each signed: ``"-cc"`` subtracts L_CC)."""
     cfg = tiny("bim", "pretrain", method={"name": "bim", "w_con": 0, "k": 6, "heads": 3})
     torch.manual_seed(0)
     model = build_model(cfg.model, 4)
@@ -42,44 +45,84 @@ def test_batched_bim_step_equals_the_per_head_reference(tiny) -> None:
             p.mul_(30.0)  # rounding differences of the stacked conv into 1e-3 gradient changes
     g = torch.Generator().manual_seed(1)
     batch = {"image": torch.rand(3, 1, 32, 32, generator=g), "partition": torch.tensor([0, 1, 2])}
-    params = [p for p in method.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in method.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
 
     ctx.generator.manual_seed(5)
     out = method.training_step(None, batch, Clock(1, 0, 2, 4))
     grads = torch.autograd.grad(out["loss"], params, allow_unused=True)
     ref = _reference_parts(method, batch, torch.Generator().manual_seed(5))
-    ref_grads = torch.autograd.grad(ref["mi"] + ref["cc"], params, allow_unused=True)
+    total = sum(-ref[t[1:]] if t.startswith("-") else ref[t] for t in ref_terms)
+    ref_grads = torch.autograd.grad(total, params, allow_unused=True)
+    return out, ref, list(zip([n for n, _ in named], grads, ref_grads, strict=True))
 
+
+def _gradient_mismatches(pairs: list) -> tuple[list, int]:
+    """Parameters whose gradients differ beyond the rounding tolerance, and how many were
+    compared.
+
+    The step's softmax + entropy is one autograd node whose backward drops the entropy
+    gradient's constant term (it cancels in the softmax backward); the reference sums it in
+    and cancels it numerically. Through the min-max normalised entropy maps of these sharp
+    heads, float32 rounding then differs by up to ~1e-3 of a gradient's norm (both
+    formulations are ~1 % away from a float64 evaluation here; the kernel itself is checked
+    against float64 in tests/models/test_ops.py), so each parameter's gradient is compared by
+    the norm of the difference, relative to its own norm plus a floor of 1e-5 of the whole
+    gradient's norm (deep layers get gradients at the level of the rounding noise).
+    """
+    whole = sum(float(b.pow(2).sum()) for _, _, b in pairs if b is not None) ** 0.5
+    bad, checked = [], 0
+    for name_p, a, b in pairs:
+        if b is None:
+            if a is not None and torch.count_nonzero(a) != 0:
+                bad.append((name_p, "gradient where the reference has none"))
+            continue
+        err, norm = float((a - b).norm()), float(b.norm())
+        if err > 2e-3 * norm + 1e-5 * whole:
+            bad.append((name_p, err, norm))
+        checked += 1
+    return bad, checked
+
+
+def test_batched_bim_step_equals_the_per_head_reference(tiny) -> None:
+    out, ref, pairs = _batched_and_reference(tiny)
     for part in ("mi", "cc"):
         torch.testing.assert_close(out[part].detach(), ref[part].detach())
     assert -1 <= float(out["cc"]) <= 0
-    # The step's softmax + entropy is one autograd node whose backward drops the entropy
-    # gradient's constant term (it cancels in the softmax backward); the reference sums it in
-    # and cancels it numerically. Through the min-max normalised entropy maps of these sharp
-    # heads, float32 rounding then differs by up to ~1e-3 of a gradient's norm (both
-    # formulations are ~1 % away from a float64 evaluation here; the kernel itself is checked
-    # against float64 in tests/models/test_ops.py), so each parameter's gradient is compared by
-    # the norm of the difference, relative to its own norm plus a floor of 1e-5 of the whole
-    # gradient's norm (deep layers get gradients at the level of the rounding noise).
-    pairs = [
-        (n, a, b)
-        for n, a, b in zip(
-            [n for n, p in method.named_parameters() if p.requires_grad],
-            grads,
-            ref_grads,
-            strict=True,
-        )
-    ]
-    whole = sum(float(b.pow(2).sum()) for _, _, b in pairs if b is not None) ** 0.5
-    checked = 0
-    for name_p, a, b in pairs:
-        if b is None:
-            assert a is None or torch.count_nonzero(a) == 0, name_p
-            continue
-        err, norm = float((a - b).norm()), float(b.norm())
-        assert err <= 2e-3 * norm + 1e-5 * whole, (name_p, err, norm)
-        checked += 1
+    bad, checked = _gradient_mismatches(pairs)
+    assert not bad, bad
     assert checked > 10  # the U-Net and all three heads received gradients
+
+
+@pytest.mark.parametrize("ref_terms", [("mi",), ("mi", "-cc"), ("cc",)])
+def test_gradient_comparison_catches_a_missing_or_flipped_term(tiny, ref_terms) -> None:
+    """Negative control of the norm-based tolerance: a reference gradient without L_CC, with
+    L_CC's sign flipped, or without L_MI is caught on many parameters (one suffices to fail
+    the comparison)."""
+    _, _, pairs = _batched_and_reference(tiny, ref_terms)
+    bad, checked = _gradient_mismatches(pairs)
+    assert len(bad) >= 10, (len(bad), checked)  # 28-46 of 72 when measured
+
+
+def test_gradient_comparison_catches_a_wrong_entropy_gradient_sign(tiny, monkeypatch) -> None:
+    """Negative control through the fused kernel: its entropy gradient with the wrong sign
+    (``+g_H log p``) gives a batched step whose gradients the comparison rejects."""
+    from segssl.models import ops
+
+    def wrong(ctx, g_p, g_ent):
+        p, log_p = ctx.saved_tensors
+        g = torch.addcmul(
+            g_p if g_p is not None else torch.zeros_like(p),
+            g_ent.unsqueeze(ctx.dim),
+            log_p,
+            value=1,
+        )
+        return torch._softmax_backward_data(g, p, ctx.dim, p.dtype), None
+
+    monkeypatch.setattr(ops._SoftmaxEntropy, "backward", staticmethod(wrong))
+    _, _, pairs = _batched_and_reference(tiny)
+    bad, checked = _gradient_mismatches(pairs)
+    assert len(bad) >= 10, (len(bad), checked)  # 28-46 of 72 when measured
 
 
 def test_bim_step_runs_no_segmentation_head_and_equals_the_full_forward(tiny) -> None:

@@ -146,3 +146,50 @@ def test_dry_run_plans_and_costs_without_the_data_or_a_gpu(
     assert out.index("total") < refusal
     assert "no such directory" in out[refusal:] and "gpu=0.25" in out[refusal:]
     assert "GPU 0" in out[refusal:]
+
+
+def test_cost_signature_ignores_the_lr_schedule_and_keeps_earlier_cache_keys(tmp_path: Path):
+    """The schedule sets learning rates only, not the arithmetic: cosine and constant trials
+    share one calibration, and a signature written before ``optim.schedule`` existed (every
+    cost cache of an earlier dry run) still matches."""
+    from segssl.config import config_hash
+
+    plan = plan_sweep(parse_sweep(_spec()), source="c.yaml", storage=tmp_path / "s", root=tmp_path)
+    cfg = plan.trials["base"][0].config
+    constant = cfg.model_copy(
+        update={"optim": cfg.optim.model_copy(update={"schedule": "constant"})}
+    )
+    assert cost_signature(constant) == cost_signature(cfg)
+    sig = cost_signature(cfg)
+    assert "schedule" not in sig["optim"]
+    # as the signature was before the field (the dump without it, less the same keys)
+    before = cfg.model_dump(mode="json")
+    before["optim"].pop("schedule")
+    old = {k: v for k, v in before["optim"].items() if not isinstance(v, float)}
+    assert config_hash(sig["optim"]) == config_hash(old)
+
+
+def test_calibration_runs_at_a_side_the_method_accepts(tmp_path: Path) -> None:
+    """Chaitanya Table 6's l = 1 with 3x3 regions: decoder block 1 of the depth-6 U-Net is 4x4
+    at the usual 64 px, too small for A = 13 regions, so the calibration config was refused and
+    the whole dry run lost its cost estimate; it now calibrates at 128 px (8x8), and the FLOPs
+    are scaled from there."""
+    from segssl.config import parse_run_config
+    from segssl.orchestrate.cost import _phantom_config, calibration_side
+
+    def local(blocks: int) -> object:
+        return parse_run_config(
+            {
+                "stage": "pretrain",
+                "method": {"name": "contrast_local", "blocks": blocks, "region_size": 3},
+                "data": {"preprocess": {"size": [192, 192]}},
+                "augment": {"crop": 0},
+                "model": {"base_width": 4, "depth": 6},
+            }
+        )
+
+    assert calibration_side(local(3)) == 64  # decoder block 3: 16x16 at 64 px
+    wide = local(1)
+    assert calibration_side(wide) == 128
+    run = _phantom_config(wide, tmp_path, 1)
+    assert tuple(run.data.preprocess.size) == (128, 128)
