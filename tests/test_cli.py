@@ -196,6 +196,13 @@ def test_library_logs_go_to_a_file_in_the_storage(tmp_path, capfd):
         text = path.read_text()
         assert "ray::ImplicitFunc.train() (pid=1)" in text and "Traceback" in text, text
         assert "\x1b" not in text, text
+        # a second sweep in the same process (a notebook; the test suite) logs to its own file
+        # only (the first file's handler stayed on every library logger)
+        second = route_library_logs(tmp_path / "other")
+        logging.getLogger("ray").info("Only in the second file.")
+        assert "Only in the second file." in second.read_text()
+        assert "Only in the second file." not in path.read_text()
+        assert sum(hasattr(h, "baseFilename") for h in logging.getLogger("ray").handlers) == 1
     finally:
         logging.captureWarnings(False)
         for n, (handlers, propagate) in saved.items():

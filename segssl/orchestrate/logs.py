@@ -62,6 +62,10 @@ def route_library_logs(storage: Path, verbose: bool = False) -> Path:
     logging.captureWarnings(True)
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
+        # a second sweep in one process (a notebook, the tests) writes to its own file only
+        for h in [h for h in logger.handlers if isinstance(h, _PlainFileHandler)]:
+            logger.removeHandler(h)
+            h.close()
         if not verbose:
             for h in [h for h in logger.handlers if _is_console(h)]:
                 logger.removeHandler(h)
