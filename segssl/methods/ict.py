@@ -19,8 +19,9 @@ from pydantic import Field
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.losses import cross_entropy, mse_consistency
-from segssl.methods.base import Clock, Method, MethodContext, StepOutput
-from segssl.methods.mechanics import EMATeacher, RampUp, mixup
+from segssl.methods.base import Clock, StepOutput
+from segssl.methods.mean_teacher import EMATeacherMethod
+from segssl.methods.mechanics import mixup
 
 
 class Config(MethodConfig):
@@ -36,19 +37,10 @@ class Config(MethodConfig):
     evaluate: Literal["teacher", "student"] = "teacher"  # as mean_teacher
 
 
-class ICT(Method):
+class ICT(EMATeacherMethod):
     """Cross-entropy plus the interpolation consistency of unlabeled mixes."""
 
     Config: ClassVar[type[MethodConfig]] = Config
-    uses_labeled = True
-    uses_unlabeled = True
-    terms = {"ce": "w_ce", "cons": "w_cons"}
-
-    def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
-        super().__init__(model, cfg, ctx)
-        self.teacher = EMATeacher(model, cfg.ema_decay)
-        self.ramp = RampUp.checked(cfg.rampup, cfg.rampup_epochs, ctx, "method.rampup_epochs")
-        self.predict_with = "teacher" if cfg.evaluate == "teacher" else "model"
 
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
         x_l, x_u = labeled["image"], unlabeled["image"]
@@ -63,6 +55,3 @@ class ICT(Method):
         return self.output(
             {k: v for k, v in parts.items() if k in self.loss_parts()}, {"cons": self.ramp(clock)}
         )
-
-    def after_step(self, clock: Clock) -> None:
-        self.teacher.update(self.model)

@@ -42,10 +42,12 @@ class Config(MethodConfig):
     evaluate: Literal["teacher", "student"] = "teacher"
 
 
-class MeanTeacher(Method):
-    """Supervised CE + ramped squared-error consistency with an EMA teacher."""
+class EMATeacherMethod(Method):
+    """The EMA-teacher family's common part (``mean_teacher``, ``ict``, ``uamt``): labeled and
+    unlabeled batches, CE + a ramped consistency term, an :class:`EMATeacher` of the student
+    updated after every optimiser step, and the network ``evaluate`` names for validation and
+    test. Its config needs ``ema_decay``, ``rampup``, ``rampup_epochs`` and ``evaluate``."""
 
-    Config: ClassVar[type[MethodConfig]] = Config
     uses_labeled = True
     uses_unlabeled = True
     terms = {"ce": "w_ce", "cons": "w_cons"}
@@ -55,6 +57,15 @@ class MeanTeacher(Method):
         self.teacher = EMATeacher(model, cfg.ema_decay)
         self.ramp = RampUp.checked(cfg.rampup, cfg.rampup_epochs, ctx, "method.rampup_epochs")
         self.predict_with = "teacher" if cfg.evaluate == "teacher" else "model"
+
+    def after_step(self, clock: Clock) -> None:
+        self.teacher.update(self.model)
+
+
+class MeanTeacher(EMATeacherMethod):
+    """Supervised CE + ramped squared-error consistency with an EMA teacher."""
+
+    Config: ClassVar[type[MethodConfig]] = Config
 
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
         x_u, sigma = unlabeled["image"], self.cfg.teacher_noise
@@ -66,6 +77,3 @@ class MeanTeacher(Method):
             "cons": mse_consistency(logits_u.float().softmax(1), p_teacher),
         }
         return self.output(parts, scale={"cons": self.ramp(clock)})
-
-    def after_step(self, clock: Clock) -> None:
-        self.teacher.update(self.model)

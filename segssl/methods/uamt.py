@@ -29,8 +29,9 @@ from segssl.losses import (
     uncertainty_mask,
     uncertainty_threshold,
 )
-from segssl.methods.base import Clock, Method, MethodContext, StepOutput
-from segssl.methods.mechanics import EMATeacher, RampUp, check_dropout, mc_dropout
+from segssl.methods.base import Clock, MethodContext, StepOutput
+from segssl.methods.mean_teacher import EMATeacherMethod
+from segssl.methods.mechanics import RampUp, check_dropout, mc_dropout
 
 
 class Config(MethodConfig):
@@ -49,22 +50,17 @@ class Config(MethodConfig):
     threshold_epochs: float | None = Field(None, ge=0.0)  # None: the whole run
 
 
-class UAMT(Method):
+class UAMT(EMATeacherMethod):
     """Cross-entropy plus masked consistency with an MC-dropout EMA teacher."""
 
     Config: ClassVar[type[MethodConfig]] = Config
-    uses_labeled = True
-    uses_unlabeled = True
     terms = {"ce": "w_ce", "cons": "w_cons", "certain": None}
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
-        super().__init__(model, cfg, ctx)
         check_dropout(model)  # before any training: MC dropout needs dropout layers
-        self.teacher = EMATeacher(model, cfg.ema_decay)
-        self.ramp = RampUp.checked(cfg.rampup, cfg.rampup_epochs, ctx, "method.rampup_epochs")
+        super().__init__(model, cfg, ctx)
         span = ctx.epochs if cfg.threshold_epochs is None else cfg.threshold_epochs
         self.threshold_ramp = RampUp.checked("linear", span, ctx, "method.threshold_epochs")
-        self.predict_with = "teacher" if cfg.evaluate == "teacher" else "model"
 
     def threshold(self, clock: Clock) -> float:
         """The entropy threshold (nats) at this step."""
@@ -92,6 +88,3 @@ class UAMT(Method):
         return self.output(
             {k: v for k, v in parts.items() if k in self.loss_parts()}, {"cons": self.ramp(clock)}
         )
-
-    def after_step(self, clock: Clock) -> None:
-        self.teacher.update(self.model)
