@@ -280,14 +280,10 @@ def _signals_raise() -> Iterator[None]:
             signal.signal(s, signal.SIG_DFL)
         raise _Signalled(signum)
 
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in old:
-        signal.signal(s, handler)
-    try:
+    from segssl.orchestrate.interrupt import signal_handlers
+
+    with signal_handlers(handler, (signal.SIGINT, signal.SIGTERM)):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def _finish(recorder: Any, run_dir: Path, result: Any, status: str, reason: str | None) -> None:

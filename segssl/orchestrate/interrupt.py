@@ -22,6 +22,22 @@ __all__ = ["Interrupt", "SweepInterrupted", "catch_signals", "raise_on_signals"]
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+@contextlib.contextmanager
+def signal_handlers(
+    handler: Callable[[int, FrameType | None], Any], signals: tuple[int, ...] = _SIGNALS
+) -> Iterator[None]:
+    """Install ``handler`` for ``signals`` inside the block; the previous handlers come back
+    on the way out (also on an exception)."""
+    old = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 class SweepInterrupted(Exception):  # noqa: N818 - reads as what happened
     """The sweep was stopped by a signal; ``code`` is the exit status (128 + signal number)."""
 
@@ -94,14 +110,8 @@ def catch_signals(interrupt: Interrupt) -> Iterator[Interrupt]:
     if threading.current_thread() is not threading.main_thread():
         yield interrupt
         return
-    old = {s: signal.getsignal(s) for s in _SIGNALS}
-    for s in _SIGNALS:
-        signal.signal(s, interrupt.handle)
-    try:
+    with signal_handlers(interrupt.handle):
         yield interrupt
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager
@@ -116,11 +126,5 @@ def raise_on_signals() -> Iterator[None]:
     def handler(signum: int, _frame: FrameType | None) -> None:
         raise SweepInterrupted(signum, f"sweep stopped by {signal.Signals(signum).name}")
 
-    old = {s: signal.getsignal(s) for s in _SIGNALS}
-    for s in _SIGNALS:
-        signal.signal(s, handler)
-    try:
+    with signal_handlers(handler):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
