@@ -141,3 +141,21 @@ def test_every_paper_table_and_figure_has_a_sweep_and_the_cost_table_lists_them(
     assert sorted(cost) == [f.name for f in FILES]
     for name, n in cost.items():
         assert n == sum(counts[name][0]) + sum(counts[name][1]), name
+
+
+def test_every_sweep_has_an_estimated_cost_in_the_readme() -> None:
+    """The per-table cost table gives every shipped sweep a positive GPU-hour figure (what its
+    ``--dry-run`` printed), not a placeholder: a sweep added without its estimate fails here."""
+    lines = (SWEEPS / "README.md").read_text().splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("| file | shows |"))
+    assert "GPU-h" in lines[head].split("|")[5]
+    hours: dict[str, float] = {}
+    for ln in lines[head + 2 :]:
+        if not ln.startswith("|"):
+            break
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        m = re.match(r"(\d+(?:\.\d+)?(?:e-?\d+)?)(?:\s|$)", cells[4])
+        assert m, f"{cells[0]}: no numeric GPU-hour estimate in {cells[4]!r}"
+        hours[cells[0].strip("`")] = float(m.group(1))
+    assert sorted(hours) == [f.name for f in FILES]
+    assert all(h > 0 for h in hours.values()), hours
