@@ -261,3 +261,24 @@ def test_seed_advisor_pairs_against_the_reference_however_the_spec_spells_it() -
     d = _v("bim", 1) - _v("baseline", 1)
     assert rows[("bim", "LV / 1")]["std_of"].startswith("paired differences")
     assert rows[("bim", "LV / 1")]["std"] == pytest.approx(d.std(ddof=1))
+
+
+def test_paired_test_refuses_a_row_that_shares_too_few_seeds_with_the_reference() -> None:
+    """A row run over other seeds than the reference has no pairs: naming the cell and the
+    shared count beats a blank p and P(>ref) (and a row the seed advisor silently dropped)."""
+    runs = _runs()
+    iic = runs["params.method.name"] == "iic"
+    runs.loc[iic, "params.seed"] = runs.loc[iic, "params.seed"].map(lambda s: str(int(s) + 4))
+    with pytest.raises(
+        ReportError,
+        match=r"paired_test needs at least 2 seeds shared with the reference row 'Baseline' "
+        r"per cell; cell \('IIC', 'LV / 1'\) shares 1 \(its seeds: 4, 5, 6, 7, 8; the "
+        r"reference's: 0, 1, 2, 3, 4\)",
+    ):
+        aggregate(runs, _spec(), experiment="x")
+    two = runs[~iic | runs["params.seed"].isin(["4", "5", "6"])].copy()
+    two.loc[two["params.method.name"] == "iic", "params.seed"] = ["3", "4", "9"] * 2
+    agg = aggregate(two, _spec(), experiment="x")  # two shared seeds: tested on those
+    a, b = _v("iic", 1)[:2], _v("baseline", 1)[3:]
+    assert _cell(agg, "IIC", "1")["p_raw"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+
