@@ -84,7 +84,8 @@ def test_sweep_bad_input_exits_2(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "colour: unknown key" in res.output and str(bad) in res.output
 
 
-def test_sweep_unreachable_tracking_server(tmp_path: Path) -> None:
+def test_sweep_unreachable_tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the sweep's log folder (./segssl-runs/cli/logs) goes here
     res = runner.invoke(
         app, ["sweep", str(sweep_file(tmp_path)), "--tracking-uri", "http://127.0.0.1:9"]
     )
