@@ -95,7 +95,12 @@ class PreprocessConfig(Section):
     through-plane axis.
     """
 
+    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset({"window"})
+
     percentiles: tuple[float, float] = (1.0, 99.0)
+    # fixed intensity window (e.g. CT Hounsfield units [-160, 240]) instead of the scan's
+    # percentiles: raw intensities are clipped to [low, high] and mapped to [0, 1]
+    window: tuple[float, float] | None = None
     spacing: tuple[float, float] | None = (1.0, 1.0)  # in-plane target (mm); None keeps native
     size: tuple[int, int] = (256, 256)
     fit: Literal["crop_or_pad", "resize"] = "crop_or_pad"
@@ -113,6 +118,13 @@ class PreprocessConfig(Section):
         lo, hi = v
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"expected 0 <= low < high <= 100, got {v}")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] < v[1]):
+            raise ValueError(f"expected a window [low, high] with low < high, got {list(v)}")
         return v
 
     @field_validator("spacing")

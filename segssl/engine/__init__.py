@@ -10,7 +10,7 @@ from segssl.engine.checkpoint import (
     load_model_weights,
     save_checkpoint,
 )
-from segssl.engine.loop import NonFiniteLossError, Report, check_run, train
+from segssl.engine.loop import NonFiniteLossError, Report, check_run, profile_step, train
 from segssl.engine.runtime import EngineConfigError, Runtime, resolve_runtime, seed_everything
 from segssl.engine.schedule import build_optimizer, build_scheduler, lr_at
 
@@ -27,6 +27,7 @@ __all__ = [
     "load_checkpoint",
     "load_model_weights",
     "lr_at",
+    "profile_step",
     "resolve_runtime",
     "save_checkpoint",
     "seed_everything",

@@ -59,7 +59,7 @@ from segssl.methods import get_method
 from segssl.methods.base import Clock, Method, MethodContext
 from segssl.models import build_model
 
-__all__ = ["NonFiniteLossError", "Report", "train"]
+__all__ = ["NonFiniteLossError", "Report", "profile_step", "train"]
 
 Report = Callable[[dict[str, float], int], None]
 _STAGE_NEEDS = {"pretrain": (False, True), "finetune": (True, False), "semi": (True, True)}
@@ -356,6 +356,61 @@ def train(
         for epoch in range(run.start_epoch, cfg.train.epochs):
             run.epoch(epoch)
         return run.finish()
+    finally:
+        run.close()
+
+
+def profile_step(
+    cfg: RunConfig,
+    *,
+    workdir: str | Path,
+    warmup: int = 1,
+    checkpoint: str | Path | None = None,
+) -> dict[str, float]:
+    """FLOPs and CPU seconds of one training step of ``cfg``, as :func:`train` runs it.
+
+    Sets the run up as :func:`train` does (data, model, ``train.init_from``, method, optimisers),
+    takes ``warmup`` steps uncounted (one-off work of a first step: a teacher's copy, lazily
+    built buffers), then one step under ``torch.utils.flop_counter.FlopCounterMode``: drawing
+    and augmenting the batches, ``training_step``, backward, the optimiser steps and
+    ``after_step``. No validation, test, history or ``last.pt`` (the cost of a dry run's
+    calibration).
+
+    Args:
+        cfg: the validated run config (its ``epochs`` x ``iters_per_epoch`` must allow
+            ``warmup + 1`` steps within the first epoch).
+        workdir: run directory (``config.yaml``, ``split.json``).
+        warmup: uncounted steps before the counted one.
+        checkpoint: where to write the carried weights after the counted step (a later stage's
+            ``train.init_from``); None writes nothing.
+
+    Returns:
+        ``{"flops": ..., "cpu_s": ...}``: FLOPs of the counted step (forward and backward of
+        every matmul and convolution torch's counter knows) and its process CPU seconds (the
+        counter's own overhead included).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if warmup + 1 > cfg.train.iters_per_epoch:
+        raise ValueError(
+            f"profile_step: train.iters_per_epoch={cfg.train.iters_per_epoch} < warmup + 1 "
+            f"= {warmup + 1} steps"
+        )
+    run = _Run(cfg, Path(workdir), None)
+    run.prepare()
+    try:
+        run.build(None)
+        run.method.train()
+        for it in range(warmup):
+            run._step(0, it)
+        counter = FlopCounterMode(display=False)
+        t0 = time.process_time()
+        with counter:
+            run._step(0, warmup)
+        cpu_s = time.process_time() - t0
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {**run._weights(), "epoch": 0})
+        return {"flops": float(counter.get_total_flops()), "cpu_s": cpu_s}
     finally:
         run.close()
 

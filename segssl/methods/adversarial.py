@@ -10,6 +10,8 @@ images, the segmenter learns to make them indistinguishable::
 The discriminator is stepped by the method after the segmenter's step, with the optimiser
 settings ``optim.extra.discriminator`` (the main settings when absent); the BIM paper
 grid-searches ``w_adv`` from 1e-6 to 0.1.
+``w_dice`` > 0 adds ``w_dice * Dice`` on the labeled slices, logged as ``dice`` (the papers use
+CE alone).
 """
 
 from __future__ import annotations
@@ -21,16 +23,22 @@ from pydantic import Field
 
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
-from segssl.losses import adversarial_loss, cross_entropy, discriminator_loss
-from segssl.methods.base import Clock, Method, MethodContext, StepOutput
+from segssl.losses import adversarial_loss, discriminator_loss
+from segssl.methods.base import (
+    SUPERVISED_TERMS,
+    Clock,
+    Method,
+    MethodContext,
+    StepOutput,
+    SupervisedConfig,
+)
 from segssl.models.heads import MapDiscriminator
 
 
-class Config(MethodConfig):
+class Config(SupervisedConfig):
     """Weight of the adversarial term and the discriminator's conv widths."""
 
     name: Literal["adversarial"] = "adversarial"
-    w_ce: float = Field(1.0, ge=0.0)
     w_adv: float = Field(1e-3, ge=0.0)
     disc_widths: tuple[int, ...] = (64, 128, 256, 512)
 
@@ -41,7 +49,7 @@ class Adversarial(Method):
     Config: ClassVar[type[MethodConfig]] = Config
     uses_labeled = True
     uses_unlabeled = True
-    terms = {"ce": "w_ce", "adv": "w_adv", "disc": None}
+    terms = {**SUPERVISED_TERMS, "adv": "w_adv", "disc": None}
     optimizers = {"discriminator": ("discriminator",)}
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
@@ -55,13 +63,12 @@ class Adversarial(Method):
         probs = logits.float().softmax(1)
         p_l, p_u = probs[: len(x_l)], probs[len(x_l) :]
         self._maps = (p_l.detach(), p_u.detach())  # the discriminator's inputs in after_step
-        parts = {
-            "ce": cross_entropy(logits[: len(x_l)], labeled["label"], check_range=False),
-            "adv": adversarial_loss(self.discriminator(p_u)),
-        }
+        parts = self.supervised(logits[: len(x_l)], labeled["label"])
+        if "adv" in self.weights():
+            parts["adv"] = adversarial_loss(self.discriminator(p_u))
         with torch.no_grad():
             parts["disc"] = discriminator_loss(self.discriminator(p_l), self.discriminator(p_u))
-        return self.output({k: v for k, v in parts.items() if k in self.loss_parts()})
+        return self.output(parts)
 
     def after_step(self, clock: Clock) -> dict[str, torch.Tensor]:
         """The discriminator's own step on this step's (detached) maps."""

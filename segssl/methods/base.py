@@ -15,15 +15,50 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from segssl.config import AugmentConfig, MethodConfig, RunConfig
 from segssl.data.types import Batch
+from segssl.losses import cross_entropy, dice_loss
 
-__all__ = ["Clock", "Method", "MethodContext", "StepOutput"]
+__all__ = [
+    "SUPERVISED_TERMS",
+    "Clock",
+    "DiceConfig",
+    "Method",
+    "MethodContext",
+    "StepOutput",
+    "SupervisedConfig",
+]
 
 StepOutput = dict[str, Tensor]  # {"loss": total, "<part>": detached, ...}
 Weight = str | tuple[str, ...] | float | None  # config field(s) multiplied, a number, logged only
+
+
+class DiceConfig(MethodConfig):
+    """Config base of a method with a supervised term on labeled slices: ``w_dice`` adds
+    ``w_dice * Dice`` (:func:`segssl.losses.dice_loss`) to it, logged as ``dice``
+    (:meth:`Method.supervised`). The papers use cross-entropy alone: 0 by default.
+
+    ``w_dice`` came after the trial keys of these methods were published, so at its default it
+    is key-neutral (``Section.key_neutral_defaults``); a config that already published it (the
+    baseline's) clears that.
+    """
+
+    w_dice: float = Field(0.0, ge=0.0)
+
+    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset({"w_dice"})
+
+
+class SupervisedConfig(DiceConfig):
+    """Config base of a method whose supervised term is ``w_ce * CE + w_dice * Dice``."""
+
+    w_ce: float = Field(1.0, ge=0.0)
+
+
+# the supervised terms of a SupervisedConfig method, first in its ``terms``
+SUPERVISED_TERMS: dict[str, str] = {"ce": "w_ce", "dice": "w_dice"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +141,7 @@ class Method(nn.Module):
         Raises:
             ValueError: naming the keys involved.
         """
+        cls._check_supervised(cfg)
         if not cls.tap_fields:
             return
         from segssl.models import tap_roles  # the model registry sits below the methods
@@ -119,6 +155,18 @@ class Method(nn.Module):
                 raise ValueError(
                     f"method.{name}: {', '.join(map(repr, bad))} is not a tap role of model "
                     f"{cfg.model.name!r}; valid roles: {list(roles)}"
+                )
+
+    @classmethod
+    def _check_supervised(cls, cfg: RunConfig) -> None:
+        """A supervised weight > 0 needs labeled batches (e.g. ``gmi_pretrain`` has none)."""
+        if cls.uses_labeled:
+            return
+        for key in ("w_ce", "w_dice"):
+            if getattr(cfg.method, key, 0.0) > 0:
+                raise ValueError(
+                    f"method.{key}: {cfg.method.name} trains without labeled slices (its "
+                    f"supervised term has nothing to supervise): method.{key} must be 0"
                 )
 
     def __init__(self, model: nn.Module, cfg: MethodConfig, ctx: MethodContext) -> None:
@@ -143,6 +191,18 @@ class Method(nn.Module):
             if value > 0:
                 out[term] = value
         return out
+
+    def supervised(self, logits: Tensor, labels: Tensor, ce: str = "ce") -> dict[str, Tensor]:
+        """The active supervised terms on labeled ``logits`` ``(B, C, H, W)`` and integer
+        ``labels`` ``(B, H, W)``: cross-entropy under the term ``ce`` and soft Dice under
+        ``dice`` (each only when its weight is > 0; see :class:`DiceConfig`). Labels come from
+        the data layer (in range by construction: no host read of their range)."""
+        on, parts = self.weights(), {}
+        if ce in on:
+            parts[ce] = cross_entropy(logits, labels, check_range=False)
+        if "dice" in on:
+            parts["dice"] = dice_loss(logits, labels, check_range=False)
+        return parts
 
     def loss_parts(self) -> tuple[str, ...]:
         """Names of the parts this configured method logs besides ``loss``."""

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
-
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
-from segssl.losses import cross_entropy, dice_loss
-from segssl.methods.base import Clock, Method, StepOutput
+from segssl.methods.base import SUPERVISED_TERMS, Clock, Method, StepOutput, SupervisedConfig
 
 
-class Config(MethodConfig):
+class Config(SupervisedConfig):
     """Supervised objective: ``w_ce * CE + w_dice * Dice`` (the papers use CE alone)."""
 
     name: Literal["baseline"] = "baseline"
-    w_ce: float = Field(1.0, ge=0.0)
-    w_dice: float = Field(0.0, ge=0.0)
+
+    # the baseline's keys have always held w_dice: it is part of them at every value
+    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset()
 
 
 class Baseline(Method):
@@ -32,14 +30,7 @@ class Baseline(Method):
     Config: ClassVar[type[MethodConfig]] = Config
     uses_labeled = True
     init = "forbidden"
-    terms = {"ce": "w_ce", "dice": "w_dice"}
+    terms = SUPERVISED_TERMS
 
     def training_step(self, labeled: Batch, unlabeled: None, clock: Clock) -> StepOutput:
-        logits, on = self.model(labeled["image"]), self.weights()
-        parts = {}
-        if "ce" in on:
-            # labels from the data layer are in range (no host read of their range per step)
-            parts["ce"] = cross_entropy(logits, labeled["label"], check_range=False)
-        if "dice" in on:
-            parts["dice"] = dice_loss(logits, labeled["label"], check_range=False)
-        return self.output(parts)
+        return self.output(self.supervised(self.model(labeled["image"]), labeled["label"]))

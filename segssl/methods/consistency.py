@@ -4,6 +4,8 @@
 ``f(T(x))`` and ``T(f(x))`` on unlabeled images, ``T`` the run's paired transform (GMI: random
 horizontal and vertical flips). It is GMI Table 1's "Ours (Consistency only)": the gmi objective
 without its MI terms, so its weight defaults to the paper's lambda_3 per dataset.
+``w_dice`` > 0 adds ``w_dice * Dice`` on the labeled slices, logged as ``dice`` (the papers use
+CE alone).
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ from pydantic import Field
 from segssl.augment import PairedTransform
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
-from segssl.losses import consistency_loss, cross_entropy
-from segssl.methods.base import Clock, Method, MethodContext, StepOutput
+from segssl.losses import consistency_loss
+from segssl.methods.base import (
+    SUPERVISED_TERMS,
+    Clock,
+    Method,
+    MethodContext,
+    StepOutput,
+    SupervisedConfig,
+)
 from segssl.methods.gmi import DATASET_DEFAULTS
 
 
-class Config(MethodConfig):
+class Config(SupervisedConfig):
     """Weights of the supervised and the consistency terms (lambda_3 = 5 on ACDC)."""
 
     name: Literal["consistency"] = "consistency"
-    w_ce: float = Field(1.0, ge=0.0)
     w_cons: float = Field(5.0, ge=0.0)
 
 
@@ -38,7 +46,7 @@ class Consistency(Method):
     dataset_defaults: ClassVar[dict[str, dict[str, float]]] = {
         k: {"w_cons": v["w_cons"]} for k, v in DATASET_DEFAULTS.items()
     }
-    terms = {"ce": "w_ce", "cons": "w_cons"}
+    terms = {**SUPERVISED_TERMS, "cons": "w_cons"}
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
@@ -51,8 +59,7 @@ class Consistency(Method):
         n, n_l = x.shape[0], x_l.shape[0]
         probs = logits[n_l:].float().softmax(1)
         mask = t.valid_mask(*x.shape[-2:], device=x.device)
-        parts = {
-            "ce": cross_entropy(logits[:n_l], labeled["label"], check_range=False),
-            "cons": consistency_loss(probs[n:], t.geometry(probs[:n]), mask),
-        }
-        return self.output({k: v for k, v in parts.items() if k in self.loss_parts()})
+        parts = self.supervised(logits[:n_l], labeled["label"])
+        if "cons" in self.weights():
+            parts["cons"] = consistency_loss(probs[n:], t.geometry(probs[:n]), mask)
+        return self.output(parts)

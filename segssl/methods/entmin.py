@@ -6,6 +6,8 @@ the network to confident predictions on unlabeled slices moves the decision boun
 dense regions. The BIM paper searches ``w_ent`` from 1e-4 to 1 and trains from random weights in
 the semi-supervised setting (with the fine-tuning schedule). Labeled and unlabeled slices go
 through the network in one pass (shared BatchNorm statistics).
+``w_dice`` > 0 adds ``w_dice * Dice`` on the labeled slices, logged as ``dice`` (the papers use
+CE alone).
 """
 
 from __future__ import annotations
@@ -16,16 +18,15 @@ from pydantic import Field
 
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
-from segssl.losses import cross_entropy, predictive_entropy
-from segssl.methods.base import Clock, Method, StepOutput
+from segssl.losses import predictive_entropy
+from segssl.methods.base import SUPERVISED_TERMS, Clock, Method, StepOutput, SupervisedConfig
 from segssl.methods.mechanics import two_stream
 
 
-class Config(MethodConfig):
+class Config(SupervisedConfig):
     """EntMin weights (``w_ent`` is the paper's grid-searched coefficient, 1e-4 .. 1)."""
 
     name: Literal["entmin"] = "entmin"
-    w_ce: float = Field(1.0, ge=0.0)
     w_ent: float = Field(0.1, ge=0.0)
 
 
@@ -35,10 +36,11 @@ class EntMin(Method):
     Config: ClassVar[type[MethodConfig]] = Config
     uses_labeled = True
     uses_unlabeled = True
-    terms = {"ce": "w_ce", "ent": "w_ent"}
+    terms = {**SUPERVISED_TERMS, "ent": "w_ent"}
 
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
         logits_l, logits_u = two_stream(self.model, labeled["image"], unlabeled["image"])
-        ce = cross_entropy(logits_l, labeled["label"], check_range=False)
-        ent = predictive_entropy(logits_u.float().softmax(1)).mean()
-        return self.output({"ce": ce, "ent": ent})
+        parts = self.supervised(logits_l, labeled["label"])
+        if "ent" in self.weights():
+            parts["ent"] = predictive_entropy(logits_u.float().softmax(1)).mean()
+        return self.output(parts)

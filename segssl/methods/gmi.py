@@ -3,7 +3,8 @@ Desrosiers; seed 001), eq. 3::
 
     L = w_ce * L_spv + lambda_1 * L_MI^global + lambda_2 * L_MI^local + lambda_3 * L_cons
 
-* ``L_spv`` (eq. 4): cross-entropy on the labeled batch.
+* ``L_spv`` (eq. 4): cross-entropy on the labeled batch (``w_dice`` > 0 adds a Dice term, logged
+  as ``dice``; the paper uses CE alone).
 * ``L_MI^global`` (eqs. 7-9): ``-I`` between the cluster assignments of ``x`` and ``T(x)`` of the
   max-pooled ``global_taps`` features (the encoder output, the paper's Conv5) through ``heads``
   linear projectors to ``k_enc`` clusters, averaged over heads and taps.
@@ -31,17 +32,23 @@ from torch import Tensor, nn
 from segssl.augment import PairedTransform
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
-from segssl.losses import consistency_loss, cross_entropy, global_mi_loss, local_mi_loss
-from segssl.methods.base import Clock, Method, MethodContext, StepOutput
+from segssl.losses import consistency_loss, global_mi_loss, local_mi_loss
+from segssl.methods.base import (
+    SUPERVISED_TERMS,
+    Clock,
+    Method,
+    MethodContext,
+    StepOutput,
+    SupervisedConfig,
+)
 from segssl.methods.mechanics import EMATeacher
 from segssl.models.heads import ClusterHeads, PooledClusterHeads
 
 
-class Config(MethodConfig):
+class Config(SupervisedConfig):
     """GMI paper defaults (ACDC/MMWHS weights; see ``dataset_defaults`` for the others)."""
 
     name: Literal["gmi"] = "gmi"
-    w_ce: float = Field(1.0, ge=0.0)
     w_global: float = Field(0.1, ge=0.0)  # lambda_1
     w_local: float = Field(0.1, ge=0.0)  # lambda_2
     w_cons: float = Field(5.0, ge=0.0)  # lambda_3
@@ -52,6 +59,7 @@ class Config(MethodConfig):
     heads: int = Field(5, ge=1)
     teacher: bool = False  # "enhanced" (Fig. 4): MI between EMA teacher and student
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+    ema_warmup: bool = True  # as mean_teacher: decay min(ema_decay, 1 - 1/(step + 1))
 
     @field_validator("local_taps")
     @classmethod
@@ -92,7 +100,7 @@ class GMI(Method):
     uses_unlabeled = True
     dataset_defaults: ClassVar[dict[str, dict[str, float]]] = DATASET_DEFAULTS
     terms = {
-        "ce": "w_ce",
+        **SUPERVISED_TERMS,
         "global_mi": ("w_global", "global_on"),
         "local_mi": ("w_local", "local_on"),
         "cons": "w_cons",
@@ -100,8 +108,6 @@ class GMI(Method):
 
     def __init__(self, model: nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
-        if cfg.w_ce > 0 and not self.uses_labeled:
-            raise ValueError(f"{cfg.name} trains without labels: method.w_ce must be 0")
         ch = self.tap_channels(*cfg.global_taps, *cfg.local_taps)
         self.heads["global"] = nn.ModuleDict(
             {r: PooledClusterHeads(ch[r], cfg.k_enc, cfg.heads) for r in cfg.global_taps}
@@ -148,8 +154,8 @@ class GMI(Method):
         if cfg.teacher:  # enhanced: the x side of the MI pairs from the EMA teacher
             f_x = self.teacher(x, taps=self.roles)[1]
         parts: dict[str, Tensor] = {}
-        if cfg.w_ce > 0:
-            parts["ce"] = cross_entropy(logits[:n_l], labeled["label"], check_range=False)
+        if labeled is not None:
+            parts.update(self.supervised(logits[:n_l], labeled["label"]))
         if cfg.global_taps:
             g = self.heads["global"]
             parts["global_mi"] = torch.stack(
@@ -171,4 +177,4 @@ class GMI(Method):
 
     def after_step(self, clock: Clock) -> None:
         if self.cfg.teacher:
-            self.teacher.update(self.model)
+            self.teacher.update(self.model, clock.step if self.cfg.ema_warmup else None)

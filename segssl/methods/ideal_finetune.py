@@ -3,7 +3,8 @@
 One shared encoder and two decoders of different design (``model.decoders``: transposed
 convolutions in one, bilinear up-sampling in the other; the model is pinned to IDEAL's
 ResNet-50 U-Net with both). Labeled images: cross-entropy of both decoders with the ground
-truth. Unlabeled images: each decoder's prediction is thresholded to a one-hot pseudo-label
+truth (``w_dice`` > 0 adds both decoders' Dice, logged as ``dice``; the paper uses CE alone).
+Unlabeled images: each decoder's prediction is thresholded to a one-hot pseudo-label
 (its arg-max) that supervises the OTHER decoder, ``CE(p1, y2) + CE(p2, y1)``, so both decoders
 learn from the unlabeled loss. Prediction averages the two decoders' probabilities
 (``predict: mean``) or uses the first decoder (``first``). The encoder usually comes from
@@ -21,10 +22,10 @@ from torch import Tensor, nn
 
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
-from segssl.methods.base import Clock, Method, MethodContext, StepOutput
+from segssl.methods.base import Clock, DiceConfig, Method, MethodContext, StepOutput
 
 
-class Config(MethodConfig):
+class Config(DiceConfig):
     """Weights of the supervised and the cross-consistency terms; how to predict."""
 
     name: Literal["ideal_finetune"] = "ideal_finetune"
@@ -40,7 +41,7 @@ class IdealFinetune(Method):
     uses_labeled = True
     uses_unlabeled = True
     pinned = {"model.name": "resnet50_unet", "model.decoders": ["transpose", "bilinear"]}
-    terms = {"sup": "w_sup", "cross": "w_cross"}
+    terms = {"sup": "w_sup", "dice": "w_dice", "cross": "w_cross"}
 
     def __init__(self, model: nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
@@ -59,11 +60,10 @@ class IdealFinetune(Method):
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
         nl = labeled["image"].shape[0]
         p1, p2 = self.both(torch.cat([labeled["image"], unlabeled["image"]]))
-        on, parts = self.weights(), {}
-        if "sup" in on:
-            y = labeled["label"]
-            parts["sup"] = F.cross_entropy(p1[:nl], y) + F.cross_entropy(p2[:nl], y)
-        if "cross" in on:
+        y = labeled["label"]
+        first, second = (self.supervised(p[:nl], y, ce="sup") for p in (p1, p2))
+        parts = {k: first[k] + second[k] for k in first}  # both decoders' supervised terms
+        if "cross" in self.weights():
             u1, u2 = p1[nl:], p2[nl:]
             y1, y2 = u1.detach().argmax(1), u2.detach().argmax(1)
             parts["cross"] = F.cross_entropy(u1, y2) + F.cross_entropy(u2, y1)

@@ -13,6 +13,8 @@ with ``r(t) = exp(-5 (1 - t)^2)`` the sigmoid ramp-up over the first ``rampup_ep
 documented default: batch statistics, its own running statistics) and is updated after every
 optimiser step. Validation and test use the network ``evaluate`` names (the teacher by default);
 the student is what a later stage receives.
+``w_dice`` > 0 adds ``w_dice * Dice`` on the labeled slices, logged as ``dice`` (the papers use
+CE alone).
 """
 
 from __future__ import annotations
@@ -24,18 +26,27 @@ from pydantic import Field
 
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
-from segssl.losses import cross_entropy, mse_consistency
-from segssl.methods.base import Clock, Method, MethodContext, StepOutput
+from segssl.losses import mse_consistency
+from segssl.methods.base import (
+    SUPERVISED_TERMS,
+    Clock,
+    Method,
+    MethodContext,
+    StepOutput,
+    SupervisedConfig,
+)
 from segssl.methods.mechanics import EMATeacher, RampUp, two_stream
 
 
-class Config(MethodConfig):
+class Config(SupervisedConfig):
     """Mean-teacher settings (decay 0.99 as BIM App. E; ``w_cons`` searched over 1e-4 .. 10)."""
 
     name: Literal["mean_teacher"] = "mean_teacher"
-    w_ce: float = Field(1.0, ge=0.0)
     w_cons: float = Field(1.0, ge=0.0)
     ema_decay: float = 0.99  # checked by the EMA teacher: in (0, 1)
+    # decay min(ema_decay, 1 - 1/(step + 1)) as in Tarvainen & Valpola's code: without it a
+    # 0.999 teacher is still 82 % its random initialisation after 200 steps
+    ema_warmup: bool = True
     rampup: Literal["sigmoid", "linear", "cosine"] = "sigmoid"
     rampup_epochs: float = Field(10.0, ge=0.0)  # must fit train.epochs
     teacher_noise: float = Field(0.1, ge=0.0)
@@ -44,13 +55,14 @@ class Config(MethodConfig):
 
 class EMATeacherMethod(Method):
     """The EMA-teacher family's common part (``mean_teacher``, ``ict``, ``uamt``): labeled and
-    unlabeled batches, CE + a ramped consistency term, an :class:`EMATeacher` of the student
-    updated after every optimiser step, and the network ``evaluate`` names for validation and
-    test. Its config needs ``ema_decay``, ``rampup``, ``rampup_epochs`` and ``evaluate``."""
+    unlabeled batches, CE (+ Dice) + a ramped consistency term, an :class:`EMATeacher` of the
+    student updated after every optimiser step, and the network ``evaluate`` names for validation
+    and test. Its config needs ``ema_decay``, ``ema_warmup``, ``rampup``, ``rampup_epochs`` and
+    ``evaluate``."""
 
     uses_labeled = True
     uses_unlabeled = True
-    terms = {"ce": "w_ce", "cons": "w_cons"}
+    terms = {**SUPERVISED_TERMS, "cons": "w_cons"}
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
@@ -59,7 +71,7 @@ class EMATeacherMethod(Method):
         self.predict_with = "teacher" if cfg.evaluate == "teacher" else "model"
 
     def after_step(self, clock: Clock) -> None:
-        self.teacher.update(self.model)
+        self.teacher.update(self.model, clock.step if self.cfg.ema_warmup else None)
 
 
 class MeanTeacher(EMATeacherMethod):
@@ -72,8 +84,7 @@ class MeanTeacher(EMATeacherMethod):
         logits_l, logits_u = two_stream(self.model, labeled["image"], x_u)
         noise = (torch.randn_like(x_u) * sigma).clamp(-2 * sigma, 2 * sigma)
         p_teacher = self.teacher(x_u + noise).float().softmax(1)
-        parts = {
-            "ce": cross_entropy(logits_l, labeled["label"], check_range=False),
-            "cons": mse_consistency(logits_u.float().softmax(1), p_teacher),
-        }
+        parts = self.supervised(logits_l, labeled["label"])
+        if "cons" in self.weights():
+            parts["cons"] = mse_consistency(logits_u.float().softmax(1), p_teacher)
         return self.output(parts, scale={"cons": self.ramp(clock)})

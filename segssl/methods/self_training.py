@@ -4,7 +4,8 @@ A parent stage's checkpoint (``train.init_from``, required: a network fine-tuned
 volumes) becomes a frozen teacher that labels the unlabeled images (its arg-max prediction,
 optionally only where its confidence reaches ``threshold``); the student starts from the same
 weights and is retrained on the labeled images (cross-entropy with the ground truth) plus the
-pseudo-labeled ones (cross-entropy with the pseudo-labels, weight ``w_pseudo``). Bai et al.
+pseudo-labeled ones (cross-entropy with the pseudo-labels, weight ``w_pseudo``); ``w_dice`` > 0
+adds a Dice term on the labeled images (logged as ``dice``; the papers use CE alone). Bai et al.
 alternate labelling and retraining: ``teacher_update_epochs`` > 0 copies the student into the
 teacher every that many epochs (0: the teacher stays the parent's network). The teacher is part
 of the method's state (checkpointed, resumed); the student is predicted with and carried.
@@ -22,15 +23,21 @@ from torch import nn
 
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
-from segssl.methods.base import Clock, Method, MethodContext, StepOutput
+from segssl.methods.base import (
+    SUPERVISED_TERMS,
+    Clock,
+    Method,
+    MethodContext,
+    StepOutput,
+    SupervisedConfig,
+)
 from segssl.methods.mechanics import two_stream
 
 
-class Config(MethodConfig):
+class Config(SupervisedConfig):
     """Weights of the two cross-entropies, pseudo-label confidence, teacher refresh."""
 
     name: Literal["self_training"] = "self_training"
-    w_ce: float = Field(1.0, ge=0.0)
     w_pseudo: float = Field(1.0, ge=0.0)
     threshold: float = Field(0.0, ge=0.0, lt=1.0)  # min teacher probability of a pseudo-label
     teacher_update_epochs: int = Field(0, ge=0)
@@ -43,7 +50,7 @@ class SelfTraining(Method):
     uses_labeled = True
     uses_unlabeled = True
     init = "required"
-    terms = {"ce": "w_ce", "pseudo": "w_pseudo"}
+    terms = {**SUPERVISED_TERMS, "pseudo": "w_pseudo"}
 
     def __init__(self, model: nn.Module, cfg: Config, ctx: MethodContext) -> None:
         super().__init__(model, cfg, ctx)
@@ -74,9 +81,7 @@ class SelfTraining(Method):
         xl, xu = labeled["image"], unlabeled["image"]
         target = self.pseudo_labels(xu)
         ll, lu = two_stream(self.model, xl, xu)
-        on, parts = self.weights(), {}
-        if "ce" in on:
-            parts["ce"] = F.cross_entropy(ll, labeled["label"])
-        if "pseudo" in on:
+        parts = self.supervised(ll, labeled["label"])
+        if "pseudo" in self.weights():
             parts["pseudo"] = F.cross_entropy(lu, target, ignore_index=-100)
         return self.output(parts)

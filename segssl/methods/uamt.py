@@ -11,6 +11,9 @@ rises linearly from ``threshold_start * log K`` to ``log K`` over ``threshold_ep
 the whole run) enter ``L_MT``::
 
     L = w_ce * CE(labeled) + w_cons * ramp(t) * mean_{certain pixels} (p^s - p^t)^2
+
+``w_dice`` > 0 adds ``w_dice * Dice`` on the labeled slices, logged as ``dice`` (the papers use
+CE alone).
 """
 
 from __future__ import annotations
@@ -23,24 +26,23 @@ from pydantic import Field
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.losses import (
-    cross_entropy,
     mse_consistency,
     predictive_entropy,
     uncertainty_mask,
     uncertainty_threshold,
 )
-from segssl.methods.base import Clock, MethodContext, StepOutput
+from segssl.methods.base import SUPERVISED_TERMS, Clock, MethodContext, StepOutput, SupervisedConfig
 from segssl.methods.mean_teacher import EMATeacherMethod
 from segssl.methods.mechanics import RampUp, check_dropout, mc_dropout
 
 
-class Config(MethodConfig):
+class Config(SupervisedConfig):
     """Mean Teacher's settings (BIM: decay 0.99) plus the uncertainty mask's."""
 
     name: Literal["uamt"] = "uamt"
-    w_ce: float = Field(1.0, ge=0.0)
     w_cons: float = Field(1.0, ge=0.0)
     ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
+    ema_warmup: bool = True  # as mean_teacher: decay min(ema_decay, 1 - 1/(step + 1))
     rampup: Literal["sigmoid", "linear", "cosine"] = "sigmoid"
     rampup_epochs: float = Field(10.0, ge=0.0)  # as mean_teacher; must fit train.epochs
     teacher_noise: float = Field(0.1, ge=0.0)  # as mean_teacher
@@ -54,7 +56,7 @@ class UAMT(EMATeacherMethod):
     """Cross-entropy plus masked consistency with an MC-dropout EMA teacher."""
 
     Config: ClassVar[type[MethodConfig]] = Config
-    terms = {"ce": "w_ce", "cons": "w_cons", "certain": None}
+    terms = {**SUPERVISED_TERMS, "cons": "w_cons", "certain": None}
 
     def __init__(self, model: torch.nn.Module, cfg: Config, ctx: MethodContext) -> None:
         check_dropout(model)  # before any training: MC dropout needs dropout layers
@@ -80,11 +82,8 @@ class UAMT(EMATeacherMethod):
             target = passes.float().softmax(2).mean(0)
             mask = uncertainty_mask(predictive_entropy(target), self.threshold(clock))
         student = logits[len(x_l) :].float().softmax(1)
-        parts = {
-            "ce": cross_entropy(logits[: len(x_l)], labeled["label"], check_range=False),
-            "cons": mse_consistency(student, target, mask),
-            "certain": mask.mean(),
-        }
-        return self.output(
-            {k: v for k, v in parts.items() if k in self.loss_parts()}, {"cons": self.ramp(clock)}
-        )
+        parts = self.supervised(logits[: len(x_l)], labeled["label"])
+        if "cons" in self.weights():
+            parts["cons"] = mse_consistency(student, target, mask)
+        parts["certain"] = mask.mean()
+        return self.output(parts, {"cons": self.ramp(clock)})

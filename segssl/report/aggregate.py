@@ -825,6 +825,36 @@ def _check_counts(
                     f"({r.display!r}, {c.display!r}) has {n}; run more seeds or drop the "
                     "statistic"
                 )
+            if what == "paired_test" and ref is not None and n:
+                _check_pairs(spec, r, ref, c, per_seed, need, unit)
+
+
+def _check_pairs(
+    spec: TableSpec,
+    r: Leaf,
+    ref: Leaf,
+    c: Leaf,
+    per_seed: dict[CellKey, pd.Series],
+    need: int,
+    unit: str,
+) -> None:
+    """A row's cell and the reference's share enough seeds (scans) for the paired test (a
+    row run over other seeds than the reference has no paired value: its p would be blank)."""
+    if per_seed[(ref.ident, c.ident)].dropna().empty:
+        return  # no reference in this column: nothing to pair with, shown empty
+    a, _ = _paired(per_seed, r, ref, c)
+    if a.size < need:
+        raise ReportError(
+            f"table {spec.name!r}: paired_test needs at least {need} {unit} shared with the "
+            f"reference row {ref.display!r} per cell; cell ({r.display!r}, {c.display!r}) "
+            f"shares {a.size} (its {unit}: {_index_text(per_seed[(r.ident, c.ident)])}; the "
+            f"reference's: {_index_text(per_seed[(ref.ident, c.ident)])}); run the same seeds "
+            "for both rows or drop the statistic"
+        )
+
+
+def _index_text(values: pd.Series) -> str:
+    return ", ".join(str(s) for s in values.dropna().index) or "none"
 
 
 def _paired(

@@ -3,12 +3,14 @@ estimate's arithmetic, the cache, and the printout."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from segssl.config import RunConfig, config_hash
 from segssl.models import UNet
 from segssl.orchestrate.cost import cost_signature, estimate_plan, format_costs
 from segssl.orchestrate.plan import plan_sweep
@@ -148,25 +150,134 @@ def test_dry_run_plans_and_costs_without_the_data_or_a_gpu(
     assert "GPU 0" in out[refusal:]
 
 
-def test_cost_signature_ignores_the_lr_schedule_and_keeps_earlier_cache_keys(tmp_path: Path):
+def test_cost_signature_ignores_the_lr_schedule(tmp_path: Path) -> None:
     """The schedule sets learning rates only, not the arithmetic: cosine and constant trials
-    share one calibration, and a signature written before ``optim.schedule`` existed (every
-    cost cache of an earlier dry run) still matches."""
-    from segssl.config import config_hash
-
+    share one calibration."""
     plan = plan_sweep(parse_sweep(_spec()), source="c.yaml", storage=tmp_path / "s", root=tmp_path)
     cfg = plan.trials["base"][0].config
     constant = cfg.model_copy(
         update={"optim": cfg.optim.model_copy(update={"schedule": "constant"})}
     )
     assert cost_signature(constant) == cost_signature(cfg)
-    sig = cost_signature(cfg)
-    assert "schedule" not in sig["optim"]
-    # as the signature was before the field (the dump without it, less the same keys)
-    before = cfg.model_dump(mode="json")
-    before["optim"].pop("schedule")
-    old = {k: v for k, v in before["optim"].items() if not isinstance(v, float)}
-    assert config_hash(sig["optim"]) == config_hash(old)
+    assert "schedule" not in cost_signature(cfg)["optim"]
+
+
+def _old_calibration(cfg: RunConfig, tmp_path: Path) -> float:
+    """The calibration as it was before the cache's version 2, written out here as the
+    reference: ``train`` with 1 and with 3 iterations under the counter (validation, test and
+    checkpoints included), half the difference, scaled from the calibration side by pixels."""
+    from segssl.data import synthesize
+    from segssl.engine import train
+    from segssl.orchestrate.cost import _phantom_config, calibration_side, trained_pixels
+
+    side = calibration_side(cfg)
+    phantoms = synthesize(cfg.data.dataset, tmp_path / "old-phantoms", scans=6, size=max(32, side))
+    flops = {}
+    for iters in (1, 3):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            train(_phantom_config(cfg, phantoms, iters), None, workdir=tmp_path / f"old{iters}")
+        flops[iters] = float(counter.get_total_flops())
+    return (flops[3] - flops[1]) / 2 * trained_pixels(cfg) / side**2
+
+
+@pytest.mark.parametrize(
+    ("stage", "size"),
+    [
+        ({"config": {"stage": "finetune", "method": {"name": "baseline"}}}, 96),
+        (
+            {"config": {"stage": "semi", "method": {"name": "mean_teacher", "rampup_epochs": 1.0}}},
+            32,
+        ),
+    ],
+    ids=["baseline-96px", "mean_teacher-32px"],
+)
+def test_one_counted_step_equals_the_old_two_run_difference(
+    stage: dict, size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calibration counts one step after an uncounted one (no validation, test or
+    ``last.pt``): two steps in all, where the old one trained 1 + 3 steps and validated and
+    tested twice; the FLOPs per iteration are the old ones (a 96 px trial measured at 64 px
+    and scaled; an EMA-teacher method, whose first step differs)."""
+    from segssl.engine import loop
+
+    raw = _spec()
+    raw["base"]["data"]["preprocess"]["size"] = [size, size]
+    raw["base"]["augment"]["crop"] = 0
+    raw["stages"]["base"] = stage
+    plan = plan_sweep(parse_sweep(raw), source="c.yaml", storage=tmp_path / "s", root=tmp_path)
+    want = _old_calibration(plan.trials["base"][0].config, tmp_path)
+    steps, evaluated = [], []
+    step, evaluate = loop._Run._step, loop.evaluate
+    monkeypatch.setattr(loop._Run, "_step", lambda self, *a: steps.append(a) or step(self, *a))
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: evaluated.append(1) or evaluate(*a, **k))
+    (c,) = estimate_plan(plan, tmp_path / "cost.json")
+    assert len(steps) == 2 and evaluated == []
+    assert c.flops_per_iter == pytest.approx(want, rel=1e-9)
+
+
+def test_configs_whose_steps_have_the_same_shapes_share_one_calibration(tmp_path: Path) -> None:
+    """Slice sizes above the calibration side, datasets with the same class count, targets,
+    seeds, learning rates and weights other than 0 change no tensor shape of the calibration
+    step: one calibration for all of them (the old signature, of the trial's own config, needed
+    one per size and dataset), each trial's FLOPs scaled to its pixels. A weight of 0 removes
+    its term: that configuration is calibrated on its own and costs less."""
+    raw = _spec()
+    raw["base"]["augment"]["crop"] = 0
+    raw["base"]["model"] = {"base_width": 4}
+    raw["base"]["data"].update(unlabeled_batch_size=2)
+    raw["stages"] = {
+        "semi": {
+            "config": {"stage": "semi", "method": {"name": "gmi"}},
+            "zip": [
+                {"data.dataset": ["acdc", "promise12"], "data.target": ["lv", "prostate"]},
+            ],
+            "grid": {
+                "data.preprocess.size": [[96, 96], [128, 128]],
+                "optim.lr": [1.0e-3, 1.0e-2],
+                "method.w_cons": [0.0, 5.0, 10.0],
+            },
+        }
+    }
+    plan = plan_sweep(parse_sweep(raw), source="c.yaml", storage=tmp_path / "s", root=tmp_path)
+    sigs = {str(cost_signature(t.config)) for t in plan.trials["semi"]}
+    assert len(sigs) == 2  # w_cons = 0 and w_cons > 0
+    calls: list[str] = []
+    cache = tmp_path / "cost.json"
+    (c,) = estimate_plan(plan, cache, log=calls.append)
+    assert len(calls) == 2
+    entries = json.loads(cache.read_text())["entries"]
+    assert {e["measured_px"] for e in entries.values()} == {64}
+    off, on = sorted(e["flops_measured"] for e in entries.values())
+    assert off < on  # the consistency term's forward passes are gone
+    n = len(plan.trials["semi"])  # 2 datasets x 2 sizes x 2 lr x 3 w_cons x 2 seeds
+    iters = 21
+    want = sum(
+        (off if t.config.method.w_cons == 0 else on)
+        * t.config.data.preprocess.size[0] ** 2
+        / 64**2
+        * iters
+        for t in plan.trials["semi"]
+    )
+    assert (c.trials, c.iters) == (n, iters)
+    assert c.gpu_hours == pytest.approx(want / 10e12 / 3600)
+    assert c.flops_per_iter == pytest.approx(on * 128**2 / 64**2)
+
+
+def test_the_cost_cache_is_versioned(tmp_path: Path) -> None:
+    """A cache of the first format (a flat map of trial-config signatures to FLOPs already
+    scaled) is not read as the second: the dry run calibrates and rewrites it with its format
+    and version."""
+    plan = plan_sweep(parse_sweep(_spec()), source="c.yaml", storage=tmp_path / "s", root=tmp_path)
+    cache = tmp_path / "cost.json"
+    key = config_hash(cost_signature(plan.trials["base"][0].config))
+    cache.write_text(json.dumps({key: {"flops_per_iter": 1.0, "cpu_s_per_iter": 1.0}}))
+    calls: list[str] = []
+    (c,) = estimate_plan(plan, cache, log=calls.append)
+    assert len(calls) == 1 and c.flops_per_iter > 1.0
+    body = json.loads(cache.read_text())
+    assert (body["format"], body["version"]) == ("segssl-cost-cache", 2)
+    assert set(body["entries"]) == {key}
 
 
 def test_calibration_runs_at_a_side_the_method_accepts(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from segssl.config import keyed_dump
 from segssl.orchestrate.plan import plan_sweep
 from segssl.orchestrate.runner import check_plan_tables
 from segssl.orchestrate.spec import load_sweep
@@ -62,6 +63,7 @@ def test_shipped_sweep_plans_with_readme_counts(path: Path, profile: str, tmp_pa
     assert sorted(rest) == sorted(rest_want)
     if path.name.startswith(("chaitanya_", "ideal_")):
         _check_contrastive_recipe(plan, profile)
+    _check_keys_predate_w_dice(plan)
     for s in plan.order:  # a derived stage: every trial starts from a planned parent's checkpoint
         if spec.stages[s].from_ is not None:
             parents = {t.key: t for t in plan.trials[spec.stages[s].from_]}
@@ -71,8 +73,23 @@ def test_shipped_sweep_plans_with_readme_counts(path: Path, profile: str, tmp_pa
                 assert f"/trials/{t.parent_key}/checkpoints/" in t.config.train.init_from
 
 
-# the methods whose supervised objective can add Dice (segssl.methods.baseline and its variants)
+# the methods whose smoke fine-tunings use CE + Dice (every method with labeled batches can)
 DICE_METHODS = {"baseline", "full", "finetune"}
+# the methods whose trial keys held method.w_dice from the start (for the others it came later)
+KEYED_W_DICE = {"baseline", "full", "finetune"}
+
+
+def _check_keys_predate_w_dice(plan) -> None:
+    """``method.w_dice`` came to the semi-supervised methods after their trial keys were
+    published: at its default it is left out of the keyed config (``key_neutral_defaults``), so
+    every planned key is the one computed before the field existed (the base commit's keys)."""
+    for t in plan.all_trials():
+        method = t.config.method
+        keyed = keyed_dump(t.config)["method"]
+        if method.name in KEYED_W_DICE or getattr(method, "w_dice", 0.0) != 0.0:
+            assert keyed.get("w_dice") == getattr(method, "w_dice", None), (t.stage, t.name)
+        else:
+            assert "w_dice" not in keyed, (t.stage, t.name)
 
 
 def _check_contrastive_recipe(plan, profile: str) -> None:

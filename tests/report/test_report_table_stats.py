@@ -261,3 +261,58 @@ def test_seed_advisor_pairs_against_the_reference_however_the_spec_spells_it() -
     d = _v("bim", 1) - _v("baseline", 1)
     assert rows[("bim", "LV / 1")]["std_of"].startswith("paired differences")
     assert rows[("bim", "LV / 1")]["std"] == pytest.approx(d.std(ddof=1))
+
+
+def test_paired_test_refuses_a_row_that_shares_too_few_seeds_with_the_reference() -> None:
+    """A row run over other seeds than the reference has no pairs: naming the cell and the
+    shared count beats a blank p and P(>ref) (and a row the seed advisor silently dropped)."""
+    runs = _runs()
+    iic = runs["params.method.name"] == "iic"
+    runs.loc[iic, "params.seed"] = runs.loc[iic, "params.seed"].map(lambda s: str(int(s) + 4))
+    with pytest.raises(
+        ReportError,
+        match=r"paired_test needs at least 2 seeds shared with the reference row 'Baseline' "
+        r"per cell; cell \('IIC', 'LV / 1'\) shares 1 \(its seeds: 4, 5, 6, 7, 8; the "
+        r"reference's: 0, 1, 2, 3, 4\)",
+    ):
+        aggregate(runs, _spec(), experiment="x")
+    two = runs[~iic | runs["params.seed"].isin(["4", "5", "6"])].copy()
+    two.loc[two["params.method.name"] == "iic", "params.seed"] = ["3", "4", "9"] * 2
+    agg = aggregate(two, _spec(), experiment="x")  # two shared seeds: tested on those
+    a, b = _v("iic", 1)[:2], _v("baseline", 1)[3:]
+    assert _cell(agg, "IIC", "1")["p_raw"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+
+
+def test_seed_advice_refuses_a_table_whose_variance_is_over_test_scans(tmp_path) -> None:
+    """With stats.variance: scans the cells hold one run's test scans: advising seeds from their
+    std would mix the two units (it printed scans as 'seeds now' and 'the cell over seeds')."""
+    from segssl.report.stats import advise_seeds
+    from segssl.report.tables import render_sweep_tables
+
+    spec = _spec(stats={"variance": "scans"})
+    agg = aggregate(_runs(), spec, experiment="x")
+    with pytest.raises(ReportError, match=r"table 't': --advise-seeds .*stats.variance is 'scans'"):
+        advice_text(agg, 2.0, 0.05, 0.8)
+    with pytest.raises(ValueError, match="spread over seeds"):
+        advise_seeds(agg, 2.0)
+    # refused before any run is read (the tracking URI points nowhere)
+    with pytest.raises(ReportError, match=r"stats.variance is 'scans'"):
+        render_sweep_tables("x", [spec], f"sqlite:///{tmp_path}/none.db", advise=(2.0, 0.05, 0.8))
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_seed_advice_for_a_constant_paired_difference_is_the_floor() -> None:
+    """A row that beats the reference by the same amount on every seed: the paired differences'
+    std is float noise (1e-14), and the noncentral t returned NaN, so the advice read
+    '> 10000' seeds where 2 suffice."""
+    from segssl.report.stats import advise_seeds, seeds_needed, ttest_power
+
+    assert ttest_power(2e14, 2) == 1.0
+    assert seeds_needed(2.0, 1e-14) == 2
+    runs = _runs()
+    bim, base = runs["params.method.name"] == "bim", runs["params.method.name"] == "baseline"
+    runs.loc[bim, "metrics.test/dsc"] = runs.loc[base, "metrics.test/dsc"].to_numpy() + 0.0581
+    agg = aggregate(runs, _spec(), experiment="x")
+    rows = {(r["row"], r["col"]): r for r in advise_seeds(agg, 2.0)}
+    assert 0 < rows[("bim", "LV / 1")]["std"] < 1e-9
+    assert rows[("bim", "LV / 1")]["needed"] == 2
