@@ -477,27 +477,53 @@ def _stats_text(spec: TableSpec, ns: list[int]) -> list[str]:
     return parts
 
 
+# the metric definitions (``metrics.*`` run params) each test metric depends on
+_DEFINITION_KEYS = {
+    "dsc": ("both_empty",),
+    "hd95": ("hd95", "both_empty", "one_empty"),
+    "asd": ("both_empty", "one_empty"),
+    "nsd": ("nsd_tolerance", "both_empty"),
+}
+_DEFAULT_DEFINITIONS = {
+    "hd95": "pooled",  # runs from before metrics.hd95 existed
+    "nsd_tolerance": "1",
+    "both_empty": "perfect",
+    "one_empty": "exclude",
+}
+
+
 def _definitions(runs: pd.DataFrame, spec: TableSpec) -> str:
-    """The metric definitions the runs used (their ``metrics.*`` params), as a sentence."""
+    """The metric definitions the runs used (their ``metrics.*`` params), as a sentence; a
+    warning naming the values when the runs differ in a definition the metric depends on."""
     name = spec.metric.split("/")[1] if "/" in spec.metric else spec.metric
-    if name == "dsc":
-        return (
-            "Dice: 3D per scan (all slices), averaged over scans then classes; an empty "
-            "prediction of an empty structure scores 1."
-        )
 
     def seen(key: str) -> list[str]:
         col = f"params.metrics.{key}"
         return sorted(set(runs[col].dropna().map(norm_value))) if col in runs else []
 
-    hd = seen("hd95") or ["pooled (runs from before metrics.hd95 existed)"]
-    if len(hd) > 1:
-        return f"Warning: the runs mix HD95 definitions ({', '.join(hd)})."
+    used = {k: seen(k) or [_DEFAULT_DEFINITIONS[k]] for k in _DEFAULT_DEFINITIONS}
+    mixed = [
+        f"metrics.{k}: {', '.join(used[k])}"
+        for k in _DEFINITION_KEYS.get(name, tuple(_DEFAULT_DEFINITIONS))
+        if len(used[k]) > 1
+    ]
+    if mixed:
+        return (
+            f"Warning: the runs mix metric definitions ({'; '.join(mixed)}): their "
+            f"{name} values are not comparable."
+        )
+    if name == "dsc":
+        empty = (
+            "an empty prediction of an empty structure scores 1"
+            if used["both_empty"][0] == "perfect"
+            else "scans where prediction and structure are both empty are left out"
+        )
+        return f"Dice: 3D per scan (all slices), averaged over scans then classes; {empty}."
     defs = MetricDefs(
-        hd95=hd[0] if hd[0] in HD95_VARIANTS else "pooled",
-        nsd_tolerance=float((seen("nsd_tolerance") or ["1.0"])[0]),
-        both_empty=(seen("both_empty") or ["perfect"])[0],
-        one_empty=(seen("one_empty") or ["exclude"])[0],
+        hd95=used["hd95"][0] if used["hd95"][0] in HD95_VARIANTS else "pooled",
+        nsd_tolerance=float(used["nsd_tolerance"][0]),
+        both_empty=used["both_empty"][0],
+        one_empty=used["one_empty"][0],
     )
     return describe(defs)
 

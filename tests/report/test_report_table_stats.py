@@ -316,3 +316,28 @@ def test_seed_advice_for_a_constant_paired_difference_is_the_floor() -> None:
     rows = {(r["row"], r["col"]): r for r in advise_seeds(agg, 2.0)}
     assert 0 < rows[("bim", "LV / 1")]["std"] < 1e-9
     assert rows[("bim", "LV / 1")]["needed"] == 2
+
+
+def test_captions_state_the_metric_definitions_the_runs_used() -> None:
+    """A Dice table of runs with metrics.both_empty=exclude said 'an empty prediction of an empty
+    structure scores 1'; runs differing in the NSD tolerance were captioned with one of them."""
+    runs = _runs()
+    spec = _spec(paired_test=None)
+    assert "empty structure scores 1" in aggregate(runs, spec, experiment="x").attrs["caption"]
+    runs["params.metrics.both_empty"] = "exclude"
+    cap = aggregate(runs, spec, experiment="x").attrs["caption"]
+    assert "both empty are left out" in cap and "scores 1" not in cap
+    runs["params.metrics.hd95"] = "max"
+    hd = aggregate(runs, _spec(paired_test=None, metric="test/hd95"), experiment="x")
+    assert "HD95: max of the two directed 95th percentiles" in hd.attrs["caption"]
+    assert "scans with both masks empty are left out" in hd.attrs["caption"]
+    runs["params.metrics.nsd_tolerance"] = ["1.0", "2.0"] * (len(runs) // 2)
+    runs["metrics.test/nsd"] = 0.5
+    nsd = aggregate(runs, _spec(paired_test=None, metric="test/nsd"), experiment="x")
+    assert (
+        "Warning: the runs mix metric definitions (metrics.nsd_tolerance: 1, 2)"
+        in (nsd.attrs["caption"])
+    )
+    # the HD95 variant does not change Dice: no warning for a Dice table
+    runs["params.metrics.hd95"] = ["max", "pooled"] * (len(runs) // 2)
+    assert "Warning" not in aggregate(runs, spec, experiment="x").attrs["caption"]
