@@ -70,6 +70,7 @@ CELL_COLUMNS = [
     "paper_mean",
     "paper_std",
     "selected",
+    "selected_config",
 ]
 
 # params that differ between trials without being a configuration choice
@@ -301,16 +302,22 @@ def _config_keys(sub: pd.DataFrame, spec: TableSpec) -> list[str]:
     return keys
 
 
-def _select(sub: pd.DataFrame, spec: TableSpec, where: str) -> tuple[pd.DataFrame, str]:
-    """Keep the configuration of ``sub`` with the best mean validation score."""
+Choice = dict[str, Any]  # {"values": {key: chosen value}, "varied": [keys with candidates]}
+NO_CHOICE: Choice = {"values": {}, "varied": []}
+
+
+def _select(sub: pd.DataFrame, spec: TableSpec, where: str) -> tuple[pd.DataFrame, Choice]:
+    """Keep the configuration of ``sub`` with the best mean validation score; the choice names
+    every selection key's chosen value and the keys the candidates differed in (none: there was
+    nothing to choose)."""
     sel = spec.select
     assert sel is not None
     if sub.empty:
-        return sub, ""
+        return sub, NO_CHOICE
     col = f"best.{sel.metric}"
     keys = _config_keys(sub, spec)
     if not keys:
-        return sub, ""
+        return sub, NO_CHOICE
     ident = sub[[f"params.{k}" for k in keys]].apply(
         lambda r: tuple(norm_value(v) for v in r), axis=1
     )
@@ -322,13 +329,14 @@ def _select(sub: pd.DataFrame, spec: TableSpec, where: str) -> tuple[pd.DataFram
     best = scores.idxmax() if sel.mode == "max" else scores.idxmin()
     # name only the keys this cell's candidates differ in: a row without the key (a supervised
     # row has no method.w_ent) or with one configuration has nothing to report ('w_ent=nan')
-    varying = [
-        (k, v)
-        for i, (k, v) in enumerate(zip(keys, best, strict=True))
-        if len({t[i] for t in scores.index}) > 1
-    ]
-    label = ", ".join(f"{k}={v}" for k, v in varying)
-    return sub[ident == best], label
+    varied = [k for i, k in enumerate(keys) if len({t[i] for t in scores.index}) > 1]
+    return sub[ident == best], {"values": dict(zip(keys, best, strict=True)), "varied": varied}
+
+
+def choice_label(choice: Choice, keys: list[str] | None = None) -> str:
+    """``key=value, ...`` of ``keys`` (default: the keys the choice was made among)."""
+    shown = choice["varied"] if keys is None else keys
+    return ", ".join(f"{k}={choice['values'][k]}" for k in shown)
 
 
 # ------------------------------------------------------------------------------------ cells
@@ -711,7 +719,7 @@ def _collect_cells(
     per_seed: dict[CellKey, pd.Series] = {}
     for r, c in product(rows, [c for c in cols if not c.is_mean]):
         where = f"({r.display!r}, {c.display!r})"
-        src, chosen = row_sel.get(r.ident, (base, ""))
+        src, chosen = row_sel.get(r.ident, (base, NO_CHOICE))
         flt = {**c.filter, **r.filter}  # a row fixing a column key spans those columns
         sub = src.iloc[0:0] if r.paper_only else src[filter_mask(src, flt)]
         if spec.select is not None and spec.select.scope == "cell":
@@ -728,7 +736,8 @@ def _collect_cells(
         per_seed[(r.ident, c.ident)] = sv["value"]
         cells[(r.ident, c.ident)] = {
             "run_ids": sv["run_id"].tolist(),
-            "selected": chosen,
+            "selected": choice_label(chosen),
+            "selected_config": chosen,
             "cost_s": _cost(sub[sub["run_id"].isin(sv["run_id"])]),
         }
     for r, c in product(rows, [c for c in cols if c.is_mean]):
@@ -739,7 +748,12 @@ def _collect_cells(
             joined.mean(axis=1) if not joined.empty else pd.Series(dtype=float)
         )
         runs = sum((cells[(r.ident, x.ident)]["run_ids"] for x in leaves), [])
-        cells[(r.ident, c.ident)] = {"run_ids": runs, "selected": "", "cost_s": math.nan}
+        cells[(r.ident, c.ident)] = {
+            "run_ids": runs,
+            "selected": "",
+            "selected_config": NO_CHOICE,
+            "cost_s": math.nan,
+        }
     return per_seed, cells
 
 
@@ -943,6 +957,7 @@ def _column_records(
                 "paper_mean": pm,
                 "paper_std": ps,
                 "selected": cell["selected"],
+                "selected_config": cell["selected_config"],
             }
         )
     return records

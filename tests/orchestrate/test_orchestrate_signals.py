@@ -3,6 +3,7 @@ MLflow run KILLED (issue 8). Real processes, real signals."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -269,3 +270,111 @@ def test_ctrl_c_in_a_wave_of_two_stages_closes_both_stages_runs(tmp_path: Path) 
     (sweep,) = [r for r in runs if r.data.tags.get(TAG_KIND) == "sweep"]
     assert sweep.info.status == "KILLED"
     assert sweep.data.metrics["sweep/finetune/launched"] == 0
+
+
+GROUP = textwrap.dedent(
+    """
+    import functools, sys
+    import orch_helpers
+    from segssl.cli import app
+    from segssl.orchestrate import runner
+
+    runner.run_sweep = functools.partial(runner.run_sweep, train_fn=orch_helpers.quick_train)
+    app(["sweep", sys.argv[1], "--tracking-uri", sys.argv[2], "--storage", sys.argv[3],
+         "--num-cpus", "2", "--no-live", "--skip-data-check"])
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_prints_the_summary_and_exits_143(tmp_path: Path) -> None:
+    """``scancel`` or ``kill -TERM -PGID``: Ray's processes get the signal with the driver. The
+    driver still ends the sweep as after a single SIGTERM (records KILLED with the reason,
+    claim released, the interrupted summary printed, status 143), at once instead of blocking
+    in Ray until its core worker gives up on the GCS (60 s, status 1, no summary)."""
+    from mlflow import MlflowClient
+
+    raw = {  # SWEEP's spec: one pretrain trial of 120 one-second epochs, then its finetune
+        "name": "group",
+        "seeds": [0],
+        "max_concurrent": 1,
+        "base": {"train": {"epochs": 120}},
+        "stages": {
+            "pretrain": {"config": {"stage": "pretrain", "method": {"name": "bim"}}},
+            "finetune": {
+                "from": "pretrain",
+                "config": {"stage": "finetune", "method": {"name": "finetune"}},
+            },
+        },
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    script = tmp_path / "group.py"
+    script.write_text(GROUP)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": f"{HERE}:{ROOT}", "RAY_AUTH_MODE": "disabled"}
+    env["SEGSSL_TEST_EPOCH_S"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "sweep.yaml"), uri, str(store)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as under a scheduler
+    )
+    try:
+        trials = store / "trials"
+        _wait_for(lambda: any(trials.glob("*/epochs_run.json")), 240, "a first epoch", proc)
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=45)
+        took = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever of Ray outlived the test
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, out
+    assert took < 30, (took, out)  # Ray's own give-up takes 60 s
+    assert (
+        "pretrain: 1 planned, 0 already finished, 0 finished now, 0 failed, 0 blocked, "
+        "1 stopped" in out
+    ), out
+    assert "sweep stopped by SIGTERM: 2 trial(s) unfinished; rerun the same command" in out, out
+    assert "MLflow UI:" in out and "Traceback" not in out, out
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("group").experiment_id])
+    (sweep,) = [r for r in runs if r.data.tags.get(TAG_KIND) == "sweep"]
+    assert sweep.info.status == "KILLED"
+    assert sweep.data.tags[TAG_END_REASON] == "sweep stopped by SIGTERM"
+    (trial,) = [r for r in runs if r.data.tags.get(TAG_KIND) == "trial"]
+    assert trial.info.status == "KILLED" and trial.data.tags[TAG_STAGE] == "pretrain"
+    assert trial.data.tags[TAG_END_REASON] == "sweep stopped by SIGTERM"
+    (wd,) = list(trials.iterdir())
+    assert (wd / "checkpoints" / "last.pt").is_file()  # a rerun resumes from it
+    assert not (store / "driver.lock").exists()
+
+
+def test_the_cluster_watch_acts_only_after_a_signal_on_a_lost_cluster() -> None:
+    """``watch_cluster``: nothing before the first signal or while the cluster answers; the
+    end without Ray once it stopped answering twice in a row; nothing once the driver ended."""
+    import threading
+
+    from segssl.orchestrate.interrupt import watch_cluster
+
+    it, done = Interrupt(), threading.Event()
+    up, calls = [True], []
+    watch = watch_cluster(it, lambda: up[0], lambda: calls.append("end"), done, period=0.01)
+    time.sleep(0.1)
+    up[0] = False
+    time.sleep(0.1)
+    assert calls == []  # no signal yet: a lost cluster is the runner's to report
+    it.handle(signal.SIGTERM)
+    watch.join(2)
+    assert calls == ["end"] and not watch.is_alive()
+
+    it2, done2, probes = Interrupt(), threading.Event(), []
+    it2.handle(signal.SIGTERM)
+    watch = watch_cluster(it2, lambda: probes.append(1) or True, calls.append, done2, period=0.01)
+    time.sleep(0.1)
+    done2.set()
+    watch.join(2)
+    assert calls == ["end"] and len(probes) > 2 and not watch.is_alive()
