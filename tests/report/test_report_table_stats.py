@@ -341,3 +341,23 @@ def test_captions_state_the_metric_definitions_the_runs_used() -> None:
     # the HD95 variant does not change Dice: no warning for a Dice table
     runs["params.metrics.hd95"] = ["max", "pooled"] * (len(runs) // 2)
     assert "Warning" not in aggregate(runs, spec, experiment="x").attrs["caption"]
+
+
+def test_reading_calls_a_significant_loss_a_loss() -> None:
+    """A row significantly worse than the reference was read as 'No difference here is
+    significant after correction' (only gains counted as significant), and one significant
+    loss beside a gain as 'A gain only where p < 0.05'."""
+    from segssl.report.reading import paired_reading
+
+    runs = _runs()
+    bim = runs["params.method.name"] == "bim"
+    runs.loc[bim, "metrics.test/dsc"] -= 0.2 + 0.001 * runs.loc[bim, "params.seed"].astype(int)
+    agg = aggregate(runs, _spec(), experiment="x")
+    assert all(_cell(agg, "bim", c)["p_value"] < 0.05 for c in ("1", "4"))
+    text = paired_reading(agg, "bim", "Baseline")
+    assert "A loss in every column that survives the corrected test: 'bim' is worse." in text
+    assert "No difference" not in text
+    four = runs["params.data.labeled_scans"] == "4"
+    runs.loc[bim & four, "metrics.test/dsc"] += 0.4
+    mixed = paired_reading(aggregate(runs, _spec(), experiment="x"), "bim", "Baseline")
+    assert "Significant (p < 0.05): a gain at 4 and a loss at 1;" in mixed
