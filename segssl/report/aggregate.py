@@ -528,6 +528,32 @@ def _definitions(runs: pd.DataFrame, spec: TableSpec) -> str:
     return describe(defs)
 
 
+def _left_out_note(runs: pd.DataFrame, spec: TableSpec) -> str:
+    """How many scans a distance metric (HD95, ASD) left out of the table's runs' means because
+    exactly one mask was empty (``metrics.one_empty: exclude``; the runs' ``<metric>_undefined``
+    counts), or ``""`` when none was."""
+    head, _, rest = spec.metric.partition("/")
+    name, _, cls = rest.partition("/")
+    if name not in ("hd95", "asd"):
+        return ""
+    prefix = f"metrics.{head}/{name}_undefined/"
+    cols = [c for c in runs if c.startswith(prefix) and (not cls or c[len(prefix) :] == cls)]
+    if not cols:
+        return ""
+    counts = runs[cols].astype(float).fillna(0.0)
+    total = int(counts.to_numpy().sum())
+    if total == 0:
+        return ""
+    per_class = ", ".join(
+        f"{c[len(prefix) :]}: {int(counts[c].sum())}" for c in cols if counts[c].sum() > 0
+    )
+    hit = int((counts.sum(axis=1) > 0).sum())
+    return (
+        f"{name.upper()} left out {total} scan(s) with exactly one empty mask ({per_class}), "
+        f"in {hit} of the {len(runs)} runs: their means are over the remaining scans."
+    )
+
+
 def _caption(
     spec: TableSpec,
     ns: list[int],
@@ -1018,6 +1044,9 @@ def _attach_layout(
     caption = _caption(
         spec, ns, paper, _epoch_rule(runs), _definitions(runs, spec), ranked=len(ranked)
     )
+    left_out = _left_out_note(runs, spec)
+    if left_out:
+        caption += f" {left_out}"
     if any(r.paper_only for r in rows):
         caption += (
             " Rows marked (paper only) are methods segssl does not implement: the paper's "

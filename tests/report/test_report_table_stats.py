@@ -361,3 +361,26 @@ def test_reading_calls_a_significant_loss_a_loss() -> None:
     runs.loc[bim & four, "metrics.test/dsc"] += 0.4
     mixed = paired_reading(aggregate(runs, _spec(), experiment="x"), "bim", "Baseline")
     assert "Significant (p < 0.05): a gain at 4 and a loss at 1;" in mixed
+
+
+def test_an_hd95_caption_counts_the_scans_left_out_for_one_empty_mask() -> None:
+    """metrics.one_empty: exclude leaves a scan out of HD95/ASD; the runs count those scans
+    (test/hd95_undefined/<class>) and the caption now says how many, not only the policy."""
+    runs = _runs()
+    runs["metrics.test/hd95_undefined/LV"] = 0.0
+    runs["metrics.test/hd95_undefined/RV"] = 0.0
+    spec = _spec(paired_test=None, metric="test/hd95", bold="min")
+    assert "left out" not in aggregate(runs, spec, experiment="x").attrs["caption"]
+    runs.loc[[0, 3], "metrics.test/hd95_undefined/LV"] = [2.0, 1.0]
+    runs.loc[3, "metrics.test/hd95_undefined/RV"] = 1.0
+    runs["metrics.test/hd95/RV"] = 3.0
+    cap = aggregate(runs, spec, experiment="x").attrs["caption"]
+    assert (
+        "HD95 left out 4 scan(s) with exactly one empty mask (LV: 3, RV: 1), in 2 of the 30 runs"
+        in cap
+    )
+    one = aggregate(runs, _spec(paired_test=None, metric="test/hd95/RV"), experiment="x")
+    assert (
+        "HD95 left out 1 scan(s) with exactly one empty mask (RV: 1), in 1 of"
+        in (one.attrs["caption"])
+    )
