@@ -384,3 +384,15 @@ def test_an_hd95_caption_counts_the_scans_left_out_for_one_empty_mask() -> None:
         "HD95 left out 1 scan(s) with exactly one empty mask (RV: 1), in 1 of"
         in (one.attrs["caption"])
     )
+
+
+def test_reading_of_a_scans_table_says_scans_and_estimates_no_seeds() -> None:
+    """Over test scans the reading said 'paired over seeds' and estimated 'paired seeds' from
+    the spread of one run's scans: the two units mixed in one sentence."""
+    from segssl.report.reading import paired_reading
+
+    agg = aggregate(_runs(), _spec(stats={"variance": "scans"}), experiment="x")
+    text = paired_reading(agg, "IIC", "Baseline")
+    assert "paired over the test scans of one run (not seeds)" in text
+    assert "ahead in" in text and "of 4" in text  # 4 scans paired
+    assert "seeds (" not in text and "seed-to-seed" not in text
