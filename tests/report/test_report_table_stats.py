@@ -396,3 +396,27 @@ def test_reading_of_a_scans_table_says_scans_and_estimates_no_seeds() -> None:
     assert "paired over the test scans of one run (not seeds)" in text
     assert "ahead in" in text and "of 4" in text  # 4 scans paired
     assert "seeds (" not in text and "seed-to-seed" not in text
+
+
+def test_a_table_of_several_metrics_states_each_ones_definition() -> None:
+    """IDEAL Table 1's rows are ASD, HD and DSC under a table metric of test/dsc: the caption
+    gave only Dice's definition, not which HD95 (max or pooled) nor the empty-mask policy of the
+    distances; it now states them, and counts the scans HD95 left out."""
+    runs = _runs()
+    runs["metrics.test/asd"] = 1.0
+    runs["params.metrics.hd95"] = "max"
+    runs["metrics.test/hd95_undefined/LV"] = 0.0
+    runs.loc[12, "metrics.test/hd95_undefined/LV"] = 1.0  # a bim run
+    spec = _spec(
+        paired_test=None,
+        bold="none",
+        rows=[{"metrics": {"ASD": "test/asd", "HD": "test/hd95", "DSC": "test/dsc"}}],
+        filter={"method.name": "bim"},
+    )
+    cap = aggregate(runs, spec, experiment="x").attrs["caption"]
+    assert "HD95: max of the two directed 95th percentiles" in cap
+    assert "ASD pooled over both directions" in cap and "one empty scores Dice 0" in cap
+    assert "HD95 left out 1 scan(s) with exactly one empty mask (LV: 1)" in cap
+    runs["params.metrics.hd95"] = ["max", "pooled"] * (len(runs) // 2)
+    mixed = aggregate(runs, spec, experiment="x").attrs["caption"]
+    assert "Warning: the runs mix metric definitions (metrics.hd95: max, pooled)" in mixed
