@@ -492,27 +492,38 @@ _DEFAULT_DEFINITIONS = {
 }
 
 
-def _definitions(runs: pd.DataFrame, spec: TableSpec) -> str:
-    """The metric definitions the runs used (their ``metrics.*`` params), as a sentence; a
-    warning naming the values when the runs differ in a definition the metric depends on."""
-    name = spec.metric.split("/")[1] if "/" in spec.metric else spec.metric
+def _table_metrics(spec: TableSpec, rows: list[Leaf], cols: list[Leaf]) -> list[str]:
+    """Every metric the table's cells show: the rows' or columns' own (``metrics:``) and the
+    table's ``metric`` where a cell has none (IDEAL Table 1: ASD, HD and DSC rows)."""
+    own = [leaf.metric for leaf in (*rows, *cols) if leaf.metric]
+    default = any(not r.metric for r in rows) and any(not c.metric for c in cols if not c.is_mean)
+    return list(dict.fromkeys(([spec.metric] if default or not own else []) + own))
+
+
+def _metric_name(metric: str) -> str:
+    """``test/hd95/LV`` -> ``hd95``."""
+    return metric.split("/")[1] if "/" in metric else metric
+
+
+def _definitions(runs: pd.DataFrame, spec: TableSpec, metrics: list[str] | None = None) -> str:
+    """The metric definitions the runs used (their ``metrics.*`` params) for every metric the
+    table shows (``metrics``, default the table's ``metric``), as a sentence; a warning naming
+    the values when the runs differ in a definition one of these metrics depends on."""
+    names = list(dict.fromkeys(_metric_name(m) for m in (metrics or [spec.metric])))
 
     def seen(key: str) -> list[str]:
         col = f"params.metrics.{key}"
         return sorted(set(runs[col].dropna().map(norm_value))) if col in runs else []
 
     used = {k: seen(k) or [_DEFAULT_DEFINITIONS[k]] for k in _DEFAULT_DEFINITIONS}
-    mixed = [
-        f"metrics.{k}: {', '.join(used[k])}"
-        for k in _DEFINITION_KEYS.get(name, tuple(_DEFAULT_DEFINITIONS))
-        if len(used[k]) > 1
-    ]
+    keys = [k for n in names for k in _DEFINITION_KEYS.get(n, tuple(_DEFAULT_DEFINITIONS))]
+    mixed = [f"metrics.{k}: {', '.join(used[k])}" for k in dict.fromkeys(keys) if len(used[k]) > 1]
     if mixed:
         return (
             f"Warning: the runs mix metric definitions ({'; '.join(mixed)}): their "
-            f"{name} values are not comparable."
+            f"{', '.join(names)} values are not comparable."
         )
-    if name == "dsc":
+    if names == ["dsc"]:
         empty = (
             "an empty prediction of an empty structure scores 1"
             if used["both_empty"][0] == "perfect"
@@ -526,6 +537,37 @@ def _definitions(runs: pd.DataFrame, spec: TableSpec) -> str:
         one_empty=used["one_empty"][0],
     )
     return describe(defs)
+
+
+def _left_out_note(runs: pd.DataFrame, spec: TableSpec, metrics: list[str] | None = None) -> str:
+    """How many scans a distance metric the table shows (HD95, ASD) left out of its runs' means
+    because exactly one mask was empty (``metrics.one_empty: exclude``; the runs'
+    ``<metric>_undefined`` counts), or ``""`` when none was."""
+    notes = [_left_out_one(runs, m) for m in (metrics or [spec.metric])]
+    return " ".join(n for n in notes if n)
+
+
+def _left_out_one(runs: pd.DataFrame, metric: str) -> str:
+    head, _, rest = metric.partition("/")
+    name, _, cls = rest.partition("/")
+    if name not in ("hd95", "asd"):
+        return ""
+    prefix = f"metrics.{head}/{name}_undefined/"
+    cols = [c for c in runs if c.startswith(prefix) and (not cls or c[len(prefix) :] == cls)]
+    if not cols:
+        return ""
+    counts = runs[cols].astype(float).fillna(0.0)
+    total = int(counts.to_numpy().sum())
+    if total == 0:
+        return ""
+    per_class = ", ".join(
+        f"{c[len(prefix) :]}: {int(counts[c].sum())}" for c in cols if counts[c].sum() > 0
+    )
+    hit = int((counts.sum(axis=1) > 0).sum())
+    return (
+        f"{name.upper()} left out {total} scan(s) with exactly one empty mask ({per_class}), "
+        f"in {hit} of the {len(runs)} runs: their means are over the remaining scans."
+    )
 
 
 def _caption(
@@ -1015,9 +1057,13 @@ def _attach_layout(
         and r.display not in spec.rank_exclude
         and not r.paper_only
     ]
+    metrics = _table_metrics(spec, rows, cols)
     caption = _caption(
-        spec, ns, paper, _epoch_rule(runs), _definitions(runs, spec), ranked=len(ranked)
+        spec, ns, paper, _epoch_rule(runs), _definitions(runs, spec, metrics), ranked=len(ranked)
     )
+    left_out = _left_out_note(runs, spec, metrics)
+    if left_out:
+        caption += f" {left_out}"
     if any(r.paper_only for r in rows):
         caption += (
             " Rows marked (paper only) are methods segssl does not implement: the paper's "

@@ -361,3 +361,62 @@ def test_reading_calls_a_significant_loss_a_loss() -> None:
     runs.loc[bim & four, "metrics.test/dsc"] += 0.4
     mixed = paired_reading(aggregate(runs, _spec(), experiment="x"), "bim", "Baseline")
     assert "Significant (p < 0.05): a gain at 4 and a loss at 1;" in mixed
+
+
+def test_an_hd95_caption_counts_the_scans_left_out_for_one_empty_mask() -> None:
+    """metrics.one_empty: exclude leaves a scan out of HD95/ASD; the runs count those scans
+    (test/hd95_undefined/<class>) and the caption now says how many, not only the policy."""
+    runs = _runs()
+    runs["metrics.test/hd95_undefined/LV"] = 0.0
+    runs["metrics.test/hd95_undefined/RV"] = 0.0
+    spec = _spec(paired_test=None, metric="test/hd95", bold="min")
+    assert "left out" not in aggregate(runs, spec, experiment="x").attrs["caption"]
+    runs.loc[[0, 3], "metrics.test/hd95_undefined/LV"] = [2.0, 1.0]
+    runs.loc[3, "metrics.test/hd95_undefined/RV"] = 1.0
+    runs["metrics.test/hd95/RV"] = 3.0
+    cap = aggregate(runs, spec, experiment="x").attrs["caption"]
+    assert (
+        "HD95 left out 4 scan(s) with exactly one empty mask (LV: 3, RV: 1), in 2 of the 30 runs"
+        in cap
+    )
+    one = aggregate(runs, _spec(paired_test=None, metric="test/hd95/RV"), experiment="x")
+    assert (
+        "HD95 left out 1 scan(s) with exactly one empty mask (RV: 1), in 1 of"
+        in (one.attrs["caption"])
+    )
+
+
+def test_reading_of_a_scans_table_says_scans_and_estimates_no_seeds() -> None:
+    """Over test scans the reading said 'paired over seeds' and estimated 'paired seeds' from
+    the spread of one run's scans: the two units mixed in one sentence."""
+    from segssl.report.reading import paired_reading
+
+    agg = aggregate(_runs(), _spec(stats={"variance": "scans"}), experiment="x")
+    text = paired_reading(agg, "IIC", "Baseline")
+    assert "paired over the test scans of one run (not seeds)" in text
+    assert "ahead in" in text and "of 4" in text  # 4 scans paired
+    assert "seeds (" not in text and "seed-to-seed" not in text
+
+
+def test_a_table_of_several_metrics_states_each_ones_definition() -> None:
+    """IDEAL Table 1's rows are ASD, HD and DSC under a table metric of test/dsc: the caption
+    gave only Dice's definition, not which HD95 (max or pooled) nor the empty-mask policy of the
+    distances; it now states them, and counts the scans HD95 left out."""
+    runs = _runs()
+    runs["metrics.test/asd"] = 1.0
+    runs["params.metrics.hd95"] = "max"
+    runs["metrics.test/hd95_undefined/LV"] = 0.0
+    runs.loc[12, "metrics.test/hd95_undefined/LV"] = 1.0  # a bim run
+    spec = _spec(
+        paired_test=None,
+        bold="none",
+        rows=[{"metrics": {"ASD": "test/asd", "HD": "test/hd95", "DSC": "test/dsc"}}],
+        filter={"method.name": "bim"},
+    )
+    cap = aggregate(runs, spec, experiment="x").attrs["caption"]
+    assert "HD95: max of the two directed 95th percentiles" in cap
+    assert "ASD pooled over both directions" in cap and "one empty scores Dice 0" in cap
+    assert "HD95 left out 1 scan(s) with exactly one empty mask (LV: 1)" in cap
+    runs["params.metrics.hd95"] = ["max", "pooled"] * (len(runs) // 2)
+    mixed = aggregate(runs, spec, experiment="x").attrs["caption"]
+    assert "Warning: the runs mix metric definitions (metrics.hd95: max, pooled)" in mixed
