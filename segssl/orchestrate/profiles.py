@@ -265,6 +265,8 @@ def apply_profile(
             raise ProfileError(
                 f"{source}: profiles.{name}: unknown profile; expected {', '.join(PROFILES)}"
             )
+    if profiles:
+        _check_shape(out, source)
     profile = profile or "paper"
     if profile != "paper" and profile not in profiles:
         raise ProfileError(
@@ -275,6 +277,29 @@ def apply_profile(
         if other != profile:
             _apply(copy.deepcopy(out), profiles, other, source, check_overrides)
     return _apply(out, profiles, profile, source, check_overrides)
+
+
+def _check_shape(raw: Mapping[str, Any], source: str) -> None:
+    """The parts of the sweep a profile reads and merges into are mappings (or empty).
+
+    Raises:
+        SpecError: naming the first part that is not (a variant written as ``IIC: 5`` crashed
+            the profile's override check with an AttributeError).
+    """
+
+    def need(value: Any, where: str) -> Mapping[str, Any]:
+        if value is not None and not isinstance(value, Mapping):
+            raise SpecError(f"{source}: {where}: expected a mapping, got {type(value).__name__}")
+        return value or {}
+
+    base = need(raw.get("base"), "base")
+    need(base.get("data"), "base.data")
+    for name, stage in need(raw.get("stages"), "stages").items():
+        st = need(stage, f"stages.{name}")
+        for key in ("config", "grid", "variants", "search"):
+            need(st.get(key), f"stages.{name}.{key}")
+        for label, variant in need(st.get("variants"), "").items():
+            need(variant, f"stages.{name}.variants.{label}")
 
 
 def _apply(

@@ -4,6 +4,7 @@ smoke and paper never share an experiment or a trial key, phantoms written once.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +201,28 @@ def test_a_variant_supplying_the_method_still_gets_its_overrides_checked() -> No
     raw["profiles"]["smoke"]["stages"]["pretrain"] = {"config": {"method.kk": 5}}
     with pytest.raises(ProfileError, match=r"overrides 'method.kk'.*did you mean 'method.k'"):
         parse_sweep(raw, profile="smoke")
+
+
+@pytest.mark.parametrize("profile", ["paper", "smoke"])
+@pytest.mark.parametrize(
+    ("where", "edit"),
+    [
+        ("stages.pretrain.variants.IIC", lambda st, raw: st.update(variants={"IIC": 5})),
+        ("stages.pretrain.config", lambda st, raw: st.update(config=5)),
+        ("stages.pretrain", lambda st, raw: raw["stages"].update(pretrain=5)),
+        ("base", lambda st, raw: raw.update(base=5)),
+    ],
+    ids=["variant", "config", "stage", "base"],
+)
+def test_a_part_that_is_no_mapping_is_named_in_a_sweep_with_profiles(
+    profile: str, where: str, edit: Any
+) -> None:
+    """A stage, config, base or variant written as a value (``IIC: 5``) in a sweep with
+    profiles is named (the profiles' override check read it and crashed: AttributeError 'int'
+    object has no attribute 'items' / 'get')."""
+    raw = sweep()
+    edit(raw["stages"]["pretrain"], raw)
+    with pytest.raises(
+        SpecError, match=rf"s.yaml: {re.escape(where)}: expected a mapping, got int"
+    ):
+        parse_sweep(raw, profile=profile, source="s.yaml")
