@@ -711,15 +711,21 @@ def _launch(
 
 
 def _gcs_address() -> str | None:
-    """``HOST:PORT`` of the connected Ray cluster's GCS, None where it cannot be known (a Ray
-    client connection)."""
+    """``HOST:PORT`` of the connected Ray cluster's GCS when the driver can watch it: None for
+    a Ray client connection (``ray://``: the address is the GCS as the head node sees it, often
+    not reachable from the client, and a signal to the client never stops that cluster) and for
+    a GCS that does not accept a connection now (a watch would take it for a cluster gone)."""
     import ray
 
     try:
+        if ray.util.client.ray.is_connected():
+            return None
         address = ray.get_runtime_context().gcs_address
     except Exception:  # noqa: BLE001 - no watch is the old behaviour, not an error
         return None
-    return address if isinstance(address, str) and ":" in address else None
+    if not (isinstance(address, str) and ":" in address):
+        return None
+    return address if tcp_reachable(address) else None
 
 
 def _end_without_ray(

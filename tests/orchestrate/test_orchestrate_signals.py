@@ -378,3 +378,36 @@ def test_the_cluster_watch_acts_only_after_a_signal_on_a_lost_cluster() -> None:
     done2.set()
     watch.join(2)
     assert calls == ["end"] and len(probes) > 2 and not watch.is_alive()
+
+
+def _context(address: str) -> Any:
+    from types import SimpleNamespace
+
+    return lambda: SimpleNamespace(gcs_address=address)
+
+
+def test_the_watch_probes_only_a_gcs_the_driver_reaches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GCS that refuses connections from the start (a remote cluster seen through a tunnel,
+    an address private to the head node) or a Ray client connection is never watched: after a
+    signal the watch would take that healthy cluster for one gone and end the sweep without it
+    (its trials marked KILLED while they run on, the driver exiting at once)."""
+    import socket
+
+    import ray
+
+    from segssl.orchestrate import runner
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        up = f"127.0.0.1:{server.getsockname()[1]}"
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            down = f"127.0.0.1:{probe.getsockname()[1]}"
+        monkeypatch.setattr(ray, "get_runtime_context", _context(up))
+        assert runner._gcs_address() == up  # a local or directly reached cluster is watched
+        monkeypatch.setattr(ray, "get_runtime_context", _context(down))
+        assert runner._gcs_address() is None
+        monkeypatch.setattr(ray, "get_runtime_context", _context(up))
+        monkeypatch.setattr(ray.util.client.ray, "is_connected", lambda: True)  # ray://
+        assert runner._gcs_address() is None
