@@ -30,6 +30,7 @@ CSV_COLUMNS = [
     "mean",
     "std",
     "n",
+    "unit",  # what n, seeds, values and std run over: "seeds" or "test scans"
     "seeds",
     "values",
     "mark",
@@ -314,9 +315,12 @@ def render_latex(agg: pd.DataFrame, spec: TableSpec) -> str:
 
 # --------------------------------------------------------------------------------------- csv
 def csv_frame(agg: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
-    """The long CSV form of a table (one line per cell, lists joined with ';')."""
+    """The long CSV form of a table (one line per cell, lists joined with ';'; ``unit`` says
+    whether ``n``, ``seeds``, ``values`` and ``std`` are over seeds or over test scans)."""
     out = agg.copy()
     out.insert(0, "table", spec.name)
+    # a table over test scans lists scan indices under 'seeds': the unit says which it is
+    out["unit"] = "seeds" if spec.stats.variance == "seeds" else "test scans"
     out["values"] = out["values"].map(lambda v: ";".join(repr(float(x)) for x in v))
     out["run_ids"] = out["run_ids"].map(lambda v: ";".join(v))
     return out[CSV_COLUMNS]

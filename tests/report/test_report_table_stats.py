@@ -420,3 +420,15 @@ def test_a_table_of_several_metrics_states_each_ones_definition() -> None:
     runs["params.metrics.hd95"] = ["max", "pooled"] * (len(runs) // 2)
     mixed = aggregate(runs, spec, experiment="x").attrs["caption"]
     assert "Warning: the runs mix metric definitions (metrics.hd95: max, pooled)" in mixed
+
+
+def test_csv_names_the_variance_unit() -> None:
+    """The CSV has no caption: a table over test scans exported scan indices under 'seeds' and
+    their std with nothing saying so."""
+    import io
+
+    by_scan = _spec(stats={"variance": "scans"})
+    scans = pd.read_csv(io.StringIO(render(aggregate(_runs(), by_scan), by_scan, "csv")))
+    seeds = pd.read_csv(io.StringIO(render(aggregate(_runs(), _spec()), _spec(), "csv")))
+    assert set(scans["unit"]) == {"test scans"} and set(seeds["unit"]) == {"seeds"}
+    assert list(seeds.columns).index("unit") == list(seeds.columns).index("n") + 1
