@@ -33,8 +33,11 @@ def entries(root: Path) -> set[str]:
                 continue
             out.add(top.name)
             if top.is_dir(follow_symlinks=False):
-                with os.scandir(top.path) as below:
-                    out.update(f"{top.name}/{e.name}" for e in below if _counts(e.name))
+                try:
+                    with os.scandir(top.path) as below:
+                        out.update(f"{top.name}/{e.name}" for e in below if _counts(e.name))
+                except OSError:  # gone since it was listed, or unreadable: its name counts
+                    continue
     return out
 
 

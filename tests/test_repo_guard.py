@@ -88,3 +88,25 @@ def test_caches_are_not_leaks(project: pytest.Pytester) -> None:
     res = project.runpytest("-p", "cacheprovider")
     res.assert_outcomes(passed=1)
     assert res.ret == pytest.ExitCode.OK
+
+
+def test_a_folder_gone_or_unreadable_while_listed_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder of the root that another process removes between the two listings (or one
+    that cannot be read) counts by its name: the guard raised FileNotFoundError there, which
+    errored the test it guarded (or the whole session at its start)."""
+    import repo_guard
+
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "a").write_text("")
+    (tmp_path / "fleeting").mkdir()
+    real = repo_guard.os.scandir
+
+    def scandir(path: object) -> object:
+        if Path(str(path)).name == "fleeting":
+            Path(str(path)).rmdir()  # removed by someone else just after the root was listed
+        return real(path)
+
+    monkeypatch.setattr(repo_guard.os, "scandir", scandir)
+    assert repo_guard.entries(tmp_path) == {"kept", "kept/a", "fleeting"}
