@@ -767,6 +767,11 @@ def _end_without_ray(
                 console.print(f"{stage}: could not count its runs: {err}", highlight=False)
         keeper.also = None
         _end_sweep_run(uri, run.ctx.sweep_run_id or "", outcome, "KILLED", reason, console)
+        if outcome.failed:  # the summary names why, as after the graceful stop
+            with contextlib.suppress(Exception):
+                outcome.failures = tracking.failure_reasons(
+                    uri, tr.exp_id, run.ctx.sweep_run_id or ""
+                )
         keeper.stop()
         claim.release()
         if opts.get("on_abandon") is not None:

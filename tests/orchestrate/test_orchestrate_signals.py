@@ -411,3 +411,70 @@ def test_the_watch_probes_only_a_gcs_the_driver_reaches(monkeypatch: pytest.Monk
         monkeypatch.setattr(ray, "get_runtime_context", _context(up))
         monkeypatch.setattr(ray.util.client.ray, "is_connected", lambda: True)  # ray://
         assert runner._gcs_address() is None
+
+
+def test_the_end_without_ray_names_why_trials_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep ended without Ray (its cluster went down with the signal) counts the wave's
+    runs and hands the summary the reasons of the trials that failed before, as the graceful
+    stop does (they were missing: '1 failed' with no reason); a FINISHED trial stays
+    FINISHED, a RUNNING one is KILLED with the signal's reason."""
+    import threading
+    from types import SimpleNamespace
+
+    from mlflow import MlflowClient
+    from rich.console import Console
+
+    from segssl.orchestrate import runner, tracking
+    from segssl.record import TAG_KEY, TAG_PARENT_RUN
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "abandon", "h")
+    client = MlflowClient(uri)
+    sweep = client.create_run(exp).info.run_id
+    runs = {}
+    for key, status in (("a", "FINISHED"), ("b", "FAILED"), ("c", "RUNNING")):
+        tags = {TAG_PARENT_RUN: sweep, TAG_STAGE: "pre", TAG_KEY: key}
+        if status == "FAILED":
+            tags[TAG_END_REASON] = "CUDA out of memory"
+        runs[key] = client.create_run(exp, tags=tags, run_name=f"pre-{key}").info.run_id
+        if status != "RUNNING":
+            client.set_terminated(runs[key], status)
+    outcome = runner.SweepOutcome("s", uri, exp, tmp_path, sweep_run_id=sweep)
+    outcome.stages["pre"] = runner.StageOutcome(planned=3, skipped=0, launched=3)
+    run = SimpleNamespace(
+        outcome=outcome,
+        progress=contextlib.nullcontext(),
+        ctx=SimpleNamespace(sweep_run_id=sweep),
+        wave={"pre": ["a", "b", "c"]},
+    )
+    it = Interrupt()
+    it.handle(signal.SIGTERM)
+    seen: list[Any] = []
+
+    def summary(out: Any) -> int:
+        seen.append(dict(out.failures))
+        return 143
+
+    class Exited(Exception):
+        pass
+
+    def _exit(code: int) -> None:
+        raise Exited(code)
+
+    monkeypatch.setattr(runner.os, "_exit", _exit)
+    keeper = SimpleNamespace(also=None, stop=lambda: None)
+    claim = SimpleNamespace(release=lambda: None)
+    opts = {"console": Console(file=open(os.devnull, "w")), "on_abandon": summary}  # noqa: SIM115
+    tr = SimpleNamespace(exp_id=exp)
+    with pytest.raises(Exited, match="143"):
+        runner._end_without_ray(run, tr, uri, it, threading.Lock(), claim, keeper, opts)  # type: ignore[arg-type]
+    so = outcome.stages["pre"]
+    assert (so.finished, so.failed, so.stopped) == (1, 1, 1)
+    assert seen == [{"CUDA out of memory": {"retryable": True, "runs": ["pre-b"]}}]
+    assert client.get_run(runs["a"]).info.status == "FINISHED"
+    killed = client.get_run(runs["c"])
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags[TAG_END_REASON] == "sweep stopped by SIGTERM"
+    assert client.get_run(sweep).info.status == "KILLED"
