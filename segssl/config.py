@@ -127,6 +127,25 @@ class PreprocessConfig(Section):
             raise ValueError(f"expected a window [low, high] with low < high, got {list(v)}")
         return v
 
+    @model_validator(mode="after")
+    def _window_or_percentiles(self) -> PreprocessConfig:
+        """A window replaces the percentiles and always clips: settings of those that it would
+        silently ignore are refused."""
+        if self.window is None:
+            return self
+        default = type(self).model_fields
+        if self.percentiles != default["percentiles"].default:
+            raise ValueError(
+                f"window {list(self.window)} replaces the scan's percentiles: set "
+                f"percentiles {list(self.percentiles)} or window, not both"
+            )
+        if not self.clip:
+            raise ValueError(
+                f"window {list(self.window)} clips to [low, high] by definition; clip: false "
+                "would be ignored (remove one of them)"
+            )
+        return self
+
     @field_validator("spacing")
     @classmethod
     def _spacing(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:

@@ -62,6 +62,27 @@ def test_window_must_be_low_high(window):
         PreprocessConfig(window=window)
 
 
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"percentiles": (0.5, 99.5)}, "percentiles .* or window, not both"),
+        ({"clip": False}, "clip: false"),
+    ],
+)
+def test_a_window_refuses_the_settings_it_would_ignore(extra, match):
+    from segssl.config import ConfigError, parse_run_config
+
+    with pytest.raises(ValueError, match=match):
+        PreprocessConfig(window=(-160, 240), **extra)
+    raw = {
+        "stage": "finetune",
+        "method": {"name": "baseline"},
+        "data": {"preprocess": {"window": [-160, 240], **extra}},
+    }
+    with pytest.raises(ConfigError, match=r"data\.preprocess"):
+        parse_run_config(raw, source="run.yaml")
+
+
 def test_window_left_out_of_keys_at_its_default():
     """Caches and trial keys made before the window existed stay valid."""
     from segssl.config import canonical_json
