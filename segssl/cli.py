@@ -463,6 +463,7 @@ def sweep_cmd(
             takeover=takeover,
             # a smoke profile's phantoms are written by the run itself, not by a dry run
             check_data=not skip_data_check and not (dry_run and spec.phantoms is not None),
+            on_abandon=_summary_status,
         )
     except (ConfigError, TrackingError) as exc:
         fail(str(exc))
@@ -486,6 +487,16 @@ def sweep_cmd(
             )
         return
     _sweep_summary(out)
+
+
+def _summary_status(out: Any) -> int:
+    """Print the summary of ``out`` and return the exit status it ends with (for a sweep that
+    ends outside the main thread: Ray stopped by the same signal as the driver)."""
+    try:
+        _sweep_summary(out)
+    except typer.Exit as exc:
+        return exc.exit_code
+    return 0
 
 
 def _sweep_summary(out: Any) -> None:

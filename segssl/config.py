@@ -95,7 +95,12 @@ class PreprocessConfig(Section):
     through-plane axis.
     """
 
+    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset({"window"})
+
     percentiles: tuple[float, float] = (1.0, 99.0)
+    # fixed intensity window (e.g. CT Hounsfield units [-160, 240]) instead of the scan's
+    # percentiles: raw intensities are clipped to [low, high] and mapped to [0, 1]
+    window: tuple[float, float] | None = None
     spacing: tuple[float, float] | None = (1.0, 1.0)  # in-plane target (mm); None keeps native
     size: tuple[int, int] = (256, 256)
     fit: Literal["crop_or_pad", "resize"] = "crop_or_pad"
@@ -114,6 +119,32 @@ class PreprocessConfig(Section):
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"expected 0 <= low < high <= 100, got {v}")
         return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] < v[1]):
+            raise ValueError(f"expected a window [low, high] with low < high, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _window_or_percentiles(self) -> PreprocessConfig:
+        """A window replaces the percentiles and always clips: settings of those that it would
+        silently ignore are refused."""
+        if self.window is None:
+            return self
+        default = type(self).model_fields
+        if self.percentiles != default["percentiles"].default:
+            raise ValueError(
+                f"window {list(self.window)} replaces the scan's percentiles: set "
+                f"percentiles {list(self.percentiles)} or window, not both"
+            )
+        if not self.clip:
+            raise ValueError(
+                f"window {list(self.window)} clips to [low, high] by definition; clip: false "
+                "would be ignored (remove one of them)"
+            )
+        return self
 
     @field_validator("spacing")
     @classmethod

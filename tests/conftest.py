@@ -1,5 +1,6 @@
-"""Shared test set-up: small CPU-only settings, Ray without token auth, no network; and a tiny
-synthetic ACDC archive (real layout, read by the real data layer) with tiny run configs."""
+"""Shared test set-up: small CPU-only settings, Ray without token auth, no network; a tiny
+synthetic ACDC archive (real layout, read by the real data layer) with tiny run configs; and a
+guard that fails any test leaving files in the repository root (tests write under tmp_path)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,15 @@ import torch  # noqa: E402
 from segssl.config import RunConfig, parse_run_config  # noqa: E402
 
 torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test may leave files in the checkout (see tests/repo_guard.py)."""
+    from repo_guard import RepoGuard
+
+    config.pluginmanager.register(RepoGuard(REPO), "segssl-repo-guard")
 
 
 @pytest.fixture(scope="session")

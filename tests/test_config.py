@@ -136,12 +136,14 @@ def test_hash_is_canonical():
 
 
 def _without_schedule(data: dict) -> dict:
-    """A config dump as it was before ``optim.schedule`` existed."""
+    """A config dump as it was before ``optim.schedule`` (and ``data.preprocess.window``)
+    existed."""
     optim = {k: v for k, v in data["optim"].items() if k != "schedule"}
     optim["extra"] = {
         n: {k: v for k, v in o.items() if k != "schedule"} for n, o in optim["extra"].items()
     }
-    return {**data, "optim": optim}
+    pre = {k: v for k, v in data["data"]["preprocess"].items() if k != "window"}
+    return {**data, "optim": optim, "data": {**data["data"], "preprocess": pre}}
 
 
 def test_a_field_added_later_keeps_keys_at_its_default():

@@ -125,12 +125,22 @@ def reorient(
     return image, label, out_spacing
 
 
-def normalise(image: np.ndarray, percentiles: Sequence[float], clip: bool, name: str) -> np.ndarray:
-    """``(x - p_lo) / (p_hi - p_lo)`` with the scan's own percentiles, optionally clipped.
+def normalise(
+    image: np.ndarray,
+    percentiles: Sequence[float],
+    clip: bool,
+    name: str,
+    window: Sequence[float] | None = None,
+) -> np.ndarray:
+    """``(x - p_lo) / (p_hi - p_lo)`` with the scan's own percentiles, optionally clipped; with a
+    fixed ``window`` (e.g. CT Hounsfield units) ``(clip(x, lo, hi) - lo) / (hi - lo)`` instead.
 
     Raises:
         DataError: the percentiles coincide (a constant image cannot be normalised).
     """
+    if window is not None:
+        lo, hi = (np.float32(w) for w in window)
+        return (np.clip(image.astype(np.float32), lo, hi) - lo) / (hi - lo)
     lo, hi = np.percentile(image, list(percentiles))
     if not hi > lo:
         raise DataError(
@@ -174,7 +184,7 @@ def preprocess_volume(
         name: scan name for error messages.
     """
     image, label, (dz, dy, dx) = reorient(image, label, affine, cfg)
-    image = normalise(image, cfg.percentiles, cfg.clip, name)
+    image = normalise(image, cfg.percentiles, cfg.clip, name, cfg.window)
     if cfg.spacing is not None:
         ty, tx = cfg.spacing
         factors = (1.0, dy / ty, dx / tx)

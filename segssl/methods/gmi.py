@@ -59,6 +59,7 @@ class Config(SupervisedConfig):
     heads: int = Field(5, ge=1)
     teacher: bool = False  # "enhanced" (Fig. 4): MI between EMA teacher and student
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+    ema_warmup: bool = True  # as mean_teacher: decay min(ema_decay, 1 - 1/(step + 1))
 
     @field_validator("local_taps")
     @classmethod
@@ -176,4 +177,4 @@ class GMI(Method):
 
     def after_step(self, clock: Clock) -> None:
         if self.cfg.teacher:
-            self.teacher.update(self.model)
+            self.teacher.update(self.model, clock.step if self.cfg.ema_warmup else None)

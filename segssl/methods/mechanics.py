@@ -71,17 +71,26 @@ class EMATeacher(nn.Module):
         self.net.train(mode and self.bn == "train")
         return self
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay used after optimiser step ``step`` (counted from 1): ``min(decay,
+        1 - 1 / (step + 1))``, the warm-up of Tarvainen & Valpola's reference code (the teacher
+        is the plain average of the students so far until that reaches ``decay``: 0.5 after the
+        first step, 0.99 after step 99). ``None``: ``decay`` (no warm-up)."""
+        return self.decay if step is None else min(self.decay, 1.0 - 1.0 / (step + 1))
+
     @torch.no_grad()
-    def update(self, student: nn.Module) -> None:
-        """One EMA step over the parameters (``lerp`` towards the student by ``1 - decay``); in
-        ``"eval"`` mode over the buffers too (see the class docstring)."""
+    def update(self, student: nn.Module, step: int | None = None) -> None:
+        """One EMA step over the parameters (``lerp`` towards the student by ``1 - decay``, the
+        decay warmed up by optimiser ``step`` when given: :meth:`decay_at`); in ``"eval"`` mode
+        over the buffers too (see the class docstring)."""
+        rate = 1.0 - self.decay_at(step)
         t = [p for p in self.net.parameters()]
         s = [p.detach() for p in student.parameters()]
-        torch._foreach_lerp_(t, s, 1.0 - self.decay)
+        torch._foreach_lerp_(t, s, rate)
         if self.bn == "eval":
             for tb, sb in zip(self.net.buffers(), student.buffers(), strict=True):
                 if tb.is_floating_point():
-                    tb.lerp_(sb, 1.0 - self.decay)
+                    tb.lerp_(sb, rate)
                 else:
                     tb.copy_(sb)
 

@@ -42,6 +42,7 @@ class Config(SupervisedConfig):
     name: Literal["uamt"] = "uamt"
     w_cons: float = Field(1.0, ge=0.0)
     ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
+    ema_warmup: bool = True  # as mean_teacher: decay min(ema_decay, 1 - 1/(step + 1))
     rampup: Literal["sigmoid", "linear", "cosine"] = "sigmoid"
     rampup_epochs: float = Field(10.0, ge=0.0)  # as mean_teacher; must fit train.epochs
     teacher_noise: float = Field(0.1, ge=0.0)  # as mean_teacher

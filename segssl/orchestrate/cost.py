@@ -205,16 +205,20 @@ def calibration_side(cfg: RunConfig) -> int:
     """The slice side the calibration runs at: the trial's, at most :data:`CALIBRATION_PX`, or,
     where the method refuses so small an input (e.g. ``contrast_local``'s A regions of K x K
     must fit decoder block l's map: Chaitanya Table 6's l = 1, 3x3 needs 128 px on the depth-6
-    U-Net), the smallest doubling of it (at most the trial's side) that the method accepts."""
+    U-Net), the smallest doubling of it that the method accepts. The trial's side is the square
+    root of its pixels, which for a non-square slice (``[64, 48]``, no crop: 55) the model may
+    refuse; the doublings then go up to the slice's longer side (64)."""
     full = int(round(math.sqrt(trained_pixels(cfg))))
+    largest = max(full, cfg.augment.crop or 0, *cfg.data.preprocess.size)
     side = min(CALIBRATION_PX, full)
-    while side < full:
+    while True:
         try:
             _phantom_config(cfg, Path("phantoms"), 1, side=side)
             return side
         except ValueError:  # pydantic's ValidationError: the config refused at this side
-            side = min(2 * side, full)
-    return side
+            if side >= largest:
+                return min(CALIBRATION_PX, full)  # refused everywhere: the run reports why
+            side = min(2 * side, largest)
 
 
 def calibrate(

@@ -5,6 +5,13 @@ the runner then launches nothing more, its Ray Tune stopper stops the running tr
 ``last.pt`` stays on the storage, so a rerun resumes them), the sweep run is marked KILLED with
 the reason, and the command exits with ``128 + signal`` (130 for SIGINT). A second signal exits
 at once (after removing the driver's claim, so that a rerun does not wait for the lease).
+
+A scheduler often signals the whole process group (``scancel``, ``kill -TERM -PGID``): Ray's own
+processes (GCS, raylet, workers) stop together with the driver, and the graceful stop above
+cannot finish, since every Ray call of the driver then blocks until Ray's core worker gives up
+on the GCS (``gcs_rpc_server_reconnect_timeout_s``, 60 s) and ends the process with status 1.
+:func:`watch_cluster` sees the cluster gone after the first signal and lets the runner end the
+sweep without Ray (records, claim, summary) and exit with the signal's status.
 """
 
 from __future__ import annotations
@@ -12,12 +19,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["Interrupt", "SweepInterrupted", "catch_signals", "raise_on_signals"]
+__all__ = [
+    "Interrupt",
+    "SweepInterrupted",
+    "catch_signals",
+    "raise_on_signals",
+    "tcp_reachable",
+    "watch_cluster",
+]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -128,3 +143,42 @@ def raise_on_signals() -> Iterator[None]:
 
     with signal_handlers(handler):
         yield
+
+
+def tcp_reachable(address: str, timeout: float = 1.0) -> bool:
+    """Whether ``HOST:PORT`` accepts a TCP connection (a Ray GCS that is still up)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def watch_cluster(
+    interrupt: Interrupt,
+    reachable: Callable[[], bool],
+    abandon: Callable[[], None],
+    done: threading.Event,
+    period: float = 0.25,
+    misses: int = 2,
+) -> threading.Thread:
+    """From the first signal on, until ``done`` is set: call ``abandon`` (from this daemon
+    thread) once ``reachable()`` was false ``misses`` times in a row, i.e. the cluster went down
+    with the driver's process group. ``abandon`` must end the process itself."""
+
+    def loop() -> None:
+        while not interrupt.event.wait(period):
+            if done.is_set():
+                return
+        missed = 0
+        while not done.is_set():
+            missed = 0 if reachable() else missed + 1
+            if missed >= misses and not done.is_set():
+                abandon()
+                return
+            done.wait(period)
+
+    thread = threading.Thread(target=loop, name="segssl-cluster-watch", daemon=True)
+    thread.start()
+    return thread

@@ -312,6 +312,41 @@ def _check_start(cfg: RunConfig, where: str) -> None:
         )
 
 
+def check_device(device: str, res: Resources, res_key: str, where: str) -> None:
+    """``train.device`` against the GPUs Ray gives each trial (``res.gpu``, set at ``res_key``).
+
+    Ray hides every GPU from a trial that asks for none (``CUDA_VISIBLE_DEVICES`` empty) and
+    shows a trial asking for ``g`` GPUs ``max(1, int(g))`` of them, renumbered from 0. So
+    ``cuda`` with no GPU, or ``cuda:N`` beyond the trial's devices, fails in every trial; and
+    ``cpu`` with a GPU share holds a GPU that no part of a trial uses (model, evaluation and
+    the memory cap all follow ``train.device``) while keeping other trials off it: refused
+    too. ``auto`` follows what Ray gives; other strings are the engine's to judge.
+
+    Raises:
+        SpecError: naming ``where`` (file and stage), both keys and what was expected.
+    """
+    name, _, index = device.partition(":")
+    if name == "cuda" and res.gpu == 0:
+        raise SpecError(
+            f"{where}: train.device={device!r} needs a GPU, but {res_key}.gpu is 0, so Ray "
+            "gives the trial none and every trial would fail at its start; expected "
+            f"{res_key}.gpu > 0 (1, or a share such as 0.25) or train.device 'auto' or 'cpu'"
+        )
+    visible = max(1, int(res.gpu))
+    if name == "cuda" and index.isdigit() and int(index) >= visible:
+        raise SpecError(
+            f"{where}: train.device={device!r}, but with {res_key}.gpu={res.gpu:g} a trial sees "
+            f"{visible} GPU(s), numbered from 0 (Ray picks which); expected train.device 'cuda' "
+            f"or 'auto' (or cuda:0..cuda:{visible - 1})"
+        )
+    if name == "cpu" and res.gpu > 0:
+        raise SpecError(
+            f"{where}: train.device='cpu' with {res_key}.gpu={res.gpu:g}: every trial would "
+            "hold a GPU (share) it never uses and keep other trials off it; expected "
+            f"{res_key}.gpu: 0 for CPU trials, or train.device 'auto' or 'cuda'"
+        )
+
+
 def _parent_checkpoint(storage: Path, parent_key: str, which: str) -> str:
     return str(storage / "trials" / parent_key / "checkpoints" / f"{which}.pt")
 
@@ -386,6 +421,7 @@ def plan_sweep(
         st = spec.stages[name]
         stage_raw = deep_merge(base, _absolutise(deep_merge({}, st.config), root_dir))
         res = spec.stage_resources(name)
+        res_key = f"stages.{name}.resources" if st.resources is not None else "resources"
         if st.search is not None:
             seeds = spec.stage_seeds(name) or spec.seeds
             if len(seeds) != 1:
@@ -395,6 +431,9 @@ def plan_sweep(
                 )
             stage = SearchStage(name, stage_raw, st.search, seeds[0], res)
             cfg = search_probe(stage, source)
+            dim = st.search.space.get("train.device")
+            for device in dim.choice if dim is not None and dim.choice else [cfg.train.device]:
+                check_device(str(device), res, res_key, f"{source}: stages.{name}")
             plan.searches[name] = SearchStage(
                 name, stage_raw, st.search, seeds[0], res, cfg.train.epochs
             )
@@ -420,6 +459,7 @@ def plan_sweep(
                     where = f"{source}: stages.{name} trial ({desc or 'base'}"
                     where += f"{', variant=' + variant if variant else ''}, seed={seed})"
                     cfg = resolve_trial_config(raw, where)
+                    check_device(cfg.train.device, res, res_key, where)
                     if parent is None:
                         _check_start(cfg, f"{where.split(' trial (')[0]}")
                     pkey = parent.key if parent else None

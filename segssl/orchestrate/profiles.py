@@ -104,21 +104,38 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _stage_keys(raw: Mapping[str, Any], stage: str, source: str) -> dict[str, Any]:
-    """Flattened keys (with values) of the run config ``stage`` resolves to."""
+def _stage_keys(raw: Mapping[str, Any], stage: str, source: str) -> dict[str, Any] | None:
+    """Flattened keys (with values) of the run configs ``stage`` resolves to: the stage's config,
+    or the union over its ``variants`` (a variant may supply ``method``).
+
+    Returns:
+        ``None`` when no config of the stage resolves (a key only a grid axis supplies, or an
+        invalid value such as ``metrics.hd95: maxx``): the planner then validates every trial
+        config, the profile's overrides merged, and names the key itself; the keys written in
+        the file alone would call real keys unknown and hide that error.
+    """
     from segssl.orchestrate.plan import deep_merge, resolve_trial_config
 
     st = raw["stages"][stage] or {}
     cfg = deep_merge(raw.get("base") or {}, st.get("config") or {})
-    try:
-        return flatten(resolve_trial_config(cfg, f"{source}: stages.{stage}"))
-    except ConfigError:
-        return flatten(cfg)  # the planner reports the invalid config itself
+    variants = st.get("variants") if isinstance(st.get("variants"), Mapping) else None
+    configs = [deep_merge(cfg, _nest(v or {})) for v in variants.values()] if variants else [cfg]
+    known: dict[str, Any] = {}
+    resolved = False
+    for one in configs:
+        try:
+            known.update(flatten(resolve_trial_config(one, f"{source}: stages.{stage}")))
+            resolved = True
+        except ConfigError:
+            continue
+    return known if resolved else None
 
 
 def _check_config_keys(
-    over: Mapping[str, Any], known: dict[str, Any], where: str, source: str
+    over: Mapping[str, Any], known: dict[str, Any] | None, where: str, source: str
 ) -> None:
+    if known is None:
+        return  # the stage's config does not resolve: the planner checks (see _stage_keys)
     for key in flatten(_nest(over)):
         if key in known or any(k.startswith(key + ".") for k in known):
             continue
@@ -192,9 +209,10 @@ def _apply_base(
 ) -> None:
     over = _check_mapping(over, where, source)
     if check:
-        known: dict[str, Any] = {}
+        known: dict[str, Any] | None = {}
         for stage in raw.get("stages") or {}:
-            known.update(_stage_keys(raw, stage, source))
+            keys = _stage_keys(raw, stage, source)
+            known = None if keys is None or known is None else {**known, **keys}
         _check_config_keys(over, known, where, source)
     raw["base"] = _merge(raw.get("base") or {}, _nest(over))
 
@@ -247,6 +265,8 @@ def apply_profile(
             raise ProfileError(
                 f"{source}: profiles.{name}: unknown profile; expected {', '.join(PROFILES)}"
             )
+    if profiles:
+        _check_shape(out, source)
     profile = profile or "paper"
     if profile != "paper" and profile not in profiles:
         raise ProfileError(
@@ -257,6 +277,29 @@ def apply_profile(
         if other != profile:
             _apply(copy.deepcopy(out), profiles, other, source, check_overrides)
     return _apply(out, profiles, profile, source, check_overrides)
+
+
+def _check_shape(raw: Mapping[str, Any], source: str) -> None:
+    """The parts of the sweep a profile reads and merges into are mappings (or empty).
+
+    Raises:
+        SpecError: naming the first part that is not (a variant written as ``IIC: 5`` crashed
+            the profile's override check with an AttributeError).
+    """
+
+    def need(value: Any, where: str) -> Mapping[str, Any]:
+        if value is not None and not isinstance(value, Mapping):
+            raise SpecError(f"{source}: {where}: expected a mapping, got {type(value).__name__}")
+        return value or {}
+
+    base = need(raw.get("base"), "base")
+    need(base.get("data"), "base.data")
+    for name, stage in need(raw.get("stages"), "stages").items():
+        st = need(stage, f"stages.{name}")
+        for key in ("config", "grid", "variants", "search"):
+            need(st.get(key), f"stages.{name}.{key}")
+        for label, variant in need(st.get("variants"), "").items():
+            need(variant, f"stages.{name}.variants.{label}")
 
 
 def _apply(

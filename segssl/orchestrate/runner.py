@@ -15,7 +15,8 @@ Order of work for ``segssl sweep`` (each step refuses bad input before the next 
    after every stage; a search stage is a wave of its own), a Tuner over the remaining trial
    keys (grid) or an Optuna search; a trial whose parent did not finish is not launched (it is
    reported as blocked). SIGINT/SIGTERM stop launching and stop the running trials
-   (:mod:`segssl.orchestrate.interrupt`).
+   (:mod:`segssl.orchestrate.interrupt`); when the signal took Ray down too (sent to the
+   driver's whole process group), the sweep ends without Ray (:func:`_end_without_ray`).
 
 Idempotence lives in MLflow (FINISHED runs by trial key) and in the trial workdirs on the sweep
 storage (``<storage>/trials/<key>``, where the engine resumes from ``checkpoints/last.pt``); each
@@ -29,6 +30,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +50,8 @@ from segssl.orchestrate.interrupt import (
     catch_signals,
     make_stopper,
     raise_on_signals,
+    tcp_reachable,
+    watch_cluster,
 )
 from segssl.orchestrate.plan import (
     PLAN_FILE,
@@ -330,6 +334,7 @@ class _StageRun:
     run_tag: str
     outcome: SweepOutcome
     stopper: Any = None
+    wave: dict[str, list[str] | None] = field(default_factory=dict)  # what Tune runs now
 
 
 def _run_config(name: str, run: _StageRun, stage: str | dict[str, str]) -> Any:
@@ -601,6 +606,7 @@ def _run_stages(run: _StageRun, tr: _Tracking, uri: str, interrupt: Interrupt) -
             if not todo:
                 continue
             grid_keys = {s: k for s, k in todo.items() if k is not None}
+            run.wave = todo
             if grid_keys:
                 grid = _grid_tuner(grid_keys, run).fit()
             else:  # a search stage is a wave of its own
@@ -608,6 +614,7 @@ def _run_stages(run: _StageRun, tr: _Tracking, uri: str, interrupt: Interrupt) -
             reason = f"sweep stopped by {interrupt.name}" if interrupt.event.is_set() else None
             for stage, keys in todo.items():
                 _count_stage(stage, _stage_errors(grid, keys), keys, uri, tr, run, reason)
+            run.wave = {}
             tr.finished = tracking.finished_runs(uri, tr.exp_id)
             interrupt.check()
 
@@ -670,6 +677,13 @@ def _launch(
             stopper=make_stopper(interrupt),
         )
         status, reason = "FINISHED", None
+        ending, done = threading.Lock(), threading.Event()
+        gcs = _gcs_address()
+        if gcs is not None:
+            end = (run, tr, uri, interrupt, ending, claim, keeper, opts)
+            watch_cluster(
+                interrupt, lambda: tcp_reachable(gcs), lambda: _end_without_ray(*end), done
+            )
         try:
             with catch_signals(interrupt):
                 _run_stages(run, tr, uri, interrupt)
@@ -680,6 +694,8 @@ def _launch(
             status, reason = "KILLED", f"driver error: {type(exc).__name__}: {exc}"
             raise
         finally:
+            done.set()
+            ending.acquire()  # held for good when the sweep ended without Ray (the process exits)
             if status == "FINISHED" and outcome.failed:
                 status = "FAILED"
             keeper.also = None  # the claim's heartbeat goes on until it is released
@@ -692,6 +708,79 @@ def _launch(
             import ray
 
             ray.shutdown()
+
+
+def _gcs_address() -> str | None:
+    """``HOST:PORT`` of the connected Ray cluster's GCS when the driver can watch it: None for
+    a Ray client connection (``ray://``: the address is the GCS as the head node sees it, often
+    not reachable from the client, and a signal to the client never stops that cluster) and for
+    a GCS that does not accept a connection now (a watch would take it for a cluster gone)."""
+    import ray
+
+    try:
+        if ray.util.client.ray.is_connected():
+            return None
+        address = ray.get_runtime_context().gcs_address
+    except Exception:  # noqa: BLE001 - no watch is the old behaviour, not an error
+        return None
+    if not (isinstance(address, str) and ":" in address):
+        return None
+    return address if tcp_reachable(address) else None
+
+
+def _end_without_ray(
+    run: _StageRun,
+    tr: _Tracking,
+    uri: str,
+    interrupt: Interrupt,
+    ending: threading.Lock,
+    claim: SweepClaim,
+    keeper: ClaimKeeper,
+    opts: dict[str, Any],
+) -> None:
+    """After a signal that stopped Ray too (the driver's process group was signalled): what
+    the graceful stop would do, without Ray. Closes the running wave's trial runs KILLED and
+    counts them, ends the sweep run KILLED, releases the claim, hands the outcome to
+    ``opts["on_abandon"]`` (the CLI prints its summary there) and exits the process with its
+    status (default 128 + signal). Called from the watch thread while the main thread is stuck
+    in a Ray call; does nothing when the main thread is already ending the sweep."""
+    if not ending.acquire(blocking=False):
+        return
+    console: Console = opts["console"]
+    outcome = run.outcome
+    reason = f"sweep stopped by {interrupt.name}"
+    exc = SweepInterrupted(interrupt.signum or 15, reason)
+    outcome.interrupted = exc
+    code = exc.code
+    try:
+        with contextlib.suppress(Exception):
+            run.progress.__exit__(None, None, None)
+        console.print(
+            f"{interrupt.name} stopped Ray too (the whole process group was signalled): "
+            "ending the sweep without it",
+            highlight=False,
+        )
+        for stage, keys in run.wave.items():
+            try:
+                _count_stage(stage, [], keys, uri, tr, run, reason)
+            except Exception as err:  # noqa: BLE001 - counted as unfinished, reported
+                console.print(f"{stage}: could not count its runs: {err}", highlight=False)
+        keeper.also = None
+        _end_sweep_run(uri, run.ctx.sweep_run_id or "", outcome, "KILLED", reason, console)
+        if outcome.failed:  # the summary names why, as after the graceful stop
+            with contextlib.suppress(Exception):
+                outcome.failures = tracking.failure_reasons(
+                    uri, tr.exp_id, run.ctx.sweep_run_id or ""
+                )
+        keeper.stop()
+        claim.release()
+        if opts.get("on_abandon") is not None:
+            code = opts["on_abandon"](outcome)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
 
 def run_sweep(
@@ -711,6 +800,7 @@ def run_sweep(
     root: str | Path | None = None,
     takeover: bool = False,
     check_data: bool | None = None,
+    on_abandon: Callable[[SweepOutcome], int] | None = None,
 ) -> SweepOutcome:
     """Plan and run a sweep; idempotent (FINISHED trial keys are skipped).
 
@@ -744,6 +834,10 @@ def run_sweep(
         takeover: take the sweep over from a driver that looks alive (its owner is known gone).
         check_data: resolve the plan's data before anything runs (default: when ``train_fn`` is
             the engine's, whose trials read that data).
+        on_abandon: when a signal stopped Ray together with the driver (its process group was
+            signalled), the sweep is ended without Ray and this process exits from another
+            thread: called there with the outcome (``outcome.interrupted`` set), it reports it
+            and returns the exit status (default: none, status 128 + signal).
 
     Raises:
         SpecError: invalid spec, trial config, table or data; a stage no node can hold; the
@@ -805,6 +899,7 @@ def run_sweep(
                 "source": source,
                 "train_fn": train_fn,
                 "live": live,
+                "on_abandon": on_abandon,
             }
             _launch(plan, uri, tr, outcome, claim, opts, keeper)
         finally:

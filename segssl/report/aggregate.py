@@ -70,6 +70,7 @@ CELL_COLUMNS = [
     "paper_mean",
     "paper_std",
     "selected",
+    "selected_config",
 ]
 
 # params that differ between trials without being a configuration choice
@@ -301,16 +302,22 @@ def _config_keys(sub: pd.DataFrame, spec: TableSpec) -> list[str]:
     return keys
 
 
-def _select(sub: pd.DataFrame, spec: TableSpec, where: str) -> tuple[pd.DataFrame, str]:
-    """Keep the configuration of ``sub`` with the best mean validation score."""
+Choice = dict[str, Any]  # {"values": {key: chosen value}, "varied": [keys with candidates]}
+NO_CHOICE: Choice = {"values": {}, "varied": []}
+
+
+def _select(sub: pd.DataFrame, spec: TableSpec, where: str) -> tuple[pd.DataFrame, Choice]:
+    """Keep the configuration of ``sub`` with the best mean validation score; the choice names
+    every selection key's chosen value and the keys the candidates differed in (none: there was
+    nothing to choose)."""
     sel = spec.select
     assert sel is not None
     if sub.empty:
-        return sub, ""
+        return sub, NO_CHOICE
     col = f"best.{sel.metric}"
     keys = _config_keys(sub, spec)
     if not keys:
-        return sub, ""
+        return sub, NO_CHOICE
     ident = sub[[f"params.{k}" for k in keys]].apply(
         lambda r: tuple(norm_value(v) for v in r), axis=1
     )
@@ -322,13 +329,14 @@ def _select(sub: pd.DataFrame, spec: TableSpec, where: str) -> tuple[pd.DataFram
     best = scores.idxmax() if sel.mode == "max" else scores.idxmin()
     # name only the keys this cell's candidates differ in: a row without the key (a supervised
     # row has no method.w_ent) or with one configuration has nothing to report ('w_ent=nan')
-    varying = [
-        (k, v)
-        for i, (k, v) in enumerate(zip(keys, best, strict=True))
-        if len({t[i] for t in scores.index}) > 1
-    ]
-    label = ", ".join(f"{k}={v}" for k, v in varying)
-    return sub[ident == best], label
+    varied = [k for i, k in enumerate(keys) if len({t[i] for t in scores.index}) > 1]
+    return sub[ident == best], {"values": dict(zip(keys, best, strict=True)), "varied": varied}
+
+
+def choice_label(choice: Choice, keys: list[str] | None = None) -> str:
+    """``key=value, ...`` of ``keys`` (default: the keys the choice was made among)."""
+    shown = choice["varied"] if keys is None else keys
+    return ", ".join(f"{k}={choice['values'][k]}" for k in shown)
 
 
 # ------------------------------------------------------------------------------------ cells
@@ -469,29 +477,97 @@ def _stats_text(spec: TableSpec, ns: list[int]) -> list[str]:
     return parts
 
 
-def _definitions(runs: pd.DataFrame, spec: TableSpec) -> str:
-    """The metric definitions the runs used (their ``metrics.*`` params), as a sentence."""
-    name = spec.metric.split("/")[1] if "/" in spec.metric else spec.metric
-    if name == "dsc":
-        return (
-            "Dice: 3D per scan (all slices), averaged over scans then classes; an empty "
-            "prediction of an empty structure scores 1."
-        )
+# the metric definitions (``metrics.*`` run params) each test metric depends on
+_DEFINITION_KEYS = {
+    "dsc": ("both_empty",),
+    "hd95": ("hd95", "both_empty", "one_empty"),
+    "asd": ("both_empty", "one_empty"),
+    "nsd": ("nsd_tolerance", "both_empty"),
+}
+_DEFAULT_DEFINITIONS = {
+    "hd95": "pooled",  # runs from before metrics.hd95 existed
+    "nsd_tolerance": "1",
+    "both_empty": "perfect",
+    "one_empty": "exclude",
+}
+
+
+def _table_metrics(spec: TableSpec, rows: list[Leaf], cols: list[Leaf]) -> list[str]:
+    """Every metric the table's cells show: the rows' or columns' own (``metrics:``) and the
+    table's ``metric`` where a cell has none (IDEAL Table 1: ASD, HD and DSC rows)."""
+    own = [leaf.metric for leaf in (*rows, *cols) if leaf.metric]
+    default = any(not r.metric for r in rows) and any(not c.metric for c in cols if not c.is_mean)
+    return list(dict.fromkeys(([spec.metric] if default or not own else []) + own))
+
+
+def _metric_name(metric: str) -> str:
+    """``test/hd95/LV`` -> ``hd95``."""
+    return metric.split("/")[1] if "/" in metric else metric
+
+
+def _definitions(runs: pd.DataFrame, spec: TableSpec, metrics: list[str] | None = None) -> str:
+    """The metric definitions the runs used (their ``metrics.*`` params) for every metric the
+    table shows (``metrics``, default the table's ``metric``), as a sentence; a warning naming
+    the values when the runs differ in a definition one of these metrics depends on."""
+    names = list(dict.fromkeys(_metric_name(m) for m in (metrics or [spec.metric])))
 
     def seen(key: str) -> list[str]:
         col = f"params.metrics.{key}"
         return sorted(set(runs[col].dropna().map(norm_value))) if col in runs else []
 
-    hd = seen("hd95") or ["pooled (runs from before metrics.hd95 existed)"]
-    if len(hd) > 1:
-        return f"Warning: the runs mix HD95 definitions ({', '.join(hd)})."
+    used = {k: seen(k) or [_DEFAULT_DEFINITIONS[k]] for k in _DEFAULT_DEFINITIONS}
+    keys = [k for n in names for k in _DEFINITION_KEYS.get(n, tuple(_DEFAULT_DEFINITIONS))]
+    mixed = [f"metrics.{k}: {', '.join(used[k])}" for k in dict.fromkeys(keys) if len(used[k]) > 1]
+    if mixed:
+        return (
+            f"Warning: the runs mix metric definitions ({'; '.join(mixed)}): their "
+            f"{', '.join(names)} values are not comparable."
+        )
+    if names == ["dsc"]:
+        empty = (
+            "an empty prediction of an empty structure scores 1"
+            if used["both_empty"][0] == "perfect"
+            else "scans where prediction and structure are both empty are left out"
+        )
+        return f"Dice: 3D per scan (all slices), averaged over scans then classes; {empty}."
     defs = MetricDefs(
-        hd95=hd[0] if hd[0] in HD95_VARIANTS else "pooled",
-        nsd_tolerance=float((seen("nsd_tolerance") or ["1.0"])[0]),
-        both_empty=(seen("both_empty") or ["perfect"])[0],
-        one_empty=(seen("one_empty") or ["exclude"])[0],
+        hd95=used["hd95"][0] if used["hd95"][0] in HD95_VARIANTS else "pooled",
+        nsd_tolerance=float(used["nsd_tolerance"][0]),
+        both_empty=used["both_empty"][0],
+        one_empty=used["one_empty"][0],
     )
     return describe(defs)
+
+
+def _left_out_note(runs: pd.DataFrame, spec: TableSpec, metrics: list[str] | None = None) -> str:
+    """How many scans a distance metric the table shows (HD95, ASD) left out of its runs' means
+    because exactly one mask was empty (``metrics.one_empty: exclude``; the runs'
+    ``<metric>_undefined`` counts), or ``""`` when none was."""
+    notes = [_left_out_one(runs, m) for m in (metrics or [spec.metric])]
+    return " ".join(n for n in notes if n)
+
+
+def _left_out_one(runs: pd.DataFrame, metric: str) -> str:
+    head, _, rest = metric.partition("/")
+    name, _, cls = rest.partition("/")
+    if name not in ("hd95", "asd"):
+        return ""
+    prefix = f"metrics.{head}/{name}_undefined/"
+    cols = [c for c in runs if c.startswith(prefix) and (not cls or c[len(prefix) :] == cls)]
+    if not cols:
+        return ""
+    counts = runs[cols].astype(float).fillna(0.0)
+    total = int(counts.to_numpy().sum())
+    if total == 0:
+        return ""
+    per_class = ", ".join(
+        f"{c[len(prefix) :]}: {int(counts[c].sum())}" for c in cols if counts[c].sum() > 0
+    )
+    hit = int((counts.sum(axis=1) > 0).sum())
+    return (
+        f"{name.upper()} left out {total} scan(s) with exactly one empty mask ({per_class}), "
+        f"in {hit} of the {len(runs)} runs: their means are over the remaining scans."
+    )
 
 
 def _caption(
@@ -685,7 +761,7 @@ def _collect_cells(
     per_seed: dict[CellKey, pd.Series] = {}
     for r, c in product(rows, [c for c in cols if not c.is_mean]):
         where = f"({r.display!r}, {c.display!r})"
-        src, chosen = row_sel.get(r.ident, (base, ""))
+        src, chosen = row_sel.get(r.ident, (base, NO_CHOICE))
         flt = {**c.filter, **r.filter}  # a row fixing a column key spans those columns
         sub = src.iloc[0:0] if r.paper_only else src[filter_mask(src, flt)]
         if spec.select is not None and spec.select.scope == "cell":
@@ -702,7 +778,8 @@ def _collect_cells(
         per_seed[(r.ident, c.ident)] = sv["value"]
         cells[(r.ident, c.ident)] = {
             "run_ids": sv["run_id"].tolist(),
-            "selected": chosen,
+            "selected": choice_label(chosen),
+            "selected_config": chosen,
             "cost_s": _cost(sub[sub["run_id"].isin(sv["run_id"])]),
         }
     for r, c in product(rows, [c for c in cols if c.is_mean]):
@@ -713,7 +790,12 @@ def _collect_cells(
             joined.mean(axis=1) if not joined.empty else pd.Series(dtype=float)
         )
         runs = sum((cells[(r.ident, x.ident)]["run_ids"] for x in leaves), [])
-        cells[(r.ident, c.ident)] = {"run_ids": runs, "selected": "", "cost_s": math.nan}
+        cells[(r.ident, c.ident)] = {
+            "run_ids": runs,
+            "selected": "",
+            "selected_config": NO_CHOICE,
+            "cost_s": math.nan,
+        }
     return per_seed, cells
 
 
@@ -811,6 +893,36 @@ def _check_counts(
                     f"({r.display!r}, {c.display!r}) has {n}; run more seeds or drop the "
                     "statistic"
                 )
+            if what == "paired_test" and ref is not None and n:
+                _check_pairs(spec, r, ref, c, per_seed, need, unit)
+
+
+def _check_pairs(
+    spec: TableSpec,
+    r: Leaf,
+    ref: Leaf,
+    c: Leaf,
+    per_seed: dict[CellKey, pd.Series],
+    need: int,
+    unit: str,
+) -> None:
+    """A row's cell and the reference's share enough seeds (scans) for the paired test (a
+    row run over other seeds than the reference has no paired value: its p would be blank)."""
+    if per_seed[(ref.ident, c.ident)].dropna().empty:
+        return  # no reference in this column: nothing to pair with, shown empty
+    a, _ = _paired(per_seed, r, ref, c)
+    if a.size < need:
+        raise ReportError(
+            f"table {spec.name!r}: paired_test needs at least {need} {unit} shared with the "
+            f"reference row {ref.display!r} per cell; cell ({r.display!r}, {c.display!r}) "
+            f"shares {a.size} (its {unit}: {_index_text(per_seed[(r.ident, c.ident)])}; the "
+            f"reference's: {_index_text(per_seed[(ref.ident, c.ident)])}); run the same seeds "
+            "for both rows or drop the statistic"
+        )
+
+
+def _index_text(values: pd.Series) -> str:
+    return ", ".join(str(s) for s in values.dropna().index) or "none"
 
 
 def _paired(
@@ -887,6 +999,7 @@ def _column_records(
                 "paper_mean": pm,
                 "paper_std": ps,
                 "selected": cell["selected"],
+                "selected_config": cell["selected_config"],
             }
         )
     return records
@@ -944,9 +1057,13 @@ def _attach_layout(
         and r.display not in spec.rank_exclude
         and not r.paper_only
     ]
+    metrics = _table_metrics(spec, rows, cols)
     caption = _caption(
-        spec, ns, paper, _epoch_rule(runs), _definitions(runs, spec), ranked=len(ranked)
+        spec, ns, paper, _epoch_rule(runs), _definitions(runs, spec, metrics), ranked=len(ranked)
     )
+    left_out = _left_out_note(runs, spec, metrics)
+    if left_out:
+        caption += f" {left_out}"
     if any(r.paper_only for r in rows):
         caption += (
             " Rows marked (paper only) are methods segssl does not implement: the paper's "

@@ -44,7 +44,11 @@ def paired_reading(agg: pd.DataFrame, row: str, ref: str, power: float = 0.8) ->
     alpha = spec.paired_test.alpha if spec.paired_test is not None else 0.05
     test = spec.paired_test.test if spec.paired_test is not None else "ttest_rel"
     sign = -1.0 if spec.bold == "min" else 1.0
-    parts, verdicts, needs = [], [], []
+    # over test scans the spread is of scans, not of seeds: no seed estimate from it
+    seeds = spec.stats.variance == "seeds"
+    spread = "seed-to-seed" if seeds else "scan-to-scan"
+    two_sided = spec.paired_test is None or spec.paired_test.alternative == "two-sided"
+    parts, verdicts, needs, where = [], [], [], []
     cols = [(c.group, c.label) for c in agg.attrs["columns"] if not c.is_mean]
     for col in cols:
         diff, rec = _paired(agg, row, ref, col)
@@ -55,23 +59,37 @@ def paired_reading(agg: pd.DataFrame, row: str, ref: str, power: float = 0.8) ->
         p_txt = "" if p is None or math.isnan(p) else f", p={p:.2g}"
         parts.append(f"{diff.mean():+.1f} at {col[1]} (ahead in {ahead} of {diff.size}{p_txt})")
         sig = p is not None and not math.isnan(p) and p < alpha
-        verdicts.append("sig" if sig and sign * diff.mean() > 0 else "none")
-        if diff.size >= MIN_N["advise_seeds"] and abs(diff.mean()) > 0:
-            n = seeds_needed(abs(diff.mean()), diff.std(ddof=1), alpha, power, test=test)
+        better = sign * diff.mean() > 0
+        verdicts.append(("gain" if better else "loss") if sig else "none")
+        where.append(col[1])
+        if seeds and diff.size >= MIN_N["advise_seeds"] and abs(diff.mean()) > 0:
+            n = seeds_needed(
+                abs(diff.mean()), diff.std(ddof=1), alpha, power, test=test, two_sided=two_sided
+            )
             needs.append((col[1], n))
     if not parts:
         return f"Reading: no seed has both '{row}' and '{ref}' yet."
-    text = f"Reading: '{row}' minus '{ref}', paired over seeds: " + "; ".join(parts) + ". "
-    if all(v == "sig" for v in verdicts):
+    unit = "seeds" if seeds else "the test scans of one run (not seeds)"
+    text = f"Reading: '{row}' minus '{ref}', paired over {unit}: " + "; ".join(parts) + ". "
+    gains = [c for c, v in zip(where, verdicts, strict=True) if v == "gain"]
+    losses = [c for c, v in zip(where, verdicts, strict=True) if v == "loss"]
+    if len(gains) == len(verdicts):
         text += "A gain in every column that survives the corrected test."
-    elif any(v == "sig" for v in verdicts):
+    elif len(losses) == len(verdicts):
+        text += f"A loss in every column that survives the corrected test: '{row}' is worse."
+    elif gains or losses:
+        found = [
+            f"a {kind} at {', '.join(map(str, cols))}"
+            for kind, cols in (("gain", gains), ("loss", losses))
+            if cols
+        ]
         text += (
-            f"A gain only where p < {alpha:g}; elsewhere the difference is within the "
-            "seed-to-seed spread."
+            f"Significant (p < {alpha:g}): {' and '.join(found)}; elsewhere the difference is "
+            f"within the {spread} spread."
         )
     else:
         text += (
-            "No difference here is significant after correction: the seed-to-seed spread is "
+            f"No difference here is significant after correction: the {spread} spread is "
             "as large as the effect, so this table does not show a gain (nor its absence)."
         )
     if needs:

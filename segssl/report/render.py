@@ -30,6 +30,7 @@ CSV_COLUMNS = [
     "mean",
     "std",
     "n",
+    "unit",  # what n, seeds, values and std run over: "seeds" or "test scans"
     "seeds",
     "values",
     "mark",
@@ -90,13 +91,53 @@ class _Layout:
         return spans
 
     def selected_notes(self) -> list[str]:
+        """One note per row where ``select`` chose among several configurations: the keys that
+        varied for the row, each chosen configuration once with the columns it was chosen for
+        (``Mean Teacher: method.w_cons=1 (ACDC, MMWHS), 0.001 (Prostate)``); no column list
+        when one configuration was chosen in every column. Cells with one candidate are left
+        out."""
+        data_cols = [c for c in self.cols if not c.is_mean]
         notes = []
         for r in self.rows:
-            for c in self.cols:
-                sel = self.cell(r, c)["selected"]
-                if sel:
-                    notes.append(f"{r.display} @ {c.display}: {sel}")
+            made = [(c, self.cell(r, c).get("selected_config")) for c in data_cols]
+            made = [(c, ch) for c, ch in made if ch and ch["varied"]]
+            if not made:
+                continue
+            varied = {k for _, ch in made for k in ch["varied"]}
+            keys = list(dict.fromkeys(k for _, ch in made for k in ch["values"] if k in varied))
+            groups: dict[tuple[tuple[str, str], ...], list[Any]] = {}
+            for c, ch in made:
+                label = tuple((k, str(ch["values"][k])) for k in keys if k in ch["values"])
+                groups.setdefault(label, []).append(c)
+            notes.append(f"{r.display}: {self._choices_text(groups, len(made) == len(data_cols))}")
         return notes
+
+    def _choices_text(
+        self, groups: dict[tuple[tuple[str, str], ...], list[Any]], everywhere: bool
+    ) -> str:
+        """The chosen configurations of one row with their columns (see selected_notes)."""
+        if len(groups) == 1 and everywhere:
+            return ", ".join(f"{k}={v}" for k, v in next(iter(groups)))
+        named = [(label, self._column_names(cols)) for label, cols in groups.items()]
+        keys = {tuple(k for k, _ in label) for label in groups}
+        if len(keys) == 1 and len(next(iter(keys))) == 1:  # one key: named once
+            (key,) = next(iter(keys))
+            parts = [f"{label[0][1]} ({cols})" for label, cols in named]
+            return f"{key}={', '.join(parts)}"
+        return "; ".join(
+            f"{', '.join(f'{k}={v}' for k, v in label)} ({cols})" for label, cols in named
+        )
+
+    def _column_names(self, cols: list[Any]) -> str:
+        """Column names, a group whose data columns are all in ``cols`` named once."""
+        names: list[str] = []
+        for c in cols:
+            group = [x for x in self.cols if not x.is_mean and x.group == c.group]
+            whole = c.group is not None and all(x in cols for x in group)
+            name = c.group if whole else c.display
+            if name not in names:
+                names.append(name)
+        return ", ".join(names)
 
     def p_text(self, rec: dict[str, Any]) -> str:
         """Everything after mean +- std (n): the interval, the corrected p, P(>ref)."""
@@ -182,7 +223,7 @@ def render_md(agg: pd.DataFrame, spec: TableSpec) -> str:
     lines += ["", _without_title(lay.caption, spec)]
     notes = lay.selected_notes()
     if notes:
-        lines += ["", "Selected configurations: " + "; ".join(notes) + "."]
+        lines += ["", "Selected configurations:", ""] + [f"- {_md_escape(n)}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -267,16 +308,19 @@ def render_latex(agg: pd.DataFrame, spec: TableSpec) -> str:
     out += ["\\bottomrule", "\\end{tabular}"]
     notes = lay.selected_notes()
     if notes:
-        out.append(f"\\\\[2pt]{{\\footnotesize Selected: {tex_escape('; '.join(notes))}}}")
+        out.append(f"\\\\[2pt]{{\\footnotesize Selected: {tex_escape('. '.join(notes))}.}}")
     out.append("\\end{table}")
     return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------------------- csv
 def csv_frame(agg: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
-    """The long CSV form of a table (one line per cell, lists joined with ';')."""
+    """The long CSV form of a table (one line per cell, lists joined with ';'; ``unit`` says
+    whether ``n``, ``seeds``, ``values`` and ``std`` are over seeds or over test scans)."""
     out = agg.copy()
     out.insert(0, "table", spec.name)
+    # a table over test scans lists scan indices under 'seeds': the unit says which it is
+    out["unit"] = "seeds" if spec.stats.variance == "seeds" else "test scans"
     out["values"] = out["values"].map(lambda v: ";".join(repr(float(x)) for x in v))
     out["run_ids"] = out["run_ids"].map(lambda v: ";".join(v))
     return out[CSV_COLUMNS]
@@ -333,7 +377,8 @@ def render_html(agg: pd.DataFrame, spec: TableSpec) -> str:
     out += ["</tbody>", "</table>"]
     notes = lay.selected_notes()
     if notes:
-        out.append(f"<p>Selected configurations: {e('; '.join(notes))}.</p>")
+        items = "".join(f"<li>{e(n)}</li>" for n in notes)
+        out.append(f"<p>Selected configurations:</p>\n<ul>{items}</ul>")
     return "\n".join(out) + "\n"
 
 

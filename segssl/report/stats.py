@@ -33,6 +33,7 @@ __all__ = [
     "advise_seeds",
     "bootstrap_ci",
     "bootstrap_method",
+    "check_advisable",
     "prob_improvement",
     "seeds_needed",
     "advice_assumption",
@@ -163,6 +164,9 @@ def wilson_interval(successes: float, n: int, level: float = 0.95) -> tuple[floa
 WILCOXON_ARE = 3 / math.pi
 
 
+NC_MAX = 1e9
+
+
 def ttest_power(effect: float, n: float, alpha: float = 0.05, two_sided: bool = True) -> float:
     """Power of a one-sample (paired) t-test with ``n`` values at effect size ``effect`` (mean
     difference / standard deviation), two-sided or one-sided in the effect's direction."""
@@ -171,7 +175,9 @@ def ttest_power(effect: float, n: float, alpha: float = 0.05, two_sided: bool = 
     if n < 2:
         return math.nan
     df = n - 1
-    nc = effect * math.sqrt(n)
+    # scipy's noncentral t returns NaN far out (an effect of 1e14, a std of float noise); the
+    # power is 1 to double precision long before NC_MAX, so clipping changes no finite answer
+    nc = max(-NC_MAX, min(NC_MAX, effect * math.sqrt(n)))
     if not two_sided:
         return float(stats.nct.sf(stats.t.ppf(1 - alpha, df), df, nc))
     crit = stats.t.ppf(1 - alpha / 2, df)
@@ -254,6 +260,21 @@ def advice_assumption(test: str | None, alpha: float, two_sided: bool = True) ->
     return f"a {sides} paired t-test (the table runs no paired test; exact, noncentral t)"
 
 
+def check_advisable(spec: Any) -> None:
+    """The seed advice needs the spread over seeds: a table whose variance unit is test scans
+    (``stats.variance: scans``) would pass the spread of one run's scans off as that of seeds.
+
+    Raises:
+        ValueError: ``spec`` reports its std over test scans.
+    """
+    if spec.stats.variance != "seeds":
+        raise ValueError(
+            "--advise-seeds estimates seeds from the spread over seeds, but this table's "
+            "stats.variance is 'scans' (its std is over the test scans of one run, which says "
+            "nothing about how seeds vary); set stats.variance: seeds for the advice"
+        )
+
+
 def _pairs(rec: dict, ref: dict) -> tuple[np.ndarray, np.ndarray]:
     a = dict(zip(str(rec["seeds"]).split(","), rec["values"], strict=False))
     b = dict(zip(str(ref["seeds"]).split(","), ref["values"], strict=False))
@@ -289,6 +310,7 @@ def advise_seeds(
     if not delta > 0:
         raise ValueError(f"--advise-seeds: the difference must be positive, got {delta}")
     spec = agg.attrs["spec"]
+    check_advisable(spec)
     pt = spec.paired_test
     recs = agg.to_dict("records")
 

@@ -13,7 +13,7 @@ from segssl.report.curves import plot_curves, plot_table_figure
 from segssl.report.errors import ReportError
 from segssl.report.render import FORMATS, csv_frame, render
 from segssl.report.runs import load_runs, parent_runs
-from segssl.report.stats import advice_assumption, advise_seeds
+from segssl.report.stats import advice_assumption, advise_seeds, check_advisable
 from segssl.table_spec import TableSpec
 
 EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv", "html": "html"}
@@ -74,6 +74,12 @@ def render_sweep_tables(
     """
     if fmt not in FORMATS:
         raise ReportError(f"unknown table format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if advise is not None:  # before any run is read
+        for t in tables:
+            try:
+                check_advisable(t)
+            except ValueError as exc:
+                raise ReportError(f"table {t.name!r}: {exc}") from None
     built = build_tables(name, tables, tracking_uri, base_dirs=base_dirs)
     if fmt == "csv":
         text = pd.concat([csv_frame(agg, t) for t, agg in built]).to_csv(index=False)

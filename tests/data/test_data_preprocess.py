@@ -35,6 +35,62 @@ def test_normalise_percentiles_map_to_0_and_1():
         normalise(np.ones((2, 3, 3)), (1.0, 99.0), clip=True, name="scanX")
 
 
+def test_window_clips_raw_intensities_and_maps_them_to_0_1():
+    """A fixed CT window (Hounsfield units) replaces the scan's percentiles: the same HU value
+    maps to the same intensity in every scan, whatever else the scan holds."""
+    hu = np.array([-1000, -160, 40, 240, 900], np.float32).reshape(1, 1, -1)
+    out = normalise(hu, (1.0, 99.0), clip=True, name="ct", window=(-160, 240))
+    np.testing.assert_allclose(out.ravel(), [0.0, 0.0, 0.5, 1.0, 1.0])
+    # a scan with more bone: percentiles would move soft tissue, the window does not
+    bony = np.concatenate([hu, np.full((1, 1, 50), 900, np.float32)], axis=2)
+    out2 = normalise(bony, (1.0, 99.0), clip=True, name="ct", window=(-160, 240))
+    assert out2[0, 0, 2] == out[0, 0, 2]
+    assert (
+        normalise(bony, (1.0, 99.0), True, "ct")[0, 0, 2]
+        != normalise(hu, (1.0, 99.0), True, "ct")[0, 0, 2]
+    )
+    vol = np.tile(np.linspace(-500, 500, 40, dtype=np.float32)[:, None, None], (1, 36, 9))
+    img, _, _ = preprocess_volume(
+        vol, None, np.eye(4), PreprocessConfig(size=(40, 36), spacing=None, window=(0, 100))
+    )
+    assert img.min() == 0.0 and img.max() == 1.0 and 0.0 < float(np.median(img)) < 1.0
+
+
+@pytest.mark.parametrize("window", [(240, -160), (5, 5), (0, float("inf"))])
+def test_window_must_be_low_high(window):
+    with pytest.raises(ValueError, match="low < high"):
+        PreprocessConfig(window=window)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"percentiles": (0.5, 99.5)}, "percentiles .* or window, not both"),
+        ({"clip": False}, "clip: false"),
+    ],
+)
+def test_a_window_refuses_the_settings_it_would_ignore(extra, match):
+    from segssl.config import ConfigError, parse_run_config
+
+    with pytest.raises(ValueError, match=match):
+        PreprocessConfig(window=(-160, 240), **extra)
+    raw = {
+        "stage": "finetune",
+        "method": {"name": "baseline"},
+        "data": {"preprocess": {"window": [-160, 240], **extra}},
+    }
+    with pytest.raises(ConfigError, match=r"data\.preprocess"):
+        parse_run_config(raw, source="run.yaml")
+
+
+def test_window_left_out_of_keys_at_its_default():
+    """Caches and trial keys made before the window existed stay valid."""
+    from segssl.config import canonical_json
+
+    assert "window" not in canonical_json(PreprocessConfig())
+    assert "window" in canonical_json(PreprocessConfig(window=(-160, 240)))
+
+
 def test_resampling_spacing_and_shape():
     rng = np.random.default_rng(0)
     img, lab = _phantom(rng)

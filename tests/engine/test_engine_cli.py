@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -42,24 +43,28 @@ def test_train_writes_result(tiny_yaml, tmp_path: Path) -> None:
     assert (tmp_path / "w/split.json").is_file()
 
 
-def test_config_errors_exit_nonzero_with_key(tiny_yaml, tmp_path: Path) -> None:
+def test_config_errors_exit_nonzero_with_key(
+    tiny_yaml, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default workdir (runs/...) would land in the checkout
     cfg = _write(tmp_path / "run.yaml", tiny_yaml("bim", "pretrain"))
-    res = runner.invoke(
-        app, ["train", str(cfg), "-o", "method.alpha=2", "--workdir", str(tmp_path / "w")]
-    )
+    wd = ["--workdir", str(tmp_path / "w")]
+    res = runner.invoke(app, ["train", str(cfg), "-o", "method.alpha=2", *wd])
     assert res.exit_code == 2
     assert "method.alpha" in res.output and "less than or equal to 1" in res.output
-    res = runner.invoke(app, ["train", str(cfg), "-o", "method.name=bimm"])
+    res = runner.invoke(app, ["train", str(cfg), "-o", "method.name=bimm", *wd])
     assert res.exit_code == 2 and "did you mean 'bim'" in res.output
-    res = runner.invoke(app, ["train", str(cfg), "-o", "train.epocs=3"])
+    res = runner.invoke(app, ["train", str(cfg), "-o", "train.epocs=3", *wd])
     assert res.exit_code == 2 and "train.epocs: unknown key" in res.output
-    res = runner.invoke(app, ["train", str(cfg), "-o", "stage=finetune"])
+    res = runner.invoke(app, ["train", str(cfg), "-o", "stage=finetune", *wd])
     assert res.exit_code == 2 and "expected stage 'pretrain'" in res.output
-    res = runner.invoke(app, ["train", str(cfg), "-o", f"data.root={tmp_path / 'none'}"])
-    assert res.exit_code == 2 and "data.root=" in res.output and "no such directory" in res.output
-    res = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
+    res = runner.invoke(app, ["train", str(tmp_path / "nope.yaml"), *wd])
     assert res.exit_code == 2 and "no such file" in res.output
-    assert not (tmp_path / "w").exists()
+    assert not (tmp_path / "w").exists()  # config errors are found before the workdir is made
+    # a missing data root is found by the data layer, after the workdir got its config.yaml
+    none = f"data.root={tmp_path / 'none'}"
+    res = runner.invoke(app, ["train", str(cfg), "-o", none, "--workdir", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "data.root=" in res.output and "no such directory" in res.output
 
 
 def test_tracking_uri_logs_the_record(tiny_yaml, tmp_path: Path) -> None:

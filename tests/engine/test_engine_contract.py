@@ -371,19 +371,21 @@ def test_the_ema_teacher_under_amp_and_channels_last(name, tiny_method, tmp_path
     def after_step(self, clock):
         before = [p.clone() for p in self.teacher.net.parameters()]
         original(self, clock)
-        seen.append((before, list(self.teacher.net.parameters()), list(self.model.parameters())))
+        teacher = [p.clone() for p in self.teacher.net.parameters()]
+        seen.append((before, teacher, [p.detach().clone() for p in self.model.parameters()]))
 
     monkeypatch.setattr(cls, "after_step", after_step)
     train_s = {"epochs": 1, "iters_per_epoch": 2, "pictures": 0}
     train(tiny_method(name, train=train_s, model={"dropout": 0.2}), workdir=tmp_path)
     decay = tiny_method(name).method.ema_decay
     assert len(seen) == 2
-    for before, teacher, student in seen:
+    for step, (before, teacher, student) in enumerate(seen, start=1):
+        rate = min(decay, 1 - 1 / (step + 1))  # the reference code's warm-up (ema_warmup)
         for b, t, s in zip(before, teacher, student, strict=True):
             assert t.dtype == torch.float32 and t.is_contiguous(
                 memory_format=torch.channels_last
             ) == s.is_contiguous(memory_format=torch.channels_last)
-            torch.testing.assert_close(t, decay * b + (1 - decay) * s.detach())
+            torch.testing.assert_close(t, rate * b + (1 - rate) * s.detach())
 
 
 def test_a_best_checkpoint_of_an_earlier_run_is_not_restored(tiny, tmp_path) -> None:

@@ -39,6 +39,33 @@ def test_ema_update_is_the_moving_average_of_the_parameters() -> None:
     )
 
 
+def test_ema_warmup_makes_the_teacher_the_average_of_the_students_so_far() -> None:
+    """With the reference code's warm-up (decay ``min(d, 1 - 1/(step + 1))``) the teacher after
+    step n is the plain mean of its initial weights and the n students, until that decay reaches
+    ``d``; without it the initial (random) weights keep ``d ** n`` of the teacher."""
+    torch.manual_seed(0)
+    student = UNet(1, 2, base_width=4, depth=3)
+    warm, plain = EMATeacher(student, decay=0.999), EMATeacher(student, decay=0.999)
+    history = [[p.detach().clone() for p in student.parameters()]]
+    for step in range(1, 6):
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(torch.randn_like(p))
+        history.append([p.detach().clone() for p in student.parameters()])
+        warm.update(student, step)
+        plain.update(student)
+    mean = [torch.stack(ws).mean(0) for ws in zip(*history, strict=True)]
+    for got, want in zip(warm.net.parameters(), mean, strict=True):
+        torch.testing.assert_close(got, want)
+    init = history[0]
+    drift = max(
+        (p - w).abs().max().item() for p, w in zip(plain.net.parameters(), init, strict=True)
+    )
+    assert drift < 0.05  # 0.999 ** 5 of the teacher is still the initialisation
+    assert [warm.decay_at(s) for s in (1, 99, 10_000)] == [0.5, 0.99, 0.999]
+    assert warm.decay_at(None) == 0.999
+
+
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5])
 def test_ema_decay_outside_the_open_unit_interval_is_refused(decay: float) -> None:
     with pytest.raises(ValueError, match=r"decay must be in \(0, 1\)"):

@@ -59,8 +59,31 @@ def test_mean_teacher_loss_ramps_the_consistency_and_the_teacher_follows(tiny_me
     student = {k: v.clone() for k, v in method.model.named_parameters()}
     before = {k: v.clone() for k, v in method.teacher.net.named_parameters()}
     method.after_step(clock)
+    decay = 1 - 1 / (5 + 1)  # step 5: the warm-up's min(0.99, 1 - 1/(step + 1))
     for k, v in method.teacher.net.named_parameters():
-        torch.testing.assert_close(v, 0.99 * before[k] + 0.01 * student[k])
+        torch.testing.assert_close(v, decay * before[k] + (1 - decay) * student[k])
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [("mean_teacher", {}), ("ict", {}), ("uamt", {}), ("gmi", {"teacher": True})],
+)
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_teachers_warm_their_decay_up_as_the_reference_code(
+    tiny_method, name: str, extra: dict, warmup: bool
+) -> None:
+    """Every EMA teacher follows min(ema_decay, 1 - 1/(step + 1)) (Tarvainen & Valpola's code):
+    after step 1 it is halfway to the student; ``ema_warmup: false`` keeps the fixed decay."""
+    method = _method(tiny_method, name, ema_warmup=warmup, **extra).train()
+    with torch.no_grad():
+        for p in method.model.parameters():
+            p.add_(0.1)
+    student = {k: v.clone() for k, v in method.model.named_parameters()}
+    before = {k: v.clone() for k, v in method.teacher.net.named_parameters()}
+    method.after_step(Clock(1, 0, 2, 8))
+    decay = 0.5 if warmup else method.cfg.ema_decay
+    for k, v in method.teacher.net.named_parameters():
+        torch.testing.assert_close(v, decay * before[k] + (1 - decay) * student[k])
 
 
 def test_mean_teacher_defaults_are_the_papers() -> None:

@@ -3,6 +3,7 @@ entrypoint it builds (a real remote cluster cannot be reached where this is test
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from segssl.cli import app
 from segssl.config import ConfigError
-from segssl.orchestrate.spec import load_sweep, parse_sweep
+from segssl.orchestrate.spec import SpecError, load_sweep, parse_sweep
 from segssl.orchestrate.submit import (
     SubmitError,
     build_entrypoint,
@@ -84,7 +85,8 @@ def test_sweep_bad_input_exits_2(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "colour: unknown key" in res.output and str(bad) in res.output
 
 
-def test_sweep_unreachable_tracking_server(tmp_path: Path) -> None:
+def test_sweep_unreachable_tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the sweep's log folder (./segssl-runs/cli/logs) goes here
     res = runner.invoke(
         app, ["sweep", str(sweep_file(tmp_path)), "--tracking-uri", "http://127.0.0.1:9"]
     )
@@ -259,3 +261,79 @@ def test_demo_with_failed_trials_exits_1_without_traceback(
     assert f"{6 if finished_any else 10} demo trial(s) did not finish" in res.output
     assert "mlflow ui --backend-store-uri sqlite:///x.db" in res.output
     assert ("50.00 ± 1.00 (2)" in res.output) == finished_any
+
+
+@pytest.mark.parametrize(
+    ("device", "resources", "stage_resources", "match"),
+    [
+        ("cuda", {"gpu": 0}, None, r"train.device='cuda' needs a GPU, but resources.gpu is 0"),
+        ("cuda:0", None, {"cpu": 1}, r"stages.pretrain.resources.gpu is 0"),
+        ("cuda:1", {"gpu": 1}, None, r"with resources.gpu=1 a trial sees 1 GPU\(s\)"),
+        ("cpu", {"gpu": 0.25}, None, r"train.device='cpu' with resources.gpu=0.25"),
+    ],
+)
+def test_dry_run_refuses_a_device_the_resources_cannot_give(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    device: str,
+    resources: dict | None,
+    stage_resources: dict | None,
+    match: str,
+) -> None:
+    """A trial's ``train.device`` against the GPUs Ray gives it: refused at plan time (a dry
+    run included, Ray never started), naming the file, both keys and what was expected."""
+    one_gpu(monkeypatch)  # the machine has a GPU: only the trial's resources are at fault
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load(sweep_file(tmp_path).read_text())
+    raw["base"]["train"]["device"] = device
+    if resources is not None:
+        raw["resources"] = resources
+    if stage_resources is not None:
+        del raw["resources"]
+        raw["stages"]["pretrain"]["resources"] = stage_resources
+    path = tmp_path / "device.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    for extra in (["--dry-run"], []):
+        res = runner.invoke(
+            app, ["sweep", str(path), *extra, "--skip-data-check", "--no-cost", "--no-live"]
+        )
+        assert res.exit_code == 2, res.output
+        text = " ".join(res.output.split())  # rich wraps long lines
+        assert str(path) in text and "stages.pretrain trial" in text, text
+        assert re.search(match, text) and "expected" in text, text
+    # refused before the claim, the plan file, the tracking store and Ray (only the log folder
+    # the CLI opens first for Ray's and MLflow's logs is there)
+    assert [p.name for p in (tmp_path / "segssl-runs" / "cli").iterdir()] == ["logs"]
+
+
+@pytest.mark.parametrize(
+    ("device", "gpu"), [("auto", 0), ("auto", 0.5), ("cuda", 0.25), ("cuda:1", 2), ("cpu", 0)]
+)
+def test_devices_the_resources_can_give_are_planned(device: str, gpu: float) -> None:
+    from segssl.orchestrate.plan import plan_sweep
+
+    raw = {
+        "name": "dev",
+        "resources": {"gpu": gpu},
+        "base": {"train": {"device": device}},
+        "stages": {"a": {"config": {"method": {"name": "baseline"}}}},
+    }
+    plan = plan_sweep(parse_sweep(raw))
+    assert [t.config.train.device for t in plan.trials["a"]] == [device]
+
+
+def test_a_search_over_devices_is_checked_for_every_choice(tmp_path: Path) -> None:
+    from segssl.orchestrate.plan import plan_sweep
+
+    raw = {
+        "name": "dev",
+        "resources": {"gpu": 0},
+        "stages": {
+            "a": {
+                "config": {"method": {"name": "baseline"}},
+                "search": {"space": {"train.device": {"choice": ["cpu", "cuda"]}}},
+            }
+        },
+    }
+    with pytest.raises(SpecError, match=r"stages.a: train.device='cuda' needs a GPU"):
+        plan_sweep(parse_sweep(raw), source="s.yaml")

@@ -304,3 +304,26 @@ def test_calibration_runs_at_a_side_the_method_accepts(tmp_path: Path) -> None:
     assert calibration_side(wide) == 128
     run = _phantom_config(wide, tmp_path, 1)
     assert tuple(run.data.preprocess.size) == (128, 128)
+
+
+def test_a_non_square_slice_calibrates_at_a_side_the_model_accepts(tmp_path: Path) -> None:
+    """[64, 48] px without a crop: the square root of its pixels, 55, is no multiple of the
+    U-Net's 16, so the calibration config was refused and the dry run printed 'no cost
+    estimate'; it now calibrates at 64 px and scales the FLOPs by 64 x 48 / 64^2."""
+    from segssl.config import parse_run_config
+    from segssl.orchestrate.cost import _phantom_config, calibration_side, step_flops
+
+    cfg = parse_run_config(
+        {
+            "stage": "finetune",
+            "method": {"name": "baseline"},
+            "data": {"preprocess": {"size": [64, 48]}},
+            "augment": {"crop": 0},
+            "model": {"base_width": 4},
+        }
+    )
+    side = calibration_side(cfg)
+    assert side == 64
+    assert tuple(_phantom_config(cfg, tmp_path, 1, side=side).data.preprocess.size) == (64, 64)
+    entry = {"flops_measured": 4096.0, "measured_px": side}
+    assert step_flops(cfg, entry) == pytest.approx(64 * 48)

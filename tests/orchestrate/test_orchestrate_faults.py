@@ -449,7 +449,10 @@ class _AuthHealth(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_credentials_in_the_tracking_uri_are_used_and_never_shown(tmp_path: Path) -> None:
+def test_credentials_in_the_tracking_uri_are_used_and_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the sweep's log folder (./segssl-runs/faults/logs) goes here
     server = http.server.HTTPServer(("127.0.0.1", 0), _AuthHealth)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]

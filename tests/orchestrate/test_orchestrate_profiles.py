@@ -4,6 +4,7 @@ smoke and paper never share an experiment or a trial key, phantoms written once.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,57 @@ def test_a_sweep_with_its_own_storage_keeps_smoke_apart(tmp_path: Path) -> None:
 
 def _plan_own(spec: Any, tmp_path: Path) -> Any:
     return plan_sweep(spec, source="s.yaml", root=tmp_path)
+
+
+@pytest.mark.parametrize("profile", ["paper", "smoke"])
+def test_an_invalid_base_value_is_named_not_a_profile_key_that_exists(
+    profile: str, tmp_path: Path
+) -> None:
+    """An invalid value in the file's own config (an HD95 variant that does not exist) made the
+    profile check fall back to the keys written in the file, so it called the smoke profile's
+    real override 'model.base_width' unknown and hid the actual mistake; the planner now names
+    the key and the expected values."""
+    raw = sweep()
+    raw["base"]["metrics"] = {"hd95": "maxx"}
+    with pytest.raises(SpecError, match=r"metrics.hd95: Input should be 'max' or 'pooled'"):
+        _plan(parse_sweep(raw, profile=profile), tmp_path)
+
+
+def test_a_variant_supplying_the_method_still_gets_its_overrides_checked() -> None:
+    """A stage whose method comes from its variants resolves per variant: the profile's override
+    of a key the variants' configs have is accepted, a typo is named."""
+    raw = sweep()
+    pre = raw["stages"]["pretrain"]
+    pre["config"] = {"stage": "pretrain"}
+    del pre["grid"]
+    pre["variants"] = {"IIC": {"method": {"name": "iic"}}, "Ours": {"method": {"name": "bim"}}}
+    raw["profiles"]["smoke"]["stages"]["pretrain"] = {"config": {"method.k": 5}}
+    assert parse_sweep(copy.deepcopy(raw), profile="smoke").name == "s-smoke"
+    raw["profiles"]["smoke"]["stages"]["pretrain"] = {"config": {"method.kk": 5}}
+    with pytest.raises(ProfileError, match=r"overrides 'method.kk'.*did you mean 'method.k'"):
+        parse_sweep(raw, profile="smoke")
+
+
+@pytest.mark.parametrize("profile", ["paper", "smoke"])
+@pytest.mark.parametrize(
+    ("where", "edit"),
+    [
+        ("stages.pretrain.variants.IIC", lambda st, raw: st.update(variants={"IIC": 5})),
+        ("stages.pretrain.config", lambda st, raw: st.update(config=5)),
+        ("stages.pretrain", lambda st, raw: raw["stages"].update(pretrain=5)),
+        ("base", lambda st, raw: raw.update(base=5)),
+    ],
+    ids=["variant", "config", "stage", "base"],
+)
+def test_a_part_that_is_no_mapping_is_named_in_a_sweep_with_profiles(
+    profile: str, where: str, edit: Any
+) -> None:
+    """A stage, config, base or variant written as a value (``IIC: 5``) in a sweep with
+    profiles is named (the profiles' override check read it and crashed: AttributeError 'int'
+    object has no attribute 'items' / 'get')."""
+    raw = sweep()
+    edit(raw["stages"]["pretrain"], raw)
+    with pytest.raises(
+        SpecError, match=rf"s.yaml: {re.escape(where)}: expected a mapping, got int"
+    ):
+        parse_sweep(raw, profile=profile, source="s.yaml")

@@ -1,4 +1,4 @@
-"""BIM Tables 2 (ACDC and PROMISE12), 4 and 5 of the shipped sweeps, rendered from hand-built
+"""BIM Tables 2 (ACDC and PROMISE12), 3, 4, 5 and 7 of the shipped sweeps, rendered from
 runs of their own plans.
 
 Every fine-tuning trial the sweep plans gets one run whose test Dice encodes the paper row it
@@ -201,6 +201,7 @@ def test_bim_table2_promise12_in_the_papers_order_with_its_values(tmp_path: Path
 @pytest.mark.parametrize(
     ("sweep", "name", "key", "header"),
     [
+        ("bim_table3_alpha.yaml", "table3", "pretrain.method.alpha", "alpha"),
         ("bim_table4_lambda_cc.yaml", "table4", "pretrain.method.lambda_cc", "lambda_CC"),
         ("bim_table5_k.yaml", "table5", "pretrain.method.k", "K"),
     ],
@@ -294,3 +295,34 @@ def test_every_cell_of_the_papers_file_at_its_place_in_the_text(
             assert values[1:] == tail
             continue
         assert values == text[key], label
+
+
+def test_bim_table7_in_the_papers_order_with_its_values(tmp_path: Path) -> None:
+    """The shipped Table 7 sweep: two row groups (the pre-training method) of three batch sizes
+    in the paper's order, each row's cells from its own variant's and B's runs, the group header
+    above its rows and the paper's line under each row."""
+    t = paper_table("table7")
+    labels = [(g["group"], r, vals) for g in t["row_groups"] for r, vals in g["rows"].items()]
+    ROW_INDEX.update({f"{g}|{r}": i for i, (g, r, _) in enumerate(labels)})
+    df = plan_runs(
+        "bim_table7_batch.yaml",
+        lambda p: f"{p['pretrain.variant']}|{p['pretrain.data.unlabeled_batch_size']}",
+        tmp_path,
+    )
+    spec = load_sweep(SWEEPS / "bim_table7_batch.yaml")
+    agg = aggregate(df, spec.tables[0], experiment=spec.name, base_dirs=[SWEEPS])
+    table = md_rows(render(agg, spec.tables[0], "md"))
+    assert table[0] == ["B", *paper_header("table7")]
+    body, k = table[1:], 0
+    for group in t["row_groups"]:
+        assert body[k][0] == f"*{group['group']}*" and not CELL.match(" ".join(body[k][1:]))
+        k += 1
+        for label, paper in group["rows"].items():
+            mine, under = body[k], body[k + 1]
+            assert mine[0] == label
+            r = ROW_INDEX[f"{group['group']}|{label}"]
+            got = [float(CELL.match(c).group(1)) for c in mine[1:]]  # type: ignore[union-attr]
+            assert got == pytest.approx([30 + (100 * r + 5 * j + 1) / 100 for j in range(9)])
+            assert under[0] == "↳ paper" and [float(x) for x in under[1:]] == paper
+            k += 2
+    assert k == len(body) == 2 + 2 * 6

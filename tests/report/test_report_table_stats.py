@@ -261,3 +261,174 @@ def test_seed_advisor_pairs_against_the_reference_however_the_spec_spells_it() -
     d = _v("bim", 1) - _v("baseline", 1)
     assert rows[("bim", "LV / 1")]["std_of"].startswith("paired differences")
     assert rows[("bim", "LV / 1")]["std"] == pytest.approx(d.std(ddof=1))
+
+
+def test_paired_test_refuses_a_row_that_shares_too_few_seeds_with_the_reference() -> None:
+    """A row run over other seeds than the reference has no pairs: naming the cell and the
+    shared count beats a blank p and P(>ref) (and a row the seed advisor silently dropped)."""
+    runs = _runs()
+    iic = runs["params.method.name"] == "iic"
+    runs.loc[iic, "params.seed"] = runs.loc[iic, "params.seed"].map(lambda s: str(int(s) + 4))
+    with pytest.raises(
+        ReportError,
+        match=r"paired_test needs at least 2 seeds shared with the reference row 'Baseline' "
+        r"per cell; cell \('IIC', 'LV / 1'\) shares 1 \(its seeds: 4, 5, 6, 7, 8; the "
+        r"reference's: 0, 1, 2, 3, 4\)",
+    ):
+        aggregate(runs, _spec(), experiment="x")
+    two = runs[~iic | runs["params.seed"].isin(["4", "5", "6"])].copy()
+    two.loc[two["params.method.name"] == "iic", "params.seed"] = ["3", "4", "9"] * 2
+    agg = aggregate(two, _spec(), experiment="x")  # two shared seeds: tested on those
+    a, b = _v("iic", 1)[:2], _v("baseline", 1)[3:]
+    assert _cell(agg, "IIC", "1")["p_raw"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+
+
+def test_seed_advice_refuses_a_table_whose_variance_is_over_test_scans(tmp_path) -> None:
+    """With stats.variance: scans the cells hold one run's test scans: advising seeds from their
+    std would mix the two units (it printed scans as 'seeds now' and 'the cell over seeds')."""
+    from segssl.report.stats import advise_seeds
+    from segssl.report.tables import render_sweep_tables
+
+    spec = _spec(stats={"variance": "scans"})
+    agg = aggregate(_runs(), spec, experiment="x")
+    with pytest.raises(ReportError, match=r"table 't': --advise-seeds .*stats.variance is 'scans'"):
+        advice_text(agg, 2.0, 0.05, 0.8)
+    with pytest.raises(ValueError, match="spread over seeds"):
+        advise_seeds(agg, 2.0)
+    # refused before any run is read (the tracking URI points nowhere)
+    with pytest.raises(ReportError, match=r"stats.variance is 'scans'"):
+        render_sweep_tables("x", [spec], f"sqlite:///{tmp_path}/none.db", advise=(2.0, 0.05, 0.8))
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_seed_advice_for_a_constant_paired_difference_is_the_floor() -> None:
+    """A row that beats the reference by the same amount on every seed: the paired differences'
+    std is float noise (1e-14), and the noncentral t returned NaN, so the advice read
+    '> 10000' seeds where 2 suffice."""
+    from segssl.report.stats import advise_seeds, seeds_needed, ttest_power
+
+    assert ttest_power(2e14, 2) == 1.0
+    assert seeds_needed(2.0, 1e-14) == 2
+    runs = _runs()
+    bim, base = runs["params.method.name"] == "bim", runs["params.method.name"] == "baseline"
+    runs.loc[bim, "metrics.test/dsc"] = runs.loc[base, "metrics.test/dsc"].to_numpy() + 0.0581
+    agg = aggregate(runs, _spec(), experiment="x")
+    rows = {(r["row"], r["col"]): r for r in advise_seeds(agg, 2.0)}
+    assert 0 < rows[("bim", "LV / 1")]["std"] < 1e-9
+    assert rows[("bim", "LV / 1")]["needed"] == 2
+
+
+def test_captions_state_the_metric_definitions_the_runs_used() -> None:
+    """A Dice table of runs with metrics.both_empty=exclude said 'an empty prediction of an empty
+    structure scores 1'; runs differing in the NSD tolerance were captioned with one of them."""
+    runs = _runs()
+    spec = _spec(paired_test=None)
+    assert "empty structure scores 1" in aggregate(runs, spec, experiment="x").attrs["caption"]
+    runs["params.metrics.both_empty"] = "exclude"
+    cap = aggregate(runs, spec, experiment="x").attrs["caption"]
+    assert "both empty are left out" in cap and "scores 1" not in cap
+    runs["params.metrics.hd95"] = "max"
+    hd = aggregate(runs, _spec(paired_test=None, metric="test/hd95"), experiment="x")
+    assert "HD95: max of the two directed 95th percentiles" in hd.attrs["caption"]
+    assert "scans with both masks empty are left out" in hd.attrs["caption"]
+    runs["params.metrics.nsd_tolerance"] = ["1.0", "2.0"] * (len(runs) // 2)
+    runs["metrics.test/nsd"] = 0.5
+    nsd = aggregate(runs, _spec(paired_test=None, metric="test/nsd"), experiment="x")
+    assert (
+        "Warning: the runs mix metric definitions (metrics.nsd_tolerance: 1, 2)"
+        in (nsd.attrs["caption"])
+    )
+    # the HD95 variant does not change Dice: no warning for a Dice table
+    runs["params.metrics.hd95"] = ["max", "pooled"] * (len(runs) // 2)
+    assert "Warning" not in aggregate(runs, spec, experiment="x").attrs["caption"]
+
+
+def test_reading_calls_a_significant_loss_a_loss() -> None:
+    """A row significantly worse than the reference was read as 'No difference here is
+    significant after correction' (only gains counted as significant), and one significant
+    loss beside a gain as 'A gain only where p < 0.05'."""
+    from segssl.report.reading import paired_reading
+
+    runs = _runs()
+    bim = runs["params.method.name"] == "bim"
+    runs.loc[bim, "metrics.test/dsc"] -= 0.2 + 0.001 * runs.loc[bim, "params.seed"].astype(int)
+    agg = aggregate(runs, _spec(), experiment="x")
+    assert all(_cell(agg, "bim", c)["p_value"] < 0.05 for c in ("1", "4"))
+    text = paired_reading(agg, "bim", "Baseline")
+    assert "A loss in every column that survives the corrected test: 'bim' is worse." in text
+    assert "No difference" not in text
+    four = runs["params.data.labeled_scans"] == "4"
+    runs.loc[bim & four, "metrics.test/dsc"] += 0.4
+    mixed = paired_reading(aggregate(runs, _spec(), experiment="x"), "bim", "Baseline")
+    assert "Significant (p < 0.05): a gain at 4 and a loss at 1;" in mixed
+
+
+def test_an_hd95_caption_counts_the_scans_left_out_for_one_empty_mask() -> None:
+    """metrics.one_empty: exclude leaves a scan out of HD95/ASD; the runs count those scans
+    (test/hd95_undefined/<class>) and the caption now says how many, not only the policy."""
+    runs = _runs()
+    runs["metrics.test/hd95_undefined/LV"] = 0.0
+    runs["metrics.test/hd95_undefined/RV"] = 0.0
+    spec = _spec(paired_test=None, metric="test/hd95", bold="min")
+    assert "left out" not in aggregate(runs, spec, experiment="x").attrs["caption"]
+    runs.loc[[0, 3], "metrics.test/hd95_undefined/LV"] = [2.0, 1.0]
+    runs.loc[3, "metrics.test/hd95_undefined/RV"] = 1.0
+    runs["metrics.test/hd95/RV"] = 3.0
+    cap = aggregate(runs, spec, experiment="x").attrs["caption"]
+    assert (
+        "HD95 left out 4 scan(s) with exactly one empty mask (LV: 3, RV: 1), in 2 of the 30 runs"
+        in cap
+    )
+    one = aggregate(runs, _spec(paired_test=None, metric="test/hd95/RV"), experiment="x")
+    assert (
+        "HD95 left out 1 scan(s) with exactly one empty mask (RV: 1), in 1 of"
+        in (one.attrs["caption"])
+    )
+
+
+def test_reading_of_a_scans_table_says_scans_and_estimates_no_seeds() -> None:
+    """Over test scans the reading said 'paired over seeds' and estimated 'paired seeds' from
+    the spread of one run's scans: the two units mixed in one sentence."""
+    from segssl.report.reading import paired_reading
+
+    agg = aggregate(_runs(), _spec(stats={"variance": "scans"}), experiment="x")
+    text = paired_reading(agg, "IIC", "Baseline")
+    assert "paired over the test scans of one run (not seeds)" in text
+    assert "ahead in" in text and "of 4" in text  # 4 scans paired
+    assert "seeds (" not in text and "seed-to-seed" not in text
+
+
+def test_a_table_of_several_metrics_states_each_ones_definition() -> None:
+    """IDEAL Table 1's rows are ASD, HD and DSC under a table metric of test/dsc: the caption
+    gave only Dice's definition, not which HD95 (max or pooled) nor the empty-mask policy of the
+    distances; it now states them, and counts the scans HD95 left out."""
+    runs = _runs()
+    runs["metrics.test/asd"] = 1.0
+    runs["params.metrics.hd95"] = "max"
+    runs["metrics.test/hd95_undefined/LV"] = 0.0
+    runs.loc[12, "metrics.test/hd95_undefined/LV"] = 1.0  # a bim run
+    spec = _spec(
+        paired_test=None,
+        bold="none",
+        rows=[{"metrics": {"ASD": "test/asd", "HD": "test/hd95", "DSC": "test/dsc"}}],
+        filter={"method.name": "bim"},
+    )
+    cap = aggregate(runs, spec, experiment="x").attrs["caption"]
+    assert "HD95: max of the two directed 95th percentiles" in cap
+    assert "ASD pooled over both directions" in cap and "one empty scores Dice 0" in cap
+    assert "HD95 left out 1 scan(s) with exactly one empty mask (LV: 1)" in cap
+    runs["params.metrics.hd95"] = ["max", "pooled"] * (len(runs) // 2)
+    mixed = aggregate(runs, spec, experiment="x").attrs["caption"]
+    assert "Warning: the runs mix metric definitions (metrics.hd95: max, pooled)" in mixed
+
+
+def test_csv_names_the_variance_unit() -> None:
+    """The CSV has no caption: a table over test scans exported scan indices under 'seeds' and
+    their std with nothing saying so."""
+    import io
+
+    by_scan = _spec(stats={"variance": "scans"})
+    scans = pd.read_csv(io.StringIO(render(aggregate(_runs(), by_scan), by_scan, "csv")))
+    seeds = pd.read_csv(io.StringIO(render(aggregate(_runs(), _spec()), _spec(), "csv")))
+    assert set(scans["unit"]) == {"test scans"} and set(seeds["unit"]) == {"seeds"}
+    assert list(seeds.columns).index("unit") == list(seeds.columns).index("n") + 1
