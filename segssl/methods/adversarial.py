@@ -29,13 +29,14 @@ from segssl.methods.base import (
     Clock,
     Method,
     MethodContext,
+    SemiConfig,
     StepOutput,
-    SupervisedConfig,
 )
+from segssl.methods.mechanics import joint_forward
 from segssl.models.heads import MapDiscriminator
 
 
-class Config(SupervisedConfig):
+class Config(SemiConfig):
     """Weight of the adversarial term and the discriminator's conv widths."""
 
     name: Literal["adversarial"] = "adversarial"
@@ -59,7 +60,7 @@ class Adversarial(Method):
 
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
         x_l, x_u = labeled["image"], unlabeled["image"]
-        logits = self.model(torch.cat([x_l, x_u]))
+        logits = joint_forward(self.model, x_l, x_u, self.cfg.joint)
         probs = logits.float().softmax(1)
         p_l, p_u = probs[: len(x_l)], probs[len(x_l) :]
         self._maps = (p_l.detach(), p_u.detach())  # the discriminator's inputs in after_step

@@ -28,6 +28,7 @@ __all__ = [
     "DiceConfig",
     "Method",
     "MethodContext",
+    "SemiConfig",
     "StepOutput",
     "SupervisedConfig",
 ]
@@ -55,6 +56,27 @@ class SupervisedConfig(DiceConfig):
     """Config base of a method whose supervised term is ``w_ce * CE + w_dice * Dice``."""
 
     w_ce: float = Field(1.0, ge=0.0)
+
+
+class SemiConfig(SupervisedConfig):
+    """Config base of a method that trains on labeled and unlabeled batches at once.
+
+    ``streams``: ``joint`` puts both through the network as one batch, so BatchNorm's batch
+    statistics mix them (what these methods always did); ``separate`` gives each stream its own
+    pass and statistics. On the 64 px smoke phantoms the joint batch cost entmin at w_ent = 0
+    (a purely supervised objective) most of its validation Dice against the labeled-only
+    baseline; separate passes recovered it (see experiments/sweeps/README.md). Added after trial
+    keys were published: key-neutral at its default.
+    """
+
+    streams: Literal["joint", "separate"] = "joint"
+
+    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset({"w_dice", "streams"})
+
+    @property
+    def joint(self) -> bool:
+        """Whether the labeled and unlabeled images share one forward pass."""
+        return self.streams == "joint"
 
 
 # the supervised terms of a SupervisedConfig method, first in its ``terms``

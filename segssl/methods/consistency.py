@@ -24,13 +24,14 @@ from segssl.methods.base import (
     Clock,
     Method,
     MethodContext,
+    SemiConfig,
     StepOutput,
-    SupervisedConfig,
 )
 from segssl.methods.gmi import DATASET_DEFAULTS
+from segssl.methods.mechanics import joint_forward
 
 
-class Config(SupervisedConfig):
+class Config(SemiConfig):
     """Weights of the supervised and the consistency terms (lambda_3 = 5 on ACDC)."""
 
     name: Literal["consistency"] = "consistency"
@@ -55,7 +56,7 @@ class Consistency(Method):
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
         x, x_l = unlabeled["image"], labeled["image"]
         t = self.T.sample(x.shape[0], generator=self.ctx.generator)
-        logits = self.model(torch.cat([x_l, x, t.image(x)]))
+        logits = joint_forward(self.model, x_l, torch.cat([x, t.image(x)]), self.cfg.joint)
         n, n_l = x.shape[0], x_l.shape[0]
         probs = logits[n_l:].float().softmax(1)
         mask = t.valid_mask(*x.shape[-2:], device=x.device)

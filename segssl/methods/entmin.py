@@ -19,11 +19,17 @@ from pydantic import Field
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.losses import predictive_entropy
-from segssl.methods.base import SUPERVISED_TERMS, Clock, Method, StepOutput, SupervisedConfig
+from segssl.methods.base import (
+    SUPERVISED_TERMS,
+    Clock,
+    Method,
+    SemiConfig,
+    StepOutput,
+)
 from segssl.methods.mechanics import two_stream
 
 
-class Config(SupervisedConfig):
+class Config(SemiConfig):
     """EntMin weights (``w_ent`` is the paper's grid-searched coefficient, 1e-4 .. 1)."""
 
     name: Literal["entmin"] = "entmin"
@@ -39,7 +45,9 @@ class EntMin(Method):
     terms = {**SUPERVISED_TERMS, "ent": "w_ent"}
 
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
-        logits_l, logits_u = two_stream(self.model, labeled["image"], unlabeled["image"])
+        logits_l, logits_u = two_stream(
+            self.model, labeled["image"], unlabeled["image"], self.cfg.joint
+        )
         parts = self.supervised(logits_l, labeled["label"])
         if "ent" in self.weights():
             parts["ent"] = predictive_entropy(logits_u.float().softmax(1)).mean()

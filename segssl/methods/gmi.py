@@ -38,14 +38,14 @@ from segssl.methods.base import (
     Clock,
     Method,
     MethodContext,
+    SemiConfig,
     StepOutput,
-    SupervisedConfig,
 )
-from segssl.methods.mechanics import EMATeacher
+from segssl.methods.mechanics import EMATeacher, joint_forward
 from segssl.models.heads import ClusterHeads, PooledClusterHeads
 
 
-class Config(SupervisedConfig):
+class Config(SemiConfig):
     """GMI paper defaults (ACDC/MMWHS weights; see ``dataset_defaults`` for the others)."""
 
     name: Literal["gmi"] = "gmi"
@@ -146,8 +146,13 @@ class GMI(Method):
     def training_step(self, labeled: Batch | None, unlabeled: Batch, clock: Clock) -> StepOutput:
         cfg, x = self.cfg, unlabeled["image"]
         t = self.T.sample(x.shape[0], generator=self.ctx.generator)
-        xs = [x, t.image(x)] if labeled is None else [labeled["image"], x, t.image(x)]
-        logits, feats = self.model(torch.cat(xs), taps=self.roles)
+        x_u = torch.cat([x, t.image(x)])
+        if labeled is None:
+            logits, feats = self.model(x_u, taps=self.roles)
+        else:
+            logits, feats = joint_forward(
+                self.model, labeled["image"], x_u, cfg.joint, taps=self.roles
+            )
         n, n_l = x.shape[0], logits.shape[0] - 2 * x.shape[0]
         f_x = {r: f[n_l : n_l + n] for r, f in feats.items()}
         f_tx = {r: f[n_l + n :] for r, f in feats.items()}

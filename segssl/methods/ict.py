@@ -20,12 +20,12 @@ from pydantic import Field
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
 from segssl.losses import mse_consistency
-from segssl.methods.base import Clock, StepOutput, SupervisedConfig
+from segssl.methods.base import Clock, SemiConfig, StepOutput
 from segssl.methods.mean_teacher import EMATeacherMethod
-from segssl.methods.mechanics import mixup
+from segssl.methods.mechanics import joint_forward, mixup
 
 
-class Config(SupervisedConfig):
+class Config(SemiConfig):
     """ICT: mixing alpha 0.1, weight searched in [1e-5, 0.1], Mean Teacher's EMA."""
 
     name: Literal["ict"] = "ict"
@@ -48,7 +48,7 @@ class ICT(EMATeacherMethod):
         with torch.no_grad():
             p_t = self.teacher(x_u).float().softmax(1)
         mixed, target, _, _ = mixup(x_u, p_t, self.cfg.alpha, self.ctx.generator)
-        logits = self.model(torch.cat([x_l, mixed]))
+        logits = joint_forward(self.model, x_l, mixed, self.cfg.joint)
         parts = self.supervised(logits[: len(x_l)], labeled["label"])
         if "cons" in self.weights():
             parts["cons"] = mse_consistency(logits[len(x_l) :].float().softmax(1), target)

@@ -32,13 +32,13 @@ from segssl.methods.base import (
     Clock,
     Method,
     MethodContext,
+    SemiConfig,
     StepOutput,
-    SupervisedConfig,
 )
 from segssl.methods.mechanics import EMATeacher, RampUp, two_stream
 
 
-class Config(SupervisedConfig):
+class Config(SemiConfig):
     """Mean-teacher settings (decay 0.99 as BIM App. E; ``w_cons`` searched over 1e-4 .. 10)."""
 
     name: Literal["mean_teacher"] = "mean_teacher"
@@ -81,7 +81,7 @@ class MeanTeacher(EMATeacherMethod):
 
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
         x_u, sigma = unlabeled["image"], self.cfg.teacher_noise
-        logits_l, logits_u = two_stream(self.model, labeled["image"], x_u)
+        logits_l, logits_u = two_stream(self.model, labeled["image"], x_u, self.cfg.joint)
         noise = (torch.randn_like(x_u) * sigma).clamp(-2 * sigma, 2 * sigma)
         p_teacher = self.teacher(x_u + noise).float().softmax(1)
         parts = self.supervised(logits_l, labeled["label"])

@@ -18,14 +18,22 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from segssl.methods.base import Clock, MethodContext
 
-__all__ = ["EMATeacher", "RampUp", "mc_dropout", "mixup", "two_stream", "volume_ids"]
+__all__ = [
+    "EMATeacher",
+    "RampUp",
+    "joint_forward",
+    "mc_dropout",
+    "mixup",
+    "two_stream",
+    "volume_ids",
+]
 
 
 class EMATeacher(nn.Module):
@@ -200,9 +208,36 @@ def mixup(
     return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm], lam, perm
 
 
-def two_stream(net: nn.Module, labeled: Tensor, unlabeled: Tensor) -> tuple[Tensor, Tensor]:
-    """``net`` on the labeled and unlabeled images in one pass; ``(out_labeled, out_unlabeled)``."""
-    out = net(torch.cat([labeled, unlabeled]))
+def _cat_outputs(a: Any, b: Any) -> Any:
+    """Two outputs of a network (tensors, or tuples/lists/dicts of them) joined on the batch."""
+    if isinstance(a, Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, dict):
+        return {k: _cat_outputs(a[k], b[k]) for k in a}
+    if isinstance(a, tuple | list):
+        return type(a)(_cat_outputs(x, y) for x, y in zip(a, b, strict=True))
+    raise TypeError(f"cannot join network outputs of type {type(a).__name__}")
+
+
+def joint_forward(
+    net: nn.Module, labeled: Tensor, unlabeled: Tensor, joint: bool = True, **kwargs: Any
+) -> Any:
+    """``net`` on the labeled then the unlabeled images, its output as of ``net(cat([labeled,
+    unlabeled]))``. ``joint``: one pass, so BatchNorm's batch statistics mix both streams (what
+    the semi-supervised methods did until ``method.streams`` existed); otherwise one pass per
+    stream (each normalised by its own statistics; running statistics updated twice per step)
+    and the outputs joined along the batch."""
+    if joint:
+        return net(torch.cat([labeled, unlabeled]), **kwargs)
+    return _cat_outputs(net(labeled, **kwargs), net(unlabeled, **kwargs))
+
+
+def two_stream(
+    net: nn.Module, labeled: Tensor, unlabeled: Tensor, joint: bool = True
+) -> tuple[Tensor, Tensor]:
+    """``net`` on the labeled and unlabeled images (:func:`joint_forward`);
+    ``(out_labeled, out_unlabeled)``."""
+    out = joint_forward(net, labeled, unlabeled, joint)
     return out[: labeled.shape[0]], out[labeled.shape[0] :]
 
 

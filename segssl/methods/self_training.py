@@ -28,13 +28,13 @@ from segssl.methods.base import (
     Clock,
     Method,
     MethodContext,
+    SemiConfig,
     StepOutput,
-    SupervisedConfig,
 )
 from segssl.methods.mechanics import two_stream
 
 
-class Config(SupervisedConfig):
+class Config(SemiConfig):
     """Weights of the two cross-entropies, pseudo-label confidence, teacher refresh."""
 
     name: Literal["self_training"] = "self_training"
@@ -80,7 +80,7 @@ class SelfTraining(Method):
             self.teacher.load_state_dict(self.model.state_dict())
         xl, xu = labeled["image"], unlabeled["image"]
         target = self.pseudo_labels(xu)
-        ll, lu = two_stream(self.model, xl, xu)
+        ll, lu = two_stream(self.model, xl, xu, self.cfg.joint)
         parts = self.supervised(ll, labeled["label"])
         if "pseudo" in self.weights():
             parts["pseudo"] = F.cross_entropy(lu, target, ignore_index=-100)

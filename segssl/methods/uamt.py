@@ -31,12 +31,18 @@ from segssl.losses import (
     uncertainty_mask,
     uncertainty_threshold,
 )
-from segssl.methods.base import SUPERVISED_TERMS, Clock, MethodContext, StepOutput, SupervisedConfig
+from segssl.methods.base import (
+    SUPERVISED_TERMS,
+    Clock,
+    MethodContext,
+    SemiConfig,
+    StepOutput,
+)
 from segssl.methods.mean_teacher import EMATeacherMethod
-from segssl.methods.mechanics import RampUp, check_dropout, mc_dropout
+from segssl.methods.mechanics import RampUp, check_dropout, joint_forward, mc_dropout
 
 
-class Config(SupervisedConfig):
+class Config(SemiConfig):
     """Mean Teacher's settings (BIM: decay 0.99) plus the uncertainty mask's."""
 
     name: Literal["uamt"] = "uamt"
@@ -71,7 +77,7 @@ class UAMT(EMATeacherMethod):
 
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
         x_l, x_u, sigma = labeled["image"], unlabeled["image"], self.cfg.teacher_noise
-        logits = self.model(torch.cat([x_l, x_u]))
+        logits = joint_forward(self.model, x_l, x_u, self.cfg.joint)
         with torch.no_grad():  # each pass its own dropout mask and its own input noise
             passes = mc_dropout(
                 self.teacher.net,
