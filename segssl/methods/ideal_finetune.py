@@ -22,10 +22,11 @@ from torch import Tensor, nn
 
 from segssl.config import MethodConfig
 from segssl.data.types import Batch
-from segssl.methods.base import Clock, DiceConfig, Method, MethodContext, StepOutput
+from segssl.methods.base import Clock, Method, MethodContext, StepOutput, StreamsConfig
+from segssl.methods.mechanics import joint_forward
 
 
-class Config(DiceConfig):
+class Config(StreamsConfig):
     """Weights of the supervised and the cross-consistency terms; how to predict."""
 
     name: Literal["ideal_finetune"] = "ideal_finetune"
@@ -59,7 +60,7 @@ class IdealFinetune(Method):
 
     def training_step(self, labeled: Batch, unlabeled: Batch, clock: Clock) -> StepOutput:
         nl = labeled["image"].shape[0]
-        p1, p2 = self.both(torch.cat([labeled["image"], unlabeled["image"]]))
+        p1, p2 = joint_forward(self.both, labeled["image"], unlabeled["image"], self.cfg.joint)
         y = labeled["label"]
         first, second = (self.supervised(p[:nl], y, ce="sup") for p in (p1, p2))
         parts = {k: first[k] + second[k] for k in first}  # both decoders' supervised terms

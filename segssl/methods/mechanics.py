@@ -220,7 +220,7 @@ def _cat_outputs(a: Any, b: Any) -> Any:
 
 
 def joint_forward(
-    net: nn.Module, labeled: Tensor, unlabeled: Tensor, joint: bool = True, **kwargs: Any
+    net: Callable[..., Any], labeled: Tensor, unlabeled: Tensor, joint: bool = True, **kwargs: Any
 ) -> Any:
     """``net`` on the labeled then the unlabeled images, its output as of ``net(cat([labeled,
     unlabeled]))``. ``joint``: one pass, so BatchNorm's batch statistics mix both streams (what
