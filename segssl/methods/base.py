@@ -66,8 +66,9 @@ class StreamsConfig(DiceConfig):
     statistics mix them (what these methods always did); ``separate`` gives each stream its own
     pass and statistics. On the 64 px smoke phantoms (Prostate, 1 labeled scan, 2 seeds) entmin
     at w_ent = 0, a purely supervised objective, reached val Dice 0.49/0.47 with joint batches
-    against 0.85/0.77 for the labeled-only baseline, and 0.87/0.88 with separate passes. Added
-    after trial keys were published: key-neutral at its default.
+    against 0.85/0.77 for the labeled-only baseline, and 0.87/0.88 with separate passes (ACDC:
+    experiments/sweeps/README.md). Added after trial keys were published: key-neutral at its
+    default.
     """
 
     streams: Literal["joint", "separate"] = "joint"
