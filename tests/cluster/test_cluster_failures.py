@@ -122,9 +122,16 @@ def test_driver_killed_then_resubmitted_runs_only_the_missing_trials(cluster_sta
         )
     done_before = set(done)
     assert 1 <= len(done_before) <= 2, {k: _epochs(r) for k, r in done.items()}
+    last_log = [
+        m.timestamp / 1000 - killed_at
+        for r in runs
+        if r.info.status == "RUNNING" and _epochs(r) == LONG
+        for m in mlflow_client(st).get_metric_history(r.info.run_id, "val/dsc")
+    ]
     print(
         f"killed {killed_at - first_end:.1f} s after the first trial ended; "
-        f"{len(done_before)} of 2 short trials done"
+        f"{len(done_before)} of 2 short trials done; the long trials logged until "
+        f"{max(last_log, default=float('nan')):.1f} s after the kill"
     )
     out = _submit(st, path)
     assert "submitted job" in out and "-a2 (attempt 2" in out, out
