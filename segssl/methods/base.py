@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from segssl.config import AugmentConfig, MethodConfig, RunConfig
@@ -43,14 +43,29 @@ class DiceConfig(MethodConfig):
     ``w_dice * Dice`` (:func:`segssl.losses.dice_loss`) to it, logged as ``dice``
     (:meth:`Method.supervised`). The papers use cross-entropy alone: 0 by default.
 
-    ``w_dice`` came after the trial keys of these methods were published, so at its default it
-    is key-neutral (``Section.key_neutral_defaults``); a config that already published it (the
-    baseline's) clears that.
+    ``dice_background``: the Dice averages over every class, background included (default), or
+    over the foreground classes only (false). With the background in the mean, predicting all
+    background already scores about 0.5 on a two-class problem, which weakens the pull towards
+    a small structure; false is refused while ``w_dice`` is 0 (it would change nothing).
+
+    ``w_dice`` and ``dice_background`` came after the trial keys of these methods were
+    published, so at their defaults they are key-neutral (``Section.key_neutral_defaults``); a
+    config that already published ``w_dice`` (the baseline's) keeps it keyed.
     """
 
     w_dice: float = Field(0.0, ge=0.0)
+    dice_background: bool = True
 
-    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset({"w_dice"})
+    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset({"w_dice", "dice_background"})
+
+    @model_validator(mode="after")
+    def _dice_background_needs_dice(self) -> DiceConfig:
+        if not self.dice_background and self.w_dice == 0:
+            raise ValueError(
+                "method.dice_background: false only changes the Dice term, which is off "
+                "(method.w_dice 0): set method.w_dice > 0 or drop method.dice_background"
+            )
+        return self
 
 
 class SupervisedConfig(DiceConfig):
@@ -73,7 +88,7 @@ class StreamsConfig(DiceConfig):
 
     streams: Literal["joint", "separate"] = "joint"
 
-    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset({"w_dice", "streams"})
+    key_neutral_defaults: ClassVar[frozenset[str]] = DiceConfig.key_neutral_defaults | {"streams"}
 
     @property
     def joint(self) -> bool:
@@ -223,13 +238,16 @@ class Method(nn.Module):
     def supervised(self, logits: Tensor, labels: Tensor, ce: str = "ce") -> dict[str, Tensor]:
         """The active supervised terms on labeled ``logits`` ``(B, C, H, W)`` and integer
         ``labels`` ``(B, H, W)``: cross-entropy under the term ``ce`` and soft Dice under
-        ``dice`` (each only when its weight is > 0; see :class:`DiceConfig`). Labels come from
-        the data layer (in range by construction: no host read of their range)."""
+        ``dice`` (each only when its weight is > 0; the Dice over the foreground classes only
+        when ``dice_background`` is false; see :class:`DiceConfig`). Labels come from the data
+        layer (in range by construction: no host read of their range)."""
         on, parts = self.weights(), {}
         if ce in on:
             parts[ce] = cross_entropy(logits, labels, check_range=False)
         if "dice" in on:
-            parts["dice"] = dice_loss(logits, labels, check_range=False)
+            parts["dice"] = dice_loss(
+                logits, labels, include_background=self.cfg.dice_background, check_range=False
+            )
         return parts
 
     def loss_parts(self) -> tuple[str, ...]:

@@ -20,8 +20,9 @@ class Config(SupervisedConfig):
 
     name: Literal["baseline"] = "baseline"
 
-    # the baseline's keys have always held w_dice: it is part of them at every value
-    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset()
+    # the baseline's keys have always held w_dice: it is part of them at every value (but not
+    # dice_background, which came later: key-neutral at its default as for every method)
+    key_neutral_defaults: ClassVar[frozenset[str]] = frozenset({"dice_background"})
 
 
 class Baseline(Method):

@@ -32,7 +32,7 @@ def test_gpu_check_cpu_mode_reports_every_field(tmp_path: Path) -> None:
     assert set(rows) == {
         (k, p, c)
         for k in ("bare", "baseline", "bim")
-        for p in ("fp32", "bf16", "fp16")
+        for p in ("fp32", "bf16", "fp16", "fp16-stock")
         for c in (False, True)
     }
     for (kind, prec, cl), r in rows.items():
@@ -51,6 +51,32 @@ def test_gpu_check_cpu_mode_reports_every_field(tmp_path: Path) -> None:
     base = packing[0]["steps_per_s"]
     assert all(math.isclose(r["vs_one_process"], r["steps_per_s"] / base) for r in packing)
     assert result["device"] == "cpu"
+
+
+def test_gpu_check_selected_precisions_keep_fp32_and_skip_packing(monkeypatch) -> None:
+    """``--precisions`` measures fp32 (every ratio's reference) and the named ones, each with
+    its own scaler: ``fp16`` the engine's SyncFreeGradScaler, ``fp16-stock`` PyTorch's;
+    ``--procs`` with no count skips the packing measurement."""
+    gpu_check = _load("gpu_check")
+    from segssl.engine import amp
+
+    built: list[str] = []
+    for cls in (amp.SyncFreeGradScaler, gpu_check.torch.amp.GradScaler):
+        monkeypatch.setattr(
+            cls, "__init__", lambda self, *a, _c=cls, **k: built.append(_c.__name__) or None
+        )
+    monkeypatch.setattr(gpu_check, "_build_and_peak", lambda v, a, d: (lambda: None, 1.0))
+    monkeypatch.setattr(gpu_check, "measure_packing", lambda a, d: pytest.fail("packing ran"))
+    result = gpu_check.main(["--cpu", "--procs", "--precisions", "fp16-stock"])
+    assert {(r["precision"], r["channels_last"]) for r in result["variants"]} == {
+        (p, c) for p in ("fp32", "fp16-stock") for c in (False, True)
+    }
+    assert result["packing"] == []
+    built.clear()
+    args = gpu_check.argparse.Namespace(size=16, batch=2, width=4, k=4)
+    for prec in ("fp16", "fp16-stock"):
+        gpu_check.make_step("baseline", prec, False, args, gpu_check.torch.device("cpu"))
+    assert built == ["SyncFreeGradScaler", "GradScaler"]
 
 
 def test_gpu_check_without_cuda_asks_for_cpu_mode(monkeypatch) -> None:
@@ -128,9 +154,9 @@ def test_gpu_check_peak_memory_is_each_variants_own(monkeypatch) -> None:
     monkeypatch.setattr(cuda, "max_memory_allocated", lambda device=None: mem["peak"])
     monkeypatch.setattr(cuda, "reset_peak_memory_stats", reset)
     monkeypatch.setattr(cuda, "is_bf16_supported", lambda: True)
-    args = argparse.Namespace(warmup=1, rounds=1, steps=1)
+    args = argparse.Namespace(warmup=1, rounds=1, steps=1, precisions=list(gpu_check.PRECISIONS))
     rows = gpu_check.measure_variants(args, torch.device("cuda"))
-    assert len(rows) == 18
+    assert len(rows) == 24
     for r in rows:
         resident, transient = sizes[(r["step"], r["precision"], r["channels_last"])]
         assert r["peak_mem_mb"] == (resident + transient) / 2**20

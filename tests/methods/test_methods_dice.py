@@ -2,12 +2,14 @@
 
 ``w_dice`` > 0 adds exactly ``w_dice * dice_loss(labeled logits, labels)`` to the loss and logs it
 as ``dice``; at its default 0 nothing changes: no ``dice`` part, the other parts and the loss
-are those of the same step without it, and trial keys are those published before the field."""
+are those of the same step without it, and trial keys are those published before the field.
+``dice_background: false`` takes that Dice over the foreground classes only (issue 11)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,12 +127,78 @@ def test_w_dice_at_its_default_keeps_published_trial_keys(name: str, tiny_method
     if name not in KEYED_FROM_THE_START:  # the method section as it was before the field
         method = {k: v for k, v in method.items() if k != "w_dice"}
     method.pop("streams", None)  # another field added later (test_methods_streams)
+    assert method.pop("dice_background") is True  # added later still, for every method
     dump = {**keyed_dump(cfg), "method": method}  # other sections: their own neutral fields
     assert trial_key(cfg, None) == config_hash({"config": dump, "parent": None})
     other = tiny_method(name, method={"w_dice": 0.5})
     assert trial_key(other, None) != trial_key(cfg, None)
+    fg = tiny_method(name, method={"w_dice": 0.5, "dice_background": False})
+    assert keyed_dump(fg)["method"]["dice_background"] is False
+    assert trial_key(fg, None) != trial_key(other, None)
 
 
 def test_dice_without_labeled_batches_is_refused_at_config_time() -> None:
     with pytest.raises(ConfigError, match=r"method.w_dice: gmi_pretrain trains without labeled"):
         parse_run_config({"stage": "pretrain", "method": {"name": "gmi_pretrain", "w_dice": 1}})
+
+
+def _numpy_foreground_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """``1 - mean over classes 1..C-1`` of the batch-level soft Dice (eps 1e-5), in numpy."""
+    x = logits.detach().double().numpy()
+    p = np.exp(x - x.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    y = labels.numpy()
+    scores = []
+    for c in range(1, x.shape[1]):
+        g = (y == c).astype(np.float64)
+        pc = p[:, c]
+        scores.append((2 * (pc * g).sum() + 1e-5) / (pc.sum() + g.sum() + 1e-5))
+    return 1.0 - float(np.mean(scores))
+
+
+@pytest.mark.parametrize("name", LABELED)
+def test_dice_background_false_takes_the_foreground_classes_only(
+    name: str, tiny_method, monkeypatch
+) -> None:
+    """The ``dice`` part is the foreground-only Dice of the very logits the CE term uses (both
+    decoders' summed for ideal_finetune); the other parts are those of the default step."""
+    lab, unl = _batches()
+    seen: list[torch.Tensor] = []
+    ce = method_base.cross_entropy
+
+    def spy(logits: torch.Tensor, target: torch.Tensor, **kw: Any) -> torch.Tensor:
+        seen.append(logits.detach().clone())
+        return ce(logits, target, **kw)
+
+    monkeypatch.setattr(method_base, "cross_entropy", spy)
+    fg = _step(tiny_method, name, lab, unl, w_dice=0.7, dice_background=False)
+    assert seen
+    want = sum(_numpy_foreground_dice_loss(lg, lab["label"]) for lg in seen)
+    assert float(fg["dice"]) == pytest.approx(want, rel=1e-5, abs=1e-6)
+    seen.clear()
+    every = _step(tiny_method, name, lab, unl, w_dice=0.7)
+    assert float(every["dice"]) != pytest.approx(want, rel=1e-3)  # the background counted
+    for k, v in every.items():
+        if k not in ("loss", "dice"):
+            assert torch.equal(fg[k], v), k
+    torch.testing.assert_close(
+        fg["loss"].detach() - every["loss"].detach(), 0.7 * (fg["dice"] - every["dice"])
+    )
+
+
+def test_dice_background_false_without_the_dice_term_is_refused_at_config_time() -> None:
+    for method in (
+        {"name": "entmin", "dice_background": False},
+        {"name": "baseline", "w_dice": 0, "dice_background": False},
+        {"name": "full", "w_ce": 1, "dice_background": False},
+    ):
+        with pytest.raises(ConfigError, match=r"method.dice_background: false .*method.w_dice 0"):
+            parse_run_config({"stage": "finetune", "method": method})
+    with pytest.raises(ConfigError, match=r"method.dice_background: false .*method.w_dice 0"):
+        parse_run_config(
+            {"stage": "pretrain", "method": {"name": "gmi_pretrain", "dice_background": False}}
+        )
+    cfg = parse_run_config(
+        {"stage": "finetune", "method": {"name": "entmin", "w_dice": 1, "dice_background": False}}
+    )
+    assert cfg.method.dice_background is False

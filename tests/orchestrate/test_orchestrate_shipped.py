@@ -82,8 +82,9 @@ KEYED_W_DICE = {"baseline", "full", "finetune"}
 
 def _check_keys_predate_w_dice(plan) -> None:
     """``method.w_dice`` came to the semi-supervised methods after their trial keys were
-    published: at its default it is left out of the keyed config (``key_neutral_defaults``), so
-    every planned key is the one computed before the field existed (the base commit's keys)."""
+    published, ``method.dice_background`` to every method: at their defaults they are left out of
+    the keyed config (``key_neutral_defaults``), so every planned key is the one computed before
+    the fields existed (the base commit's keys)."""
     for t in plan.all_trials():
         method = t.config.method
         keyed = keyed_dump(t.config)["method"]
@@ -91,6 +92,11 @@ def _check_keys_predate_w_dice(plan) -> None:
             assert keyed.get("w_dice") == getattr(method, "w_dice", None), (t.stage, t.name)
         else:
             assert "w_dice" not in keyed, (t.stage, t.name)
+        # method.dice_background came later still, to every method (the baseline's included)
+        if getattr(method, "dice_background", True):
+            assert "dice_background" not in keyed, (t.stage, t.name)
+        else:
+            assert keyed["dice_background"] is False, (t.stage, t.name)
 
 
 def _check_contrastive_recipe(plan, profile: str) -> None:
