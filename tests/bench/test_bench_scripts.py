@@ -55,7 +55,7 @@ def test_gpu_check_cpu_mode_reports_every_field(tmp_path: Path) -> None:
 
 def test_gpu_check_selected_precisions_keep_fp32_and_skip_packing(monkeypatch) -> None:
     """``--precisions`` measures fp32 (every ratio's reference) and the named ones, each with
-    its own scaler: ``fp16`` the engine's SyncFreeGradScaler, ``fp16-stock`` PyTorch's;
+    its own scaler: ``fp16`` SyncFreeGradScaler (grad_scaler: sync_free), ``fp16-stock`` PyTorch's;
     ``--procs`` with no count skips the packing measurement."""
     gpu_check = _load("gpu_check")
     from segssl.engine import amp
