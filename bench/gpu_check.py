@@ -3,15 +3,17 @@
 One run (under 8 minutes on one GPU; PyTorch and segssl only, no Ray or MLflow) measures:
 
 * the ``baseline`` step (one supervised U-Net pass, CE + Dice) and the ``bim`` step (paired
-  transform, two tapped passes, cluster heads, L_con + L_MI + L_CC), each in fp32, AMP bf16 and
-  AMP fp16 (the engine's sync-free GradScaler and capturable optimiser), each in the default
-  and the ``channels_last`` memory format: time per step and the ratio to the same step in fp32;
+  transform, two tapped passes, cluster heads, L_con + L_MI + L_CC), each in fp32, AMP bf16,
+  AMP fp16 with the sync-free GradScaler and capturable optimiser (``fp16``: the engine's
+  ``train.grad_scaler: sync_free``) and AMP fp16 with PyTorch's GradScaler (``fp16-stock``: the
+  engine's fp16 default), each in the default and the ``channels_last`` memory format: time
+  per step and the ratio to the same step in fp32;
 * ``bare``: the two tapped U-Net passes a bim step needs, and the ratio bim / bare per variant;
 * peak device memory of one step of each variant on its own (``torch.cuda.max_memory_allocated``
   over the step, plus the variant's resident weights, gradients, optimiser state and batch; the
   other variants resident in the process are not counted); on CPU the process's peak resident
   size, which is not per step;
-* packing: 1, 2 and 4 training processes (bim, the engine's CUDA settings: AMP fp16 and
+* packing: 1, 2 and 4 training processes (bim, the engine's CUDA defaults: fp32 and
   channels_last) on the same device at once, total steps/s relative to one process, i.e. what
   ``gpu: 0.5`` / ``gpu: 0.25`` in a sweep buys.
 
@@ -110,7 +112,7 @@ def make_step(
         batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
     amp = precision != "fp32"
     dtype = _DTYPES.get(precision, torch.float32)
-    scaler_cls = torch.amp.GradScaler if stock else SyncFreeGradScaler  # the engine's: no read
+    scaler_cls = torch.amp.GradScaler if stock else SyncFreeGradScaler  # sync-free: no read
     scaler = scaler_cls(device.type, enabled=fp16)
     cfg = getattr(method.cfg, "dense_tap", None), getattr(method.cfg, "global_tap", None)
 
@@ -230,7 +232,7 @@ def measure_variants(args: argparse.Namespace, device: torch.device) -> list[dic
 def _worker(args: argparse.Namespace, device: torch.device) -> None:
     """One packed training process: warm up, wait for the common start, run, print a JSON."""
     cuda = device.type == "cuda"
-    step = make_step("bim", "fp16" if cuda else "fp32", cuda, args, device)
+    step = make_step("bim", "fp32", cuda, args, device)  # the engine's default (amp: auto)
     for _ in range(args.warmup):
         step()
     _synchronize(device)
@@ -307,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         nargs="+",
         choices=PRECISIONS,
         default=list(PRECISIONS),
-        help="fp16: the engine's SyncFreeGradScaler; fp16-stock: torch.amp.GradScaler",
+        help="fp16: SyncFreeGradScaler (grad_scaler: sync_free); fp16-stock: torch.amp.GradScaler",
     )
     ap.add_argument("--pack-steps", type=int, default=None, help="steps per packed process (60)")
     ap.add_argument("--pack-timeout", type=float, default=240.0)

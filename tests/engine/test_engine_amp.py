@@ -1,4 +1,5 @@
-"""SyncFreeGradScaler: the stock GradScaler's results (taken and skipped steps) on CPU fp16."""
+"""SyncFreeGradScaler (``train.grad_scaler: sync_free``): the stock GradScaler's results (taken
+and skipped steps) on CPU fp16; the optimisers are capturable with it and only with it."""
 
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def _epochs(net, opt, sched, scaler, lrs: list) -> None:
 
 
 def test_a_capturable_optimiser_state_resumes_on_the_cpu(tiny, tmp_path) -> None:
-    """A CUDA AMP run saves Adam/RAdam with ``capturable=True`` (step counters on the GPU);
+    """A CUDA fp16 run with the sync-free scaler saves Adam/RAdam ``capturable`` (counters on GPU);
     ``load_state_dict`` takes the groups' flags from the file, and a capturable optimiser
     cannot step on the CPU (torch asserts). Resuming such a checkpoint where the run builds a
     non-capturable optimiser (CPU, or CUDA without AMP) must take the run's flag and give the
@@ -168,6 +169,52 @@ def test_a_capturable_optimiser_state_resumes_on_the_cpu(tiny, tmp_path) -> None
     assert all(
         g["capturable"] is False for o in b["optimizers"].values() for g in o["param_groups"]
     )
+
+
+@pytest.mark.parametrize(("scaler", "capturable"), [("stock", False), ("sync_free", True)])
+def test_optimisers_are_capturable_only_with_the_sync_free_scaler(
+    scaler, capturable, tiny, tmp_path, monkeypatch
+) -> None:
+    """The loop builds every optimiser, and gives every restored one on resume, the runtime's
+    ``capturable`` (True on CUDA with float16 AMP and the sync-free scaler only: see
+    test_engine_schedule). Faked here on the CPU, where torch refuses capturable optimisers: the
+    flag is recorded and the real calls get False."""
+    from segssl.engine import loop, train
+    from segssl.engine.runtime import Runtime
+
+    class CudaLike(Runtime):  # the decision the runtime makes on a CUDA device
+        @property
+        def capturable(self) -> bool:
+            return self.scaled and self.grad_scaler == "sync_free"
+
+    rt = CudaLike(torch.device("cpu"), True, False, torch.float16, scaler)
+    monkeypatch.setattr(loop, "resolve_runtime", lambda cfg: rt)
+    built, restored = [], []
+    build, restore = loop.build_optimizer, loop.set_capturable
+
+    def build_spy(settings, named, capturable=False):
+        built.append(capturable)
+        return build(settings, named, capturable=False)
+
+    def restore_spy(opt, flag):
+        restored.append(flag)
+        restore(opt, False)
+
+    monkeypatch.setattr(loop, "build_optimizer", build_spy)
+    monkeypatch.setattr(loop, "set_capturable", restore_spy)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(metrics: dict, step: int) -> None:
+        if step == 1 and "best_epoch" not in metrics:
+            raise Stop
+
+    cfg = tiny("baseline", "finetune", optim={"name": "adam"}, train={"epochs": 2})
+    with pytest.raises(Stop):
+        train(cfg, interrupt, workdir=tmp_path)
+    train(cfg, workdir=tmp_path)
+    assert built == [capturable, capturable] and restored == [capturable]
 
 
 @pytest.mark.parametrize("name", ["adam", "radam"])
