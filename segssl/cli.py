@@ -340,7 +340,7 @@ def train_cmd(
         redact_logging()
         name = f"{cfg.method.name} {cfg.stage} | {cfg.data.labeled_scans} | seed {cfg.seed}"
         try:
-            recorder = start_single_run(tracking_uri, experiment, cfg, name, run_dir)
+            recorder = start_single_run(tracking_uri, experiment, cfg, name, run_dir, reopen=resume)
         except Exception as exc:  # noqa: BLE001 - any tracking failure is reported, not traced
             fail(f"--tracking-uri {tracking_uri}: cannot start an MLflow run: {exc}")
     from segssl.engine import train
@@ -348,8 +348,7 @@ def train_cmd(
     result, status, reason = None, "FAILED", None
     try:
         with _signals_raise():
-            report = recorder.log_metrics if recorder is not None else None
-            result = train(cfg, report, workdir=run_dir, resume=resume)
+            result = train(cfg, recorder, workdir=run_dir, resume=resume)
             status = "FINISHED"
     except _Signalled as exc:  # SIGINT/SIGTERM: the run is KILLED, last.pt stays for --resume
         status, reason = "KILLED", f"stopped by {exc.name}"

@@ -19,6 +19,11 @@ history), ``best.pt`` on improvement (the ``predict_with`` and ``carry`` network
 ``report(metrics, step=epoch)``. At the end the best ``predict_with`` weights are restored and
 tested; the result is written to ``result.json``; the last ``report`` call carries those final
 metrics.
+
+``last.pt`` is written before its epoch is reported, so a process killed in between leaves an
+epoch that was trained but never reported. A resumed run therefore first hands every epoch
+``last.pt`` holds to ``report.replay(metrics, step)`` when the report has one (the same metrics
+that epoch reported or would have); the sink keeps the steps it lacks and ignores the others.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ from segssl.models import build_model
 __all__ = ["NonFiniteLossError", "Report", "profile_step", "train"]
 
 Report = Callable[[dict[str, float], int], None]
+# what a history entry holds besides the epoch's reported metrics
+_HISTORY_ONLY = frozenset({"epoch", "time/epoch_s"})
 _STAGE_NEEDS = {"pretrain": (False, True), "finetune": (True, False), "semi": (True, True)}
 _GENERATORS = ("augment", "method")
 MAIN = "main"  # the engine's optimiser; a method's own optimisers go by their declared names
@@ -311,6 +318,11 @@ def best_val_metrics(history: list[dict], best_epoch: int) -> dict[str, float]:
     return {}
 
 
+def _reported(entry: dict) -> dict[str, float]:
+    """The metrics an epoch of the history reported (its entry without the history's own keys)."""
+    return {k: v for k, v in entry.items() if k not in _HISTORY_ONLY}
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
@@ -333,6 +345,10 @@ def train(
             ``train/lr``, ``val/dsc`` and ``val/dsc/<class>`` in supervised stages; step = epoch
             number from 1) and once at the end with the final metrics (step = ``epochs``).
             An exception raised by ``report`` stops the run; ``last.pt`` of that epoch is saved.
+            A report with a ``replay(metrics, step)`` method gets, when the run resumes from
+            ``last.pt``, one call per epoch the checkpoint holds (in order, before any further
+            epoch; the metrics that epoch reported) so that it can record an epoch whose report
+            a killed process never sent; it must ignore steps it already has.
         workdir: run directory: ``config.yaml``, ``split.json``, ``checkpoints/{last,best}.pt``,
             ``result.json``, ``pictures/``.
         resume: continue from ``checkpoints/last.pt`` when it exists (same config required; a
@@ -353,6 +369,7 @@ def train(
     run.prepare()
     try:
         run.build(state)
+        run.replay_history()
         for epoch in range(run.start_epoch, cfg.train.epochs):
             run.epoch(epoch)
         return run.finish()
@@ -533,6 +550,14 @@ class _Run:
         restore_rng(state["rng"], self.gens)
         self.progress.message(f"resumed from {self.last_path} after epoch {self.start_epoch}")
 
+    def replay_history(self) -> None:
+        """Hand every epoch of the resumed history to ``report.replay`` (see :func:`train`)."""
+        replay = getattr(self.report, "replay", None)
+        if replay is None:
+            return
+        for entry in self.history[: self.start_epoch]:
+            replay(_reported(entry), int(entry["epoch"]))
+
     # ------------------------------------------------------------------ epochs
     def _step(self, epoch: int, it: int) -> tuple[tuple[str, ...], torch.Tensor]:
         """One optimisation step; returns the logged values on the device (read once per
@@ -625,7 +650,8 @@ class _Run:
         metrics["train/lr"] = lr
         metrics.update(self._validate(epoch))
         took = self.progress.end_epoch(epoch, metrics)
-        self.history.append({"epoch": epoch + 1, **metrics, "time/epoch_s": took})
+        entry = {"epoch": epoch + 1, **metrics, "time/epoch_s": took}
+        self.history.append(entry)
         save_checkpoint(
             self.last_path,
             {
@@ -643,8 +669,8 @@ class _Run:
                 "history": self.history,
             },
         )
-        if self.report is not None:
-            self.report(metrics, epoch + 1)
+        if self.report is not None:  # after the save: a resumed run replays it (replay_history)
+            self.report(_reported(entry), epoch + 1)
 
     # ------------------------------------------------------------------ end
     def _select_final_weights(self) -> int:

@@ -480,7 +480,10 @@ class TrialRecorder:
 
     A retried attempt of the same trial in the same experiment reopens the run of the earlier
     attempt (its id is kept in the trial's workdir) so that learning curves stay whole; the tag
-    ``segssl.attempts`` counts the attempts.
+    ``segssl.attempts`` counts the attempts. A metric is logged at most once per step: a step the
+    run already holds for that metric (an earlier attempt's) is not logged again, so a resumed
+    attempt may replay the epochs of its checkpoint (:meth:`replay`) and only the missing ones
+    are added. It is also the engine's report (``recorder(metrics, step)``, ``recorder.replay``).
     """
 
     def __init__(self, uri: str, exp_id: str, sweep_run_id: str | None, workdir: Path) -> None:
@@ -493,14 +496,27 @@ class TrialRecorder:
         self.workdir = workdir
         self.client = _client(uri)
         self.run_id: str | None = None
+        self._steps: dict[str, set[int]] = {}  # the steps logged per metric (loaded on first use)
+        self._reopened = False
 
     def _id_file(self) -> Path:
         return self.workdir / "mlflow" / f"{self.exp_id}.run_id"
 
-    def start(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
-        """Create (or reopen after a retry) the trial's run; log tags and params."""
+    def start(
+        self,
+        name: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, Any],
+        *,
+        reopen: bool = True,
+    ) -> str:
+        """Create (or reopen after a retry) the trial's run; log tags and params.
+
+        ``reopen=False`` always creates a new run (a run trained again from scratch: the earlier
+        run's curves belong to the discarded training).
+        """
         idf = self._id_file()
-        previous = idf.read_text().strip() if idf.is_file() else None
+        previous = idf.read_text().strip() if idf.is_file() and reopen else None
         run = None
         if previous:
             try:
@@ -522,7 +538,7 @@ class TrialRecorder:
             self.run_id = str(run.info.run_id)
             self._log(params=params)
         else:
-            self.run_id = str(run.info.run_id)
+            self.run_id, self._reopened = str(run.info.run_id), True
             attempts = int(run.data.tags.get(TAG_ATTEMPTS, "1")) + 1
             self.client.update_run(self.run_id, status="RUNNING")
             if TAG_END_REASON in run.data.tags:  # why the earlier attempt ended: no longer true
@@ -552,9 +568,33 @@ class TrialRecorder:
             bm, ms = ms[:room], ms[room:]
             self.client.log_batch(self.run_id, metrics=bm, params=bp, tags=bt)
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Log one report of the engine (one batch)."""
-        self._log(metrics=metrics, step=step)
+    def _logged_steps(self, key: str) -> set[int]:
+        """The steps at which the run holds metric ``key`` (read from MLflow once, for a reopened
+        run; a new run starts with none)."""
+        if key not in self._steps:
+            assert self.run_id is not None
+            history = self.client.get_metric_history(self.run_id, key) if self._reopened else []
+            self._steps[key] = {int(m.step) for m in history}
+        return self._steps[key]
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> dict[str, float]:
+        """Log one report of the engine (one batch): the metrics the run does not yet hold at
+        ``step``; returns those logged."""
+        new = {k: v for k, v in _metric_items(metrics) if step not in self._logged_steps(k)}
+        if new:
+            self._log(metrics=new, step=step)
+            for k in new:
+                self._steps[k].add(step)
+        return new
+
+    def __call__(self, metrics: Mapping[str, Any], step: int) -> None:
+        """The engine's ``report``."""
+        self.log_metrics(metrics, step)
+
+    def replay(self, metrics: Mapping[str, Any], step: int) -> None:
+        """The engine's ``report.replay`` (an epoch of a resumed checkpoint): log what the run
+        lacks of it, as :meth:`log_metrics` does."""
+        self.log_metrics(metrics, step)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Set tags on the run."""
@@ -620,15 +660,17 @@ def fingerprint_tags(workdir: Path, result: Mapping[str, Any]) -> dict[str, str]
 
 
 def start_single_run(
-    uri: str, experiment: str, cfg: Any, name: str, workdir: Path
+    uri: str, experiment: str, cfg: Any, name: str, workdir: Path, *, reopen: bool = True
 ) -> TrialRecorder:
     """The MLflow run of one ``segssl train`` (no sweep), with the same record as a sweep trial.
 
     Tags ``segssl.stage``, ``segssl.trial_key`` (the key a sweep would give this config as a
     root trial), ``segssl.git_sha`` and, when ``train.init_from`` is a segssl checkpoint,
     ``segssl.parent_key`` (the root-trial key of the config stored in that checkpoint); params are
-    the flattened resolved config. The caller logs metrics through
-    :meth:`TrialRecorder.log_metrics` and closes with :func:`finish_single_run`.
+    the flattened resolved config. The run of an earlier unfinished ``segssl train`` in
+    ``workdir`` is reopened unless ``reopen`` is False (``--no-resume``: a new run). The caller
+    passes the recorder to ``engine.train`` as its report and closes with
+    :func:`finish_single_run`.
 
     Raises:
         TrackingError: the tracking server cannot be reached.
@@ -657,7 +699,7 @@ def start_single_run(
             parent_cfg = parse_run_config(json.loads(stored), source=cfg.train.init_from)
             tags[TAG_PARENT_KEY] = trial_key(parent_cfg, None)
     recorder = TrialRecorder(uri, exp_id, None, Path(workdir))
-    recorder.start(name, tags, flatten(cfg))
+    recorder.start(name, tags, flatten(cfg), reopen=reopen)
     return recorder
 
 

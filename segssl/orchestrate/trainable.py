@@ -166,20 +166,21 @@ def _report_finished_sample(task: TrialTask, ctx: SweepContext) -> bool:
 
 class _TuneReporter:
     """The engine's ``report(metrics, step)``: one MLflow batch and one ``tune.report`` each, with
-    a pointer checkpoint to the trial's workdir; tracks the best value of the search metric."""
+    a pointer checkpoint to the trial's workdir; tracks the best value of the search metric.
+
+    ``replay`` (the epochs of a resumed checkpoint) logs to MLflow only the steps the trial's run
+    lacks (an epoch whose report a killed attempt never sent) and reports nothing to Tune: its
+    values count towards the best value the next report carries.
+    """
 
     def __init__(self, task: TrialTask, ctx: SweepContext, recorder: Any) -> None:
         self.task, self.ctx, self.recorder = task, ctx, recorder
         self.seen: dict[str, float] = {}
         self.best: float | None = None
 
-    def __call__(self, metrics: dict[str, float], step: int) -> None:
-        from ray import tune
-        from ray.tune import Checkpoint
-
-        self.recorder.log_metrics(metrics, step)
+    def _track(self, metrics: Mapping[str, Any]) -> None:
+        """Remember the latest values and the best value of the search metric."""
         self.seen.update({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
-        out = dict(self.seen)
         metric = self.ctx.search_metric
         if metric and metric in metrics:
             v = float(metrics[metric])
@@ -187,6 +188,20 @@ class _TuneReporter:
                 v > self.best if self.ctx.search_mode == "max" else v < self.best
             )
             self.best = v if better else self.best
+
+    def replay(self, metrics: dict[str, float], step: int) -> None:
+        self.recorder.log_metrics(metrics, step)
+        self._track(metrics)
+
+    def __call__(self, metrics: dict[str, float], step: int) -> None:
+        from ray import tune
+        from ray.tune import Checkpoint
+
+        self.recorder.log_metrics(metrics, step)
+        self._track(metrics)
+        out = dict(self.seen)
+        metric = self.ctx.search_metric
+        if metric and metric in metrics:
             out[metric] = self.best  # the searcher and ASHA see the best epoch so far
         out["segssl/step"] = float(step)
         with tempfile.TemporaryDirectory() as tmp:

@@ -115,3 +115,57 @@ def test_freeze_typo_fails_before_any_work(tiny_yaml, tmp_path: Path) -> None:
     assert res.exit_code == 2
     assert "model.freeze: 'Conv9' matches no parameter" in res.output and "Conv_1x1" in res.output
     assert not work.exists()
+
+
+def test_a_train_killed_after_saving_an_epoch_logs_it_once_on_resume(
+    tiny_yaml, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``last.pt`` of epoch 1 saved, the process dies before MLflow gets the epoch: the resumed
+    ``segssl train`` (same workdir, same run) logs it from the checkpoint, every step once;
+    ``--no-resume`` trains again into a new run."""
+    from mlflow import MlflowClient
+
+    from segssl.engine import loop
+
+    class Died(RuntimeError):
+        pass
+
+    real_save = loop.save_checkpoint
+    died_at = {"epoch": 1}
+
+    def save(path: Path, obj: dict) -> None:
+        real_save(path, obj)
+        if Path(path).name == "last.pt" and obj.get("epoch") == died_at["epoch"]:
+            raise Died
+
+    cfg = _write(tmp_path / "run.yaml", tiny_yaml("baseline", "finetune"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train", str(cfg), "--workdir", str(tmp_path / "w"), "--tracking-uri", uri]
+    with monkeypatch.context() as m:
+        m.setattr(loop, "save_checkpoint", save)
+        assert isinstance(runner.invoke(app, args).exception, Died)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("segssl-train").experiment_id
+    (run,) = client.search_runs([exp])
+
+    def logged(run_id: str, key: str) -> list[tuple[int, float]]:
+        return sorted((h.step, h.value) for h in client.get_metric_history(run_id, key))
+
+    history = json.loads((tmp_path / "w/result.json").read_text())["history"]
+    for key in ("val/dsc", "train/loss"):
+        assert logged(run.info.run_id, key) == [(h["epoch"], h[key]) for h in history], key
+    # a restart dies after logging epoch 1 and saving epoch 2; a second restart is a new run
+    died_at["epoch"] = 2
+    with monkeypatch.context() as m:
+        m.setattr(loop, "save_checkpoint", save)
+        assert isinstance(runner.invoke(app, [*args, "--no-resume"]).exception, Died)
+    res = runner.invoke(app, [*args, "--no-resume"])
+    assert res.exit_code == 0, res.output
+    runs = client.search_runs([exp], order_by=["attributes.start_time ASC"])
+    assert len(runs) == 3 and [r.info.status for r in runs] == ["FINISHED", "FAILED", "FINISHED"]
+    history = json.loads((tmp_path / "w/result.json").read_text())["history"]
+    assert logged(runs[2].info.run_id, "train/loss") == [
+        (h["epoch"], h["train/loss"]) for h in history
+    ]

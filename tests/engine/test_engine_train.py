@@ -55,6 +55,44 @@ def test_resume_gives_identical_weights(tiny, tmp_path: Path, name: str, stage: 
     assert full["metrics"].get("test/dsc") == resumed["metrics"].get("test/dsc")
 
 
+class _Sink:
+    """A report with ``replay``: records what the engine sends it, live or replayed."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.live: list[tuple[int, dict]] = []
+        self.replayed: list[tuple[int, dict]] = []
+        self.stop_at = stop_at
+
+    def __call__(self, metrics: dict, step: int) -> None:
+        self.live.append((step, dict(metrics)))
+        if step == self.stop_at and "best_epoch" not in metrics:
+            raise _Stop  # the process dies: epoch ``stop_at`` is saved, its report never arrives
+
+    def replay(self, metrics: dict, step: int) -> None:
+        self.replayed.append((step, dict(metrics)))
+
+
+def test_a_resumed_run_replays_the_epochs_of_its_checkpoint(tiny, tmp_path: Path) -> None:
+    """last.pt is written before the epoch is reported: a resumed run hands every epoch it holds
+    to ``report.replay`` (the metrics the epoch reported), before any further epoch."""
+    cfg = tiny("baseline", "finetune", train={"epochs": 3, "iters_per_epoch": 1})
+    first = _Sink(stop_at=2)
+    with pytest.raises(_Stop):
+        train(cfg, first, workdir=tmp_path)
+    assert first.replayed == []  # a fresh run has nothing to replay
+    second = _Sink()
+    resumed = train(cfg, second, workdir=tmp_path)
+    assert second.replayed == first.live  # epochs 1 and 2, as reported (or about to be)
+    assert [s for s, _ in second.live] == [3, 3]
+    assert second.replayed[1][1] == {
+        k: v for k, v in resumed["history"][1].items() if k not in {"epoch", "time/epoch_s"}
+    }
+    third = _Sink()  # a finished run replays its whole history, then reports the final metrics
+    train(cfg, third, workdir=tmp_path)
+    assert [s for s, _ in third.replayed] == [1, 2, 3] and [s for s, _ in third.live] == [3]
+    assert third.replayed[:2] == first.live and third.replayed[2] == second.live[0]
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_resume_continues_the_lr_schedule(tiny, tmp_path: Path, schedule: str) -> None:
     """The lr of every epoch (warm-up to 2e-3, then constant or a cosine) is the same whether

@@ -1,0 +1,126 @@
+"""A trial killed around an epoch's checkpoint and resumed: MLflow holds every epoch once.
+
+The engine writes ``last.pt`` before it reports the epoch; a process killed in between resumes
+after an epoch MLflow never got. These tests kill a real (tiny) run at each point (before the
+save, between the save and the MLflow log, after the log), resume it on the same workdir and
+SQLite store, and check every metric's steps 1..E are logged exactly once with the values the
+epochs produced (the resumed run's history, which the checkpoint carries).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from segssl.engine import loop
+from segssl.orchestrate import gpu_guard, tracking, trainable
+
+EPOCHS, KILLED_AT = 3, 2
+
+
+class _Killed(BaseException):
+    """The process dying (nothing of it runs after this)."""
+
+
+def _kill_at(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Kill the run at ``where`` of epoch ``KILLED_AT``."""
+    real_save, real_log = loop.save_checkpoint, tracking.TrialRecorder.log_metrics
+
+    def save(path: Path, obj: dict) -> None:
+        last = Path(path).name == "last.pt" and obj.get("epoch") == KILLED_AT
+        if last and where == "before_save":
+            raise _Killed
+        real_save(path, obj)
+        if last and where == "between_save_and_log":
+            raise _Killed
+
+    def log(self: tracking.TrialRecorder, metrics: Any, step: int) -> dict:
+        out = real_log(self, metrics, step)
+        if step == KILLED_AT and where == "after_log":
+            raise _Killed
+        return out
+
+    monkeypatch.setattr(loop, "save_checkpoint", save)
+    monkeypatch.setattr(tracking.TrialRecorder, "log_metrics", log)
+
+
+def _steps(client: MlflowClient, run_id: str, key: str) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for m in client.get_metric_history(run_id, key):
+        out.setdefault(m.step, []).append(m.value)
+    return out
+
+
+@pytest.mark.parametrize("where", ["before_save", "between_save_and_log", "after_log"])
+def test_a_trial_killed_around_a_checkpoint_logs_every_epoch_once(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    from ray import tune
+
+    cfg = tiny("baseline", "finetune", train={"epochs": EPOCHS, "iters_per_epoch": 1})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "resume", "h")
+    task = trainable.TrialTask(
+        key="k1",
+        stage="finetune",
+        name="trial",
+        config=cfg,
+        workdir=str(tmp_path / "trials" / "k1"),
+        tags={"segssl.trial_key": "k1", "segssl.stage": "finetune"},
+        params={"seed": 0},
+    )
+    ctx = trainable.SweepContext("s", uri, exp, None, str(tmp_path), "sha", "val/dsc", "max")
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "report", lambda m, checkpoint=None: reports.append(dict(m)))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(gpu_guard, "guard_from_ray", lambda: gpu_guard.apply_memory_guard(0.0))
+    monkeypatch.setattr(gpu_guard, "placement_tags", lambda guard: {})
+    with monkeypatch.context() as kill:
+        _kill_at(kill, where)
+        with pytest.raises(_Killed):
+            trainable.run_trial({"trial_key": "k1"}, ctx=ctx, tasks={"k1": task})
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: object())  # Tune retries the trial
+    reports.clear()
+    trainable.run_trial({"trial_key": "k1"}, ctx=ctx, tasks={"k1": task})
+
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([exp])
+    assert run.info.status == "FINISHED" and run.data.tags["segssl.attempts"] == "2"
+    history = json.loads((Path(task.workdir) / "result.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
+    for key in ("val/dsc", "val/dsc/LV", "train/loss", "train/lr"):
+        logged = _steps(client, run.info.run_id, key)
+        assert Counter({s: len(v) for s, v in logged.items()}) == Counter(
+            dict.fromkeys(range(1, EPOCHS + 1), 1)
+        ), (key, logged)
+        assert [logged[h["epoch"]][0] for h in history] == [h[key] for h in history], key
+    # the searcher's best counts the epochs of the earlier attempt too
+    assert reports[-1]["val/dsc"] == max(h["val/dsc"] for h in history)
+
+
+def test_a_reopened_run_never_logs_a_step_twice_and_a_restart_gets_a_new_run(
+    tmp_path: Path,
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "dedupe", "h")
+    first = tracking.TrialRecorder(uri, exp, None, tmp_path / "wd")
+    run_id = first.start("t", {"segssl.trial_key": "k"}, {})
+    first({"val/dsc": 0.5, "train/loss": 1.0}, 1)
+    first.end("KILLED")
+    again = tracking.TrialRecorder(uri, exp, None, tmp_path / "wd")
+    assert again.start("t", {"segssl.trial_key": "k"}, {}) == run_id
+    again.replay({"val/dsc": 0.5, "train/loss": 1.0}, 1)  # already there: ignored
+    again.replay({"val/dsc": 0.6, "train/loss": 0.9}, 2)  # missing: logged
+    assert again.log_metrics({"val/dsc": 0.6, "val/dsc/LV": 0.7}, 2) == {"val/dsc/LV": 0.7}
+    client = MlflowClient(uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val/dsc")] == [
+        (1, 0.5),
+        (2, 0.6),
+    ]
+    restart = tracking.TrialRecorder(uri, exp, None, tmp_path / "wd")
+    assert restart.start("t", {"segssl.trial_key": "k"}, {}, reopen=False) != run_id
