@@ -3,8 +3,9 @@ it through ``PYTHONPATH``): a fast stand-in for ``engine.train`` with the same c
 
 ``quick_train`` writes what the engine writes (config.yaml, split.json, result.json,
 checkpoints/last.pt and best.pt), reports per-epoch ``val/dsc`` and the final metrics, resumes from
-``checkpoints/last.pt``, and can fail once (after writing ``last.pt``) to exercise retries. Its
-val/test Dice is a known function of the config so tests can check what reached MLflow.
+``checkpoints/last.pt`` (replaying its epochs to ``report.replay``), and can fail once (after
+writing ``last.pt``) to exercise retries. Its val/test Dice is a known function of the config so
+tests can check what reached MLflow.
 """
 
 from __future__ import annotations
@@ -55,9 +56,13 @@ def quick_train(
     (wd / "config.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
     (wd / "split.json").write_text(json.dumps({"fingerprint": "split-fp", "train": ["a"]}))
     last = wd / "checkpoints" / "last.pt"
-    start = 0
+    start, history = 0, []
     if resume and last.is_file():
-        start = json.loads(last.read_text())["epoch"]
+        state = json.loads(last.read_text())
+        start, history = state["epoch"], state.get("history", [])
+    replay = getattr(report, "replay", None)
+    for step, metrics in enumerate(history, start=1) if replay is not None else ():
+        replay(metrics, step)  # as the engine: the checkpoint's epochs, the sink keeps new ones
     init = cfg.train.init_from
     if init is not None and not Path(init).is_file():
         raise FileNotFoundError(f"init_from {init} does not exist")
@@ -73,11 +78,12 @@ def quick_train(
     runs_file = wd / "epochs_run.json"  # every epoch any attempt ran, in order
     for epoch in range(start + 1, cfg.train.epochs + 1):
         time.sleep(epoch_s)
-        last.write_text(json.dumps({"epoch": epoch, "init_from": init}))
+        history.append({"train/loss": 1.0 / epoch, "val/dsc": dsc - 0.01 / epoch})
+        last.write_text(json.dumps({"epoch": epoch, "init_from": init, "history": history}))
         done = json.loads(runs_file.read_text()) if runs_file.is_file() else []
         runs_file.write_text(json.dumps([*done, epoch]))
         if report is not None:
-            report({"train/loss": 1.0 / epoch, "val/dsc": dsc - 0.01 / epoch}, epoch)
+            report(history[-1], epoch)
         if cfg.train.device == "fail-once" and not fail_marker.exists() and epoch == 1:
             fail_marker.write_text("x")
             raise RuntimeError("injected failure after epoch 1")
