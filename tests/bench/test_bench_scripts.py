@@ -160,3 +160,88 @@ def test_gpu_check_peak_memory_is_each_variants_own(monkeypatch) -> None:
     for r in rows:
         resident, transient = sizes[(r["step"], r["precision"], r["channels_last"])]
         assert r["peak_mem_mb"] == (resident + transient) / 2**20
+
+
+@pytest.mark.slow
+def test_gpu_engine_check_cpu_mode_reports_every_field(tmp_path: Path) -> None:
+    """The end-to-end check trains the real engine (``segssl train`` subprocesses) on a
+    synthesised phantom; on CPU the auto variant trains and reports every field, and the AMP
+    variants are refused by the engine before any work, reported as expected refusals."""
+    check = _load("gpu_engine_check")
+    out = tmp_path / "engine.json"
+    report = check.main(["--cpu", "--json", str(out), "--variants", "auto", "bf16"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["failed"] == [] and report["device"] == "cpu"
+    rows = {(r["method"], r["variant"]): r for r in report["runs"]}
+    assert set(rows) == {(m, v) for m in ("baseline", "bim") for v in ("auto", "bf16")}
+    for method in ("baseline", "bim"):
+        r = rows[(method, "auto")]
+        assert r["ok"] and r["problems"] == []
+        assert (
+            r["runtime"]
+            == r["expected_runtime"]
+            == {
+                "device": "cpu",
+                "amp": False,
+                "amp_dtype": None,
+                "grad_scaler": None,
+                "channels_last": False,
+            }
+        )
+        assert r["epochs"] == 3 and len(r["epoch_s"]) == 3
+        assert r["wall_s"] > 0 and r["iters_per_s"] > 0 and r["peak_mem_mb"] > 0
+        assert math.isfinite(r["final_train_loss"])
+        refused = rows[(method, "bf16")]
+        assert not refused["ok"] and refused["refused_as_expected"]
+        assert "train.amp=on needs a CUDA device" in refused["error"]
+        assert "runtime" not in refused
+    assert 0.0 <= rows[("baseline", "auto")]["best_val_dsc"] <= 1.0
+    assert rows[("bim", "auto")]["best_val_dsc"] is None  # pre-training has no validation
+
+
+def test_gpu_engine_check_flags_failures_and_wrong_runtime(tmp_path: Path, monkeypatch) -> None:
+    """A crashed run, a run whose resolved runtime is not the variant's and a non-finite loss
+    are failures (the script exits 1); they do not stop the other runs."""
+    check = _load("gpu_engine_check")
+    s = check.sizes(cpu=False)
+    want = check.expected_runtime("fp16-stock", cpu=False)
+    assert want == {
+        "device": "cuda",
+        "amp": True,
+        "amp_dtype": "float16",
+        "grad_scaler": "stock",
+        "channels_last": True,
+    }
+    assert check.expected_runtime("bf16", cpu=False)["grad_scaler"] is None
+
+    def fake_cli(*args, timeout):
+        workdir = Path(args[args.index("--workdir") + 1])
+        if "bim-" in workdir.name:
+            return check.subprocess.CompletedProcess(args, 1, "", "Traceback\nCUDA error: boom\n")
+        workdir.mkdir(parents=True)
+        history = [{"epoch": e + 1, "train/loss": 0.5, "time/epoch_s": 2.0} for e in range(4)]
+        if "bf16" in workdir.name:
+            history[-1]["train/loss"] = float("nan")
+        result = {
+            "history": history,
+            "metrics": {"best_val/dsc": 0.7, "cost/peak_mem_mb": 900.0, "cost/wall_s": 9.0},
+            "stage": "finetune",
+            "runtime": {**want, "amp": False},  # not what fp16-stock configures
+        }
+        (workdir / "result.json").write_text(json.dumps(result))
+        return check.subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(check, "_cli", fake_cli)
+    data = cache = tmp_path
+    rows = {
+        (m, v): check.run_one(m, v, s, data, cache, tmp_path, False, 60.0)
+        for m, v in (("baseline", "fp16-stock"), ("baseline", "bf16"), ("bim", "auto"))
+    }
+    wrong = rows[("baseline", "fp16-stock")]
+    assert not wrong["ok"] and "runtime" in wrong["problems"][0]
+    assert wrong["iters_per_s"] == pytest.approx(30 * 2 / 4.0)  # epochs 2-3: 30 iters in 2 s
+    nan = rows[("baseline", "bf16")]
+    assert any("not finite" in p for p in nan["problems"])
+    crashed = rows[("bim", "auto")]
+    assert not crashed["ok"] and not crashed["refused_as_expected"]
+    assert "CUDA error: boom" in crashed["error"]
