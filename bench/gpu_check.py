@@ -3,15 +3,17 @@
 One run (under 8 minutes on one GPU; PyTorch and segssl only, no Ray or MLflow) measures:
 
 * the ``baseline`` step (one supervised U-Net pass, CE + Dice) and the ``bim`` step (paired
-  transform, two tapped passes, cluster heads, L_con + L_MI + L_CC), each in fp32, AMP bf16 and
-  AMP fp16 (the engine's sync-free GradScaler and capturable optimiser), each in the default
-  and the ``channels_last`` memory format: time per step and the ratio to the same step in fp32;
+  transform, two tapped passes, cluster heads, L_con + L_MI + L_CC), each in fp32, AMP bf16,
+  AMP fp16 with the sync-free GradScaler and capturable optimiser (``fp16``: the engine's
+  ``train.grad_scaler: sync_free``) and AMP fp16 with PyTorch's GradScaler (``fp16-stock``: the
+  engine's fp16 default), each in the default and the ``channels_last`` memory format: time
+  per step and the ratio to the same step in fp32;
 * ``bare``: the two tapped U-Net passes a bim step needs, and the ratio bim / bare per variant;
 * peak device memory of one step of each variant on its own (``torch.cuda.max_memory_allocated``
   over the step, plus the variant's resident weights, gradients, optimiser state and batch; the
   other variants resident in the process are not counted); on CPU the process's peak resident
   size, which is not per step;
-* packing: 1, 2 and 4 training processes (bim, the engine's CUDA settings: AMP fp16 and
+* packing: 1, 2 and 4 training processes (bim, the engine's CUDA defaults: fp32 and
   channels_last) on the same device at once, total steps/s relative to one process, i.e. what
   ``gpu: 0.5`` / ``gpu: 0.25`` in a sweep buys.
 
@@ -41,8 +43,8 @@ from typing import Any
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("fp32", "bf16", "fp16", "fp16-stock")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp16-stock": torch.float16}
 
 
 def _synchronize(device: torch.device) -> None:
@@ -97,9 +99,12 @@ def make_step(
     from segssl.methods.base import Clock
 
     method, run = _method("baseline" if kind == "baseline" else "bim", args, device, channels_last)
-    fp16 = precision == "fp16"
+    fp16 = precision.startswith("fp16")
+    stock = precision == "fp16-stock"  # PyTorch's GradScaler: one host read of found_inf a step
     params = [p for p in method.parameters() if p.requires_grad]
-    opt = build_optimizer(run.optim, params, capturable=fp16 and device.type == "cuda")
+    opt = build_optimizer(
+        run.optim, params, capturable=fp16 and not stock and device.type == "cuda"
+    )
     total = run.train.epochs * run.train.iters_per_epoch
     clock = Clock(total // 2, run.train.epochs // 2, run.train.iters_per_epoch, total)
     batch = _batch(args, device)
@@ -107,7 +112,8 @@ def make_step(
         batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
     amp = precision != "fp32"
     dtype = _DTYPES.get(precision, torch.float32)
-    scaler = SyncFreeGradScaler(device.type, enabled=fp16)  # the engine's (no host read)
+    scaler_cls = torch.amp.GradScaler if stock else SyncFreeGradScaler  # sync-free: no read
+    scaler = scaler_cls(device.type, enabled=fp16)
     cfg = getattr(method.cfg, "dense_tap", None), getattr(method.cfg, "global_tap", None)
 
     def loss() -> torch.Tensor:
@@ -193,7 +199,7 @@ def measure_variants(args: argparse.Namespace, device: torch.device) -> list[dic
     variants = [
         (kind, prec, cl)
         for kind in ("bare", "baseline", "bim")
-        for prec in PRECISIONS
+        for prec in args.precisions
         for cl in (False, True)
         if _supported(prec, device)
     ]
@@ -226,7 +232,7 @@ def measure_variants(args: argparse.Namespace, device: torch.device) -> list[dic
 def _worker(args: argparse.Namespace, device: torch.device) -> None:
     """One packed training process: warm up, wait for the common start, run, print a JSON."""
     cuda = device.type == "cuda"
-    step = make_step("bim", "fp16" if cuda else "fp32", cuda, args, device)
+    step = make_step("bim", "fp32", cuda, args, device)  # the engine's default (amp: auto)
     for _ in range(args.warmup):
         step()
     _synchronize(device)
@@ -270,13 +276,13 @@ def measure_packing(args: argparse.Namespace, device: torch.device) -> list[dict
 def _print(result: dict[str, Any]) -> None:
     print(f"device: {result['device']}; {result['settings']}")
     print(
-        f"{'step':9} {'precision':9} {'ch_last':7} {'ms/step':>9} {'vs fp32':>8} "
+        f"{'step':9} {'precision':10} {'ch_last':7} {'ms/step':>9} {'vs fp32':>8} "
         f"{'bim/bare':>8} {'peak MB':>9}"
     )
     for r in result["variants"]:
         ratio = f"{r['bim_over_bare']:.2f}" if "bim_over_bare" in r else ""
         print(
-            f"{r['step']:9} {r['precision']:9} {r['channels_last']!s:7} {r['ms_per_step']:9.1f} "
+            f"{r['step']:9} {r['precision']:10} {r['channels_last']!s:7} {r['ms_per_step']:9.1f} "
             f"{r['vs_fp32']:8.2f} {ratio:>8} {r['peak_mem_mb']:9.0f}"
         )
     for r in result["packing"]:
@@ -297,7 +303,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap.add_argument("--steps", type=int, default=None, help="steps per timed block (10)")
     ap.add_argument("--rounds", type=int, default=None, help="rounds over the variants (3)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (5)")
-    ap.add_argument("--procs", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--procs", type=int, nargs="*", default=[1, 2, 4], help="none: no packing")
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        default=list(PRECISIONS),
+        help="fp16: SyncFreeGradScaler (grad_scaler: sync_free); fp16-stock: torch.amp.GradScaler",
+    )
     ap.add_argument("--pack-steps", type=int, default=None, help="steps per packed process (60)")
     ap.add_argument("--pack-timeout", type=float, default=240.0)
     ap.add_argument("--start-delay", type=float, default=None, help="seconds for workers to boot")
@@ -305,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.precisions = ["fp32", *dict.fromkeys(p for p in args.precisions if p != "fp32")]
     tiny = {"size": 32, "batch": 2, "width": 4, "steps": 1, "rounds": 1, "warmup": 1}
     full = {"size": 224, "batch": 16, "width": 16, "steps": 10, "rounds": 3, "warmup": 5}
     for key, value in (tiny if args.cpu else full).items():
@@ -332,7 +346,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         ),
         "variants": measure_variants(args, device),
     }
-    result["packing"] = measure_packing(args, device)
+    result["packing"] = measure_packing(args, device) if args.procs else []
     result["seconds"] = time.perf_counter() - t0
     _print(result)
     if args.json:

@@ -136,14 +136,15 @@ def test_hash_is_canonical():
 
 
 def _without_schedule(data: dict) -> dict:
-    """A config dump as it was before ``optim.schedule`` (and ``data.preprocess.window``)
-    existed."""
+    """A config dump as it was before ``optim.schedule`` (and ``data.preprocess.window``,
+    ``train.amp_dtype``, ``train.grad_scaler``) existed."""
     optim = {k: v for k, v in data["optim"].items() if k != "schedule"}
     optim["extra"] = {
         n: {k: v for k, v in o.items() if k != "schedule"} for n, o in optim["extra"].items()
     }
     pre = {k: v for k, v in data["data"]["preprocess"].items() if k != "window"}
-    return {**data, "optim": optim, "data": {**data["data"], "preprocess": pre}}
+    train = {k: v for k, v in data["train"].items() if k not in ("amp_dtype", "grad_scaler")}
+    return {**data, "optim": optim, "data": {**data["data"], "preprocess": pre}, "train": train}
 
 
 def test_a_field_added_later_keeps_keys_at_its_default():
@@ -165,6 +166,45 @@ def test_a_field_added_later_keeps_keys_at_its_default():
     assert flatten(cfg)["optim.extra.disc.schedule"] == "cosine"
     with pytest.raises(ConfigError, match="optim.schedule"):
         parse_run_config(apply_overrides(raw, ["optim.schedule=step"]))
+
+
+def test_amp_dtype_and_grad_scaler_keep_keys_at_their_defaults():
+    """``train.amp_dtype`` and ``train.grad_scaler`` came after trial keys were published: at
+    their defaults the keys are those computed without them; other values are other trials."""
+    from segssl.orchestrate.plan import trial_key
+
+    for amp in ("auto", "on"):
+        raw = {**base(), "train": {"amp": amp}}
+        cfg = parse_run_config(raw)
+        old = _without_schedule(cfg.model_dump(mode="json"))
+        assert "amp_dtype" not in old["train"] and "grad_scaler" not in old["train"]
+        assert canonical_json(cfg) == canonical_json(old)
+        assert trial_key(cfg, None) == config_hash({"config": old, "parent": None})
+        assert flatten(cfg)["train.amp_dtype"] == "float16"
+        assert flatten(cfg)["train.grad_scaler"] == "stock"
+    on = parse_run_config({**base(), "train": {"amp": "on"}})
+    for extra in ({"amp_dtype": "bfloat16"}, {"grad_scaler": "sync_free"}):
+        other = parse_run_config({**base(), "train": {"amp": "on", **extra}})
+        assert trial_key(other, None) != trial_key(on, None)
+
+
+@pytest.mark.parametrize(
+    ("train", "match"),
+    [
+        ({"amp_dtype": "bfloat16"}, "amp_dtype='bfloat16' takes effect only with amp: on"),
+        ({"amp": "off", "grad_scaler": "sync_free"}, "grad_scaler='sync_free' takes effect only"),
+        (
+            {"amp": "on", "amp_dtype": "bfloat16", "grad_scaler": "sync_free"},
+            "bfloat16 autocast uses no gradient scaler",
+        ),
+        ({"amp": "on", "amp_dtype": "half"}, "train.amp_dtype"),
+        ({"amp": "on", "grad_scaler": "fused"}, "train.grad_scaler"),
+    ],
+)
+def test_amp_settings_that_would_be_ignored_are_refused(train, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        parse_run_config({**base(), "train": train}, source="x.yaml")
+    assert "x.yaml" in str(err.value) and "train" in str(err.value)
 
 
 def test_flatten_uses_dots():

@@ -12,9 +12,13 @@ bitwise unchanged (state created lazily by that step is reset to its initial zer
 what RAdam and Adam initialise it to, and what SGD's momentum buffer amounts to without
 dampening); a taken step is the optimiser's own. It needs every state tensor on the flag's
 device, step counters included: Adam and RAdam keep them on the host unless ``capturable=True``,
-which :func:`~segssl.engine.schedule.build_optimizer` sets for CUDA runs with AMP (a resumed
-run's restored optimiser gets the run's flag back with :func:`set_capturable`). Where that does
-not hold, the stock host read is used.
+which :func:`~segssl.engine.schedule.build_optimizer` sets for CUDA float16 runs with this scaler
+(a resumed run's restored optimiser gets the run's flag back with :func:`set_capturable`). Where
+that does not hold, the stock host read is used.
+
+It is the engine's option ``train.grad_scaler: sync_free``, not its default: on an H200
+(bench/gpu_check.py, 2026-11-28) the per-tensor copies cost far more than the one host read they
+avoid (a width-16 U-Net step: 34.4 ms against the stock scaler's 15.9 ms).
 
 Memory: one copy of every parameter and optimiser state tensor per step (about 3x the model
 for Adam/RAdam), freed after the step. Step semantics: ``optimizer.step()`` runs on every step,
@@ -31,18 +35,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["SyncFreeGradScaler", "set_capturable"]
+__all__ = ["SCALERS", "SyncFreeGradScaler", "set_capturable"]
 
 
 def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
     """Give a restored optimiser this run's ``capturable`` flag, moving its step counters.
 
-    ``Optimizer.load_state_dict`` takes every group's flags from the file: a CUDA AMP run's
-    capturable Adam/RAdam resumed on the CPU (or on CUDA without AMP) stays capturable and
-    cannot step there (torch asserts capturable devices), and a non-capturable checkpoint
-    resumed on CUDA with AMP would keep the stock scaler's host read. Capturable step counters
-    go to their parameter's device as float32 (as torch keeps them), others to the CPU.
-    Optimisers without the flag (SGD) are left alone.
+    ``Optimizer.load_state_dict`` takes every group's flags from the file: a capturable
+    Adam/RAdam (a CUDA float16 run with the sync-free scaler) resumed on the CPU stays
+    capturable and cannot step there (torch asserts capturable devices), and a non-capturable
+    checkpoint resumed with the sync-free scaler would keep the stock scaler's host read.
+    Capturable step counters go to their parameter's device as float32 (as torch keeps them),
+    others to the CPU. Optimisers without the flag (SGD) are left alone.
     """
     for group in optimizer.param_groups:
         if "capturable" not in group:
@@ -104,3 +108,10 @@ class SyncFreeGradScaler(torch.amp.GradScaler):
             for p in params
             for t in (p, *_state_tensors(optimizer.state.get(p, {})))
         )
+
+
+SCALERS: dict[str, type[torch.amp.GradScaler]] = {
+    "stock": torch.amp.GradScaler,
+    "sync_free": SyncFreeGradScaler,
+}
+"""``train.grad_scaler`` -> the scaler class the engine builds."""

@@ -46,7 +46,7 @@ def predict_volume(
         x, (h, w) = pad_to_multiple(x, multiple)
         if runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(runtime.device.type, enabled=runtime.amp):
+        with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.amp):
             logits = predict(x)
         out.append(logits[..., :h, :w].argmax(1).cpu())
     return torch.cat(out).numpy().astype(np.int64)

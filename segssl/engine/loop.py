@@ -37,7 +37,7 @@ import yaml
 
 from segssl.config import OptimizerSettings, RunConfig, canonical_json, config_hash
 from segssl.data.types import Batch, DataBundle
-from segssl.engine.amp import SyncFreeGradScaler, set_capturable
+from segssl.engine.amp import SCALERS, set_capturable
 from segssl.engine.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -503,13 +503,13 @@ class _Run:
         if rt.channels_last:
             self.method.to(memory_format=torch.channels_last)
         self.settings, self.params, self.optimizers, self.schedulers = {}, {}, {}, {}
-        self._capturable = rt.cuda and rt.amp
+        self._capturable = rt.capturable
         for key, (settings, named) in optimizer_params(cfg, self.method).items():
             self.settings[key], self.params[key] = settings, [p for _, p in named]
             self.optimizers[key] = build_optimizer(settings, named, capturable=self._capturable)
             self.schedulers[key] = build_scheduler(settings, self.optimizers[key], cfg.train.epochs)
         self.optimizer, self.trainable = self.optimizers[MAIN], self.params[MAIN]
-        self.scaler = SyncFreeGradScaler(rt.device.type, enabled=rt.amp)  # no host read
+        self.scaler = SCALERS[rt.grad_scaler](rt.device.type, enabled=rt.scaled)
         self.method._stepper = self._own_step
         self.batches = _Batches(data, cfg, rt, self.gens["augment"])
         if state is not None:
@@ -542,10 +542,10 @@ class _Run:
         clock = Clock(epoch * ipe + it + 1, epoch, ipe, cfg.train.epochs * ipe)
         self._stepped: tuple[int, set[str]] = (clock.step, set())
         lab, unl = self.batches.draw(self.method_cls.uses_labeled, self.method_cls.uses_unlabeled)
-        with torch.autocast(rt.device.type, enabled=rt.amp):
+        with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp):
             out = self.method.training_step(lab, unl, clock)
         self._own_step(MAIN, out["loss"])
-        with torch.autocast(rt.device.type, enabled=rt.amp):
+        with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp):
             extra = self.method.after_step(clock)
         self.scaler.update()
         return _step_values({**out, **extra} if extra else out)
@@ -710,6 +710,8 @@ class _Run:
             "runtime": {
                 "device": str(rt.device),
                 "amp": rt.amp,
+                "amp_dtype": str(rt.amp_dtype).removeprefix("torch.") if rt.amp else None,
+                "grad_scaler": rt.grad_scaler if rt.scaled else None,
                 "channels_last": rt.channels_last,
             },
         }

@@ -1,10 +1,12 @@
 """Device, mixed precision and memory-format decisions; seeding and RNG state capture.
 
-AMP (``torch.autocast`` + ``GradScaler``) and ``channels_last`` are CUDA-only: ``auto`` turns them
-on exactly when the run's device is CUDA; ``on`` without CUDA is a configuration error (never a
-silent CPU fallback). Seeding covers Python, NumPy, torch and the run's own generators, and the
-complete RNG state is captured for checkpoints as tensors and primitive containers only (so that
-checkpoints load with ``torch.load(weights_only=True)``).
+AMP (``torch.autocast`` in ``train.amp_dtype``, with a ``GradScaler`` for float16) and
+``channels_last`` are CUDA-only: ``on`` without CUDA is a configuration error (never a silent CPU
+fallback), and so is bfloat16 on a GPU without it. ``channels_last: auto`` is on exactly on CUDA;
+``amp: auto`` is off everywhere (fp32 was the fastest measured on CUDA: see
+:class:`~segssl.config.TrainConfig`). Seeding covers Python, NumPy, torch and the run's own
+generators, and the complete RNG state is captured for checkpoints as tensors and primitive
+containers only (so that checkpoints load with ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -41,27 +43,45 @@ class Runtime:
     device: torch.device
     amp: bool
     channels_last: bool
+    amp_dtype: torch.dtype = torch.float16  # autocast's dtype when ``amp``
+    grad_scaler: str = "stock"  # float16's scaler: "stock" or "sync_free"
 
     @property
     def cuda(self) -> bool:
         """True when the run executes on a CUDA device."""
         return self.device.type == "cuda"
 
+    @property
+    def scaled(self) -> bool:
+        """True when losses go through an enabled gradient scaler (float16 AMP)."""
+        return self.amp and self.amp_dtype == torch.float16
 
-def _switch(key: str, value: str, cuda: bool) -> bool:
+    @property
+    def capturable(self) -> bool:
+        """Adam/RAdam keep their step counters on the device: CUDA float16 AMP with the
+        sync-free scaler, which needs every tensor it may revert on the flag's device."""
+        return self.cuda and self.scaled and self.grad_scaler == "sync_free"
+
+
+_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _switch(key: str, value: str, cuda: bool, auto: bool) -> bool:
+    """``train.<key>`` (auto, on, off) as a decision; ``auto`` is the given default."""
     if value == "auto":
-        return cuda
+        return auto
     if value == "on" and not cuda:
         raise EngineConfigError(f"train.{key}=on needs a CUDA device; use 'auto' or 'off' on CPU")
     return value == "on"
 
 
 def resolve_runtime(cfg: TrainConfig, cuda_available: bool | None = None) -> Runtime:
-    """Decide device, AMP and channels_last from ``cfg`` (``cuda_available`` for tests).
+    """Decide device, AMP (and its dtype and scaler) and channels_last from ``cfg``
+    (``cuda_available`` for tests).
 
     Raises:
         EngineConfigError: unknown device string, CUDA requested but absent, AMP/channels_last
-            forced on without CUDA.
+            forced on without CUDA, bfloat16 AMP on a GPU without bfloat16.
     """
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
     if cfg.device == "auto":
@@ -80,11 +100,30 @@ def resolve_runtime(cfg: TrainConfig, cuda_available: bool | None = None) -> Run
     on_cuda = device.type == "cuda"
     if not on_cuda and cfg.cpu_allocator == "keep":
         keep_freed_memory()
+    amp = _switch("amp", cfg.amp, on_cuda, auto=False)  # fp32: the fastest measured on CUDA
+    dtype = _AMP_DTYPES[cfg.amp_dtype]
+    if amp and dtype == torch.bfloat16:
+        _check_bf16(device)
     return Runtime(
         device=device,
-        amp=_switch("amp", cfg.amp, on_cuda),
-        channels_last=_switch("channels_last", cfg.channels_last, on_cuda),
+        amp=amp,
+        channels_last=_switch("channels_last", cfg.channels_last, on_cuda, auto=on_cuda),
+        amp_dtype=dtype,
+        grad_scaler=cfg.grad_scaler,
     )
+
+
+def _check_bf16(device: torch.device) -> None:
+    """Refuse bfloat16 AMP on a CUDA device without native bfloat16 (before Ampere, where
+    ``torch.cuda.is_bf16_supported()`` counts slow emulation as support)."""
+    if torch.version.hip:  # every ROCm architecture torch supports has it
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        raise EngineConfigError(
+            f"train.amp_dtype=bfloat16 but {device} (compute capability {major}.{minor}) has no "
+            "native bfloat16 (8.0, Ampere, or newer); use amp_dtype: float16 or amp: off"
+        )
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters

@@ -78,9 +78,9 @@ def build_optimizer(
     """RAdam, Adam or SGD over ``params`` (or named parameters, split by ``cfg.groups``); the
     initial lr is the peak ``lr * warmup_factor`` (the scheduler scales it down in warm-up).
 
-    ``capturable`` (CUDA runs with AMP): Adam and RAdam keep their step counters on the device,
-    so that :class:`~segssl.engine.amp.SyncFreeGradScaler` can undo an overflowed step without
-    reading anything back (SGD has no counters)."""
+    ``capturable`` (CUDA float16 AMP with ``train.grad_scaler: sync_free``): Adam and RAdam keep
+    their step counters on the device, so that :class:`~segssl.engine.amp.SyncFreeGradScaler`
+    can undo an overflowed step without reading anything back (SGD has no counters)."""
     items = list(params)
     named = [x if isinstance(x, tuple) else (f"param{i}", x) for i, x in enumerate(items)]
     if cfg.groups and len(named) and not isinstance(items[0], tuple):

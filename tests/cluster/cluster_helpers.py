@@ -3,6 +3,7 @@ test folders): the running stack, tiny sweep files, MLflow and Ray job queries."
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import subprocess
@@ -63,10 +64,27 @@ def sweep_yaml(
     seeds: tuple[int, ...] = (0, 1),
     epochs: int = 1,
     max_failures: int = 2,
+    grid: dict[str, list[Any]] | None = None,
 ) -> Path:
     """A tiny real sweep (baseline, 32 px, width 4, 2 iterations an epoch) with one table,
     its storage on the stack's shared directory; 1 CPU a trial, so two run at once, one on each
-    node."""
+    node.
+
+    ``grid`` adds axes to the stage's grid, outermost: the planner orders trials by grid
+    combination, then seed, and Tune launches them in that order, so every trial of the first
+    value of ``grid``'s first key starts before any of the second value's. The table gets one
+    row per ``grid`` combination, so no cell holds two configurations of one seed.
+    """
+    extra = dict(grid or {})
+    rows: dict[str, dict[str, Any]] = {"Baseline": {"method.name": "baseline"}}
+    if extra:
+        rows = {
+            "Baseline " + " ".join(f"{k}={v}" for k, v in zip(extra, combo, strict=True)): {
+                "method.name": "baseline",
+                **dict(zip(extra, combo, strict=True)),
+            }
+            for combo in itertools.product(*extra.values())
+        }
     raw = {
         "name": name,
         "seeds": list(seeds),
@@ -92,7 +110,7 @@ def sweep_yaml(
         "stages": {
             "baseline": {
                 "config": {"stage": "finetune", "method": {"name": "baseline"}},
-                "grid": {"data.labeled_scans": list(labeled)},
+                "grid": {**extra, "data.labeled_scans": list(labeled)},
             }
         },
         "tables": [
@@ -100,7 +118,7 @@ def sweep_yaml(
                 "name": name,
                 "title": "tiny cluster sweep",
                 "metric": "test/dsc",
-                "rows": {"Baseline": {"method.name": "baseline"}},
+                "rows": rows,
                 "columns": [{"label": "ACDC-LV", "by": "data.labeled_scans"}],
             }
         ],
@@ -128,10 +146,12 @@ def trial_runs(st: Stack, name: str) -> list[Any]:
     return list(runs)
 
 
-def wait_runs(st: Stack, name: str, pred: Any, timeout: float, what: str) -> list[Any]:
-    """Poll the sweep's trial runs until ``pred(runs)``."""
+def wait_runs(
+    st: Stack, name: str, pred: Any, timeout: float, what: str, every: float = 2.0
+) -> list[Any]:
+    """Poll the sweep's trial runs every ``every`` seconds until ``pred(runs)``."""
     return stack.wait_for(
-        lambda: (lambda r: r if pred(r) else None)(trial_runs(st, name)), timeout, what, every=2.0
+        lambda: (lambda r: r if pred(r) else None)(trial_runs(st, name)), timeout, what, every
     )
 
 

@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 import loopback_stack as stack
+import pytest
 from cluster_helpers import (
     Stack,
     finished_once_per_key,
@@ -46,11 +47,17 @@ def _steps(st: Stack, run: Any, metric: str = "val/dsc") -> list[int]:
     return [m.step for m in mlflow_client(st).get_metric_history(run.info.run_id, metric)]
 
 
+def _precondition(what: str) -> None:
+    """Fail naming the fault injection's precondition that did not hold (the test proved
+    nothing), rather than with a confusing assertion further on."""
+    pytest.fail(f"precondition of the fault injection violated: {what}", pytrace=False)
+
+
 def _not_over(st: Stack, name: str, runs: list[Any], n: int) -> None:
     """Stop waiting (fail) when every trial finished before the fault could be injected, or
     the sweep's job ended."""
     if _n_finished(runs) >= n:
-        raise stack.ServiceDied("the sweep finished before the fault was injected: lengthen it")
+        _precondition("the sweep finished before the fault was injected: lengthen it")
     for job in job_client(st).list_jobs():
         status = str(job.status)
         if job.metadata.get("segssl.sweep") == name and status in ("FAILED", "STOPPED"):
@@ -61,36 +68,77 @@ def _n_finished(runs: list[Any]) -> int:
     return sum(r.info.status == "FINISHED" for r in runs)
 
 
+def _epochs(run: Any) -> int:
+    return int(run.data.params["train.epochs"])
+
+
+# The driver test's sweep: two SHORT trials (seeds 0, 1), then two LONG ones. The planner orders
+# trials by grid combination, then seed, and Tune creates a grid trial only when fewer than
+# max_concurrent (2) are live, so a LONG trial starts only after a SHORT one ended: killed at the
+# first FINISHED trial, the driver leaves 1 or 2 SHORT trials done and no LONG one whenever a
+# LONG trial outlasts a poll (0.5 s) plus the kill (0.5-1 s measured). An epoch of these takes
+# 0.1-0.2 s on 2 cores (0.2 s measured beside a Ray sweep): 50 epochs are 5-10 s after the
+# trial's start-up, five times that latency or more. Attempt 2 resumes the killed LONG trials
+# from their last.pt: it costs about one LONG trial.
+SHORT, LONG = 2, 50
+
+
 def test_driver_killed_then_resubmitted_runs_only_the_missing_trials(cluster_stack: Stack) -> None:
     st = cluster_stack
     name = "cl-driver"
-    path = sweep_yaml(st, name, epochs=10)  # 4 trials, 2 at a time: a wide window to kill in
+    path = sweep_yaml(st, name, labeled=(1,), grid={"train.epochs": [SHORT, LONG]})
     out = _submit(st, path)
     assert "attempt 1" in out
 
     def some_finished(runs: list[Any]) -> bool:
-        _not_over(st, name, runs, 4)
-        return _n_finished(runs) >= 1
+        done = [r for r in runs if r.info.status == "FINISHED"]
+        if any(_epochs(r) == LONG for r in done):
+            _precondition(f"a {LONG}-epoch trial finished before the first {SHORT}-epoch one")
+        if not done:
+            _not_over(st, name, runs, 4)
+        return bool(done)
 
-    wait_runs(st, name, some_finished, 600, "a first FINISHED trial")
+    # polled often: the kill must follow the first FINISHED trial well within a LONG trial
+    wait_runs(st, name, some_finished, 600, "a first FINISHED trial", every=0.5)
     client = job_client(st)
     (job,) = [j for j in client.list_jobs() if j.metadata.get("segssl.sweep") == name]
     pid = job.driver_info.pid
     os.kill(int(pid), signal.SIGKILL)  # the sweep's driver process, on the head node
+    killed_at = time.time()
     stack.wait_for(
         lambda: str(client.get_job_info(job.submission_id).status) in ("FAILED", "STOPPED"),
         120,
         "the killed driver's job to end",
     )
-    done_before = {
-        r.data.tags["segssl.trial_key"] for r in trial_runs(st, name) if r.info.status == "FINISHED"
-    }
-    assert 1 <= len(done_before) < 4, done_before
+    runs = trial_runs(st, name)
+    done = {r.data.tags["segssl.trial_key"]: r for r in runs if r.info.status == "FINISHED"}
+    first_end = min(r.info.end_time for r in done.values()) / 1000
+    late = [r.info.run_name for r in done.values() if _epochs(r) == LONG]
+    if late:
+        _precondition(
+            f"{late} ({LONG} epochs) finished before the driver's kill took effect, "
+            f"{killed_at - first_end:.1f} s after the first {SHORT}-epoch trial ended: "
+            "raise LONG so one of its trials outlasts the poll and the kill"
+        )
+    done_before = set(done)
+    assert 1 <= len(done_before) <= 2, {k: _epochs(r) for k, r in done.items()}
+    last_log = [
+        m.timestamp / 1000 - killed_at
+        for r in runs
+        if r.info.status == "RUNNING" and _epochs(r) == LONG
+        for m in mlflow_client(st).get_metric_history(r.info.run_id, "val/dsc")
+    ]
+    logged = f"until {max(last_log):.1f} s after the kill" if last_log else "no epoch"
+    print(
+        f"killed {killed_at - first_end:.1f} s after the first trial ended; "
+        f"{len(done_before)} of 2 short trials done; the long trials logged {logged}"
+    )
     out = _submit(st, path)
     assert "submitted job" in out and "-a2 (attempt 2" in out, out
     _follow(st, path)
     finished = finished_once_per_key(trial_runs(st, name), 4)
     assert set(done_before) <= set(finished)
+    assert sorted(_epochs(r) for r in finished.values()) == [SHORT, SHORT, LONG, LONG]
     exp = mlflow_client(st).get_experiment_by_name(name)
     sweeps = mlflow_client(st).search_runs(
         [exp.experiment_id], "tags.`segssl.kind` = 'sweep'", order_by=["attributes.start_time ASC"]
@@ -106,7 +154,7 @@ def test_driver_killed_then_resubmitted_runs_only_the_missing_trials(cluster_sta
 def test_mlflow_server_restarted_mid_sweep(cluster_stack: Stack) -> None:
     st = cluster_stack
     name = "cl-mlflow"
-    epochs = 60  # the restart must fall inside the trials (10 epochs finished first when idle)
+    epochs = 60  # the restart must fall inside the trials: 6-12 s at 0.1-0.2 s an epoch
     path = sweep_yaml(st, name, labeled=(1,), epochs=epochs)  # 2 trials, one per node
     _submit(st, path)
 
@@ -114,13 +162,20 @@ def test_mlflow_server_restarted_mid_sweep(cluster_stack: Stack) -> None:
         _not_over(st, name, runs, 2)
         return any(r.info.status == "RUNNING" and "val/dsc" in r.data.metrics for r in runs)
 
-    wait_runs(st, name, logging_now, 600, "a trial logging epochs")
+    runs = wait_runs(st, name, logging_now, 600, "a trial logging epochs", every=0.5)
+    logging = {r.info.run_id for r in runs if r.info.status == "RUNNING"}
     st.mlflow.stop(signal.SIGKILL)
     time.sleep(3)
     st.mlflow.start()  # same port, same database: the clients' retries reach it again
+    back_at = time.time()
     _follow(st, path)
     finished = finished_once_per_key(trial_runs(st, name), 2)
     for run in finished.values():
+        if run.info.run_id in logging and run.info.end_time / 1000 < back_at:
+            _precondition(
+                f"{run.info.run_name} ended before the MLflow server was back: the restart did "
+                "not fall inside it; lengthen the trials"
+            )
         steps = _steps(st, run)
         assert sorted(steps) == list(range(1, epochs + 1)), steps  # none lost, none twice
         assert "test/dsc" in run.data.metrics and "best_epoch" in run.data.metrics
@@ -130,7 +185,7 @@ def test_mlflow_server_restarted_mid_sweep(cluster_stack: Stack) -> None:
 def test_worker_node_stopped_mid_sweep_trial_resumes_on_the_head(cluster_stack: Stack) -> None:
     st = cluster_stack
     name = "cl-node"
-    epochs = 30  # the kill must land inside a trial
+    epochs = 50  # the kill must land inside a trial: 5-10 s at 0.1-0.2 s an epoch
     path = sweep_yaml(st, name, labeled=(1,), epochs=epochs)  # 2 trials, one per node
     nodes = st.ray.alive_nodes()
     _submit(st, path)
@@ -145,10 +200,19 @@ def test_worker_node_stopped_mid_sweep_trial_resumes_on_the_head(cluster_stack: 
             and len(_steps(st, r)) >= 2  # last.pt of epoch 1 is on the shared storage
         ]
 
-    victim = wait_runs(st, name, on_b_with_checkpoint, 600, "a trial on node_b past epoch 2")
+    victim = wait_runs(
+        st, name, on_b_with_checkpoint, 600, "a trial on node_b past epoch 2", every=0.5
+    )
     victim_id = on_b_with_checkpoint(victim)[0].info.run_id
     try:
         st.ray.stop_node("node_b", signal.SIGKILL)
+        at_kill = mlflow_client(st).get_run(victim_id)
+        if at_kill.info.status != "RUNNING" or len(_steps(st, at_kill)) >= epochs:
+            _precondition(
+                f"{at_kill.info.run_name} was {at_kill.info.status} with "
+                f"{len(_steps(st, at_kill))} of {epochs} epochs when node_b stopped: the kill "
+                "did not land inside it; lengthen the trials"
+            )
         _follow(st, path)
     finally:
         stack.start_node_retrying(st.ray, "node_b", head=False)  # later tests get both again

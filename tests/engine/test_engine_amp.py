@@ -1,4 +1,5 @@
-"""SyncFreeGradScaler: the stock GradScaler's results (taken and skipped steps) on CPU fp16."""
+"""SyncFreeGradScaler (``train.grad_scaler: sync_free``): the stock GradScaler's results (taken
+and skipped steps) on CPU fp16; the optimisers are capturable with it and only with it."""
 
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def _epochs(net, opt, sched, scaler, lrs: list) -> None:
 
 
 def test_a_capturable_optimiser_state_resumes_on_the_cpu(tiny, tmp_path) -> None:
-    """A CUDA AMP run saves Adam/RAdam with ``capturable=True`` (step counters on the GPU);
+    """A CUDA fp16 run with the sync-free scaler saves Adam/RAdam ``capturable`` (counters on GPU);
     ``load_state_dict`` takes the groups' flags from the file, and a capturable optimiser
     cannot step on the CPU (torch asserts). Resuming such a checkpoint where the run builds a
     non-capturable optimiser (CPU, or CUDA without AMP) must take the run's flag and give the
@@ -170,6 +171,52 @@ def test_a_capturable_optimiser_state_resumes_on_the_cpu(tiny, tmp_path) -> None
     )
 
 
+@pytest.mark.parametrize(("scaler", "capturable"), [("stock", False), ("sync_free", True)])
+def test_optimisers_are_capturable_only_with_the_sync_free_scaler(
+    scaler, capturable, tiny, tmp_path, monkeypatch
+) -> None:
+    """The loop builds every optimiser, and gives every restored one on resume, the runtime's
+    ``capturable`` (True on CUDA with float16 AMP and the sync-free scaler only: see
+    test_engine_schedule). Faked here on the CPU, where torch refuses capturable optimisers: the
+    flag is recorded and the real calls get False."""
+    from segssl.engine import loop, train
+    from segssl.engine.runtime import Runtime
+
+    class CudaLike(Runtime):  # the decision the runtime makes on a CUDA device
+        @property
+        def capturable(self) -> bool:
+            return self.scaled and self.grad_scaler == "sync_free"
+
+    rt = CudaLike(torch.device("cpu"), True, False, torch.float16, scaler)
+    monkeypatch.setattr(loop, "resolve_runtime", lambda cfg: rt)
+    built, restored = [], []
+    build, restore = loop.build_optimizer, loop.set_capturable
+
+    def build_spy(settings, named, capturable=False):
+        built.append(capturable)
+        return build(settings, named, capturable=False)
+
+    def restore_spy(opt, flag):
+        restored.append(flag)
+        restore(opt, False)
+
+    monkeypatch.setattr(loop, "build_optimizer", build_spy)
+    monkeypatch.setattr(loop, "set_capturable", restore_spy)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(metrics: dict, step: int) -> None:
+        if step == 1 and "best_epoch" not in metrics:
+            raise Stop
+
+    cfg = tiny("baseline", "finetune", optim={"name": "adam"}, train={"epochs": 2})
+    with pytest.raises(Stop):
+        train(cfg, interrupt, workdir=tmp_path)
+    train(cfg, workdir=tmp_path)
+    assert built == [capturable, capturable] and restored == [capturable]
+
+
 @pytest.mark.parametrize("name", ["adam", "radam"])
 def test_sync_free_scaler_equals_stock_with_clipping_and_param_groups(name: str) -> None:
     """The engine's order (unscale_, clip_grad_norm_, step) with two parameter groups of their
@@ -206,3 +253,64 @@ def test_sync_free_scaler_equals_stock_with_clipping_and_param_groups(name: str)
         for k, v in state.items():
             assert torch.equal(opt_s["state"][p][k], v), (p, k)
     assert all(float(s["step"]) == 4 for s in opt_s["state"].values())  # one step skipped
+
+
+_AMP_SETTINGS = [("float16", "stock"), ("float16", "sync_free"), ("bfloat16", "stock")]
+
+
+@pytest.mark.parametrize(("dtype", "scaler"), _AMP_SETTINGS)
+def test_scaler_state_resumes_and_a_changed_amp_setting_is_refused(
+    dtype, scaler, tiny, tmp_path, monkeypatch
+) -> None:
+    """``amp: on`` with each ``amp_dtype`` / ``grad_scaler`` (the CUDA runtime forced on the CPU
+    from the config, as resolve_runtime decides it there): a run cut after its first epoch
+    resumes to the uninterrupted run's weights and scaler state (float16: an enabled scaler's
+    scale, overflow-lowered on the first fp16 step; bfloat16: a disabled scaler's empty state);
+    the same workdir under any other AMP setting is refused before anything is written."""
+    from segssl.engine import loop, train
+    from segssl.engine.checkpoint import CheckpointError, load_checkpoint
+    from segssl.engine.runtime import Runtime
+
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+    def cuda_like(train_cfg) -> Runtime:
+        amp = train_cfg.amp == "on"
+        return Runtime(
+            torch.device("cpu"), amp, False, dtypes[train_cfg.amp_dtype], train_cfg.grad_scaler
+        )
+
+    monkeypatch.setattr(loop, "resolve_runtime", cuda_like)
+
+    def cfg_for(amp_dtype: str | None, grad_scaler: str | None):
+        amp = {"amp": "on", "amp_dtype": amp_dtype, "grad_scaler": grad_scaler}
+        amp = {k: v for k, v in amp.items() if v is not None} if amp_dtype else {"amp": "off"}
+        train_section = {"epochs": 2, "iters_per_epoch": 2, "pictures": 0, **amp}
+        return tiny("baseline", "finetune", optim={"name": "adam"}, train=train_section)
+
+    cfg = cfg_for(dtype, scaler)
+    full = tmp_path / "full"
+    train(cfg, workdir=full)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(metrics: dict, step: int) -> None:
+        if step == 1 and "best_epoch" not in metrics:
+            raise Stop
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Stop):
+        train(cfg, interrupt, workdir=cut)
+    last = cut / "checkpoints/last.pt"
+    saved = load_checkpoint(last)["scaler"]
+    assert ("scale" in saved) == (dtype == "float16")  # a disabled scaler saves {}
+    before = {p: p.read_bytes() for p in cut.rglob("*") if p.is_file()}
+    for other in [*(s for s in _AMP_SETTINGS if s != (dtype, scaler)), (None, None)]:
+        with pytest.raises(CheckpointError, match="written by a different config"):
+            train(cfg_for(*other), workdir=cut)
+        assert {p: p.read_bytes() for p in cut.rglob("*") if p.is_file()} == before
+    train(cfg, workdir=cut)
+    a, b = load_checkpoint(full / "checkpoints/last.pt"), load_checkpoint(last)
+    assert a["scaler"] == b["scaler"]
+    for k, v in a["model"].items():
+        assert torch.equal(b["model"][k], v), k

@@ -310,7 +310,7 @@ def test_owned_optimisers_hold_each_parameter_once(
 
 # ------------------------------------------------------------------ AMP and channels_last
 def _force_amp(monkeypatch) -> None:
-    """The CUDA runtime's AMP (autocast + an enabled GradScaler) and channels_last, on the CPU."""
+    """CUDA float16 AMP (autocast + an enabled GradScaler) and channels_last, on the CPU."""
     from segssl.engine.runtime import Runtime
 
     rt = Runtime(device=torch.device("cpu"), amp=True, channels_last=True)
@@ -334,10 +334,14 @@ def test_an_owned_optimiser_is_clipped_on_unscaled_gradients_under_amp(
     )
     train(cfg, workdir=tmp_path)
     last = load_checkpoint(tmp_path / "checkpoints/last.pt")
-    assert last["scaler"]["scale"] == 2.0**16  # enabled, no overflow
+    # enabled (a disabled scaler saves no scale); fp16's first step may overflow at 2**16
+    assert last["scaler"]["scale"] in (2.0**16, 2.0**15)
     now = torch.cat([last["method"][f"disc.{k}"].flatten() for k in ("weight", "bias")])
     moved = float((now - last["method"]["disc_init"]).double().norm())
-    assert 0.25e-6 * 0.999 <= moved <= 0.75e-6 * 1.001
+    # steps at lr 0.5 and 0.25, each clipped to norm 1e-6 (one may be skipped by an fp16
+    # overflow; updates of ~1e-7 round by some percent on weights of ~0.5); clipping the scaled
+    # gradients would move it ~1e-11, not clipping at all orders of magnitude more
+    assert 0.2e-6 <= moved <= 0.75e-6 * 1.001
 
 
 class _TwiceProbe(_AdvProbe):

@@ -9,6 +9,7 @@ import torch
 
 import segssl.engine.loop as loop
 from segssl.engine import train
+from segssl.engine.amp import SCALERS, SyncFreeGradScaler
 from segssl.engine.checkpoint import load_checkpoint
 from segssl.methods import REGISTRY
 
@@ -165,43 +166,76 @@ def test_test_metrics_come_from_the_best_validation_epoch(tiny, tmp_path: Path, 
     assert [h["val/dsc"] for h in result["history"]] == [0.9, 0.5, 0.4]
 
 
-def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(tiny, tmp_path, monkeypatch):
-    """The CUDA decisions (tested in test_engine_schedule) reach the loop: autocast around the
-    step, an enabled GradScaler, channels_last weights and inputs; forced here on the CPU."""
+@pytest.mark.parametrize(
+    ("dtype", "scaler", "scaled"),
+    [
+        (torch.float16, "stock", True),
+        (torch.float16, "sync_free", True),
+        (torch.bfloat16, "stock", False),
+    ],
+)
+def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(
+    dtype, scaler, scaled, tiny, tmp_path, monkeypatch
+):
+    """The CUDA decisions (tested in test_engine_schedule) reach the loop: autocast in the
+    runtime's dtype around the step, ``after_step`` and the evaluation (CPU autocast's own
+    default is bfloat16: float16 shows that the dtype is passed), the chosen GradScaler (enabled for
+    float16 only), channels_last weights and inputs; forced here on the CPU."""
     from segssl.engine.runtime import Runtime
+    from segssl.methods.base import Method
     from segssl.methods.baseline import Baseline
 
-    rt = Runtime(device=torch.device("cpu"), amp=True, channels_last=True)
+    rt = Runtime(torch.device("cpu"), True, True, amp_dtype=dtype, grad_scaler=scaler)
     monkeypatch.setattr(loop, "resolve_runtime", lambda cfg: rt)
     scalers: list = []
-    grad_scaler = loop.SyncFreeGradScaler  # the engine's scaler (no host read per step)
+    for kind, cls in list(SCALERS.items()):
 
-    def scaler_spy(device, enabled):
-        scalers.append((device, enabled))
-        return grad_scaler(device, enabled=enabled)
+        def scaler_spy(device, enabled, _cls=cls):
+            scalers.append((_cls, device, enabled))
+            return _cls(device, enabled=enabled)
 
-    monkeypatch.setattr(loop, "SyncFreeGradScaler", scaler_spy)
-    seen: list[tuple[bool, bool, bool]] = []
-    step = Baseline.training_step
+        monkeypatch.setitem(SCALERS, kind, scaler_spy)
+    seen: list[tuple] = []
+    step, predict = Baseline.training_step, Method.predict
 
     def spy(self, labeled, unlabeled, clock):
         w = self.model.Conv2[0].weight
         x = labeled["image"]
         seen.append(
             (
-                torch.is_autocast_enabled("cpu"),
+                "step",
+                torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"),
                 w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous(),
                 x.is_contiguous(memory_format=torch.channels_last),
             )
         )
         return step(self, labeled, unlabeled, clock)
 
+    def predict_spy(self, images):
+        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")
+        seen.append(("predict", autocast, None, images.is_contiguous(memory_format=cl)))
+        return predict(self, images)
+
+    def after_spy(self, clock):  # EMA teachers, a discriminator's own step run here
+        seen.append(("after", torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
+
+    cl = torch.channels_last
     monkeypatch.setattr(Baseline, "training_step", spy)
+    monkeypatch.setattr(Baseline, "after_step", after_spy)
+    monkeypatch.setattr(Method, "predict", predict_spy)
     cfg = tiny("baseline", "finetune", train={"epochs": 1, "iters_per_epoch": 1})
     result = train(cfg, workdir=tmp_path)
-    assert scalers == [("cpu", True)]
-    assert seen == [(True, True, True)]
-    assert result["runtime"] == {"device": "cpu", "amp": True, "channels_last": True}
+    expected = SyncFreeGradScaler if scaler == "sync_free" else torch.amp.GradScaler
+    assert scalers == [(expected, "cpu", scaled)]
+    assert seen[:2] == [("step", dtype, True, True), ("after", dtype)]
+    assert {s for s in seen[2:]} == {("predict", dtype, None, True)}  # validation and test
+    assert result["runtime"] == {
+        "device": "cpu",
+        "amp": True,
+        "amp_dtype": str(dtype).removeprefix("torch."),
+        "grad_scaler": scaler if scaled else None,
+        "channels_last": True,
+    }
 
 
 def test_best_validation_dice_and_epoch_are_reported(tiny, tmp_path: Path, monkeypatch):

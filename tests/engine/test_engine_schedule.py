@@ -9,7 +9,7 @@ import torch
 
 from segssl.config import OptimConfig, TrainConfig
 from segssl.engine import EngineConfigError, build_optimizer, build_scheduler, lr_at
-from segssl.engine.runtime import resolve_runtime
+from segssl.engine.runtime import Runtime, resolve_runtime
 
 
 def _lrs(cfg: OptimConfig, epochs: int) -> list[float]:
@@ -102,15 +102,51 @@ def test_optimizers() -> None:
     ("cuda", "amp", "cl", "expect"),
     [
         (False, "auto", "auto", ("cpu", False, False)),
-        (True, "auto", "auto", ("cuda", True, True)),
+        # amp: auto is fp32 on CUDA too: the fastest measured (bench/README.md, H200)
+        (True, "auto", "auto", ("cuda", False, True)),
+        (True, "on", "auto", ("cuda", True, True)),
         (True, "off", "auto", ("cuda", False, True)),
-        (True, "auto", "off", ("cuda", True, False)),
+        (True, "auto", "off", ("cuda", False, False)),
         (False, "off", "off", ("cpu", False, False)),
     ],
 )
 def test_runtime_decisions(cuda: bool, amp: str, cl: str, expect: tuple) -> None:
     rt = resolve_runtime(TrainConfig(amp=amp, channels_last=cl), cuda_available=cuda)
     assert (rt.device.type, rt.amp, rt.channels_last) == expect
+
+
+@pytest.mark.parametrize(
+    ("dtype", "scaler", "expect"),
+    [
+        ("float16", "stock", (torch.float16, True, False)),
+        ("float16", "sync_free", (torch.float16, True, True)),
+        ("bfloat16", "stock", (torch.bfloat16, False, False)),
+    ],
+)
+def test_runtime_amp_dtype_scaler_and_capturable(dtype, scaler, expect, monkeypatch) -> None:
+    """On a (faked) Ampere-or-newer GPU with amp: on: autocast's dtype, whether losses go
+    through an enabled scaler (float16 only) and whether Adam/RAdam are built capturable (only
+    for the sync-free scaler, which needs their step counters on the device)."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cfg = TrainConfig(amp="on", amp_dtype=dtype, grad_scaler=scaler)
+    rt = resolve_runtime(cfg, cuda_available=True)
+    assert (rt.amp_dtype, rt.scaled, rt.capturable) == expect
+    assert rt.grad_scaler == scaler
+    # the same settings on a CPU runtime (forced, as the engine tests do) never capture
+    cpu = Runtime(torch.device("cpu"), True, False, rt.amp_dtype, rt.grad_scaler)
+    assert not cpu.capturable
+
+
+def test_bf16_amp_is_refused_on_a_gpu_without_it(monkeypatch) -> None:
+    """Before Ampere bfloat16 is emulated (``torch.cuda.is_bf16_supported()`` says yes by
+    default): refused before any work, naming the key; float16 and fp32 are fine there."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    bf16 = TrainConfig(amp="on", amp_dtype="bfloat16")
+    with pytest.raises(EngineConfigError, match=r"train.amp_dtype=bfloat16 .*capability 7\.5"):
+        resolve_runtime(bf16, cuda_available=True)
+    assert resolve_runtime(TrainConfig(amp="on"), cuda_available=True).amp_dtype == torch.float16
+    assert not resolve_runtime(TrainConfig(), cuda_available=True).amp
 
 
 def test_runtime_errors() -> None:
