@@ -343,19 +343,27 @@ class TrainConfig(Section):
     ever enabled on CUDA.
 
     ``channels_last: auto`` is on exactly on CUDA. ``amp: auto`` is fp32 everywhere (on CUDA
-    with cuDNN's TF32 convolutions, PyTorch's default): the fastest measured at the papers'
-    model size (bench/gpu_check.py, H200, 2026-11-28, U-Net width 16, 224 px, batch 16, K=40,
-    ms per step with channels_last: baseline fp32 13.0, bf16 14.5, fp16 + stock scaler 15.9,
-    fp16 + sync-free scaler 34.4; bim 46.3, 45.9, 46.0, 68.4). ``amp: on`` is autocast in
-    ``amp_dtype``: ``float16`` with a gradient scaler, ``bfloat16`` without one (its range is
-    fp32's). ``grad_scaler`` picks float16's scaler: ``stock`` is ``torch.amp.GradScaler`` (one
-    host read of the overflow flag per step); ``sync_free`` is
-    :class:`segssl.engine.amp.SyncFreeGradScaler`, which reads nothing back but copies every
-    parameter and optimiser state tensor per step (slower where measured); with it, Adam and
-    RAdam are built ``capturable`` (step counters on the GPU). A resumed run's optimisers take
-    this run's ``capturable`` flag, whatever the checkpoint's device and scaler were. Both
-    scalers give the same weights. ``amp_dtype`` and ``grad_scaler`` set without ``amp: on``
-    (they would be ignored) and ``sync_free`` with ``bfloat16`` (no scaler) are refused."""
+    with cuDNN's TF32 convolutions, PyTorch's default): at the papers' model size the fastest
+    measured for the supervised step, and as fast as bf16 for bim without cuDNN determinism
+    (bench/gpu_check.py, H200, 2026-11-28, U-Net width 16, 224 px, batch 16, K=40, ms per step
+    with channels_last: baseline fp32 13.0, bf16 14.5, fp16 + stock scaler 15.9, fp16 +
+    sync-free scaler 34.4; bim 46.3, 45.9, 46.0, 68.4; with ``cudnn.deterministic``, the
+    ``deterministic`` default, one run: baseline fp32 11.5, bf16 14.0, bim 45.5, 40.4, so bf16
+    was 11 % faster for bim there); the engine's own loop (bench/gpu_engine_check.py, 128 px,
+    iterations/s, fp32 / bf16 / fp16 stock / fp16 sync-free): baseline 64.6, 53.6, 50.8, 25.5;
+    bim 30.9, 24.7, 24.5, 16.2. ``amp: on`` is autocast in ``amp_dtype``: ``float16`` with a
+    gradient scaler, ``bfloat16`` without one (its range is fp32's). ``grad_scaler`` picks
+    float16's scaler: ``stock`` is ``torch.amp.GradScaler`` (one host read of the overflow flag
+    per step); ``sync_free`` is :class:`segssl.engine.amp.SyncFreeGradScaler`, which reads
+    nothing back but copies every parameter and optimiser state tensor per step (slower where
+    measured); with it, Adam and RAdam are built ``capturable`` (step counters on the GPU). A
+    resumed run's optimisers take this run's ``capturable`` flag, whatever device the checkpoint
+    was written on (a changed AMP setting is another config: its checkpoint is not resumed).
+    Both scalers give the same weights. ``amp_dtype`` and ``grad_scaler`` set without
+    ``amp: on`` (they would be ignored) and ``sync_free`` with ``bfloat16`` (no scaler) are
+    refused. Before 2026-11-28 ``amp: auto`` on CUDA was float16 with the sync-free scaler under
+    the same trial keys: CUDA results and checkpoints of that time were trained in float16 (CPU
+    runs were fp32 then too)."""
 
     key_neutral_defaults: ClassVar[frozenset[str]] = frozenset({"amp_dtype", "grad_scaler"})
 

@@ -106,9 +106,10 @@ def cost_signature(cfg: RunConfig) -> dict[str, Any]:
     The calibration config (:func:`_phantom_config` at :func:`calibration_side`) less what
     changes no tensor shape of a training step: seed, labeled-scan count, paths, the split, the
     dataset and target (their class count is kept), every float of ``optim`` and the lr
-    schedule, the loop's bookkeeping. A float of ``method`` (a loss weight, a temperature) or of
-    ``augment`` (a rotation range) is kept only as whether it is 0: a zero weight removes its
-    term (and its head) in several methods, a zero range its transform. Built from
+    schedule, the loop's bookkeeping, AMP and the memory format. A float of ``method`` (a loss
+    weight, a temperature) or of ``augment`` (a rotation range) is kept only as whether it is 0:
+    a zero weight removes its term (and its head) in several methods, a zero range its
+    transform. Built from
     :func:`~segssl.config.keyed_dump`, so a config field added later at its default leaves the
     signatures, and the cache, valid."""
     side = calibration_side(cfg)
@@ -157,7 +158,8 @@ def _phantom_config(
 ) -> RunConfig:
     """The trial's config on a few phantom scans of ``side`` px (default
     :func:`calibration_side`), ``iters`` iterations; a derived trial starts from its parent's
-    calibration checkpoint (``init_from``)."""
+    calibration checkpoint (``init_from``). On the CPU, in fp32: ``train.amp``,
+    ``amp_dtype``, ``grad_scaler`` and ``channels_last`` at their defaults."""
     raw = cfg.model_dump(mode="json")
     raw["data"].update(root=str(root), cache=None, num_workers=0)
     side = calibration_side(cfg) if side is None else side
@@ -168,7 +170,13 @@ def _phantom_config(
     if isinstance(raw["data"]["labeled_scans"], int):
         raw["data"]["labeled_scans"] = min(raw["data"]["labeled_scans"], n_train)
     _fit_schedules(raw["method"], cfg.train.epochs)
+    # AMP and channels_last are CUDA-only (the engine refuses 'on' on the CPU) and change no
+    # FLOPs: calibrated at their defaults (fp32, the default memory format on the CPU)
+    for key in ("amp_dtype", "grad_scaler"):
+        raw["train"].pop(key, None)
     raw["train"].update(
+        amp="auto",
+        channels_last="auto",
         epochs=1,
         iters_per_epoch=iters,
         init_from=init_from,

@@ -347,6 +347,24 @@ def check_device(device: str, res: Resources, res_key: str, where: str) -> None:
         )
 
 
+def check_cuda_switch(key: str, value: str, res: Resources, res_key: str, where: str) -> None:
+    """``train.<key>`` (``amp`` or ``channels_last``) forced ``on`` needs a CUDA device (the
+    engine refuses it on the CPU at a trial's start): with no GPU share Ray gives the trial none.
+
+    Raises:
+        SpecError: naming ``where`` (file and stage), both keys and what was expected.
+    """
+    if value == "on" and res.gpu == 0:
+        raise SpecError(
+            f"{where}: train.{key}='on' needs a CUDA device, but {res_key}.gpu is 0, so Ray "
+            "gives the trial none and every trial would fail at its start; expected "
+            f"{res_key}.gpu > 0 or train.{key} 'auto' or 'off' (a CPU profile can set it)"
+        )
+
+
+_CUDA_SWITCHES = ("amp", "channels_last")
+
+
 def _parent_checkpoint(storage: Path, parent_key: str, which: str) -> str:
     return str(storage / "trials" / parent_key / "checkpoints" / f"{which}.pt")
 
@@ -434,6 +452,11 @@ def plan_sweep(
             dim = st.search.space.get("train.device")
             for device in dim.choice if dim is not None and dim.choice else [cfg.train.device]:
                 check_device(str(device), res, res_key, f"{source}: stages.{name}")
+            for key in _CUDA_SWITCHES:
+                dim = st.search.space.get(f"train.{key}")
+                for value in dim.choice if dim is not None and dim.choice else [None]:
+                    value = getattr(cfg.train, key) if value is None else value
+                    check_cuda_switch(key, str(value), res, res_key, f"{source}: stages.{name}")
             plan.searches[name] = SearchStage(
                 name, stage_raw, st.search, seeds[0], res, cfg.train.epochs
             )
@@ -460,6 +483,8 @@ def plan_sweep(
                     where += f"{', variant=' + variant if variant else ''}, seed={seed})"
                     cfg = resolve_trial_config(raw, where)
                     check_device(cfg.train.device, res, res_key, where)
+                    for key in _CUDA_SWITCHES:
+                        check_cuda_switch(key, getattr(cfg.train, key), res, res_key, where)
                     if parent is None:
                         _check_start(cfg, f"{where.split(' trial (')[0]}")
                     pkey = parent.key if parent else None

@@ -253,3 +253,64 @@ def test_sync_free_scaler_equals_stock_with_clipping_and_param_groups(name: str)
         for k, v in state.items():
             assert torch.equal(opt_s["state"][p][k], v), (p, k)
     assert all(float(s["step"]) == 4 for s in opt_s["state"].values())  # one step skipped
+
+
+_AMP_SETTINGS = [("float16", "stock"), ("float16", "sync_free"), ("bfloat16", "stock")]
+
+
+@pytest.mark.parametrize(("dtype", "scaler"), _AMP_SETTINGS)
+def test_scaler_state_resumes_and_a_changed_amp_setting_is_refused(
+    dtype, scaler, tiny, tmp_path, monkeypatch
+) -> None:
+    """``amp: on`` with each ``amp_dtype`` / ``grad_scaler`` (the CUDA runtime forced on the CPU
+    from the config, as resolve_runtime decides it there): a run cut after its first epoch
+    resumes to the uninterrupted run's weights and scaler state (float16: an enabled scaler's
+    scale, overflow-lowered on the first fp16 step; bfloat16: a disabled scaler's empty state);
+    the same workdir under any other AMP setting is refused before anything is written."""
+    from segssl.engine import loop, train
+    from segssl.engine.checkpoint import CheckpointError, load_checkpoint
+    from segssl.engine.runtime import Runtime
+
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+    def cuda_like(train_cfg) -> Runtime:
+        amp = train_cfg.amp == "on"
+        return Runtime(
+            torch.device("cpu"), amp, False, dtypes[train_cfg.amp_dtype], train_cfg.grad_scaler
+        )
+
+    monkeypatch.setattr(loop, "resolve_runtime", cuda_like)
+
+    def cfg_for(amp_dtype: str | None, grad_scaler: str | None):
+        amp = {"amp": "on", "amp_dtype": amp_dtype, "grad_scaler": grad_scaler}
+        amp = {k: v for k, v in amp.items() if v is not None} if amp_dtype else {"amp": "off"}
+        train_section = {"epochs": 2, "iters_per_epoch": 2, "pictures": 0, **amp}
+        return tiny("baseline", "finetune", optim={"name": "adam"}, train=train_section)
+
+    cfg = cfg_for(dtype, scaler)
+    full = tmp_path / "full"
+    train(cfg, workdir=full)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(metrics: dict, step: int) -> None:
+        if step == 1 and "best_epoch" not in metrics:
+            raise Stop
+
+    cut = tmp_path / "cut"
+    with pytest.raises(Stop):
+        train(cfg, interrupt, workdir=cut)
+    last = cut / "checkpoints/last.pt"
+    saved = load_checkpoint(last)["scaler"]
+    assert ("scale" in saved) == (dtype == "float16")  # a disabled scaler saves {}
+    before = {p: p.read_bytes() for p in cut.rglob("*") if p.is_file()}
+    for other in [*(s for s in _AMP_SETTINGS if s != (dtype, scaler)), (None, None)]:
+        with pytest.raises(CheckpointError, match="written by a different config"):
+            train(cfg_for(*other), workdir=cut)
+        assert {p: p.read_bytes() for p in cut.rglob("*") if p.is_file()} == before
+    train(cfg, workdir=cut)
+    a, b = load_checkpoint(full / "checkpoints/last.pt"), load_checkpoint(last)
+    assert a["scaler"] == b["scaler"]
+    for k, v in a["model"].items():
+        assert torch.equal(b["model"][k], v), k

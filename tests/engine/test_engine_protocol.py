@@ -178,7 +178,8 @@ def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(
     dtype, scaler, scaled, tiny, tmp_path, monkeypatch
 ):
     """The CUDA decisions (tested in test_engine_schedule) reach the loop: autocast in the
-    runtime's dtype around the step and the evaluation, the chosen GradScaler (enabled for
+    runtime's dtype around the step, ``after_step`` and the evaluation (CPU autocast's own
+    default is bfloat16: float16 shows that the dtype is passed), the chosen GradScaler (enabled for
     float16 only), channels_last weights and inputs; forced here on the CPU."""
     from segssl.engine.runtime import Runtime
     from segssl.methods.base import Method
@@ -215,15 +216,19 @@ def test_amp_and_channels_last_are_wired_when_the_runtime_says_so(
         seen.append(("predict", autocast, None, images.is_contiguous(memory_format=cl)))
         return predict(self, images)
 
+    def after_spy(self, clock):  # EMA teachers, a discriminator's own step run here
+        seen.append(("after", torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
+
     cl = torch.channels_last
     monkeypatch.setattr(Baseline, "training_step", spy)
+    monkeypatch.setattr(Baseline, "after_step", after_spy)
     monkeypatch.setattr(Method, "predict", predict_spy)
     cfg = tiny("baseline", "finetune", train={"epochs": 1, "iters_per_epoch": 1})
     result = train(cfg, workdir=tmp_path)
     expected = SyncFreeGradScaler if scaler == "sync_free" else torch.amp.GradScaler
     assert scalers == [(expected, "cpu", scaled)]
-    assert seen[0] == ("step", dtype, True, True)
-    assert {s for s in seen[1:]} == {("predict", dtype, None, True)}  # validation and test
+    assert seen[:2] == [("step", dtype, True, True), ("after", dtype)]
+    assert {s for s in seen[2:]} == {("predict", dtype, None, True)}  # validation and test
     assert result["runtime"] == {
         "device": "cpu",
         "amp": True,

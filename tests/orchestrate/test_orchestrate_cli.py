@@ -337,3 +337,28 @@ def test_a_search_over_devices_is_checked_for_every_choice(tmp_path: Path) -> No
     }
     with pytest.raises(SpecError, match=r"stages.a: train.device='cuda' needs a GPU"):
         plan_sweep(parse_sweep(raw), source="s.yaml")
+
+
+@pytest.mark.parametrize("key", ["amp", "channels_last"])
+@pytest.mark.parametrize("search", [None, "other", "self"])
+def test_amp_or_channels_last_on_without_a_gpu_share_is_refused_at_plan_time(
+    key: str, search: str | None
+) -> None:
+    """``train.amp: on`` (the only way to AMP since ``auto`` is fp32) and ``channels_last: on``
+    need CUDA: with ``gpu: 0`` every trial would fail at its start, so planning refuses them
+    (in a search stage's config or any choice of its space) naming the file, the stage, both
+    keys and what was expected; a GPU share plans."""
+    from segssl.orchestrate.plan import plan_sweep
+
+    stage: dict = {"config": {"method": {"name": "baseline"}, "train": {key: "on"}}}
+    if search == "other":
+        stage["search"] = {"space": {"optim.lr": {"choice": [0.1, 0.01]}}}
+    elif search == "self":  # the probe takes the first choice: 'on' is checked all the same
+        del stage["config"]["train"]
+        stage["search"] = {"space": {f"train.{key}": {"choice": ["off", "on"]}}}
+    raw = {"name": "dev", "resources": {"gpu": 0}, "stages": {"a": stage}}
+    want = rf"s.yaml: stages.a.*train.{key}='on' needs a CUDA device, but resources.gpu is 0"
+    with pytest.raises(SpecError, match=want + r".*expected resources.gpu > 0"):
+        plan_sweep(parse_sweep(raw), source="s.yaml")
+    plan = plan_sweep(parse_sweep({**raw, "resources": {"gpu": 0.5}}), source="s.yaml")
+    assert plan.searches if search else plan.trials["a"]

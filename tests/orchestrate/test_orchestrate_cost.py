@@ -327,3 +327,35 @@ def test_a_non_square_slice_calibrates_at_a_side_the_model_accepts(tmp_path: Pat
     assert tuple(_phantom_config(cfg, tmp_path, 1, side=side).data.preprocess.size) == (64, 64)
     entry = {"flops_measured": 4096.0, "measured_px": side}
     assert step_flops(cfg, entry) == pytest.approx(64 * 48)
+
+
+@pytest.mark.parametrize(
+    "train",
+    [
+        {"amp": "on"},
+        {"amp": "on", "amp_dtype": "bfloat16"},
+        {"amp": "on", "grad_scaler": "sync_free"},
+        {"channels_last": "on"},
+    ],
+)
+def test_cuda_only_settings_are_calibrated_on_the_cpu_as_the_default(
+    train: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calibration runs on the planning machine's CPU, where the engine refuses ``amp: on``
+    and ``channels_last: on``; neither changes a step's FLOPs, so a GPU trial with them is
+    calibrated as the default (same signature, one calibration, same estimate), not left
+    without an estimate."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    raw = {**_spec(), "resources": {"gpu": 1}}
+    default = plan_sweep(parse_sweep(raw), storage=tmp_path / "s", root=tmp_path)
+    raw["base"]["train"] = {**raw["base"]["train"], **train}
+    plan = plan_sweep(parse_sweep(raw), storage=tmp_path / "s", root=tmp_path)
+    assert {getattr(t.config.train, k) for t in plan.trials["base"] for k in train} == set(
+        train.values()
+    )
+    assert cost_signature(plan.trials["base"][0].config) == cost_signature(
+        default.trials["base"][0].config
+    )
+    (c,) = estimate_plan(plan, tmp_path / "cost.json")
+    (d,) = estimate_plan(default, tmp_path / "cost.json")
+    assert c.flops_per_iter == d.flops_per_iter > 0
