@@ -497,7 +497,7 @@ class TrialRecorder:
         self.client = _client(uri)
         self.run_id: str | None = None
         self._steps: dict[str, set[int]] = {}  # the steps logged per metric (loaded on first use)
-        self._reopened = False
+        self._held: frozenset[str] = frozenset()  # the metrics a reopened run held when reopened
 
     def _id_file(self) -> Path:
         return self.workdir / "mlflow" / f"{self.exp_id}.run_id"
@@ -538,7 +538,7 @@ class TrialRecorder:
             self.run_id = str(run.info.run_id)
             self._log(params=params)
         else:
-            self.run_id, self._reopened = str(run.info.run_id), True
+            self.run_id, self._held = str(run.info.run_id), frozenset(run.data.metrics)
             attempts = int(run.data.tags.get(TAG_ATTEMPTS, "1")) + 1
             self.client.update_run(self.run_id, status="RUNNING")
             if TAG_END_REASON in run.data.tags:  # why the earlier attempt ended: no longer true
@@ -569,11 +569,12 @@ class TrialRecorder:
             self.client.log_batch(self.run_id, metrics=bm, params=bp, tags=bt)
 
     def _logged_steps(self, key: str) -> set[int]:
-        """The steps at which the run holds metric ``key`` (read from MLflow once, for a reopened
-        run; a new run starts with none)."""
+        """The steps at which the run holds metric ``key``: read from MLflow once, for a metric
+        the reopened run held (one request each; a final report's per-class and per-scan metrics
+        a killed attempt never logged cost none); a new run starts with none."""
         if key not in self._steps:
             assert self.run_id is not None
-            history = self.client.get_metric_history(self.run_id, key) if self._reopened else []
+            history = self.client.get_metric_history(self.run_id, key) if key in self._held else []
             self._steps[key] = {int(m.step) for m in history}
         return self._steps[key]
 

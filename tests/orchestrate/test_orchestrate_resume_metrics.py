@@ -124,3 +124,38 @@ def test_a_reopened_run_never_logs_a_step_twice_and_a_restart_gets_a_new_run(
     ]
     restart = tracking.TrialRecorder(uri, exp, None, tmp_path / "wd")
     assert restart.start("t", {"segssl.trial_key": "k"}, {}, reopen=False) != run_id
+
+
+def test_a_reopened_run_reads_the_history_only_of_the_metrics_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed trial's final report has dozens to hundreds of metrics (per class, per test
+    scan) the run never got: asking MLflow for each one's history is a request per metric on
+    every reopened run; only those the run holds are read."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "reads", "h")
+    first = tracking.TrialRecorder(uri, exp, None, tmp_path / "wd")
+    run_id = first.start("t", {"segssl.trial_key": "k"}, {})
+    first({"val/dsc": 0.5, "train/loss": 1.0}, 1)
+    first.end("KILLED")
+    reads: list[str] = []
+    real = MlflowClient.get_metric_history
+
+    def history(self: MlflowClient, rid: str, key: str) -> list:
+        reads.append(key)
+        return real(self, rid, key)
+
+    monkeypatch.setattr(MlflowClient, "get_metric_history", history)
+    again = tracking.TrialRecorder(uri, exp, None, tmp_path / "wd")
+    assert again.start("t", {"segssl.trial_key": "k"}, {}) == run_id
+    again.replay({"val/dsc": 0.5, "train/loss": 1.0}, 1)
+    final = {f"test/scan/dsc/{i}": 0.1 * i for i in range(40)}
+    assert again.log_metrics({"val/dsc": 0.6, **final}, 2) == {"val/dsc": 0.6, **final}
+    assert sorted(reads) == ["train/loss", "val/dsc"]
+    monkeypatch.undo()
+    client = MlflowClient(uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val/dsc")] == [
+        (1, 0.5),
+        (2, 0.6),
+    ]
+    assert [m.step for m in client.get_metric_history(run_id, "test/scan/dsc/3")] == [2]
