@@ -56,7 +56,9 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> dict[int, list[float]
     return out
 
 
-@pytest.mark.parametrize("where", ["before_save", "between_save_and_log", "after_log"])
+@pytest.mark.parametrize(
+    "where", ["before_save", "between_save_and_log", "after_log", "between_save_and_log+run_lost"]
+)
 def test_a_trial_killed_around_a_checkpoint_logs_every_epoch_once(
     tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
@@ -81,16 +83,21 @@ def test_a_trial_killed_around_a_checkpoint_logs_every_epoch_once(
     monkeypatch.setattr(gpu_guard, "guard_from_ray", lambda: gpu_guard.apply_memory_guard(0.0))
     monkeypatch.setattr(gpu_guard, "placement_tags", lambda guard: {})
     with monkeypatch.context() as kill:
-        _kill_at(kill, where)
+        _kill_at(kill, where.removesuffix("+run_lost"))
         with pytest.raises(_Killed):
             trainable.run_trial({"trial_key": "k1"}, ctx=ctx, tasks={"k1": task})
+    lost = where.endswith("+run_lost")
+    if lost:  # the MLflow run is gone: the retry records the whole checkpoint in a new run
+        (gone,) = MlflowClient(uri).search_runs([exp])
+        MlflowClient(uri).delete_run(gone.info.run_id)
     monkeypatch.setattr(tune, "get_checkpoint", lambda: object())  # Tune retries the trial
     reports.clear()
     trainable.run_trial({"trial_key": "k1"}, ctx=ctx, tasks={"k1": task})
 
     client = MlflowClient(uri)
     (run,) = client.search_runs([exp])
-    assert run.info.status == "FINISHED" and run.data.tags["segssl.attempts"] == "2"
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["segssl.attempts"] == ("1" if lost else "2")
     history = json.loads((Path(task.workdir) / "result.json").read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
     for key in ("val/dsc", "val/dsc/LV", "train/loss", "train/lr"):
@@ -159,3 +166,31 @@ def test_a_reopened_run_reads_the_history_only_of_the_metrics_it_holds(
         (2, 0.6),
     ]
     assert [m.step for m in client.get_metric_history(run_id, "test/scan/dsc/3")] == [2]
+
+
+def test_the_sweep_reporter_counts_replayed_epochs_towards_the_best_but_reports_them_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The replayed epochs reach MLflow only; the first report after them carries the best value
+    over all epochs (ASHA compares a resumed trial at a rung by it), once per live epoch."""
+    from ray import tune
+
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "report", lambda m, checkpoint=None: reports.append(dict(m)))
+    logged: list[tuple[int, dict]] = []
+
+    class Recorder:
+        def log_metrics(self, metrics: dict, step: int) -> dict:
+            logged.append((step, dict(metrics)))
+            return dict(metrics)
+
+    task = trainable.TrialTask("k", "finetune", "t", None, "/nowhere", {}, {})  # type: ignore[arg-type]
+    ctx = trainable.SweepContext("s", "uri", "1", None, "/nowhere", "sha", "val/dsc", "max")
+    reporter = trainable._TuneReporter(task, ctx, Recorder())
+    reporter.replay({"val/dsc": 0.9, "train/loss": 2.0}, 1)
+    reporter.replay({"val/dsc": 0.5, "train/loss": 1.5}, 2)
+    assert reports == []
+    reporter({"val/dsc": 0.3, "train/loss": 1.0}, 3)
+    assert [s for s, _ in logged] == [1, 2, 3]
+    assert len(reports) == 1 and reports[0]["segssl/step"] == 3.0
+    assert reports[0]["val/dsc"] == 0.9 and reports[0]["train/loss"] == 1.0
