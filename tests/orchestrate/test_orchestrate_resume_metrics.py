@@ -28,11 +28,13 @@ class _Killed(BaseException):
 
 
 def _kill_at(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
-    """Kill the run at ``where`` of epoch ``KILLED_AT``."""
+    """Kill the run at ``where`` of epoch ``KILLED_AT`` (``where@N``: of epoch N)."""
+    where, _, at = where.partition("@")
+    killed_at = int(at) if at else KILLED_AT
     real_save, real_log = loop.save_checkpoint, tracking.TrialRecorder.log_metrics
 
     def save(path: Path, obj: dict) -> None:
-        last = Path(path).name == "last.pt" and obj.get("epoch") == KILLED_AT
+        last = Path(path).name == "last.pt" and obj.get("epoch") == killed_at
         if last and where == "before_save":
             raise _Killed
         real_save(path, obj)
@@ -41,7 +43,7 @@ def _kill_at(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
 
     def log(self: tracking.TrialRecorder, metrics: Any, step: int) -> dict:
         out = real_log(self, metrics, step)
-        if step == KILLED_AT and where == "after_log":
+        if step == killed_at and where == "after_log":
             raise _Killed
         return out
 
@@ -57,7 +59,14 @@ def _steps(client: MlflowClient, run_id: str, key: str) -> dict[int, list[float]
 
 
 @pytest.mark.parametrize(
-    "where", ["before_save", "between_save_and_log", "after_log", "between_save_and_log+run_lost"]
+    "where",
+    [
+        "before_save",
+        "between_save_and_log",
+        "after_log",
+        "between_save_and_log+run_lost",
+        f"between_save_and_log@{EPOCHS}",  # the last epoch: no final report either
+    ],
 )
 def test_a_trial_killed_around_a_checkpoint_logs_every_epoch_once(
     tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
@@ -106,6 +115,9 @@ def test_a_trial_killed_around_a_checkpoint_logs_every_epoch_once(
             dict.fromkeys(range(1, EPOCHS + 1), 1)
         ), (key, logged)
         assert [logged[h["epoch"]][0] for h in history] == [h[key] for h in history], key
+    final = json.loads((Path(task.workdir) / "result.json").read_text())["metrics"]
+    for key in ("best_epoch", "test/dsc", "test/dsc/LV", "best_val/dsc", "cost/wall_s"):
+        assert _steps(client, run.info.run_id, key) == {EPOCHS: [final[key]]}, key
     # the searcher's best counts the epochs of the earlier attempt too
     assert reports[-1]["val/dsc"] == max(h["val/dsc"] for h in history)
 
