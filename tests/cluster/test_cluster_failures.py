@@ -68,8 +68,11 @@ def _n_finished(runs: list[Any]) -> int:
     return sum(r.info.status == "FINISHED" for r in runs)
 
 
-def _epochs(run: Any) -> int:
-    return int(run.data.params["train.epochs"])
+def _epochs(run: Any) -> int | None:
+    """The run's ``train.epochs``; None for a run whose attempt was killed between creating it
+    and logging its params (the driver kill can land right after a trial starts)."""
+    epochs = run.data.params.get("train.epochs")
+    return None if epochs is None else int(epochs)
 
 
 # The driver test's sweep: two SHORT trials (seeds 0, 1), then two LONG ones. The planner orders
