@@ -47,8 +47,9 @@ class DiceConfig(MethodConfig):
     over the foreground classes only (false). With the background in the mean, predicting all
     background already scores about 0.5 on a two-class problem, which weakens the pull towards
     a small structure; false is refused while ``w_dice`` is 0 (it would change nothing). On the
-    64 px spleen phantoms (full supervision, smoke recipe, seeds 0-2) it did not help: best val
-    Dice 0.65/0.68/0.00 against 0.62/0.76/0.00 (experiments/sweeps/README.md).
+    64 px spleen phantoms with 2 labeled scans (smoke recipe, seeds 0-2) best val Dice
+    0.56/0.74/0.68 against 0.00/0.00/0.57 with the background (full supervision: 0.65/0.68/0.00
+    against 0.62/0.76/0.00): the smoke profiles' choice on CT (experiments/sweeps/README.md).
 
     ``w_dice`` and ``dice_background`` came after the trial keys of these methods were
     published, so at their defaults they are key-neutral (``Section.key_neutral_defaults``); a
