@@ -130,6 +130,23 @@ def _epochs(net, opt, sched, scaler, lrs: list) -> None:
         lrs.append(opt.param_groups[0]["lr"])
 
 
+class _Stop(Exception):
+    pass
+
+
+def _train_cut_after_epoch_1(cfg, workdir):
+    """Train ``cfg`` in ``workdir``, killed right after epoch 1's checkpoint; that checkpoint."""
+    from segssl.engine import train
+
+    def interrupt(metrics: dict, step: int) -> None:
+        if step == 1 and "best_epoch" not in metrics:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(cfg, interrupt, workdir=workdir)
+    return workdir / "checkpoints/last.pt"
+
+
 def test_a_capturable_optimiser_state_resumes_on_the_cpu(tiny, tmp_path) -> None:
     """A CUDA fp16 run with the sync-free scaler saves Adam/RAdam ``capturable`` (counters on GPU);
     ``load_state_dict`` takes the groups' flags from the file, and a capturable optimiser
@@ -143,17 +160,8 @@ def test_a_capturable_optimiser_state_resumes_on_the_cpu(tiny, tmp_path) -> None
     full = tmp_path / "full"
     train(cfg, workdir=full)
 
-    class Stop(Exception):
-        pass
-
-    def interrupt(metrics: dict, step: int) -> None:
-        if step == 1 and "best_epoch" not in metrics:
-            raise Stop
-
     cut = tmp_path / "cut"
-    with pytest.raises(Stop):
-        train(cfg, interrupt, workdir=cut)
-    last = cut / "checkpoints/last.pt"
+    last = _train_cut_after_epoch_1(cfg, cut)
     state = load_checkpoint(last)
     assert state["epoch"] == 1
     for opt in state["optimizers"].values():  # as a CUDA run with AMP writes it
@@ -291,17 +299,8 @@ def test_scaler_state_resumes_and_a_changed_amp_setting_is_refused(
     full = tmp_path / "full"
     train(cfg, workdir=full)
 
-    class Stop(Exception):
-        pass
-
-    def interrupt(metrics: dict, step: int) -> None:
-        if step == 1 and "best_epoch" not in metrics:
-            raise Stop
-
     cut = tmp_path / "cut"
-    with pytest.raises(Stop):
-        train(cfg, interrupt, workdir=cut)
-    last = cut / "checkpoints/last.pt"
+    last = _train_cut_after_epoch_1(cfg, cut)
     saved = load_checkpoint(last)["scaler"]
     assert ("scale" in saved) == (dtype == "float16")  # a disabled scaler saves {}
     before = {p: p.read_bytes() for p in cut.rglob("*") if p.is_file()}
