@@ -536,6 +536,10 @@ class TrialRecorder:
         if run is None:
             run = self.client.create_run(self.exp_id, run_name=name, tags=all_tags)
             self.run_id = str(run.info.run_id)
+            # kept at once: an attempt killed while logging the params (100 a batch) is reopened
+            # by the next, which logs the rest, rather than leaving a run behind without them
+            idf.parent.mkdir(parents=True, exist_ok=True)
+            idf.write_text(self.run_id)
             self._log(params=params)
         else:
             self.run_id, self._held = str(run.info.run_id), frozenset(run.data.metrics)
@@ -543,7 +547,8 @@ class TrialRecorder:
             self.client.update_run(self.run_id, status="RUNNING")
             if TAG_END_REASON in run.data.tags:  # why the earlier attempt ended: no longer true
                 self.client.delete_tag(self.run_id, TAG_END_REASON)
-            self._log(tags=all_tags)
+            lacking = {k: v for k, v in params.items() if k not in run.data.params}
+            self._log(tags=all_tags, params=lacking)
         self._log(tags={TAG_ATTEMPTS: str(attempts)})
         idf.parent.mkdir(parents=True, exist_ok=True)
         idf.write_text(self.run_id)

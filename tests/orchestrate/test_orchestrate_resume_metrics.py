@@ -206,3 +206,34 @@ def test_the_sweep_reporter_counts_replayed_epochs_towards_the_best_but_reports_
     assert [s for s, _ in logged] == [1, 2, 3]
     assert len(reports) == 1 and reports[0]["segssl/step"] == 3.0
     assert reports[0]["val/dsc"] == 0.9 and reports[0]["train/loss"] == 1.0
+
+
+def test_a_run_reopened_after_dying_before_its_params_gets_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt killed between creating its run and logging all the params (100 a batch) is
+    continued by the next attempt in the same run, which logs the params it lacks (the record
+    contract: params are the whole resolved config), instead of leaving an orphan run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "params", "h")
+    params = {f"p{i:03d}": i for i in range(150)}
+    real = tracking.TrialRecorder._log
+
+    def dies_after_a_batch(self: tracking.TrialRecorder, *a: Any, **kw: Any) -> None:
+        if kw.get("params"):  # the first batch of 100 params reaches MLflow, then the kill
+            real(self, params=dict(list(kw["params"].items())[:100]))
+            raise _Killed
+        real(self, *a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(tracking.TrialRecorder, "_log", dies_after_a_batch)
+        with pytest.raises(_Killed):
+            tracking.TrialRecorder(uri, exp, None, tmp_path / "wd").start("t", {}, params)
+    client = MlflowClient(uri)
+    (killed,) = client.search_runs([exp])
+    assert len(killed.data.params) == 100
+    run_id = tracking.TrialRecorder(uri, exp, None, tmp_path / "wd").start("t", {}, params)
+    (run,) = client.search_runs([exp])
+    assert run.info.run_id == run_id == killed.info.run_id
+    assert run.data.tags["segssl.attempts"] == "2"
+    assert run.data.params == {k: str(v) for k, v in params.items()}
