@@ -8,7 +8,7 @@ only parses arguments and prints.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional  # noqa: F401  (typer options)
 
@@ -95,6 +95,20 @@ def _library_logs(storage: Path) -> dict[str, bool]:
     path = route_library_logs(storage, verbose=verbose)
     err_console.print(f"Ray and MLflow logs: {path}", highlight=False)
     return {"log_to_driver": verbose}
+
+
+def _held_library_logs(storage: Path) -> tuple[Any, Callable[[], None]]:
+    """Hold Ray's and MLflow's logs until ``open`` (called once the sweep's input passed every
+    check) writes them to a file in ``storage`` (printed): a refused sweep writes nothing."""
+    from segssl.orchestrate.logs import hold_library_logs
+
+    logs = hold_library_logs(verbose=_OPTIONS["verbose"])
+
+    def open_file() -> None:
+        path = logs.open(storage)
+        err_console.print(f"Ray and MLflow logs: {path}", highlight=False)
+
+    return logs, open_file
 
 
 def _sweep_storage(spec: Any, storage: str | None, root: Path | None) -> Path:
@@ -440,30 +454,41 @@ def sweep_cmd(
         fail(f"{sweep}: no such sweep file")
     if not gpu_tflops > 0:
         fail(f"--gpu-tflops {gpu_tflops}: expected a positive throughput")
+    logs = None
     try:
         spec = load_sweep(sweep, profile=profile)
-        if spec.phantoms is not None and not dry_run:
+
+        def phantoms() -> None:  # once the spec, plan and tracking passed: before the data check
             where = ensure_phantoms(spec.phantoms, root)
             err_console.print(f"profile {spec.profile}: phantoms in {where}", highlight=False)
-        ray_kwargs = None if dry_run else _library_logs(_sweep_storage(spec, storage, root))
-        out = run_sweep(
-            spec,
-            source=str(sweep),
-            ray_init_kwargs=ray_kwargs,
-            address=address,
-            tracking_uri=tracking_uri,
-            storage=storage,
-            extend=extend,
-            dry_run=dry_run,
-            num_cpus=num_cpus,
-            console=err_console,
-            live=live,
-            root=root,
-            takeover=takeover,
-            # a smoke profile's phantoms are written by the run itself, not by a dry run
-            check_data=not skip_data_check and not (dry_run and spec.phantoms is not None),
-            on_abandon=_summary_status,
-        )
+
+        open_logs = None
+        if not dry_run:  # the log file is opened once every check passed (nothing before)
+            logs, open_logs = _held_library_logs(_sweep_storage(spec, storage, root))
+        try:
+            out = run_sweep(
+                spec,
+                source=str(sweep),
+                ray_init_kwargs=None if dry_run else {"log_to_driver": _OPTIONS["verbose"]},
+                prepare=phantoms if spec.phantoms is not None else None,
+                on_start=open_logs,
+                address=address,
+                tracking_uri=tracking_uri,
+                storage=storage,
+                extend=extend,
+                dry_run=dry_run,
+                num_cpus=num_cpus,
+                console=err_console,
+                live=live,
+                root=root,
+                takeover=takeover,
+                # a smoke profile's phantoms are written by the run itself, not by a dry run
+                check_data=not skip_data_check and not (dry_run and spec.phantoms is not None),
+                on_abandon=_summary_status,
+            )
+        finally:  # refused before the log file opened: its warnings are shown, not lost
+            for line in logs.unwritten() if logs is not None and logs.path is None else []:
+                err_console.print(line, highlight=False, markup=False)
     except (ConfigError, TrackingError) as exc:
         fail(str(exc))
     except SweepInterrupted as exc:  # a signal before any trial ran

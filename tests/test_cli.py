@@ -218,10 +218,11 @@ def test_sweep_keeps_trial_output_off_the_console_unless_verbose(tmp_path, monke
 
     def fake_sweep(*a, **kw):
         seen.append(kw)
+        kw["on_start"]()  # every check passed: the log file is opened
         raise runner_mod.SpecError("stop here")
 
     monkeypatch.setattr(runner_mod, "run_sweep", fake_sweep)
-    monkeypatch.setattr(logs_mod, "route_library_logs", lambda s, verbose: s / "logs" / "x.log")
+    monkeypatch.setattr(logs_mod.LibraryLogs, "open", lambda self, s: s / "logs" / "x.log")
     args = ["sweep", str(DEMO), "--storage", str(tmp_path / "st"), "--skip-data-check"]
     quiet = runner.invoke(app, args)
     loud = runner.invoke(app, ["-v", *args])

@@ -4,10 +4,14 @@ Order of work for ``segssl sweep`` (each step refuses bad input before the next 
 
 1. count the trials from the axis lengths (refused above ``max_trials``); plan them and validate
    every trial config; check the sweep's tables against the planned trials;
-2. resolve and check the tracking server;
-3. claim the sweep storage (``driver.lock``, :mod:`segssl.orchestrate.claim`): one driver per
-   sweep, refused drivers are told who owns it;
-4. check the plan's data (:mod:`segssl.orchestrate.datacheck`) and write ``<storage>/plan.json``;
+2. resolve and check the tracking server; read (never create) the experiment: a name used by
+   another spec is refused, and with a local Ray instance some node must hold one trial of
+   every stage left to run (the dry run's check);
+3. ``prepare`` (the CLI writes a smoke profile's phantoms), check the plan's data
+   (:mod:`segssl.orchestrate.datacheck`); ``on_start`` (the CLI opens its log file): nothing is
+   written to the storage before this point, so a refused sweep leaves none behind;
+4. claim the sweep storage (``driver.lock``, :mod:`segssl.orchestrate.claim`): one driver per
+   sweep, refused drivers are told who owns it; write ``<storage>/plan.json``;
 5. get or create the experiment, mark runs of dead drivers KILLED, skip FINISHED trial keys;
 6. start or join Ray, check that some node can hold one trial of every stage;
 7. per wave (:func:`stage_waves`: the grid stages of one depth of the ``from`` tree share one
@@ -249,7 +253,9 @@ def _cluster_nodes(
     ray = sys.modules.get("ray")
     if address is None and not (ray is not None and ray.is_initialized()):
         nodes = local_nodes(spec, num_cpus)
-        if init_kwargs and "num_gpus" in init_kwargs:
+        if init_kwargs and init_kwargs.get("num_cpus") is not None:
+            nodes[0]["Resources"]["CPU"] = float(init_kwargs["num_cpus"])
+        if init_kwargs and init_kwargs.get("num_gpus") is not None:
             nodes[0]["Resources"]["GPU"] = float(init_kwargs["num_gpus"])
         return nodes
     import ray
@@ -801,13 +807,17 @@ def run_sweep(
     takeover: bool = False,
     check_data: bool | None = None,
     on_abandon: Callable[[SweepOutcome], int] | None = None,
+    prepare: Callable[[], None] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> SweepOutcome:
     """Plan and run a sweep; idempotent (FINISHED trial keys are skipped).
 
     Order of work: count the trials (refused above ``max_trials``), plan and validate every
     trial config, check the tables against the plan and the tracking URI; then (not for
-    ``dry_run``) claim the sweep storage (:mod:`segssl.orchestrate.claim`), check the data, write
-    ``<storage>/plan.json``, open the experiment, start Ray, check resources and run the stages.
+    ``dry_run``) refuse a name another spec uses and (local Ray) stages no node can hold, call
+    ``prepare``, check the data, call ``on_start``; only then write: claim the sweep storage
+    (:mod:`segssl.orchestrate.claim`), write ``<storage>/plan.json``, open the experiment, start
+    Ray, check resources and run the stages.
     ``dry_run`` prints the plan, then checks the data and the resources of the cluster it would
     use, records their problems in ``outcome.not_runnable`` (it does not raise on them: the plan
     and its cost stand without the data or the GPUs), and changes nothing.
@@ -838,6 +848,10 @@ def run_sweep(
             signalled), the sweep is ended without Ray and this process exits from another
             thread: called there with the outcome (``outcome.interrupted`` set), it reports it
             and returns the exit status (default: none, status 128 + signal).
+        prepare: called once the spec, plan, tables, tracking URI and resources passed, before
+            the data check (the CLI writes a smoke profile's phantoms there); not for a dry run.
+        on_start: called once every check passed, before anything is written to the storage
+            (the CLI opens its log file there); not for a dry run.
 
     Raises:
         SpecError: invalid spec, trial config, table or data; a stage no node can hold; the
@@ -868,7 +882,20 @@ def run_sweep(
             check_data=check_data,
             nodes=lambda: _cluster_nodes(spec, address, num_cpus, ray_init_kwargs),
         )
+    local = address is None and not _ray_running()
+    _check_before_writing(
+        plan,
+        uri,
+        extend,
+        (lambda: _cluster_nodes(spec, None, num_cpus, ray_init_kwargs)) if local else None,
+    )
     with raise_on_signals():  # until the stages run: a signal ends the driver, claim released
+        if prepare is not None:
+            prepare()
+        if check_data:
+            _preflight_data(plan, console)
+        if on_start is not None:
+            on_start()
         claim = claim_sweep(
             plan.storage,
             spec.name,
@@ -879,8 +906,6 @@ def run_sweep(
         # must not let a second driver in
         keeper = ClaimKeeper(claim)
         try:
-            if check_data:
-                _preflight_data(plan, console)
             _note_plan_change(plan, console)
             write_plan(plan)
             tr = _open_tracking(plan, uri, extend, takeover, outcome)
@@ -906,6 +931,34 @@ def run_sweep(
             keeper.stop()
             claim.release()
     return outcome
+
+
+def _ray_running() -> bool:
+    """Ray is initialised in this process (a sweep then runs on it, whatever it holds)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def _check_before_writing(
+    plan: Plan, uri: str, extend: bool, nodes: Callable[[], list[dict[str, Any]]] | None
+) -> None:
+    """What a run would otherwise refuse only after writing (the claim, ``plan.json``, the
+    tracking store), checked read-only: the sweep's name used by another spec, and, given the
+    ``nodes`` of a local Ray instance, a stage left to run that no node can hold.
+
+    Raises:
+        TrackingError: the experiment was made by another spec (without ``extend``).
+        ResourceError: naming the stage, its resources and the nodes.
+    """
+    _, finished = _peek(uri, plan.spec.name, spec_hash(plan.spec), extend)
+    if nodes is None:  # a cluster: checked once connected
+        return
+    launching = [
+        s
+        for s in plan.order
+        if s in plan.searches or any(t.key not in finished for t in plan.trials[s])
+    ]
+    check_resources(plan, launching, nodes())
 
 
 def _note_plan_change(plan: Plan, console: Console) -> None:

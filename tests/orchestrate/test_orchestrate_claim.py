@@ -47,11 +47,12 @@ def test_a_driver_taken_over_does_not_overwrite_the_new_owner(tmp_path: Path) ->
     assert not (tmp_path / "driver.lock").exists()
 
 
-def test_the_claim_stays_alive_through_a_data_check_longer_than_the_lease(
+def test_the_claim_stays_alive_through_a_step_longer_than_the_lease(
     tmp_path: Path, acdc_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The heartbeat runs from the moment the sweep is claimed: a second driver started while
-    the first is still checking a large dataset (before Ray) is refused, not let in."""
+    the first is still opening a slow tracking store (before Ray) is refused, not let in. (The
+    data check comes before the claim: a refused sweep writes nothing.)"""
     from rich.console import Console
 
     from segssl.orchestrate import claim as claim_mod
@@ -65,7 +66,7 @@ def test_the_claim_stays_alive_through_a_data_check_longer_than_the_lease(
     class Stop(Exception):
         pass
 
-    def slow_check(plan: object, console: object) -> None:
+    def slow_step(*args: object) -> None:
         time.sleep(2.0)  # twice the lease
         try:
             claim_sweep(tmp_path / "s", "other").release()
@@ -74,7 +75,7 @@ def test_the_claim_stays_alive_through_a_data_check_longer_than_the_lease(
             seen.append("refused")
         raise Stop
 
-    monkeypatch.setattr(runner_mod, "_preflight_data", slow_check)
+    monkeypatch.setattr(runner_mod, "_open_tracking", slow_step)
     raw = {
         "name": "lease",
         "seeds": [0],

@@ -86,11 +86,12 @@ def test_sweep_bad_input_exits_2(tmp_path: Path) -> None:
 
 
 def test_sweep_unreachable_tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # the sweep's log folder (./segssl-runs/cli/logs) goes here
+    monkeypatch.chdir(tmp_path)  # the sweep's storage (./segssl-runs/cli) would go here
     res = runner.invoke(
         app, ["sweep", str(sweep_file(tmp_path)), "--tracking-uri", "http://127.0.0.1:9"]
     )
     assert res.exit_code == 2 and "cannot be reached" in res.output
+    assert not (tmp_path / "segssl-runs").exists()  # refused before the log file is opened
 
 
 def spec() -> Any:
@@ -301,9 +302,8 @@ def test_dry_run_refuses_a_device_the_resources_cannot_give(
         text = " ".join(res.output.split())  # rich wraps long lines
         assert str(path) in text and "stages.pretrain trial" in text, text
         assert re.search(match, text) and "expected" in text, text
-    # refused before the claim, the plan file, the tracking store and Ray (only the log folder
-    # the CLI opens first for Ray's and MLflow's logs is there)
-    assert [p.name for p in (tmp_path / "segssl-runs" / "cli").iterdir()] == ["logs"]
+    # refused before the claim, the plan file, the tracking store, the log file and Ray
+    assert not (tmp_path / "segssl-runs").exists()
 
 
 @pytest.mark.parametrize(
