@@ -90,7 +90,9 @@ def dice_loss(
     Args:
         logits: ``(B, C, H, W)`` unnormalised scores (softmax over C is applied here).
         target: ``(B, H, W)`` integer labels in ``[0, C-1]``.
-        eps: smoothing > 0; an absent class predicted absent scores 1.
+        eps: smoothing > 0; a class absent from the batch scores 1 when predicted absent and
+            about 0 (gradient about ``eps / |P_c|^2``: none to speak of) when predicted present,
+            so a batch without foreground adds about a constant to the loss, never NaN.
         include_background: average over class 0 too (default) or only classes 1..C-1.
         check_range: check the label range (a host read; see :func:`cross_entropy`).
 

@@ -219,7 +219,11 @@ def test_gpu_engine_check_flags_failures_and_wrong_runtime(tmp_path: Path, monke
         if "bim-" in workdir.name:
             return check.subprocess.CompletedProcess(args, 1, "", "Traceback\nCUDA error: boom\n")
         workdir.mkdir(parents=True)
-        history = [{"epoch": e + 1, "train/loss": 0.5, "time/epoch_s": 2.0} for e in range(4)]
+        # epoch 1 warms up, epoch 4 validates: only epochs 2-3 (2 s and 3 s) time the steps
+        times = (10.0, 2.0, 3.0, 20.0)
+        history = [
+            {"epoch": e + 1, "train/loss": 0.5, "time/epoch_s": t} for e, t in enumerate(times)
+        ]
         if "bf16" in workdir.name:
             history[-1]["train/loss"] = float("nan")
         result = {
@@ -239,7 +243,7 @@ def test_gpu_engine_check_flags_failures_and_wrong_runtime(tmp_path: Path, monke
     }
     wrong = rows[("baseline", "fp16-stock")]
     assert not wrong["ok"] and "runtime" in wrong["problems"][0]
-    assert wrong["iters_per_s"] == pytest.approx(30 * 2 / 4.0)  # epochs 2-3: 30 iters in 2 s
+    assert wrong["iters_per_s"] == pytest.approx(30 * 2 / 5.0)  # epochs 2-3: 60 iters in 5 s
     nan = rows[("baseline", "bf16")]
     assert any("not finite" in p for p in nan["problems"])
     crashed = rows[("bim", "auto")]

@@ -37,6 +37,23 @@ def test_dice_loss_golden() -> None:
     )
 
 
+@pytest.mark.parametrize("classes", [2, 8])
+def test_dice_loss_foreground_only_on_a_batch_without_foreground(classes: int) -> None:
+    """A background-only batch (a slice batch missing the structure) with the background left out
+    of the mean: no NaN; foreground predicted scores ~1 with a vanishing gradient (the eps
+    smoothing), foreground predicted absent scores 0, as the docstring says."""
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    logits = torch.randn(2, classes, 8, 8, generator=torch.Generator().manual_seed(0))
+    logits.requires_grad_(True)
+    loss = dice_loss(logits, target, include_background=False)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert 0.99 < float(loss.detach()) <= 1.0
+    assert torch.isfinite(grad).all() and float(grad.abs().max()) < 1e-6
+    absent = torch.full((2, classes, 8, 8), -30.0)
+    absent[:, 0] = 30.0
+    assert float(dice_loss(absent, target, include_background=False)) == pytest.approx(0, abs=1e-6)
+
+
 def test_dice_loss_perfect_prediction_is_zero() -> None:
     target = torch.tensor([[[0, 1], [2, 1]]])
     logits = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
