@@ -163,11 +163,11 @@ EARLY = textwrap.dedent(
 
     tmp = Path(sys.argv[1])
 
-    def slow_check(plan, console):  # a large dataset being checked, before Ray starts
+    def slow_step(*args):  # a slow tracking store, after the claim, before Ray starts
         (tmp / "checking").touch()
         time.sleep(120)
 
-    runner._preflight_data = slow_check
+    runner._open_tracking = slow_step
     app(["sweep", str(tmp / "sweep.yaml"), "--tracking-uri", sys.argv[2],
          "--storage", str(tmp / "store"), "--no-live"])
     """
@@ -177,8 +177,9 @@ EARLY = textwrap.dedent(
 def test_sigterm_before_ray_releases_the_claim_and_exits_143(
     tmp_path: Path, acdc_root: Path
 ) -> None:
-    """A scheduler's SIGTERM while the driver still checks data: the claim is released (a
-    rerun elsewhere is not refused for a lease) and the exit status says SIGTERM."""
+    """A scheduler's SIGTERM while the driver still opens the tracking store (claimed, Ray not
+    started): the claim is released (a rerun elsewhere is not refused for a lease) and the exit
+    status says SIGTERM."""
     raw = {
         "name": "early",
         "seeds": [0],
@@ -198,7 +199,7 @@ def test_sigterm_before_ray_releases_the_claim_and_exits_143(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    _wait_for(lambda: (tmp_path / "checking").exists(), 240, "the data check", proc)
+    _wait_for(lambda: (tmp_path / "checking").exists(), 240, "the tracking store", proc)
     assert (tmp_path / "store" / "driver.lock").exists()
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
