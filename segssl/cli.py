@@ -8,6 +8,7 @@ only parses arguments and prints.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional  # noqa: F401  (typer options)
@@ -494,7 +495,10 @@ def sweep_cmd(
     except SweepInterrupted as exc:  # a signal before any trial ran
         fail(f"{exc} before any trial started; rerun the same command to run it", exc.code)
     except ConnectionError as exc:
-        fail(f"--address {address}: cannot connect to the Ray cluster: {exc}")
+        where = (
+            f"--address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
+        )
+        fail(f"{where}: cannot connect to the Ray cluster: {exc}")
     except OSError as exc:  # e.g. a full disk under the storage or the tracking store
         fail(f"{exc}; the sweep stopped (a rerun resumes once this is fixed)", 1)
     except Exception as exc:

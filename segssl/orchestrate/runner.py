@@ -828,7 +828,8 @@ def run_sweep(
         train_fn: the trainable's train function, ``segssl.engine.train`` when None; any
             replacement takes ``(cfg, report, *, workdir, resume)`` and returns a dict.
         address: an existing Ray cluster (``auto``, ``ray://host:10001``, ``host:6379``);
-            default: a local Ray instance (reused when already initialised in this process).
+            default: ``RAY_ADDRESS`` (a Ray job's driver), else a local Ray instance (reused
+            when already initialised in this process).
         tracking_uri: MLflow tracking URI (default ``MLFLOW_TRACKING_URI``, else SQLite in the
             sweep storage); credentials in it are used and never printed.
         storage: where trial workdirs and Ray results live (default ``spec.storage`` or
@@ -860,6 +861,7 @@ def run_sweep(
     """
     console = console or Console(stderr=True)
     spec, source = _load(spec, source)
+    address = _ray_address(address)
     if dry_run:  # the count first, even when it is refused
         n = sum(count_trials(spec).values())
         console.print(f"sweep {spec.name}: {n:,} trials", highlight=False)
@@ -931,6 +933,13 @@ def run_sweep(
             keeper.stop()
             claim.release()
     return outcome
+
+
+def _ray_address(address: str | None) -> str | None:
+    """``address``, else ``RAY_ADDRESS`` (Ray sets it for a job's driver, and ``ray.init()``
+    joins that cluster): the sweep is then checked against and run on that cluster, never on
+    this machine's resources alone (the head of a cluster may have no GPU its workers have)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
 
 
 def _ray_running() -> bool:

@@ -146,3 +146,40 @@ def test_a_sweep_that_starts_logs_from_its_first_library_line(
     assert text.index("a line from the checks") < text.index("a line from the run"), text
     assert "a line from the checks" not in res.output  # held for the file, not printed
     assert (store / "plan.json").is_file() and (store / "mlflow.db").is_file()
+
+
+def test_a_job_driver_with_ray_address_is_checked_on_its_cluster_not_this_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray sets ``RAY_ADDRESS`` for a job's driver and ``ray.init()`` then joins that cluster:
+    a sweep there whose trials want a GPU this machine (the head) lacks is not refused by the
+    local-machine check, and Ray is joined at that address (no ``num_cpus``, which Ray refuses
+    when joining a cluster)."""
+    launched: list[Any] = []
+
+    def fake_launch(plan: Any, uri: str, tr: Any, outcome: Any, claim: Any, opts: Any, k: Any):
+        launched.append(opts["address"])
+
+    monkeypatch.setattr(runner_mod, "_launch", fake_launch)
+    monkeypatch.setattr(
+        runner_mod,
+        "local_nodes",
+        lambda spec, n: [{"Alive": True, "Resources": {"CPU": 2.0, "GPU": 0.0}}],
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "store"
+    sweep = write_sweep(
+        tmp_path,
+        resources={"cpu": 1, "gpu": 1},
+        base={"train": {"epochs": 1, "device": "cuda"}},
+    )
+    args = ["sweep", str(sweep), "--storage", str(store), "--no-live", "--skip-data-check"]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local = runner.invoke(app, args)
+    assert local.exit_code == 2 and "GPU" in local.output and not launched, local.output
+    cluster = runner.invoke(app, [*args, "--address", "10.0.0.2:6379"])  # `segssl submit`'s
+    assert launched == ["10.0.0.2:6379"], cluster.output
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    res = runner.invoke(app, args)
+    assert launched == ["10.0.0.2:6379", "10.0.0.1:6379"], res.output
