@@ -197,6 +197,24 @@ def _break(path: Path, seen: dict[str, Any]) -> None:
             guard.unlink()
 
 
+def check_unclaimed(storage: Path, name: str, *, takeover: bool = False) -> None:
+    """Read-only: refuse at once when another live driver holds ``storage`` (what
+    :func:`claim_sweep` would refuse), so that a second driver neither checks the data nor
+    writes anything before being told; the claim itself is still taken by :func:`claim_sweep`.
+
+    Raises:
+        ClaimError: another live driver holds the claim (unless ``takeover``).
+    """
+    path = Path(storage) / LOCK_NAME
+    owner = _read(path)
+    if owner is not None and _alive(owner, path) and not takeover:
+        raise ClaimError(
+            f"sweep {name!r} is being run right now by another driver ({_describe(owner)}); its "
+            f"claim is {path}. Wait for it to end or stop it; if you know it is gone, rerun "
+            "with --takeover"
+        )
+
+
 def claim_sweep(
     storage: Path,
     name: str,

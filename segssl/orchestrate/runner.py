@@ -7,7 +7,8 @@ Order of work for ``segssl sweep`` (each step refuses bad input before the next 
 2. resolve and check the tracking server; read (never create) the experiment: a name used by
    another spec is refused, and with a local Ray instance some node must hold one trial of
    every stage left to run (the dry run's check);
-3. ``prepare`` (the CLI writes a smoke profile's phantoms), check the plan's data
+3. refuse a sweep another live driver holds (read-only: the claim itself comes in 4);
+   ``prepare`` (the CLI writes a smoke profile's phantoms), check the plan's data
    (:mod:`segssl.orchestrate.datacheck`); ``on_start`` (the CLI opens its log file): nothing is
    written to the storage before this point, so a refused sweep leaves none behind;
 4. claim the sweep storage (``driver.lock``, :mod:`segssl.orchestrate.claim`): one driver per
@@ -46,7 +47,7 @@ from rich.table import Table
 
 from segssl.config import flatten
 from segssl.orchestrate import mlflow_ui, tracking
-from segssl.orchestrate.claim import ClaimKeeper, SweepClaim, claim_sweep
+from segssl.orchestrate.claim import ClaimKeeper, SweepClaim, check_unclaimed, claim_sweep
 from segssl.orchestrate.datacheck import DataCheckError, check_plan_data
 from segssl.orchestrate.interrupt import (
     Interrupt,
@@ -891,6 +892,8 @@ def run_sweep(
         extend,
         (lambda: _cluster_nodes(spec, None, num_cpus, ray_init_kwargs)) if local else None,
     )
+    # a driver running this sweep now refuses this one before its data check and any write
+    check_unclaimed(plan.storage, spec.name, takeover=takeover)
     with raise_on_signals():  # until the stages run: a signal ends the driver, claim released
         if prepare is not None:
             prepare()

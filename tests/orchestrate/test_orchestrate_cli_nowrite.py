@@ -183,3 +183,26 @@ def test_a_job_driver_with_ray_address_is_checked_on_its_cluster_not_this_machin
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     res = runner.invoke(app, args)
     assert launched == ["10.0.0.2:6379", "10.0.0.1:6379"], res.output
+
+
+def test_a_second_driver_is_refused_before_its_data_check_and_any_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep a live driver runs right now: a second driver is told so at once, before it
+    checks the data (minutes on a large dataset) or opens a log file in the storage."""
+    from segssl.orchestrate.claim import claim_sweep
+
+    checked: list[Any] = []
+    monkeypatch.setattr(runner_mod, "_preflight_data", lambda *a: checked.append(a))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tmp_path / "store"
+    first = claim_sweep(store, "nowrite")  # the first driver (this process: alive)
+    try:
+        res = runner.invoke(app, ["sweep", str(write_sweep(tmp_path)), "--storage", str(store)])
+    finally:
+        first.release()
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "by another driver" in text, text
+    assert checked == [] and "Ray and MLflow logs" not in text, text
+    assert sorted(p.name for p in store.iterdir()) == [], sorted(store.iterdir())
