@@ -48,9 +48,12 @@ class _Held(logging.Handler):
         super().__init__()
         self.records: list[logging.LogRecord] = []
         self.limit = limit
+        self.target: logging.Handler | None = None  # once open: where a late record goes
 
     def emit(self, record: logging.LogRecord) -> None:
-        if len(self.records) < self.limit:
+        if self.target is not None:  # a thread that picked this handler before it was swapped
+            self.target.handle(record)
+        elif len(self.records) < self.limit:
             self.records.append(record)
 
 
@@ -94,9 +97,14 @@ class LibraryLogs:
         path = log_dir / f"segssl-{time.strftime('%Y%m%d-%H%M%S')}.log"
         handler = _PlainFileHandler(path, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        for record in self._held.records:
-            handler.handle(record)
-        self._held.records.clear()
+        self._held.acquire()  # no record emitted meanwhile (another thread) is lost
+        try:
+            for record in self._held.records:
+                handler.handle(record)
+            self._held.records.clear()
+            self._held.target = handler
+        finally:
+            self._held.release()
         for name in LIBRARY_LOGGERS:
             logger = logging.getLogger(name)
             if self._held in logger.handlers:

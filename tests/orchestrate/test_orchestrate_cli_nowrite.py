@@ -206,3 +206,28 @@ def test_a_second_driver_is_refused_before_its_data_check_and_any_write(
     assert res.exit_code == 2 and "by another driver" in text, text
     assert checked == [] and "Ray and MLflow logs" not in text, text
     assert sorted(p.name for p in store.iterdir()) == [], sorted(store.iterdir())
+
+
+def test_a_record_emitted_while_the_log_file_opens_is_not_lost(tmp_path: Path) -> None:
+    """A thread that took the holding handler just before ``open`` swapped it for the file's
+    (Ray's and MLflow's threads log at any time): its record still reaches the file, in order."""
+    from segssl.orchestrate.logs import LIBRARY_LOGGERS, hold_library_logs
+
+    saved = {
+        n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate)
+        for n in LIBRARY_LOGGERS
+    }
+    try:
+        logs = hold_library_logs()
+        held = logs._held  # what the late thread holds
+        logging.getLogger("ray").warning("held line")
+        path = logs.open(tmp_path)
+        held.handle(logging.LogRecord("ray", logging.WARNING, __file__, 1, "late line", None, None))
+        logging.getLogger("ray").warning("file line")
+        text = path.read_text()
+        assert text.index("held line") < text.index("late line") < text.index("file line"), text
+    finally:
+        logging.captureWarnings(False)
+        for n, (handlers, propagate) in saved.items():
+            logging.getLogger(n).handlers[:] = handlers
+            logging.getLogger(n).propagate = propagate
