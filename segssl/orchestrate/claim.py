@@ -208,11 +208,16 @@ def check_unclaimed(storage: Path, name: str, *, takeover: bool = False) -> None
     path = Path(storage) / LOCK_NAME
     owner = _read(path)
     if owner is not None and _alive(owner, path) and not takeover:
-        raise ClaimError(
-            f"sweep {name!r} is being run right now by another driver ({_describe(owner)}); its "
-            f"claim is {path}. Wait for it to end or stop it; if you know it is gone, rerun "
-            "with --takeover"
-        )
+        raise _held_by(name, owner, path)
+
+
+def _held_by(name: str, owner: dict[str, Any], path: Path) -> ClaimError:
+    """The refusal of a driver whose sweep ``owner``, alive, holds (its claim file ``path``)."""
+    return ClaimError(
+        f"sweep {name!r} is being run right now by another driver ({_describe(owner)}); its "
+        f"claim is {path}. Wait for it to end or stop it; if you know it is gone, rerun with "
+        "--takeover"
+    )
 
 
 def claim_sweep(
@@ -253,11 +258,7 @@ def claim_sweep(
             if owner is None:
                 continue  # released meanwhile: try again
             if _alive(owner, path) and not takeover:
-                raise ClaimError(
-                    f"sweep {name!r} is being run right now by another driver ({_describe(owner)}"
-                    f"); its claim is {path}. Wait for it to end or stop it; if you know it is "
-                    "gone, rerun with --takeover"
-                ) from None
+                raise _held_by(name, owner, path) from None
             if on_break is not None:
                 state = "live-looking" if _alive(owner, path) else "stale"
                 on_break(f"taking over the {state} claim of {path} ({_describe(owner)})")

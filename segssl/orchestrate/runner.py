@@ -251,8 +251,7 @@ def _cluster_nodes(
     """Nodes of the cluster a run would use, for ``--dry-run``: the cluster's when ``address``
     names one or Ray already runs in this process, else the local machine's resources (what a
     local Ray instance would get), without starting Ray."""
-    ray = sys.modules.get("ray")
-    if address is None and not (ray is not None and ray.is_initialized()):
+    if address is None and not _ray_running():
         nodes = local_nodes(spec, num_cpus)
         if init_kwargs and init_kwargs.get("num_cpus") is not None:
             nodes[0]["Resources"]["CPU"] = float(init_kwargs["num_cpus"])
