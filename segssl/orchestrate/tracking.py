@@ -549,9 +549,7 @@ class TrialRecorder:
                 self.client.delete_tag(self.run_id, TAG_END_REASON)
             lacking = {k: v for k, v in params.items() if k not in run.data.params}
             self._log(tags=all_tags, params=lacking)
-        self._log(tags={TAG_ATTEMPTS: str(attempts)})
-        idf.parent.mkdir(parents=True, exist_ok=True)
-        idf.write_text(self.run_id)
+        self._log(tags={TAG_ATTEMPTS: str(attempts)})  # the id file already names this run
         return self.run_id
 
     def _log(
