@@ -88,14 +88,16 @@ def main(
 
 
 def _library_logs(storage: Path) -> dict[str, bool]:
-    """Route Ray's and MLflow's logs to a file in ``storage`` (printed); the ``ray.init``
+    """Route Ray's and MLflow's logs to a file in ``storage`` (printed) now; the ``ray.init``
     arguments that keep trial output off the console unless ``-v``."""
-    from segssl.orchestrate.logs import route_library_logs
+    _, open_file = _held_library_logs(storage)
+    open_file()
+    return _ray_log_kwargs()
 
-    verbose = _OPTIONS["verbose"]
-    path = route_library_logs(storage, verbose=verbose)
-    err_console.print(f"Ray and MLflow logs: {path}", highlight=False)
-    return {"log_to_driver": verbose}
+
+def _ray_log_kwargs() -> dict[str, bool]:
+    """``ray.init`` arguments: trial output reaches the console only with ``-v``."""
+    return {"log_to_driver": _OPTIONS["verbose"]}
 
 
 def _held_library_logs(storage: Path) -> tuple[Any, Callable[[], None]]:
@@ -470,7 +472,7 @@ def sweep_cmd(
             out = run_sweep(
                 spec,
                 source=str(sweep),
-                ray_init_kwargs=None if dry_run else {"log_to_driver": _OPTIONS["verbose"]},
+                ray_init_kwargs=None if dry_run else _ray_log_kwargs(),
                 prepare=phantoms if spec.phantoms is not None else None,
                 on_start=open_logs,
                 address=address,
