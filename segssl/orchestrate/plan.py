@@ -365,6 +365,13 @@ def check_cuda_switch(key: str, value: str, res: Resources, res_key: str, where:
 _CUDA_SWITCHES = ("amp", "channels_last")
 
 
+def _values(space: Mapping[str, Any], key: str, default: Any) -> list[Any]:
+    """The values a search stage may give ``key``: its dimension's choices, else ``default``
+    (the probe config's value; a dimension without choices is a range of numbers)."""
+    dim = space.get(key)
+    return list(dim.choice) if dim is not None and dim.choice else [default]
+
+
 def _parent_checkpoint(storage: Path, parent_key: str, which: str) -> str:
     return str(storage / "trials" / parent_key / "checkpoints" / f"{which}.pt")
 
@@ -449,14 +456,12 @@ def plan_sweep(
                 )
             stage = SearchStage(name, stage_raw, st.search, seeds[0], res)
             cfg = search_probe(stage, source)
-            dim = st.search.space.get("train.device")
-            for device in dim.choice if dim is not None and dim.choice else [cfg.train.device]:
-                check_device(str(device), res, res_key, f"{source}: stages.{name}")
+            space, where = st.search.space, f"{source}: stages.{name}"
+            for device in _values(space, "train.device", cfg.train.device):
+                check_device(str(device), res, res_key, where)
             for key in _CUDA_SWITCHES:
-                dim = st.search.space.get(f"train.{key}")
-                for value in dim.choice if dim is not None and dim.choice else [None]:
-                    value = getattr(cfg.train, key) if value is None else value
-                    check_cuda_switch(key, str(value), res, res_key, f"{source}: stages.{name}")
+                for value in _values(space, f"train.{key}", getattr(cfg.train, key)):
+                    check_cuda_switch(key, str(value), res, res_key, where)
             plan.searches[name] = SearchStage(
                 name, stage_raw, st.search, seeds[0], res, cfg.train.epochs
             )
